@@ -1,0 +1,555 @@
+"""Inputs -> a Dataset: shape, dtype and layout up front, then the samples in chunks.
+
+Arrays are read with explicit reads into fresh buffers (never np.load of the whole file,
+never a memmap whose touched pages would count in RSS); image folders are listed by
+relative path, their headers read first, and decoded on every core in order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from normcli.errors import InputError, NormcliWarning, UsageMismatch
+from normcli.layout import LAYOUTS, Layout, resolve_layout
+from normcli.parallel import ordered_map
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+MODES = {"gray": 1, "rgb": 3, "rgba": 4}
+# Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
+CHUNK_BYTES = 4 << 20
+
+
+@dataclass
+class Chunk:
+    """Consecutive samples: `data` is shaped (n, *sample_shape); `names` are image paths."""
+
+    data: np.ndarray
+    start: int
+    names: list[str] | None = None
+
+
+class ArrayPart:
+    """One .npy file, .npz member or spooled stdin: samples read straight from the file."""
+
+    def __init__(self, name: str, path: str, member: str | None = None):
+        self.name = name
+        self.path = path
+        self.member = member
+        with self._open() as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format._read_array_header(f, version)
+            except ValueError as exc:
+                raise InputError(f"not a .npy array: {exc}", name) from None
+            self.offset = f.tell()
+        shape, fortran_order, dtype = header
+        if dtype.hasobject:
+            raise InputError("holds Python objects, which normcli never unpickles", name)
+        if len(shape) not in (1, 2, 3, 4):
+            raise InputError(f"array of shape {shape}: normcli wants 1 to 4 axes, samples first", name)
+        self.fortran_order = fortran_order
+        self.dtype = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+        self.file_dtype = dtype
+        self.n_samples = shape[0]
+        self.sample_shape = tuple(shape[1:])
+        self.ndim = len(shape)
+        self.sample_bytes = int(np.prod(self.sample_shape, dtype=np.int64)) * dtype.itemsize
+
+    def _open(self):
+        if self.member is None:
+            return open(self.path, "rb")
+        return zipfile.ZipFile(self.path).open(self.member)
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        return raw.astype(self.dtype) if raw.dtype != self.dtype else raw
+
+    def blocks(self, sizes: Iterator[int]) -> Iterator[np.ndarray]:
+        """Consecutive blocks of samples, one per requested size."""
+        if self.fortran_order:
+            # A Fortran-order file keeps samples apart; rare enough for a mapped read.
+            whole = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            start = 0
+            for size in sizes:
+                yield np.ascontiguousarray(whole[start:start + size])
+                start += size
+            return
+        with self._open() as f:
+            f.seek(self.offset)
+            for size in sizes:
+                block = np.empty((size, *self.sample_shape), dtype=self.file_dtype)
+                got = f.readinto(memoryview(block).cast("B")) if block.nbytes else 0
+                if got != block.nbytes:
+                    raise InputError("file ends before its header says it should (truncated?)", self.name)
+                yield self._finish(block)
+
+    def sample(self, index: int) -> np.ndarray:
+        """One sample, read on its own (for shuffled batches)."""
+        if self.fortran_order:
+            return self._finish(np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[index]))
+        out = np.empty(self.sample_shape, dtype=self.file_dtype)
+        with self._open() as f:
+            f.seek(self.offset + index * self.sample_bytes)
+            f.readinto(memoryview(out.reshape(-1)).cast("B"))
+        return self._finish(out)
+
+
+@dataclass
+class ImageHeader:
+    path: Path
+    relpath: str
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+
+
+class ImagePart:
+    """An image folder (read recursively, sorted by relative path) or a single image file."""
+
+    def __init__(self, name: str, mode: str | None):
+        root = Path(name)
+        if root.is_dir():
+            files = sorted(
+                (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                key=lambda p: p.relative_to(root).as_posix(),
+            )
+            if not files:
+                raise InputError(
+                    "folder holds no images (" + ", ".join(e[1:] for e in IMAGE_EXTENSIONS) + ")", name
+                )
+            relpaths = [p.relative_to(root).as_posix() for p in files]
+        else:
+            files, relpaths = [root], [root.name]
+        self.name = name
+        self.mode = mode
+        self.headers = list(ordered_map(_read_header, zip(files, relpaths)))
+        self.n_samples = len(self.headers)
+        first = self.headers[0]
+        for header in self.headers[1:]:
+            if header.dtype != first.dtype:
+                raise InputError(
+                    f"images differ in bit depth: {first.relpath} is {first.dtype}, "
+                    f"{header.relpath} is {header.dtype}; convert them to one depth", name)
+            if mode is None and header.channels != first.channels:
+                raise InputError(
+                    f"images differ in channels: {first.relpath} has {first.channels}, "
+                    f"{header.relpath} has {header.channels}; use --mode gray|rgb|rgba to convert", name)
+        self.dtype = first.dtype
+        channels = MODES[mode] if mode else first.channels
+        heights = {h.height for h in self.headers}
+        widths = {h.width for h in self.headers}
+        self.sample_shape = (
+            heights.pop() if len(heights) == 1 else None,
+            widths.pop() if len(widths) == 1 else None,
+            channels,
+        )
+        self.ndim = 4
+
+    def decode(self, header: ImageHeader) -> np.ndarray:
+        image = _decode(header)
+        if self.mode:
+            image = convert_channels(image, MODES[self.mode])
+        return image
+
+    def sample(self, index: int) -> np.ndarray:
+        return self.decode(self.headers[index])
+
+
+def _read_header(item) -> ImageHeader:
+    path, relpath = item
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                shape, axes = page.shape, page.axes
+                dtype = page.dtype
+            height, width = shape[axes.index("Y")], shape[axes.index("X")]
+            channels = shape[axes.index("S")] if "S" in axes else 1
+            return ImageHeader(path, relpath, height, width, channels, np.dtype(dtype))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            mode, (width, height) = im.mode, im.size
+            has_transparency = "transparency" in im.info
+        from normcli.png16 import png16_channels
+
+        channels16 = png16_channels(path)
+        if channels16:
+            channels, dtype = channels16, np.dtype(np.uint16)
+        else:
+            channels, dtype = _pil_channels_dtype(mode, has_transparency)
+        return ImageHeader(path, relpath, height, width, channels, dtype)
+    except InputError:
+        raise
+    except Exception as exc:  # every decoder has its own errors; the user needs the file
+        raise InputError(f"cannot read image: {exc}", str(path)) from None
+
+
+# Pillow mode -> (channels, dtype) as normcli decodes it.
+_PIL_MODES = {
+    "1": (1, np.uint8), "L": (1, np.uint8), "LA": (2, np.uint8), "RGB": (3, np.uint8),
+    "RGBA": (4, np.uint8), "CMYK": (3, np.uint8), "YCbCr": (3, np.uint8), "PA": (4, np.uint8),
+    "I;16": (1, np.uint16), "I;16L": (1, np.uint16), "I;16B": (1, np.uint16),
+    "I": (1, np.int32), "F": (1, np.float32),
+}
+
+
+def _pil_channels_dtype(mode: str, has_transparency: bool):
+    if mode == "P":
+        return (4 if has_transparency else 3), np.dtype(np.uint8)
+    if mode not in _PIL_MODES:
+        raise InputError(f"unsupported image mode {mode}")
+    channels, dtype = _PIL_MODES[mode]
+    return channels, np.dtype(dtype)
+
+
+def _decode(header: ImageHeader) -> np.ndarray:
+    """One image as (H, W, C) in its own dtype; 16-bit stays 16-bit."""
+    path = header.path
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                image, axes = page.asarray(), page.axes
+            if "S" in axes and axes.index("S") < axes.index("Y"):
+                image = np.moveaxis(image, axes.index("S"), -1)
+        elif header.dtype == np.uint16 and header.channels > 1:
+            from normcli import png16
+
+            image = png16.read_png16(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.seek(0)
+                if im.mode == "P":
+                    im = im.convert("RGBA" if header.channels == 4 else "RGB")
+                elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
+                    im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
+                image = np.asarray(im)
+            if image.dtype.byteorder not in "=|":
+                image = image.astype(image.dtype.newbyteorder("="))
+    except Exception as exc:
+        raise InputError(f"cannot decode image: {exc}", str(path)) from None
+    image = image.reshape(image.shape[0], image.shape[1], -1)
+    if image.shape[:2] != (header.height, header.width):
+        raise InputError("image changed size while being read", str(path))
+    return image
+
+
+def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Gray/gray+alpha/RGB/RGBA (H, W, C) to 1, 3 or 4 channels, keeping the dtype.
+
+    Gray uses ITU-R 601-2 luma, as Pillow and ImageMagick do; alpha added is opaque.
+    """
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    color = image[..., :3] if have >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    alpha = image[..., -1:] if have in (2, 4) else None
+    if channels == 1:
+        if have <= 2:
+            return image[..., :1]
+        luma = color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if image.dtype.kind in "ui":
+            luma = np.rint(luma)
+        return luma.astype(image.dtype)[..., None]
+    if channels == 3:
+        return np.ascontiguousarray(color)
+    if alpha is None:
+        opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1
+        alpha = np.full(image.shape[:2] + (1,), opaque, dtype=image.dtype)
+    return np.concatenate([color, alpha], axis=-1)
+
+
+@dataclass
+class Dataset:
+    """Samples along axis 0, from one or more inputs concatenated in order."""
+
+    parts: list
+    layout: Layout
+    dtype: np.dtype
+    sample_shape: tuple
+    key: str | None = None
+    _spools: list[str] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [part.name for part in self.parts]
+
+    @property
+    def n_samples(self) -> int:
+        return sum(part.n_samples for part in self.parts)
+
+    @property
+    def channels(self) -> int:
+        return self.layout.channels(self.sample_shape)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every sample has the same shape (needed by `pixel` and single-array outputs)."""
+        return None not in self.sample_shape
+
+    @property
+    def has_images(self) -> bool:
+        return any(isinstance(part, ImagePart) for part in self.parts)
+
+    def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+        """All samples in order, in chunks of about `max_bytes` (at least one sample)."""
+        start = 0
+        for part in self.parts:
+            if isinstance(part, ImagePart):
+                for chunk in _image_chunks(part, start, max_bytes):
+                    chunk.data = self._cast(chunk.data)
+                    yield chunk
+            else:
+                per_chunk = max(1, max_bytes // max(part.sample_bytes, 1))
+                sizes = _split(part.n_samples, per_chunk)
+                offset = start
+                for block in part.blocks(iter(sizes)):
+                    yield Chunk(self._cast(block), offset)
+                    offset += len(block)
+            start += part.n_samples
+
+    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[Chunk]:
+        """Consecutive batches of `batch_size` samples (the last may be short), or in `order`."""
+        if order is None:
+            yield from self._rechunk(batch_size)
+            return
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            yield Chunk(self.take(indices), start, self.names_of(indices))
+
+    def _rechunk(self, batch_size: int) -> Iterator[Chunk]:
+        """Chunks of exactly `batch_size` samples across part boundaries (the last may be short)."""
+        pending: list[Chunk] = []
+        have = 0
+        start = 0
+        sample_bytes = _nbytes(self.sample_shape, self.dtype)
+        for chunk in self.chunks(max_bytes=max(sample_bytes * batch_size, 1)):
+            pending.append(chunk)
+            have += len(chunk.data)
+            while have >= batch_size:
+                batch, pending = _take_front(pending, batch_size)
+                have -= batch_size
+                yield Chunk(batch.data, start, batch.names)
+                start += batch_size
+        if have:
+            batch, _ = _take_front(pending, have)
+            yield Chunk(batch.data, start, batch.names)
+
+    def take(self, indices: Sequence[int]) -> np.ndarray:
+        """The samples at global `indices`, in that order."""
+        data = list(ordered_map(self._sample, indices))
+        if len({d.shape for d in data}) > 1:
+            raise InputError("images of different sizes cannot form one batch; resize them first",
+                             self.inputs[0])
+        return self._cast(np.stack(data))
+
+    def names_of(self, indices: Sequence[int]) -> list[str] | None:
+        names = []
+        for index in indices:
+            part, local = self._locate(int(index))
+            if not isinstance(part, ImagePart):
+                return None
+            names.append(_qualified(self, part, part.headers[local].relpath))
+        return names
+
+    def _sample(self, index: int) -> np.ndarray:
+        part, local = self._locate(int(index))
+        return part.sample(local)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """The input holding global sample `index`, and the name of that sample within it."""
+        part, local = self._locate(index)
+        return part.name, (part.headers[local].relpath if isinstance(part, ImagePart) else local)
+
+    def _locate(self, index: int):
+        for part in self.parts:
+            if index < part.n_samples:
+                return part, index
+            index -= part.n_samples
+        raise IndexError(index)
+
+    def _cast(self, data: np.ndarray) -> np.ndarray:
+        return data if data.dtype == self.dtype else data.astype(self.dtype)
+
+    def close(self) -> None:
+        for spool in self._spools:
+            try:
+                os.unlink(spool)
+            except OSError:
+                pass
+        self._spools.clear()
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _nbytes(sample_shape, dtype) -> int:
+    return int(np.prod([d or 1 for d in sample_shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _split(total: int, size: int) -> list[int]:
+    return [min(size, total - s) for s in range(0, total, size)]
+
+
+def _take_front(pending: list[Chunk], count: int):
+    """The first `count` samples of the pending chunks, and what remains."""
+    taken, names, rest = [], [], []
+    need = count
+    for chunk in pending:
+        if need == 0:
+            rest.append(chunk)
+            continue
+        n = min(need, len(chunk.data))
+        taken.append(chunk.data[:n])
+        if chunk.names is not None:
+            names.extend(chunk.names[:n])
+        if n < len(chunk.data):
+            rest.append(Chunk(chunk.data[n:], chunk.start + n,
+                              chunk.names[n:] if chunk.names is not None else None))
+        need -= n
+    if len({t.shape[1:] for t in taken}) > 1:
+        raise InputError("images of different sizes cannot form one batch; resize them first")
+    data = taken[0] if len(taken) == 1 else np.concatenate(taken)
+    return Chunk(data, pending[0].start, names if len(names) == count else None), rest
+
+
+def _qualified(dataset: Dataset, part: ImagePart, relpath: str) -> str:
+    """An image's output name: its relative path, under its input's name when there are several."""
+    if len(dataset.parts) == 1 or not Path(part.name).is_dir():
+        return relpath if Path(part.name).is_dir() else Path(part.name).name
+    return f"{Path(part.name).name}/{relpath}"
+
+
+def _image_chunks(part: ImagePart, start: int, max_bytes: int) -> Iterator[Chunk]:
+    """Runs of consecutive same-sized images, decoded in parallel, in order."""
+    decoded = ordered_map(part.decode, part.headers)
+    run: list[np.ndarray] = []
+    names: list[str] = []
+    run_bytes = 0
+    offset = start
+    for header, image in zip(part.headers, decoded):
+        if run and (image.shape != run[0].shape or run_bytes + image.nbytes > max_bytes):
+            yield Chunk(np.stack(run), offset, names)
+            offset += len(run)
+            run, names, run_bytes = [], [], 0
+        run.append(image)
+        names.append(header.relpath)
+        run_bytes += image.nbytes
+    if run:
+        yield Chunk(np.stack(run), offset, names)
+
+
+def _spool_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("'-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in", "-")
+    fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
+    with os.fdopen(fd, "wb") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    return path
+
+
+def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
+    if name == "-":
+        path = _spool_stdin()
+        spools.append(path)
+        return ArrayPart("-", path)
+    path = Path(name)
+    if not path.exists():
+        raise InputError("no such file or folder", name)
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in IMAGE_EXTENSIONS:
+        return ImagePart(name, mode)
+    if suffix == ".npz":
+        return ArrayPart(name, name, _npz_member(name, key))
+    if suffix == ".npy":
+        return ArrayPart(name, name)
+    raise InputError(
+        "unknown input type; give a .npy or .npz file, an image (" +
+        ", ".join(e[1:] for e in IMAGE_EXTENSIONS) + "), a folder of images, or - for stdin", name)
+
+
+def _npz_member(name: str, key: str | None) -> str:
+    try:
+        with zipfile.ZipFile(name) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise InputError("not a valid .npz archive", name) from None
+    keys = [m[:-4] for m in members]
+    if key is None:
+        if len(keys) != 1:
+            raise InputError(f"holds {len(keys)} arrays ({', '.join(keys)}); pick one with --key", name)
+        key = keys[0]
+    if key not in keys:
+        raise InputError(f"has no array '{key}'; it holds {', '.join(keys) or 'none'}", name)
+    return key + ".npy"
+
+
+def open_dataset(inputs: Sequence[str], *, layout: str | None = None, key: str | None = None,
+                 mode: str | None = None) -> Dataset:
+    """Open `inputs` as one dataset, checking that their shapes, layouts and types agree."""
+    spools: list[str] = []
+    try:
+        parts = [_open_part(name, key, mode, spools) for name in inputs]
+        dataset = _combine(parts, layout, key)
+    except BaseException:
+        for spool in spools:
+            os.unlink(spool)
+        raise
+    dataset._spools = spools
+    return dataset
+
+
+def _combine(parts: list, layout_name: str | None, key: str | None) -> Dataset:
+    first = parts[0]
+    if layout_name is not None and layout_name.upper() not in LAYOUTS:
+        raise UsageMismatch(f"unknown layout {layout_name}; use one of {', '.join(LAYOUTS)}")
+    if any(isinstance(p, ImagePart) for p in parts) and layout_name and layout_name.upper() != "NHWC":
+        raise UsageMismatch(f"images are read as NHWC; --layout {layout_name} does not apply to them")
+    layout = resolve_layout(layout_name, first.ndim)
+    if layout.ndim != first.ndim:
+        raise UsageMismatch(
+            f"--layout {layout.name} needs {layout.ndim} axes, but {first.name} has {first.ndim} "
+            f"(shape {(first.n_samples, *first.sample_shape)})")
+    if layout_name is None and layout.name == "NHWC" and isinstance(first, ArrayPart):
+        _, c_first, _, c_last = (first.n_samples, *first.sample_shape)
+        if c_first in (1, 3, 4) and c_last not in (1, 2, 3, 4):
+            warnings.warn(NormcliWarning(
+                f"{first.name} has shape {(first.n_samples, *first.sample_shape)}, which looks like NCHW; "
+                "it is read as NHWC (the default for 4 axes): pass --layout NCHW if the channels come first"))
+    sample_shape = list(first.sample_shape)
+    dtype = first.dtype
+    for part in parts[1:]:
+        if part.ndim != first.ndim:
+            raise InputError(f"has {part.ndim} axes but {first.name} has {first.ndim}", part.name)
+        for axis, (have, want) in enumerate(zip(part.sample_shape, sample_shape)):
+            if have != want:
+                images = isinstance(part, ImagePart) or isinstance(first, ImagePart)
+                if images and axis < 2:
+                    sample_shape[axis] = None
+                else:
+                    raise InputError(
+                        f"samples of shape {part.sample_shape} do not match {first.name}'s "
+                        f"{tuple(first.sample_shape)}", part.name)
+        dtype = np.result_type(dtype, part.dtype)
+    npz_key = next((p.member[:-4] for p in parts if isinstance(p, ArrayPart) and p.member), None)
+    return Dataset(parts, layout, np.dtype(dtype), tuple(sample_shape), key=key or npz_key)
