@@ -132,11 +132,6 @@ class MomentAccumulator:
         self._state = None
 
     # -- float path -------------------------------------------------------
-    def set_shift(self, first_chunk: np.ndarray) -> None:
-        """Fix the shift before chunks are measured in parallel, so results do not depend on timing."""
-        if not self.exact and self.scope != "sample":
-            self.shift = self._shift_from(self.layout.npc(first_chunk))
-
     def _shift_from(self, v: np.ndarray) -> np.ndarray:
         """Each key's mean over `v` (any value near the data works; a mean is always near)."""
         axes = _REDUCE[self.scope]
@@ -160,7 +155,7 @@ class MomentAccumulator:
         if self.scope == "sample":
             shift = np.nan_to_num(v[:, :1, :1].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         else:
-            if self.shift is None:
+            if self.shift is None:  # the first chunk, measured alone before the others start
                 self.shift = self._shift_from(v)
             shift = broadcast_keys(self.shift, self.scope, v.shape)
         y = np.subtract(v, shift, dtype=np.float64)
@@ -370,12 +365,14 @@ def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.
 
 
 class HistogramAccumulator:
-    """Histograms per key over fixed edges (numpy's semantics: values outside the range are left out)."""
+    """Histograms per key over fixed edges, with numpy's semantics: values outside the range are
+    left out, unless `clamp` puts them in the end bins (for a range predicted up to rounding)."""
 
-    def __init__(self, scope: str, layout: Layout, edges: np.ndarray):
+    def __init__(self, scope: str, layout: Layout, edges: np.ndarray, *, clamp: bool = False):
         self.scope = scope
         self.layout = layout
         self.edges = edges
+        self.clamp = clamp
         self.counts = np.zeros((edges.shape[0], edges.shape[1] - 1), np.int64)
 
     def measure(self, chunk: np.ndarray, start: int = 0) -> np.ndarray:
@@ -388,8 +385,13 @@ class HistogramAccumulator:
         else:
             groups = list(v)
         rows = range(start, start + len(groups)) if self.scope == "sample" else range(len(groups))
-        return np.stack([np.histogram(g, bins, range=(self.edges[k, 0], self.edges[k, -1]))[0]
-                         for k, g in zip(rows, groups)])
+        counts = []
+        for k, values in zip(rows, groups):
+            low, high = self.edges[k, 0], self.edges[k, -1]
+            if self.clamp:
+                values = np.clip(values, low, high)
+            counts.append(np.histogram(values, bins, range=(low, high))[0])
+        return np.stack(counts)
 
     def add(self, partial: np.ndarray, start: int = 0) -> None:
         if self.scope == "sample":

@@ -1,0 +1,541 @@
+"""normcli's commands: parse the options, call the core, render the result. No arithmetic here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+
+import click
+
+from normcli import __version__
+from normcli.errors import ExitCode, NormcliError, NormcliWarning, UsageMismatch
+
+SCOPES = ("global", "channel", "sample", "pixel")
+LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
+
+
+class ReportedError(click.ClickException):
+    """A NormcliError on its way out: one line on stderr, its own exit code."""
+
+    def __init__(self, error: NormcliError):
+        super().__init__(str(error))
+        self.exit_code = int(error.exit_code)
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, NormcliWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        click.echo(f"warning: {category.__name__}: {message}", err=True)
+
+
+class NormcliGroup(click.Group):
+    """The one error boundary: known errors become one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", NormcliWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except NormcliError as error:
+                if ctx.params.get("debug"):
+                    raise
+                if isinstance(error, UsageMismatch):
+                    raise click.UsageError(str(error), ctx.invoked_subcommand and ctx) from None
+                raise ReportedError(error) from None
+            except BrokenPipeError:
+                # `normcli ... | head` closed the pipe: end quietly, as other shell tools do.
+                with contextlib.suppress(OSError):
+                    sys.stdout = None
+                ctx.exit(0)
+
+
+@click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="normcli")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
+    """Statistics and normalization for image folders and .npy/.npz arrays.
+
+    \b
+    Example:
+        normcli sample data.npy
+        normcli stats data.npy
+        normcli standardize data.npy -o z.npy
+    """
+
+
+# -- shared options -------------------------------------------------------------------
+def input_options(fn):
+    for option in reversed((
+        click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
+        click.option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False),
+                     help="Axis names of array inputs [default: NHWC for 4-D, NHW 3-D, NC 2-D, N 1-D]."),
+        click.option("--key", help="Array to read from .npz inputs [default: their only array]."),
+        click.option("--mode", type=click.Choice(("gray", "rgb", "rgba")),
+                     help="Convert images to this many channels."),
+        click.option("--ignore-nan", is_flag=True,
+                     help="Leave NaN and inf out of the statistics (transforms pass them through)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def scope_option(default: str, choices=SCOPES):
+    return click.option("--per", "per", type=click.Choice(choices), default=None,
+                        help=f"Scope of the statistics [default: {default}].")
+
+
+def report_options(formats=("table", "json")):
+    def decorate(fn):
+        for option in reversed((
+            click.option("--bins", type=click.IntRange(0, 1000), default=30, show_default=True,
+                         help="Histogram bins (0: no histograms)."),
+            click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
+                         help="Report format."),
+            click.option("--quiet", "-q", is_flag=True, help="Print no report."),
+        )):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+def output_options(fn):
+    for option in reversed((
+        click.option("-o", "--output", required=True, metavar="OUT",
+                     help="Output: .npy, .npz, - (a .npy stream on stdout) or a folder."),
+        click.option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")),
+                     help="Output dtype [default: float32; image folders keep the input's bit depth]."),
+        click.option("--ext", type=click.Choice(("png", "tiff", "npy")),
+                     help="File type inside an output folder [default: the input's]."),
+        click.option("--clip", is_flag=True,
+                     help="Clip values outside the range (or outside what an 8/16-bit output holds)."),
+        click.option("--force", "-f", is_flag=True, help="Replace an existing output."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _open(inputs, layout, key, mode):
+    from normcli.sources import open_dataset
+
+    return open_dataset(inputs, layout=layout, key=key, mode=mode)
+
+
+def _printer(to_stderr: bool):
+    from normcli.render import Printer
+
+    return Printer(stderr=to_stderr)
+
+
+def _emit_json(doc: dict, to_stderr: bool = False) -> None:
+    click.echo(json.dumps(doc, allow_nan=False), err=to_stderr)
+
+
+# -- stats ---------------------------------------------------------------------------
+@cli.command()
+@input_options
+@scope_option("channel")
+@click.option("--range", "hist_range", type=(float, float), metavar="LO HI",
+              help="Histogram range [default: each row's min and max].")
+@click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
+@report_options(("table", "json", "csv", "torchvision"))
+@click.option("--save", metavar="STATS.json", help="Also save the statistics (for --stats-from, merge-stats).")
+@click.option("--force", "-f", is_flag=True, help="Replace an existing --save file.")
+def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fmt, quiet, save, force):
+    """Print mean, variance, min, max and histograms of a dataset.
+
+    \b
+    Example:
+        normcli stats data.npy --per global
+        normcli stats sample_images/rgb --format torchvision
+    """
+    from normcli import render, statsfile
+    from normcli.passes import measure
+
+    if fmt == "torchvision" and per not in (None, "channel"):
+        raise click.UsageError("--format torchvision prints per-channel statistics; drop --per")
+    if hist_range is not None and not hist_range[0] < hist_range[1]:
+        raise click.BadParameter("LO must be below HI", param_hint="--range")
+    with _open(inputs, layout, key, mode) as dataset:
+        result = measure(dataset, per or "channel", bins=0 if fmt in ("csv", "torchvision") else bins,
+                         hist_range=hist_range, ignore_nan=ignore_nan)
+    if save:
+        statsfile.write(save, _stats_file(result, ddof), force=force)
+    if quiet:
+        return
+    if fmt == "json":
+        _emit_json(render.stats_json(result, ddof))
+    elif fmt == "csv":
+        click.echo(render.stats_csv(result, ddof), nl=False)
+    elif fmt == "torchvision":
+        click.echo(render.torchvision_line(result, ddof))
+    else:
+        _printer(False).stats(result, ddof)
+
+
+def _stats_file(result, ddof: int, extra: dict | None = None):
+    from normcli.statsfile import StatsFile
+
+    return StatsFile(result.scope, result.layout, result.sample_shape, result.moments, ddof,
+                     list(result.inputs), extra or {})
+
+
+# -- transforms -------------------------------------------------------------------------
+def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt, quiet, ignore_nan,
+                   title, save_stats=None, ddof=0, extra_stats=None):
+    """Run both passes into the output, then save the fitted statistics and report."""
+    from normcli import render, statsfile
+    from normcli.passes import transform
+
+    if save_stats:
+        _check_stats_target(save_stats, force)
+    result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force,
+                       bins=0 if quiet else bins, ignore_nan=ignore_nan)
+    if save_stats:
+        statsfile.write(save_stats, _stats_file(result.before, ddof, extra_stats(plan) if extra_stats else None),
+                        force=force)
+    if result.clipped:
+        warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
+                                     f"{result.after.dtype}"))
+    if quiet:
+        return
+    to_stderr = output == "-"
+    batches = getattr(plan, "batches", None)
+    if fmt == "json":
+        doc = {"before": render.stats_json(result.before), "after": render.stats_json(result.after),
+               "output": output}
+        if batches is not None:
+            doc["batches"] = [vars(b) for b in batches]
+        _emit_json(doc, to_stderr)
+        return
+    printer = _printer(to_stderr)
+    printer.stats(result.before, title=f"before: {', '.join(dataset.inputs)}")
+    printer.line()
+    if batches is not None:
+        printer.line(f"{title}: {len(batches):,} batches", style="bold")
+        printer.batches(batches)
+        printer.line()
+    printer.stats(result.after, title=f"after {title}: {output}")
+
+
+def _check_stats_target(path: str, force: bool) -> None:
+    from pathlib import Path
+
+    from normcli.errors import OutputError
+
+    if Path(path).exists() and not force:
+        raise OutputError("already exists; use --force to replace it", path)
+
+
+def fit_options(fn):
+    for option in reversed((
+        click.option("--save-stats", metavar="FILE", help="Save the fitted statistics as JSON."),
+        click.option("--stats-from", metavar="FILE", help="Apply statistics saved earlier instead of fitting."),
+        click.option("--inverse", is_flag=True, help="Map back to the original scale (needs --stats-from)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse, default_per):
+    """Open the data and, with --stats-from, the saved statistics that decide scope and layout."""
+    from normcli import statsfile
+
+    if save_stats and stats_from:
+        raise click.UsageError("--save-stats and --stats-from exclude each other: fit, or apply saved statistics")
+    if inverse and not stats_from:
+        raise click.UsageError("--inverse needs --stats-from: the statistics to map back with")
+    if not stats_from:
+        return _open(inputs, layout, key, mode), None, per or default_per
+    saved = statsfile.read(stats_from)
+    statsfile.check_options(saved, stats_from, per=per, layout=layout)
+    dataset = _open(inputs, saved.layout, key, mode)
+    try:
+        statsfile.check_fits(saved, dataset, stats_from)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset, saved, saved.per
+
+
+@cli.command()
+@input_options
+@output_options
+@scope_option("global")
+@click.option("--range", "out_range", type=(float, float), default=(0.0, 1.0), show_default=True,
+              metavar="LO HI", help="Target range.")
+@fit_options
+@report_options()
+def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, out_range,
+              save_stats, stats_from, inverse, bins, fmt, quiet):
+    """Min-max scale a dataset to a range (default [0, 1]).
+
+    \b
+    Example:
+        normcli normalize data.npy -o unit.npy
+        normcli normalize sample_images -o normalized --per channel
+    """
+    from normcli.passes import ScalePlan
+    from normcli.transforms import minmax
+
+    if not out_range[0] < out_range[1]:
+        raise click.BadParameter("LO must be below HI", param_hint="--range")
+    dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse, "global")
+    with dataset:
+        plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
+                         inverse=inverse, clip=out_range if clip and not inverse else None)
+        _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
+                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats,
+                       title="inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]")
+
+
+@cli.command()
+@input_options
+@output_options
+@scope_option("global")
+@click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
+@click.option("--eps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Added to the variance (scikit-learn uses 0).")
+@fit_options
+@report_options()
+def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, ddof, eps,
+                save_stats, stats_from, inverse, bins, fmt, quiet):
+    """Z-score a dataset: mean 0, variance 1.
+
+    \b
+    Example:
+        normcli standardize data.npy -o z.npy
+        normcli standardize train.npy -o train_z.npy --per pixel --save-stats train.json
+        normcli standardize test.npy -o test_z.npy --stats-from train.json
+    """
+    from normcli.passes import ScalePlan
+    from normcli.transforms import zscore
+
+    dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse, "global")
+    if saved is not None:
+        ddof = saved.ddof
+    with dataset:
+        plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps),
+                         fitted=saved.moments if saved else None, inverse=inverse)
+        _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
+                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats, ddof=ddof,
+                       title="inverse z-score" if inverse else "z-score")
+
+
+def _numbers(text: str | None, default: float):
+    if text is None:
+        return default
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number or a comma-separated list of numbers") from None
+
+
+def _per_key(value, keys: int, name: str):
+    from normcli.transforms import per_key
+
+    try:
+        return per_key(value, keys, name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None
+
+
+def _momentum(text: str):
+    if text == "cumulative":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter("a number in [0, 1] or 'cumulative'", param_hint="--momentum") from None
+    if not 0 <= value <= 1:
+        raise click.BadParameter("a number in [0, 1] or 'cumulative'", param_hint="--momentum")
+    return value
+
+
+@cli.command()
+@input_options
+@output_options
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), required=True, help="Samples per mini-batch.")
+@scope_option("channel", ("channel", "global", "pixel"))
+@click.option("--gamma", metavar="G", help="Scale: one number or one per channel, comma-separated [default: 1].")
+@click.option("--beta", metavar="B", help="Shift: one number or one per channel [default: 0].")
+@click.option("--eps", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Added to the variance.")
+@click.option("--momentum", default="0.1", show_default=True,
+              help="Running-statistics momentum, or 'cumulative' for the cumulative average.")
+@click.option("--drop-last", is_flag=True, help="Leave out a last batch shorter than --batch-size.")
+@click.option("--shuffle", is_flag=True, help="Batch samples in a random order (written in that order).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --shuffle.")
+@click.option("--save-stats", metavar="FILE", help="Save the input's statistics and the running statistics.")
+@click.option("--eval", "eval_mode", is_flag=True,
+              help="Inference mode: normalize by the running statistics of --stats-from.")
+@click.option("--stats-from", metavar="FILE", help="Statistics saved by batchnorm --save-stats (with --eval).")
+@report_options()
+def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, batch_size, per, gamma,
+              beta, eps, momentum, drop_last, shuffle, seed, save_stats, eval_mode, stats_from, bins, fmt, quiet):
+    """Batch-normalize each mini-batch by its own statistics (training mode, as PyTorch).
+
+    \b
+    Example:
+        normcli batchnorm data.npy -o bn.npy --batch-size 10
+        normcli batchnorm data.npy -o bn.npy -b 32 --save-stats running.json
+        normcli batchnorm test.npy -o test_bn.npy -b 32 --eval --stats-from running.json
+    """
+    from normcli.moments import scope_keys
+    from normcli.passes import BatchPlan, check_scope
+
+    momentum_value = _momentum(momentum)
+    if eval_mode != bool(stats_from):
+        raise click.UsageError("--eval and --stats-from go together: inference uses saved running statistics")
+    dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, False, "channel")
+    with dataset:
+        keys = scope_keys(scope, dataset.layout, dataset.sample_shape, dataset.n_samples)
+        gammas = _per_key(_numbers(gamma, 1.0), keys, "--gamma")
+        betas = _per_key(_numbers(beta, 0.0), keys, "--beta")
+        if saved is not None:
+            plan = _eval_plan(saved, stats_from, scope, gammas, betas, eps)
+            title = "batch norm (eval, running statistics)"
+        else:
+            check_scope(dataset, scope)
+            order = None
+            if shuffle:
+                from normcli.sources import shuffled_order
+
+                order = shuffled_order(dataset.n_samples, seed)
+            plan = BatchPlan(dataset, scope, batch_size, gammas, betas, eps, momentum=momentum_value,
+                             drop_last=drop_last, order=order, ignore_nan=ignore_nan)
+            if plan.samples == 0:
+                raise click.UsageError(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
+                                       f"--batch-size {batch_size}")
+            title = f"batch norm, batches of {batch_size}"
+
+        def running(plan):
+            return {"running_mean": plan.running.mean, "running_var": plan.running.var,
+                    "momentum": "cumulative" if momentum_value is None else momentum_value,
+                    "batches": plan.running.batches}
+
+        _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
+                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats,
+                       extra_stats=running, title=title)
+
+
+def _eval_plan(saved, path, scope, gammas, betas, eps):
+    from normcli.errors import StatsFileError
+    from normcli.passes import ScalePlan
+    from normcli.transforms import Affine
+
+    if "running_mean" not in saved.extra:
+        raise StatsFileError("holds no running statistics; make it with batchnorm --save-stats", path)
+    mean, var = saved.extra["running_mean"], saved.extra["running_var"]
+    return ScalePlan(scope, lambda _: Affine(mean, gammas / (var + eps) ** 0.5, betas))
+
+
+@cli.command()
+@input_options
+@output_options
+@click.option("--groups", "-g", type=click.IntRange(min=1), required=True,
+              help="Groups of channels (1: layer norm; the channel count: instance norm).")
+@click.option("--gamma", metavar="G", help="Scale: one number or one per channel [default: 1].")
+@click.option("--beta", metavar="B", help="Shift: one number or one per channel [default: 0].")
+@click.option("--eps", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Added to the variance.")
+@report_options()
+def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, groups, gamma, beta, eps,
+              bins, fmt, quiet):
+    """Group-normalize each sample over groups of channels (Wu & He, 2018; as PyTorch's GroupNorm).
+
+    \b
+    Example:
+        normcli groupnorm sample_images/rgb -o gn.npy --groups 3 --mode rgb
+        normcli groupnorm data.npy -o ln.npy --groups 1
+    """
+    from normcli.passes import GroupPlan
+
+    with _open(inputs, layout, key, mode) as dataset:
+        channels = dataset.channels
+        if channels % groups:
+            raise click.BadParameter(f"{groups} does not divide the {channels} channels", param_hint="--groups")
+        plan = GroupPlan(groups, _per_key(_numbers(gamma, 1.0), channels, "--gamma"),
+                         _per_key(_numbers(beta, 0.0), channels, "--beta"), eps)
+        _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
+                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
+
+
+# -- statistics files ---------------------------------------------------------------
+@cli.command("merge-stats")
+@click.argument("files", nargs=-1, required=True, metavar="STATS.json...")
+@click.option("-o", "--output", required=True, metavar="ALL.json", help="The merged statistics file.")
+@click.option("--force", "-f", is_flag=True, help="Replace an existing output.")
+def merge_stats(files, output, force):
+    """Merge statistics saved from shards into one file, as if measured in one run.
+
+    \b
+    Example:
+        normcli stats part1.npy --save a.json
+        normcli stats part2.npy --save b.json
+        normcli merge-stats a.json b.json -o all.json
+    """
+    from normcli import statsfile
+
+    merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
+    statsfile.write(output, merged, force=force)
+    click.echo(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> {output}")
+
+
+# -- the tutorial -----------------------------------------------------------------------
+@cli.command()
+@click.argument("output", metavar="OUT")
+@click.option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Images.")
+@click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Height and width.")
+@click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--force", "-f", is_flag=True, help="Replace an existing output.")
+def sample(output, samples, size, channels, seed, force):
+    """Write the tutorial's dataset: N×size×size×channels, normal signal plus noise (mean 26, var 306).
+
+    A .npy/.npz file gets float64; a folder gets one float32 TIFF per image (values include negatives).
+
+    \b
+    Example:
+        normcli sample data.npy
+        normcli sample images/ -n 100
+    """
+    from normcli.layout import Layout
+    from normcli.sinks import write_array
+    from normcli.sources import tutorial_dataset
+
+    data = tutorial_dataset(samples, size, channels, seed)
+    if not output.lower().endswith((".npy", ".npz")) and output != "-":
+        data = data.astype("float32")
+    write_array(output, data, force=force, layout=Layout("NHWC"))
+    if output != "-":
+        click.echo(f"wrote {samples} images of {size}×{size}×{channels} ({data.dtype}) to {output}")
+
+
+@cli.command()
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the dataset.")
+@click.option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, help="Histogram bins.")
+def demo(seed, bins):
+    """Replay the batch-normalization tutorial on its synthetic dataset.
+
+    Min-max normalization and standardization of the whole set, then batch norm of the first
+    10 images, shown to equal standardizing those 10; each with its histogram, mean and variance.
+    """
+    from normcli.demo import run_demo
+
+    printer = _printer(False)
+    for step in run_demo(seed=seed, bins=bins):
+        printer.line()
+        printer.line(step.title, style="bold underline")
+        if step.note:
+            printer.line(step.note)
+        for stats in step.stats:
+            printer.stats(stats)
+
+
+def main() -> None:
+    cli(prog_name="normcli")

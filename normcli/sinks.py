@@ -1,0 +1,253 @@
+"""Chunks -> outputs: .npy, .npz, a .npy stream on stdout, or a folder of images or arrays.
+
+Every file output is written under a temporary name beside its target and renamed into
+place only when the whole run succeeded: a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from normcli.errors import OutputError, UsageMismatch
+from normcli.layout import Layout
+
+FOLDER_EXTENSIONS = ("png", "tiff", "npy")
+INTEGER_DTYPES = ("uint8", "uint16")
+# Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
+TOLERANCE = 1e-6
+
+
+@dataclass
+class OutputSpec:
+    """Where and how a transform writes: `kind` is npy, npz, stdout or folder."""
+
+    target: str
+    kind: str
+    dtype: np.dtype
+    ext: str | None = None
+
+
+def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool) -> OutputSpec:
+    """Decide the output's kind and dtype and check it can be written, before any work is done."""
+    if target == "-":
+        kind = "stdout"
+    else:
+        suffix = Path(target).suffix.lower()
+        kind = {".npy": "npy", ".npz": "npz"}.get(suffix, "folder")
+        _check_target(target, dataset.inputs, force)
+    if ext is not None and kind != "folder":
+        raise UsageMismatch(f"--ext picks the file type inside an output folder; {target} is a {kind} output")
+    if kind != "folder":
+        if not dataset.uniform:
+            raise OutputError("images of different sizes cannot form one array; write to a folder instead", target)
+        return OutputSpec(target, kind, np.dtype(dtype or "float32"))
+    ext = ext or _default_ext(dataset)
+    if ext != "npy" and dataset.layout.name not in ("NHWC", "NCHW", "NHW"):
+        raise UsageMismatch(f"layout {dataset.layout.name} holds no images; write .npy/.npz or use --ext npy")
+    if ext == "png" and dtype in ("float32", "float64"):
+        raise UsageMismatch(f"PNG holds 8- or 16-bit integers, not {dtype}; use --ext tiff or --ext npy")
+    if ext == "png" and dataset.channels not in (1, 2, 3, 4):
+        raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
+    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
+
+
+def _default_ext(dataset) -> str:
+    """The input's file type where normcli writes it losslessly, else PNG for images, TIFF for arrays."""
+    suffixes = {Path(name).suffix.lower() for part in dataset.parts
+                for name in ([h.relpath for h in part.headers] if hasattr(part, "headers") else [".npy"])}
+    if suffixes <= {".tif", ".tiff"}:
+        return "tiff"
+    return "png" if dataset.has_images else "tiff"
+
+
+def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
+    if ext == "png":
+        return "uint16" if input_dtype == np.uint16 else "uint8"
+    return "float32"
+
+
+def _check_target(target: str, inputs, force: bool) -> None:
+    path = Path(target)
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"folder {parent} does not exist; normcli creates only the output itself", target)
+    for name in inputs:
+        if name != "-" and Path(name).resolve() == path.resolve():
+            raise OutputError("the output is also an input; write somewhere else", target)
+    if path.exists() and not force:
+        raise OutputError("already exists; use --force to replace it", target)
+    if path.exists() and path.is_dir() != (Path(target).suffix.lower() not in (".npy", ".npz")):
+        raise OutputError("exists and is of another kind (file vs folder); remove it first", target)
+
+
+def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
+    """Refuse, before writing, values an integer output cannot hold (unless --clip)."""
+    if spec.dtype.name not in INTEGER_DTYPES or clip:
+        return
+    if low < -TOLERANCE or high > 1 + TOLERANCE:
+        what = f"{spec.ext.upper()} images of {spec.dtype.name}" if spec.kind == "folder" else spec.dtype.name
+        raise OutputError(
+            f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] mapped to integers; "
+            "write .npy/.npz, --ext tiff or --ext npy (float), or pass --clip", spec.target)
+
+
+def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str) -> tuple[np.ndarray, int]:
+    """[0, 1] onto the integer range of `dtype`; returns the integers and how many were clipped."""
+    if np.isnan(values).any():
+        raise OutputError(f"NaN cannot be stored as {dtype.name}; write a float output", target)
+    outside = (values < -TOLERANCE) | (values > 1 + TOLERANCE)
+    clipped = int(outside.sum())
+    if clipped and not clip:
+        raise OutputError(f"{clipped} values fall outside [0, 1] and cannot be stored as {dtype.name}; "
+                          "write a float output or pass --clip", target)
+    top = np.iinfo(dtype).max
+    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype), clipped
+
+
+class Sink:
+    """Writes samples in order; commit() makes the output appear, discard() removes every trace."""
+
+    clipped = 0
+
+    def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, *, key: str | None = None,
+                 clip: bool = False):
+        self.spec = spec
+        self.layout = layout
+        self.clip = clip
+        self.shape = (samples, *sample_shape)
+        self.key = key or "data"
+        self.written = 0
+        self._temp: str | None = None
+        self._file = None
+        self._zip = None
+        target = spec.target
+        if spec.kind == "stdout":
+            self._file = sys.stdout.buffer
+            self._write_header(self._file)
+        elif spec.kind == "folder":
+            self._temp = tempfile.mkdtemp(prefix=f".{Path(target).name}.", suffix=".tmp",
+                                          dir=Path(target).resolve().parent)
+            self._width = max(6, len(str(max(samples - 1, 0))))
+            self._names: set[str] = set()
+        else:
+            fd, self._temp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp",
+                                              dir=Path(target).resolve().parent)
+            self._file = os.fdopen(fd, "wb")
+            if spec.kind == "npz":
+                self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
+                self._member = self._zip.open(f"{self.key}.npy", "w", force_zip64=True)
+                self._write_header(self._member)
+            else:
+                self._write_header(self._file)
+
+    def _write_header(self, stream) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.spec.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_1_0(stream, header)
+
+    def _encode(self, values: np.ndarray) -> np.ndarray:
+        if self.spec.dtype.name in INTEGER_DTYPES:
+            encoded, clipped = to_integers(values, self.spec.dtype, self.clip, self.spec.target)
+            self.clipped += clipped
+            return encoded
+        return values.astype(self.spec.dtype, copy=False)
+
+    def write(self, values: np.ndarray, start: int, names: list[str] | None = None) -> None:
+        """Samples `start`.. of the output, as floats (encoded here for integer outputs)."""
+        data = self._encode(values)
+        if self.spec.kind == "folder":
+            for i, sample in enumerate(data):
+                self._write_file(sample, names[i] if names else None, start + i)
+        else:
+            stream = self._member if self._zip else self._file
+            stream.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+        self.written += len(data)
+
+    def _write_file(self, sample: np.ndarray, name: str | None, index: int) -> None:
+        ext = self.spec.ext
+        relative = (Path(name).with_suffix(f".{ext}") if name else Path(f"{index:0{self._width}d}.{ext}")).as_posix()
+        if relative in self._names:
+            raise OutputError(f"two samples would both be written as {relative}; write to .npy instead",
+                              self.spec.target)
+        self._names.add(relative)
+        path = Path(self._temp) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if ext == "npy":
+            np.save(path, sample, allow_pickle=False)
+            return
+        image = self.layout.image(sample)
+        if ext == "tiff":
+            import tifffile
+
+            tifffile.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image)
+        elif image.dtype == np.uint16 and image.shape[-1] > 1:
+            from normcli.png16 import write_png16
+
+            write_png16(path, image)
+        else:
+            import imageio.v3 as iio
+
+            iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+
+    def commit(self) -> None:
+        if self.written != self.shape[0]:
+            raise OutputError(f"wrote {self.written} of {self.shape[0]} samples", self.spec.target)
+        target = Path(self.spec.target)
+        if self.spec.kind == "stdout":
+            self._file.flush()
+            return
+        if self.spec.kind == "folder":
+            old = None
+            if target.exists():
+                old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.resolve().parent)
+                os.replace(target, Path(old) / target.name)
+            os.replace(self._temp, target)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            if self._zip:
+                self._member.close()
+                self._zip.close()
+            self._file.close()
+            os.replace(self._temp, target)
+        self._temp = None
+
+    def discard(self) -> None:
+        """Remove the partial output (the target is left as it was)."""
+        if self._temp is None:
+            return
+        if self.spec.kind == "folder":
+            shutil.rmtree(self._temp, ignore_errors=True)
+        else:
+            try:
+                if self._zip:
+                    self._zip.close()
+            except Exception:
+                pass
+            self._file.close()
+            os.unlink(self._temp)
+        self._temp = None
+
+
+def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> None:
+    """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks."""
+    if target != "-":
+        _check_target(target, [], force)
+    suffix = Path(target).suffix.lower()
+    kind = "stdout" if target == "-" else {".npy": "npy", ".npz": "npz"}.get(suffix, "folder")
+    spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
+    sink = Sink(spec, layout, array.shape[1:], len(array))
+    try:
+        sink.write(array, 0)
+        sink.commit()
+    except BaseException:
+        sink.discard()
+        raise

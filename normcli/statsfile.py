@@ -1,0 +1,189 @@
+"""The saved-statistics JSON file: write, read, validate, check against data, merge.
+
+    {"normcli_stats": 1, "per": "channel", "layout": "NHWC", "sample_shape": [32, 32, 1],
+     "count": [...], "mean": [...], "m2": [...], "var": [...], "min": [...], "max": [...],
+     "ddof": 0, "inputs": [...]}
+
+Arrays are shaped like the scope (global: 1, channel: C, pixel: one sample's shape).
+M2 is kept so that files merge exactly as the accumulators do (Chan et al.).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from normcli.errors import OutputError, StatsFileError, UsageMismatch
+from normcli.layout import LAYOUTS, Layout
+from normcli.moments import SCOPES, Moments, scope_keys
+
+SCHEMA_VERSION = 1
+FITTABLE_SCOPES = ("global", "channel", "pixel")
+_ARRAYS = ("count", "mean", "m2", "min", "max")
+_EXTRA_ARRAYS = ("running_mean", "running_var")
+
+
+@dataclass
+class StatsFile:
+    per: str
+    layout: str
+    sample_shape: tuple
+    moments: Moments
+    ddof: int = 0
+    inputs: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # batchnorm: running_mean, running_var, momentum, batches
+
+    def shaped(self, values: np.ndarray) -> list:
+        """Per-key values as nested lists shaped like the scope (JSON null for NaN and inf)."""
+        if self.per == "pixel":
+            values = Layout(self.layout).to_sample(np.asarray(values), self.sample_shape)
+        return _jsonable(np.asarray(values))
+
+    def to_json(self) -> dict:
+        doc = {"normcli_stats": SCHEMA_VERSION, "per": self.per, "layout": self.layout,
+               "sample_shape": list(self.sample_shape)}
+        for name in _ARRAYS:
+            doc[name] = self.shaped(getattr(self.moments, name))
+            if name == "m2":
+                doc["var"] = self.shaped(self.moments.var(self.ddof))
+        doc["ddof"] = self.ddof
+        doc["inputs"] = list(self.inputs)
+        for name, value in self.extra.items():
+            doc[name] = self.shaped(value) if name in _EXTRA_ARRAYS else value
+        return doc
+
+
+def _jsonable(values: np.ndarray):
+    if values.dtype.kind in "iu":
+        return values.tolist()
+    return _nan_to_none(values.tolist())
+
+
+def _nan_to_none(value):
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value if value is None or np.isfinite(value) else None
+
+
+def write(path: str, stats: StatsFile, *, force: bool = False) -> None:
+    """Write atomically: to a temporary file beside `path`, then renamed."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise OutputError("already exists; use --force to replace it", path)
+    if not target.resolve().parent.is_dir():
+        raise OutputError(f"folder {target.resolve().parent} does not exist", path)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(stats.to_json(), f, indent=1)
+            f.write("\n")
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def read(path: str) -> StatsFile:
+    """Read and validate a statistics file; any defect is a one-line StatsFileError."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise StatsFileError("no such statistics file", path) from None
+    except (OSError, ValueError) as exc:
+        raise StatsFileError(f"not a readable JSON statistics file: {exc}", path) from None
+    if not isinstance(doc, dict) or doc.get("normcli_stats") != SCHEMA_VERSION:
+        raise StatsFileError(f"not a normcli statistics file (schema {SCHEMA_VERSION})", path)
+    per, layout = doc.get("per"), doc.get("layout")
+    if per not in SCOPES or layout not in LAYOUTS:
+        raise StatsFileError(f"unknown scope {per!r} or layout {layout!r}", path)
+    try:
+        sample_shape = tuple(None if d is None else int(d) for d in doc["sample_shape"])
+        if len(sample_shape) != len(layout) - 1:
+            raise ValueError(f"sample_shape {list(sample_shape)} does not fit layout {layout}")
+        keys = _keys(per, layout, sample_shape, doc)
+        arrays = {name: _flat(doc[name], keys, name) for name in _ARRAYS}
+        extra = {name: _flat(doc[name], keys, name) for name in _EXTRA_ARRAYS if name in doc}
+        for name in ("momentum", "batches"):
+            if name in doc:
+                extra[name] = doc[name]
+        moments = Moments(arrays["count"].astype(np.int64), arrays["mean"], arrays["m2"], arrays["min"],
+                          arrays["max"])
+        ddof = int(doc.get("ddof", 0))
+        inputs = [str(i) for i in doc.get("inputs", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StatsFileError(f"malformed statistics file: {exc}", path) from None
+    return StatsFile(per, layout, sample_shape, moments, ddof, inputs, extra)
+
+
+def _keys(per: str, layout: str, sample_shape, doc) -> int:
+    if per == "sample":
+        return len(doc["count"])
+    if per == "pixel" and None in sample_shape:
+        raise ValueError("a pixel-scope file needs a fixed sample shape")
+    return scope_keys(per, Layout(layout), sample_shape, 0)
+
+
+def _flat(values, keys: int, name: str) -> np.ndarray:
+    array = np.array(_none_to_nan(values), dtype=np.float64).reshape(-1)
+    if array.size != keys:
+        raise ValueError(f"'{name}' has {array.size} values where the scope has {keys}")
+    if name in ("min", "max") and np.isnan(array).any():
+        array = np.where(np.isnan(array), np.inf if name == "min" else -np.inf, array)
+    return array
+
+
+def _none_to_nan(value):
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return np.nan if value is None else value
+
+
+def check_options(stats: StatsFile, path: str, *, per: str | None, layout: str | None) -> None:
+    """With --stats-from, scope and layout come from the file: options contradicting it are usage errors."""
+    if per is not None and per != stats.per:
+        raise UsageMismatch(f"--per {per} contradicts {path}, which holds {stats.per} statistics; drop --per")
+    if layout is not None and layout.upper() != stats.layout:
+        raise UsageMismatch(f"--layout {layout} contradicts {path}, which was fitted on {stats.layout}; drop --layout")
+
+
+def check_fits(stats: StatsFile, dataset, path: str) -> None:
+    """A file applied to data must agree with it: scope, layout and shape (else a file error)."""
+    if stats.per not in FITTABLE_SCOPES:
+        raise StatsFileError(f"{stats.per} statistics belong to the samples they came from; they cannot be "
+                             "applied to other data", path)
+    if dataset.layout.name != stats.layout:
+        raise StatsFileError(f"fitted on layout {stats.layout}, but the data is {dataset.layout.name}", path)
+    if stats.per == "channel" and dataset.channels != len(stats.moments):
+        raise StatsFileError(f"fitted on {len(stats.moments)} channels, but the data has {dataset.channels}", path)
+    if stats.per == "pixel" and tuple(stats.sample_shape) != tuple(dataset.sample_shape):
+        raise StatsFileError(f"fitted on samples of shape {list(stats.sample_shape)}, but the data's are "
+                             f"{list(dataset.sample_shape)}", path)
+
+
+def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
+    """Several files' statistics as one, as if measured in one run (limited by their float64 means)."""
+    name, first = files[0]
+    if first.per not in FITTABLE_SCOPES:
+        raise StatsFileError("per-sample statistics do not merge; they belong to their own samples", name)
+    merged = first.moments
+    inputs = list(first.inputs)
+    for name, other in files[1:]:
+        for attr in ("per", "layout", "ddof"):
+            if getattr(other, attr) != getattr(first, attr):
+                raise StatsFileError(f"{attr} {getattr(other, attr)} differs from {files[0][0]}'s "
+                                     f"{getattr(first, attr)}", name)
+        if len(other.moments) != len(merged) or (first.per == "pixel" and other.sample_shape != first.sample_shape):
+            raise StatsFileError(f"shape differs from {files[0][0]}'s", name)
+        merged = merged.merge(other.moments)
+        inputs += other.inputs
+    shape = first.sample_shape
+    for _, other in files[1:]:
+        shape = tuple(a if a == b else None for a, b in zip(shape, other.sample_shape))
+    return StatsFile(first.per, first.layout, shape, merged, first.ddof, inputs)

@@ -1,0 +1,50 @@
+"""Shared fixtures: small deterministic datasets written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Write one image with the library a user would have used (Pillow, tifffile, or our 16-bit PNG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, array)
+    elif suffix == ".png" and array.dtype == np.uint16 and array.ndim == 3 and array.shape[-1] > 1:
+        from normcli.png16 import write_png16
+
+        write_png16(path, array)
+    else:
+        from PIL import Image
+
+        Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def image_tree(tmp_path, rng) -> Path:
+    """A nested folder: 8-bit RGB PNGs of two sizes, in class subfolders."""
+    root = tmp_path / "images"
+    for name, (h, w) in {"a/0.png": (12, 10), "a/1.png": (12, 10), "b/2.png": (7, 9), "b/c/3.png": (12, 10)}.items():
+        write_image(root / name, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture
+def tutorial_npy(tmp_path) -> Path:
+    from normcli.sources import tutorial_dataset
+
+    path = tmp_path / "data.npy"
+    np.save(path, tutorial_dataset(n=50, size=8, seed=3))
+    return path
