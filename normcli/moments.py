@@ -5,9 +5,8 @@ of the data), two-pass within the chunk, and chunks are merged with Chan et al.'
 pairwise update of (count, mean, M2). Working on deviations keeps a large offset
 (1e9 + noise) from cancelling away the variance.
 
-Small integers (uint8, uint16, int8, int16): exact. `global` and `channel` keep a count
-of every value (which also gives exact histograms); `sample` and `pixel` keep integer
-sums of values and squares. Mean and M2 are then one rounding away from the truth.
+Small integers (uint8, uint16, int8, int16): exact. Every scope keeps 64-bit integer sums
+of values and of squares; mean and M2 are then one rounding away from the truth.
 
 Each accumulator has a pure `measure(chunk)` (safe to run on several threads) and an
 `add(partial)` that merges the results in order.
@@ -25,7 +24,7 @@ from normcli.layout import Layout
 SCOPES = ("global", "channel", "sample", "pixel")
 # Axes of the (samples, positions, channels) view that each scope reduces.
 _REDUCE = {"global": (0, 1, 2), "channel": (0, 1), "sample": (1, 2), "pixel": (0,)}
-EXACT_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.bool_)
+EXACT_DTYPES = (np.uint8, np.uint16, np.int8, np.int16)
 
 
 @dataclass
@@ -115,6 +114,35 @@ def broadcast_keys(values: np.ndarray, scope: str, npc_shape) -> np.ndarray:
     return values.reshape(1, *npc_shape[1:])
 
 
+def keyed_reduce(ufunc, a: np.ndarray, scope: str, dtype=None) -> np.ndarray:
+    """ufunc.reduce of a (samples, positions, channels) array over the scope's axes, one value per key.
+
+    numpy reduces the leading axes of an (M, 3) array one short row at a time (slowly: about
+    0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values the same reduction
+    runs at memory speed, and the L partial results fold into 3 at the end.
+    """
+    if scope == "global":
+        return np.atleast_1d(ufunc.reduce(a.reshape(-1) if a.flags.c_contiguous else a, axis=None, dtype=dtype))
+    if scope == "channel" and a.flags.c_contiguous and a.shape[2] < 256:
+        channels = a.shape[2]
+        rows = a.reshape(-1, channels)
+        per_row = max(1, 4096 // channels)
+        whole = len(rows) // per_row * per_row
+        if whole == 0:
+            return ufunc.reduce(rows, axis=0, dtype=dtype)
+        folded = ufunc.reduce(rows[:whole].reshape(-1, per_row * channels), axis=0, dtype=dtype)
+        result = ufunc.reduce(folded.reshape(per_row, channels), axis=0)
+        if whole < len(rows):
+            result = ufunc(result, ufunc.reduce(rows[whole:], axis=0, dtype=dtype))
+        return result
+    return ufunc.reduce(a, axis=_REDUCE[scope], dtype=dtype).reshape(-1)
+
+
+def _key_count(v: np.ndarray, scope: str) -> int:
+    """How many values each key has in a (samples, positions, channels) chunk."""
+    return int(np.prod([v.shape[a] for a in _REDUCE[scope]]))
+
+
 class MomentAccumulator:
     """count/mean/M2/min/max for every key of one scope, over chunks of samples."""
 
@@ -125,13 +153,11 @@ class MomentAccumulator:
         self.sample_shape = sample_shape
         self.ignore_nan = ignore_nan
         self.exact = self.dtype.type in EXACT_DTYPES
-        self.by_value = self.exact and scope in ("global", "channel")
         self.nonfinite = NonFinite()
         self.shift: np.ndarray | None = None
         self._parts: list = []  # sample scope: per-chunk results, in order
         self._state = None
 
-    # -- float path -------------------------------------------------------
     def _shift_from(self, v: np.ndarray) -> np.ndarray:
         """Each key's mean over `v` (any value near the data works; a mean is always near)."""
         axes = _REDUCE[self.scope]
@@ -142,43 +168,53 @@ class MomentAccumulator:
         return np.where(np.isfinite(shift), shift, 0.0).reshape(-1)
 
     def measure(self, chunk: np.ndarray, start: int = 0):
-        """The statistics of one chunk (pure; safe on several threads)."""
+        """The statistics of one chunk (pure; safe on several threads once the first chunk is in)."""
         v = self.layout.npc(chunk)
-        if self.by_value:
-            return _value_counts(v, self.scope, self.dtype)
         if self.exact:
-            return _integer_sums(v, self.scope, self.dtype)
+            return _integer_sums(v, self.scope, self.dtype), NonFinite()
         return self._measure_float(v, start)
 
     def _measure_float(self, v: np.ndarray, start: int):
-        axes = _REDUCE[self.scope]
-        if self.scope == "sample":
-            shift = np.nan_to_num(v[:, :1, :1].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scope = self.scope
+        count = _key_count(v, scope)
+        if scope == "sample":
+            # Each sample is whole in its chunk: shift it by its own rough mean.
+            rough = np.add.reduce(v, axis=(1, 2), dtype=np.float64) / count
+            shift = np.nan_to_num(rough, nan=0.0, posinf=0.0, neginf=0.0)
         else:
             if self.shift is None:  # the first chunk, measured alone before the others start
                 self.shift = self._shift_from(v)
-            shift = broadcast_keys(self.shift, self.scope, v.shape)
-        y = np.subtract(v, shift, dtype=np.float64)
-        total = y.sum(axis=axes, keepdims=True)
-        count = np.full(total.shape, np.prod([v.shape[a] for a in axes]), dtype=np.int64)
-        nonfinite = NonFinite()
+            shift = self.shift
+        shift_b = broadcast_keys(shift, scope, v.shape)
+        y = np.subtract(v, shift_b, dtype=np.float64)
+        total = keyed_reduce(np.add, y, scope)
         if not np.isfinite(total).all():
             finite = np.isfinite(v)
             nonfinite = _count_nonfinite(v, finite, start)
             if not self.ignore_nan:
                 return None, nonfinite
-            return self._measure_masked(v, y, finite, shift, axes), nonfinite
+            return self._measure_masked(v, y, finite, shift, shift_b), nonfinite
+        if scope == "global" and y.flags.c_contiguous:
+            flat = y.reshape(-1)
+            squares = np.atleast_1d(np.einsum("i,i->", flat, flat))
+        else:
+            squares = keyed_reduce(np.add, np.square(y, out=y), scope)
         mean_dev = total / count
-        y -= mean_dev
-        np.square(y, out=y)
-        m2 = y.sum(axis=axes)
-        result = (count.reshape(-1), (mean_dev + shift).reshape(-1) if self.scope == "sample"
-                  else mean_dev.reshape(-1), m2.reshape(-1),
-                  v.min(axis=axes).reshape(-1).astype(np.float64),
-                  v.max(axis=axes).reshape(-1).astype(np.float64))
-        return result, nonfinite
+        m2 = squares - total * mean_dev
+        # Sums of squares about the shift cancel when the shift is far from this chunk's values
+        # (drifting or sorted data): then measure the deviations from the chunk's own mean.
+        if (total * mean_dev > 0.5 * squares).any():
+            y = np.subtract(v, shift_b, dtype=np.float64)
+            y -= broadcast_keys(mean_dev, scope, v.shape)
+            m2 = keyed_reduce(np.add, np.square(y, out=y), scope)
+        result = (np.full(len(total), count, np.int64), mean_dev + shift if scope == "sample" else mean_dev, m2,
+                  keyed_reduce(np.minimum, v, scope).astype(np.float64),
+                  keyed_reduce(np.maximum, v, scope).astype(np.float64))
+        return result, NonFinite()
 
-    def _measure_masked(self, v, y, finite, shift, axes):
+    def _measure_masked(self, v, y, finite, shift, shift_b):
+        """--ignore-nan on a chunk that has NaN or inf: every statistic over the finite values only."""
+        axes = _REDUCE[self.scope]
         count = finite.sum(axis=axes, keepdims=True).astype(np.int64)
         y[~finite] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -189,20 +225,11 @@ class MomentAccumulator:
         m2 = y.sum(axis=axes)
         low = np.where(finite, v, np.inf).min(axis=axes).astype(np.float64)
         high = np.where(finite, v, -np.inf).max(axis=axes).astype(np.float64)
-        mean = (mean_dev + shift) if self.scope == "sample" else mean_dev
-        return (count.reshape(-1), mean.reshape(-1), m2.reshape(-1), low.reshape(-1), high.reshape(-1))
+        mean = mean_dev.reshape(-1) + shift if self.scope == "sample" else mean_dev.reshape(-1)
+        return count.reshape(-1), mean, m2.reshape(-1), low.reshape(-1), high.reshape(-1)
 
-    # -- merging ----------------------------------------------------------
     def add(self, partial) -> None:
         """Merge one chunk's statistics (in chunk order)."""
-        if self.by_value or self.exact:
-            if self.scope == "sample":
-                self._parts.append(partial)
-            elif self._state is None:
-                self._state = partial
-            else:
-                self._state = _add_exact(self._state, partial, self.by_value)
-            return
         result, nonfinite = partial
         if nonfinite.total:
             self.nonfinite.add(nonfinite)
@@ -212,6 +239,10 @@ class MomentAccumulator:
             self._parts.append(result)
         elif self._state is None:
             self._state = result
+        elif self.exact:
+            count, s1, s2, low, high = self._state
+            self._state = (count + result[0], s1 + result[1], s2 + result[2],
+                           np.minimum(low, result[3]), np.maximum(high, result[4]))
         else:
             n_a, m_a, s_a, lo_a, hi_a = self._state
             n_b, m_b, s_b, lo_b, hi_b = result
@@ -224,35 +255,21 @@ class MomentAccumulator:
             raise nonfinite_error(self.nonfinite, locate)
 
     def result(self) -> Moments:
-        if self.exact:
-            return self._exact_result()
         if self.scope == "sample":
             if not self._parts:
                 return Moments.empty(0)
-            return Moments(*(np.concatenate(cols) for cols in zip(*self._parts)))
-        if self._state is None:
-            keys = scope_keys(self.scope, self.layout, self.sample_shape, 0)
-            return Moments.empty(keys)
-        count, mean_dev, m2, low, high = self._state
-        with np.errstate(invalid="ignore"):
-            mean = np.where(count > 0, mean_dev + self.shift, np.nan)
+            columns = [np.concatenate(cols) for cols in zip(*self._parts)]
+        elif self._state is None:
+            return Moments.empty(scope_keys(self.scope, self.layout, self.sample_shape, 0))
+        else:
+            columns = self._state
+        if self.exact:
+            return _moments_from_sums(*columns)
+        count, mean, m2, low, high = columns
+        if self.scope != "sample":
+            with np.errstate(invalid="ignore"):
+                mean = np.where(count > 0, mean + self.shift, np.nan)
         return Moments(count, mean, m2, low, high)
-
-    def _exact_result(self) -> Moments:
-        if self.by_value:
-            return _moments_from_counts(self._state, self.dtype)
-        states = self._parts if self.scope == "sample" else [self._state]
-        states = [s for s in states if s is not None]
-        if not states:
-            return Moments.empty(0)
-        columns = [np.concatenate(cols) for cols in zip(*states)] if len(states) > 1 else states[0]
-        count, s1, s2, low, high = columns
-        return _moments_from_sums(count, s1, s2, low, high)
-
-    @property
-    def value_counts(self) -> np.ndarray | None:
-        """For exact global/channel scopes: counts of every value, shaped (keys, values)."""
-        return self._state if self.by_value else None
 
 
 def nonfinite_error(found: NonFinite, locate) -> NonFiniteError:
@@ -273,45 +290,18 @@ def _count_nonfinite(v: np.ndarray, finite: np.ndarray, start: int) -> NonFinite
 
 
 # -- exact integer path -----------------------------------------------------
-def _offset(dtype: np.dtype) -> int:
-    """What to add to a value to index it from zero (signed types start at their minimum)."""
-    return -int(np.iinfo(dtype).min) if dtype.kind == "i" else 0
-
-
-def _n_values(dtype: np.dtype) -> int:
-    return 2 if dtype == np.bool_ else 1 << (8 * dtype.itemsize)
-
-
-def _value_counts(v: np.ndarray, scope: str, dtype: np.dtype) -> np.ndarray:
-    """Counts of every value per key, shaped (keys, values)."""
-    n_values = _n_values(dtype)
-    channels = v.shape[2] if scope == "channel" else 1
-    if channels == 1 and dtype.kind == "u":
-        return np.bincount(v.reshape(-1), minlength=n_values).reshape(1, n_values)
-    # One code per (channel, value), counted in a single bincount.
-    codes = v.astype(np.int32) + (_offset(dtype) + np.arange(channels, dtype=np.int32) * n_values)
-    return np.bincount(codes.reshape(-1), minlength=channels * n_values).reshape(channels, n_values)
-
-
 def _integer_sums(v: np.ndarray, scope: str, dtype: np.dtype):
-    """Exact (count, sum, sum of squares, min, max) per key for the sample and pixel scopes."""
-    axes = _REDUCE[scope]
-    wide = np.int64 if dtype.kind == "i" else np.uint64
-    count = np.full(v.shape[0] if scope == "sample" else v.shape[1] * v.shape[2],
-                    np.prod([v.shape[a] for a in axes]), dtype=np.int64)
-    s1 = v.sum(axis=axes, dtype=wide).reshape(-1)
-    # uint8 squares fit in uint16 (255**2 < 2**16); wider types square in 64 bits.
-    squares = v.astype(np.uint16 if dtype in (np.uint8, np.bool_) else wide)
+    """Exact (count, sum, sum of squares, min, max) per key, in 64-bit integers."""
+    signed = dtype.kind == "i"
+    wide = np.int64 if signed else np.uint64
+    # Squares fit in twice the input's width: 255**2 < 2**16, 65535**2 < 2**32, 32768**2 < 2**31.
+    square_type = {1: np.int16 if signed else np.uint16, 2: np.int32 if signed else np.uint32}[dtype.itemsize]
+    squares = v.astype(square_type)
     squares *= squares
-    s2 = squares.sum(axis=axes, dtype=np.uint64).reshape(-1)
-    return count, s1, s2, v.min(axis=axes).reshape(-1), v.max(axis=axes).reshape(-1)
-
-
-def _add_exact(a, b, by_value: bool):
-    if by_value:
-        return a + b
-    count, s1, s2, low, high = a
-    return (count + b[0], s1 + b[1], s2 + b[2], np.minimum(low, b[3]), np.maximum(high, b[4]))
+    s1 = keyed_reduce(np.add, v, scope, dtype=wide)
+    s2 = keyed_reduce(np.add, squares, scope, dtype=wide)
+    count = np.full(len(s1), _key_count(v, scope), np.int64)
+    return count, s1, s2, keyed_reduce(np.minimum, v, scope), keyed_reduce(np.maximum, v, scope)
 
 
 def _moments_from_sums(count, s1, s2, low, high) -> Moments:
@@ -323,16 +313,6 @@ def _moments_from_sums(count, s1, s2, low, high) -> Moments:
     m2 = np.array([(b * c - a * a) / c if c else 0.0 for a, b, c in zip(s1, s2, n)])
     return Moments(np.asarray(count, np.int64), mean, m2, np.asarray(low, np.float64),
                    np.asarray(high, np.float64))
-
-
-def _moments_from_counts(counts: np.ndarray, dtype: np.dtype) -> Moments:
-    values = np.arange(counts.shape[1]) - _offset(dtype)
-    n = counts.sum(axis=1)
-    s1 = [sum(int(c) * int(x) for x, c in zip(values[row > 0], row[row > 0])) for row in counts]
-    s2 = [sum(int(c) * int(x) * int(x) for x, c in zip(values[row > 0], row[row > 0])) for row in counts]
-    low = np.array([values[np.flatnonzero(row)[0]] if row.any() else np.inf for row in counts], np.float64)
-    high = np.array([values[np.flatnonzero(row)[-1]] if row.any() else -np.inf for row in counts], np.float64)
-    return _moments_from_sums(n, s1, s2, low, high)
 
 
 # -- histograms -------------------------------------------------------------
@@ -354,14 +334,16 @@ def histogram_edges(low, high, bins: int) -> np.ndarray:
     return edges
 
 
-def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.ndarray) -> Histograms:
-    """Exact histograms of integer data from its value counts."""
-    values = np.arange(value_counts.shape[1]) - _offset(dtype)
-    bins = edges.shape[1] - 1
-    counts = np.stack([
-        np.histogram(values, bins, range=(e[0], e[-1]), weights=row.astype(np.float64))[0]
-        for row, e in zip(value_counts, edges)]).astype(np.int64)
-    return Histograms(counts, edges)
+def _integer_bins(dtype: np.dtype, edges: np.ndarray) -> np.ndarray:
+    """For every value of a small integer type, its bin under numpy's rule (e_i <= v < e_i+1, the
+    last bin closed), or `bins` for values outside: histograms become one lookup and one bincount."""
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1, dtype=np.float64)
+    bins = len(edges) - 1
+    index = np.searchsorted(edges, values, side="right") - 1
+    index[values == edges[-1]] = bins - 1
+    index[(values < edges[0]) | (values > edges[-1])] = bins
+    return index.astype(np.intp)
 
 
 class HistogramAccumulator:
@@ -388,6 +370,12 @@ class HistogramAccumulator:
         counts = []
         for k, values in zip(rows, groups):
             low, high = self.edges[k, 0], self.edges[k, -1]
+            if values.dtype.type in EXACT_DTYPES and values.dtype != np.bool_ and not self.clamp:
+                lookup = _integer_bins(values.dtype, self.edges[k])
+                offset = -int(np.iinfo(values.dtype).min)
+                codes = np.take(lookup, values.reshape(-1) if offset == 0 else values.reshape(-1).astype(np.int32) + offset)
+                counts.append(np.bincount(codes, minlength=bins + 1)[:bins])
+                continue
             if self.clamp:
                 values = np.clip(values, low, high)
             counts.append(np.histogram(values, bins, range=(low, high))[0])
