@@ -133,6 +133,20 @@ def _printer(to_stderr: bool):
     return Printer(stderr=to_stderr)
 
 
+@contextlib.contextmanager
+def _progress(samples: int, passes: int):
+    """A progress bar on stderr when it is a terminal (never in pipes); yields the callback or None."""
+    if passes == 0 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading", total=samples * passes)
+        yield lambda n: bar.advance(task, n)
+
+
 def _emit_json(doc: dict, to_stderr: bool = False) -> None:
     click.echo(json.dumps(doc, allow_nan=False), err=to_stderr)
 
@@ -162,9 +176,10 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
         raise click.UsageError("--format torchvision prints per-channel statistics; drop --per")
     if hist_range is not None and not hist_range[0] < hist_range[1]:
         raise click.BadParameter("LO must be below HI", param_hint="--range")
-    with _open(inputs, layout, key, mode) as dataset:
-        result = measure(dataset, per or "channel", bins=0 if fmt in ("csv", "torchvision") else bins,
-                         hist_range=hist_range, ignore_nan=ignore_nan)
+    bins = 0 if fmt in ("csv", "torchvision") else bins
+    with _open(inputs, layout, key, mode) as dataset, _progress(dataset.n_samples, 2 if bins else 1) as progress:
+        result = measure(dataset, per or "channel", bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
+                         progress=progress)
     if save:
         statsfile.write(save, _stats_file(result, ddof), force=force)
     if quiet:
@@ -195,8 +210,9 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
 
     if save_stats:
         _check_stats_target(save_stats, force)
-    result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force,
-                       bins=0 if quiet else bins, ignore_nan=ignore_nan)
+    with _progress(dataset.n_samples, 2) as progress:
+        result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force,
+                           bins=0 if quiet else bins, ignore_nan=ignore_nan, progress=progress)
     if save_stats:
         statsfile.write(save_stats, _stats_file(result.before, ddof, extra_stats(plan) if extra_stats else None),
                         force=force)

@@ -39,9 +39,15 @@ class Stats:
     histograms: Histograms | None
 
 
-def stream(items: Iterable, work: Callable, merge: Callable[[object], None]) -> None:
-    """merge(work(item)) for every item, in order: the first alone (it fixes accumulator
+Progress = Callable[[int], None]  # told how many samples were just read
+
+
+def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], None],
+           progress: Progress | None = None) -> None:
+    """merge(work(chunk)) for every chunk, in order: the first alone (it fixes accumulator
     shifts), the rest on every core."""
+    if progress is not None:
+        items = _counted(items, progress)
     items = iter(items)
     first = next(items, None)
     if first is None:
@@ -49,6 +55,12 @@ def stream(items: Iterable, work: Callable, merge: Callable[[object], None]) -> 
     merge(work(first))
     for result in ordered_map(work, items):
         merge(result)
+
+
+def _counted(chunks: Iterable[Chunk], progress: Progress) -> Iterator[Chunk]:
+    for chunk in chunks:
+        progress(len(chunk.data))
+        yield chunk
 
 
 def check_scope(dataset: Dataset, scope: str) -> None:
@@ -69,11 +81,11 @@ def histogram_edges_for(scope: str, low: np.ndarray, high: np.ndarray, bins: int
 
 
 def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_range=None,
-            ignore_nan: bool = False) -> Stats:
+            ignore_nan: bool = False, progress: Progress | None = None) -> Stats:
     """The statistics of `dataset` at `scope`: one pass for the moments, a second for histograms."""
     check_scope(dataset, scope)
     acc = _moment_accumulator(dataset, scope, ignore_nan)
-    stream(dataset.chunks(), lambda chunk: acc.measure(chunk.data, chunk.start), acc.add)
+    stream(dataset.chunks(), lambda chunk: acc.measure(chunk.data, chunk.start), acc.add, progress)
     acc.check_finite(dataset.locate)
     moments = acc.result()
     histograms = None
@@ -81,7 +93,7 @@ def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_rang
         hist = HistogramAccumulator(scope, dataset.layout, histogram_edges_for(
             scope, moments.min, moments.max, bins, hist_range))
         stream(dataset.chunks(), lambda c: (hist.measure(c.data, c.start), c.start),
-               lambda result: hist.add(*result))
+               lambda result: hist.add(*result), progress)
         histograms = hist.result()
     return _stats(dataset, scope, moments, histograms)
 
@@ -273,7 +285,7 @@ class TransformResult:
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
               clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS,
-              ignore_nan: bool = False) -> TransformResult:
+              ignore_nan: bool = False, progress: Progress | None = None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
@@ -293,7 +305,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         before_acc.add(result[0])
         plan.add_fit(result[1])
 
-    stream(plan.units(dataset), fit, add_fit)
+    stream(plan.units(dataset), fit, add_fit, progress)
     before_acc.check_finite(dataset.locate)
     before = before_acc.result()
     low, high = plan.finish(before)
@@ -333,7 +345,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
             after_hist.add(hists[1], chunk.start)
 
     try:
-        stream(plan.units(dataset), apply, write)
+        stream(plan.units(dataset), apply, write, progress)
         sink.commit()
     except BaseException:
         sink.discard()
