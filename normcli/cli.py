@@ -49,11 +49,9 @@ class NormcliGroup(click.Group):
                 if isinstance(error, UsageMismatch):
                     raise click.UsageError(str(error), ctx.invoked_subcommand and ctx) from None
                 raise ReportedError(error) from None
-            except BrokenPipeError:
-                # `normcli ... | head` closed the pipe: end quietly, as other shell tools do.
-                with contextlib.suppress(OSError):
-                    sys.stdout = None
-                ctx.exit(0)
+            except KeyboardInterrupt:
+                click.echo("error: interrupted; nothing was written", err=True)
+                ctx.exit(ExitCode.INTERRUPTED)
 
 
 @click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -554,4 +552,5 @@ def demo(seed, bins):
 
 
 def main() -> None:
+    # Click ends a closed pipe (`normcli ... | head`) quietly itself, with exit 1 and no traceback.
     cli(prog_name="normcli")

@@ -60,12 +60,12 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
 
 
 def _default_ext(dataset) -> str:
-    """The input's file type where normcli writes it losslessly, else PNG for images, TIFF for arrays."""
-    suffixes = {Path(name).suffix.lower() for part in dataset.parts
-                for name in ([h.relpath for h in part.headers] if hasattr(part, "headers") else [".npy"])}
-    if suffixes <= {".tif", ".tiff"}:
+    """The input's file type where normcli writes it losslessly (PNG, TIFF); else PNG for other
+    images (JPEG, BMP, GIF, WebP) and TIFF for arrays."""
+    suffixes = dataset.image_suffixes
+    if not suffixes or suffixes <= {".tif", ".tiff"}:
         return "tiff"
-    return "png" if dataset.has_images else "tiff"
+    return "png"
 
 
 def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
@@ -93,9 +93,9 @@ def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
     if spec.dtype.name not in INTEGER_DTYPES or clip:
         return
     if low < -TOLERANCE or high > 1 + TOLERANCE:
-        what = f"{spec.ext.upper()} images of {spec.dtype.name}" if spec.kind == "folder" else spec.dtype.name
+        what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
         raise OutputError(
-            f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] mapped to integers; "
+            f"the output spans [{low:.4g}, {high:.4g}], but {what} holds only [0, 1] mapped onto integers; "
             "write .npy/.npz, --ext tiff or --ext npy (float), or pass --clip", spec.target)
 
 

@@ -307,8 +307,10 @@ class Dataset:
         return None not in self.sample_shape
 
     @property
-    def has_images(self) -> bool:
-        return any(isinstance(part, ImagePart) for part in self.parts)
+    def image_suffixes(self) -> set[str]:
+        """The file types of the image inputs (lower case, with the dot)."""
+        return {Path(h.relpath).suffix.lower() for part in self.parts if isinstance(part, ImagePart)
+                for h in part.headers}
 
     def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
         """All samples in order, in chunks of about `max_bytes` (at least one sample)."""
