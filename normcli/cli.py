@@ -34,8 +34,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         click.echo(f"warning: {category.__name__}: {message}", err=True)
 
 
+class NormcliCommand(click.Command):
+    """Usage problems found by the core are shown with this command's own usage line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageMismatch as error:
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise click.UsageError(str(error), ctx) from None
+
+
 class NormcliGroup(click.Group):
     """The one error boundary: known errors become one line and an exit code."""
+
+    command_class = NormcliCommand
 
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():
@@ -46,8 +60,6 @@ class NormcliGroup(click.Group):
             except NormcliError as error:
                 if ctx.params.get("debug"):
                     raise
-                if isinstance(error, UsageMismatch):
-                    raise click.UsageError(str(error), ctx.invoked_subcommand and ctx) from None
                 raise ReportedError(error) from None
             except KeyboardInterrupt:
                 click.echo("error: interrupted; nothing was written", err=True)
@@ -342,13 +354,14 @@ def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip,
                        title="inverse z-score" if inverse else "z-score")
 
 
-def _numbers(text: str | None, default: float):
+def _numbers(text: str | None, default: float, name: str | None = None):
     if text is None:
         return default
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number or a comma-separated list of numbers") from None
+        raise click.BadParameter(f"{text!r} is not a number or a comma-separated list of numbers",
+                                 param_hint=name) from None
 
 
 def _per_key(value, keys: int, name: str):
@@ -409,8 +422,8 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, False, "channel")
     with dataset:
         keys = scope_keys(scope, dataset.layout, dataset.sample_shape, dataset.n_samples)
-        gammas = _per_key(_numbers(gamma, 1.0), keys, "--gamma")
-        betas = _per_key(_numbers(beta, 0.0), keys, "--beta")
+        gammas = _per_key(_numbers(gamma, 1.0, "--gamma"), keys, "--gamma")
+        betas = _per_key(_numbers(beta, 0.0, "--beta"), keys, "--beta")
         if saved is not None:
             plan = _eval_plan(saved, stats_from, scope, gammas, betas, eps)
             title = "batch norm (eval, running statistics)"
@@ -473,8 +486,8 @@ def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         channels = dataset.channels
         if channels % groups:
             raise click.BadParameter(f"{groups} does not divide the {channels} channels", param_hint="--groups")
-        plan = GroupPlan(groups, _per_key(_numbers(gamma, 1.0), channels, "--gamma"),
-                         _per_key(_numbers(beta, 0.0), channels, "--beta"), eps)
+        plan = GroupPlan(groups, _per_key(_numbers(gamma, 1.0, "--gamma"), channels, "--gamma"),
+                         _per_key(_numbers(beta, 0.0, "--beta"), channels, "--beta"), eps)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
 
@@ -538,6 +551,11 @@ def demo(seed, bins):
 
     Min-max normalization and standardization of the whole set, then batch norm of the first
     10 images, shown to equal standardizing those 10; each with its histogram, mean and variance.
+
+    \b
+    Example:
+        normcli demo
+        normcli demo --seed 1 --bins 50
     """
     from normcli.demo import run_demo
 

@@ -14,7 +14,7 @@ Each accumulator has a pure `measure(chunk)` (safe to run on several threads) an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,8 +36,13 @@ class Moments:
     m2: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    # Integer inputs: each key's exact (sum, sum of squares) as Python ints, so var() is rounded once.
+    exact_sums: tuple | None = field(default=None, repr=False, compare=False)
 
     def var(self, ddof: int = 0) -> np.ndarray:
+        if self.exact_sums is not None:
+            return np.array([(b * c - a * a) / (c * (c - ddof)) if c > ddof else np.nan
+                             for a, b, c in zip(*self.exact_sums, (int(c) for c in self.count))], np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.count > ddof, self.m2 / np.maximum(self.count - ddof, 1), np.nan)
 
@@ -179,7 +184,8 @@ class MomentAccumulator:
         count = _key_count(v, scope)
         if scope == "sample":
             # Each sample is whole in its chunk: shift it by its own rough mean.
-            rough = np.add.reduce(v, axis=(1, 2), dtype=np.float64) / count
+            with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf in one sample
+                rough = np.add.reduce(v, axis=(1, 2), dtype=np.float64) / count
             shift = np.nan_to_num(rough, nan=0.0, posinf=0.0, neginf=0.0)
         else:
             if self.shift is None:  # the first chunk, measured alone before the others start
@@ -187,7 +193,8 @@ class MomentAccumulator:
             shift = self.shift
         shift_b = broadcast_keys(shift, scope, v.shape)
         y = np.subtract(v, shift_b, dtype=np.float64)
-        total = keyed_reduce(np.add, y, scope)
+        with np.errstate(invalid="ignore"):  # +inf and -inf in one key sum to NaN: counted below
+            total = keyed_reduce(np.add, y, scope)
         if not np.isfinite(total).all():
             finite = np.isfinite(v)
             nonfinite = _count_nonfinite(v, finite, start)
@@ -241,7 +248,8 @@ class MomentAccumulator:
             self._state = result
         elif self.exact:
             count, s1, s2, low, high = self._state
-            self._state = (count + result[0], s1 + result[1], s2 + result[2],
+            # Python-int sums across chunks: 64-bit sums of uint16 squares wrap after ~4e9 values
+            self._state = (count + result[0], s1 + result[1].astype(object), s2 + result[2].astype(object),
                            np.minimum(low, result[3]), np.maximum(high, result[4]))
         else:
             n_a, m_a, s_a, lo_a, hi_a = self._state
@@ -266,9 +274,8 @@ class MomentAccumulator:
         if self.exact:
             return _moments_from_sums(*columns)
         count, mean, m2, low, high = columns
-        if self.scope != "sample":
-            with np.errstate(invalid="ignore"):
-                mean = np.where(count > 0, mean + self.shift, np.nan)
+        with np.errstate(invalid="ignore"):  # a key with no (finite) values has no mean, as in np.nanmean
+            mean = np.where(count > 0, mean if self.scope == "sample" else mean + self.shift, np.nan)
         return Moments(count, mean, m2, low, high)
 
 
@@ -312,7 +319,7 @@ def _moments_from_sums(count, s1, s2, low, high) -> Moments:
     mean = np.array([a / c if c else np.nan for a, c in zip(s1, n)])
     m2 = np.array([(b * c - a * a) / c if c else 0.0 for a, b, c in zip(s1, s2, n)])
     return Moments(np.asarray(count, np.int64), mean, m2, np.asarray(low, np.float64),
-                   np.asarray(high, np.float64))
+                   np.asarray(high, np.float64), exact_sums=(s1, s2))
 
 
 # -- histograms -------------------------------------------------------------

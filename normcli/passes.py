@@ -207,6 +207,8 @@ class BatchPlan(Plan):
         acc = MomentAccumulator(scope, self.dataset.layout, dtype or data.dtype, data.shape[1:],
                                 ignore_nan=self.ignore_nan)
         acc.add(acc.measure(data))
+        if acc.nonfinite.total and not self.ignore_nan:
+            return None  # NaN/inf: left to the input's own check after pass 1, which names the sample
         return acc.result()
 
     def _affine(self, moments: Moments, size: int) -> Affine:
@@ -223,6 +225,8 @@ class BatchPlan(Plan):
 
     def add_fit(self, partial) -> None:
         size, moments, whole = partial
+        if moments is None:
+            return
         affine = self._affine(moments, size)
         self.running.update(moments)
         low, high = affine.bounds(moments.min, moments.max)

@@ -42,6 +42,8 @@ def _clean(value):
 def stats_rows(stats, ddof: int = 0) -> list[dict]:
     m = stats.moments
     columns = {"count": m.count, "mean": m.mean, "std": m.std(ddof), "var": m.var(ddof), "min": m.min, "max": m.max}
+    if np.dtype(stats.dtype).kind in "ui" and (m.count > 0).all():
+        columns["min"], columns["max"] = m.min.astype(np.int64), m.max.astype(np.int64)  # integer data: integer extremes
     shaped = {name: _shaped(stats, values) for name, values in columns.items()}
     rows = []
     if stats.scope == "pixel":
@@ -137,7 +139,8 @@ class Printer:
     def __init__(self, stderr: bool = False):
         from rich.console import Console
 
-        self.console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+        # soft_wrap: long lines are left to the terminal, so piped reports keep one record a line.
+        self.console = Console(stderr=stderr, highlight=False, soft_wrap=True)
 
     def line(self, text: str = "", style: str | None = None) -> None:
         self.console.print(text, style=style, markup=False)

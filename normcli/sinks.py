@@ -229,6 +229,7 @@ class Sink:
         else:
             try:
                 if self._zip:
+                    self._member.close()  # else the ZipFile refuses to close, and complains again when collected
                     self._zip.close()
             except Exception:
                 pass

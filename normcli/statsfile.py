@@ -108,8 +108,9 @@ def read(path: str) -> StatsFile:
         if len(sample_shape) != len(layout) - 1:
             raise ValueError(f"sample_shape {list(sample_shape)} does not fit layout {layout}")
         keys = _keys(per, layout, sample_shape, doc)
-        arrays = {name: _flat(doc[name], keys, name) for name in _ARRAYS}
-        extra = {name: _flat(doc[name], keys, name) for name in _EXTRA_ARRAYS if name in doc}
+        arrays = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape) for name in _ARRAYS}
+        extra = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape)
+                 for name in _EXTRA_ARRAYS if name in doc}
         for name in ("momentum", "batches"):
             if name in doc:
                 extra[name] = doc[name]
@@ -137,6 +138,14 @@ def _flat(values, keys: int, name: str) -> np.ndarray:
     if name in ("min", "max") and np.isnan(array).any():
         array = np.where(np.isnan(array), np.inf if name == "min" else -np.inf, array)
     return array
+
+
+def _keyed(array: np.ndarray, per: str, layout: str, sample_shape) -> np.ndarray:
+    """Pixel-scope arrays are stored shaped like one sample: back into the keys' (position, channel)
+    order, which differs from the sample's own order for NCHW (the inverse of StatsFile.shaped)."""
+    if per != "pixel":
+        return array
+    return np.ascontiguousarray(Layout(layout).npc(array.reshape(1, *sample_shape))[0]).reshape(-1)
 
 
 def _none_to_nan(value):

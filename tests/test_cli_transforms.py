@@ -1,0 +1,424 @@
+"""normalize / standardize / batchnorm / groupnorm through Click's CliRunner, against numpy references."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_image
+from normcli.cli import cli
+
+EPS = 1e-5  # batchnorm / groupnorm default
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if ok:
+        assert result.exit_code == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def chdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def x(chdir):
+    """(8, 5, 4, 4) float64 NHWC, channels with their own offset and spread; saved as x.npy."""
+    rng = np.random.default_rng(21)
+    data = rng.normal(size=(8, 5, 4, 4)) * np.array([1.0, 3.0, 0.2, 7.0]) + np.array([5.0, -2.0, 40.0, 0.0])
+    np.save("x.npy", data)
+    return data
+
+
+# -- numpy references -------------------------------------------------------------------
+def axes(per):
+    return {"global": None, "channel": (0, 1, 2), "sample": (1, 2, 3), "pixel": 0}[per]
+
+
+def ref_normalize(x, per="global", lo=0.0, hi=1.0):
+    a = axes(per)
+    mn, mx = x.min(axis=a, keepdims=True), x.max(axis=a, keepdims=True)
+    return (x - mn) / (mx - mn) * (hi - lo) + lo
+
+
+def ref_standardize(x, per="global", ddof=0, eps=0.0):
+    a = axes(per)
+    return (x - x.mean(axis=a, keepdims=True)) / np.sqrt(x.var(axis=a, ddof=ddof, keepdims=True) + eps)
+
+
+def ref_batchnorm(x, batch, gamma=1.0, beta=0.0, eps=EPS, momentum=0.1, drop_last=False):
+    """Training-mode batch norm per channel, with PyTorch's running statistics."""
+    c = x.shape[-1]
+    out, running_mean, running_var, batches = [], np.zeros(c), np.ones(c), 0
+    for start in range(0, len(x), batch):
+        b = x[start:start + batch]
+        if drop_last and len(b) < batch:
+            break
+        flat = b.reshape(-1, c)
+        mean, var = flat.mean(axis=0), flat.var(axis=0)
+        out.append((b - mean) / np.sqrt(var + eps) * gamma + beta)
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var = (1 - momentum) * running_var + momentum * flat.var(axis=0, ddof=1)
+        batches += 1
+    return np.concatenate(out), running_mean, running_var, batches
+
+
+def ref_groupnorm(x, groups, gamma=1.0, beta=0.0, eps=EPS):
+    n, h, w, c = x.shape
+    g = x.reshape(n, h * w, groups, c // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = g.var(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * gamma + beta
+
+
+TRANSFORMS = {
+    "normalize": ([], lambda x: ref_normalize(x)),
+    "normalize-channel-range": (["--per", "channel", "--range", "-1", "1"],
+                                lambda x: ref_normalize(x, "channel", -1, 1)),
+    "normalize-sample": (["--per", "sample"], lambda x: ref_normalize(x, "sample")),
+    "normalize-pixel": (["--per", "pixel"], lambda x: ref_normalize(x, "pixel")),
+    "standardize": ([], lambda x: ref_standardize(x)),
+    "standardize-channel": (["--per", "channel"], lambda x: ref_standardize(x, "channel")),
+    "standardize-sample": (["--per", "sample"], lambda x: ref_standardize(x, "sample")),
+    "standardize-pixel-ddof1": (["--per", "pixel", "--ddof", "1"], lambda x: ref_standardize(x, "pixel", 1)),
+    "standardize-eps": (["--eps", "0.5"], lambda x: ref_standardize(x, eps=0.5)),
+    "batchnorm": (["-b", "3"], lambda x: ref_batchnorm(x, 3)[0]),
+    "batchnorm-gamma-beta": (["--batch-size", "4", "--gamma", "1,2,3,4", "--beta", "0.5"],
+                             lambda x: ref_batchnorm(x, 4, np.array([1.0, 2, 3, 4]), 0.5)[0]),
+    "batchnorm-drop-last": (["-b", "3", "--drop-last"], lambda x: ref_batchnorm(x, 3, drop_last=True)[0]),
+    "groupnorm-1": (["--groups", "1"], lambda x: ref_groupnorm(x, 1)),
+    "groupnorm-2": (["-g", "2", "--gamma", "2", "--beta", "0,1,2,3"],
+                    lambda x: ref_groupnorm(x, 2, 2.0, np.array([0.0, 1, 2, 3]))),
+    "groupnorm-4": (["-g", "4", "--eps", "0"], lambda x: ref_groupnorm(x, 4, eps=0.0)),
+}
+
+
+def command_of(name):
+    return name.split("-")[0]
+
+
+def read_output(path: str, kind: str) -> np.ndarray:
+    if kind == "npy":
+        return np.load(path, allow_pickle=False)
+    if kind == "npz":
+        with np.load(path, allow_pickle=False) as archive:
+            assert archive.files == ["data"]
+            return archive["data"]
+    import tifffile
+
+    names = sorted(os.listdir(path))
+    assert names == [f"{i:06d}.tiff" for i in range(len(names))]
+    return np.stack([tifffile.imread(os.path.join(path, n)) for n in names])
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_transform_to_npy_matches_numpy(x, name):
+    options, reference = TRANSFORMS[name]
+    result = run(command_of(name), "x.npy", "-o", "out.npy", *options)
+    out = np.load("out.npy")
+    assert out.dtype == np.float32
+    expected = reference(x)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert "before" in result.stdout and "after" in result.stdout
+    assert result.stderr == ""
+    assert sorted(os.listdir(".")) == ["out.npy", "x.npy"]
+
+
+@pytest.mark.parametrize("command, options, reference", [
+    ("normalize", [], lambda x: ref_normalize(x)),
+    ("standardize", ["--per", "channel"], lambda x: ref_standardize(x, "channel")),
+    ("batchnorm", ["-b", "3"], lambda x: ref_batchnorm(x, 3)[0]),
+    ("groupnorm", ["-g", "2"], lambda x: ref_groupnorm(x, 2)),
+])
+@pytest.mark.parametrize("kind", ["npz", "folder", "stdout"])
+def test_transform_output_kinds(x, command, options, reference, kind):
+    target = {"npz": "out.npz", "folder": "outdir", "stdout": "-"}[kind]
+    result = run(command, "x.npy", "-o", target, *options)
+    if kind == "stdout":
+        out = np.load(io.BytesIO(result.stdout_bytes), allow_pickle=False)
+        assert "before" in result.stderr and "after" in result.stderr  # the report moved to stderr
+        assert os.listdir(".") == ["x.npy"]
+    else:
+        out = read_output(target, kind)
+        assert "before" in result.stdout
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.reshape(x.shape), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_npz_output_keeps_the_input_key_and_dtype_option(x):
+    np.savez("in.npz", images=x)
+    run("standardize", "in.npz", "-o", "out.npz", "--dtype", "float64", "-q")
+    with np.load("out.npz") as archive:
+        assert archive.files == ["images"]
+        out = archive["images"]
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, ref_standardize(x), rtol=1e-12, atol=1e-12)
+
+
+def test_stdin_to_stdout(x):
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    result = CliRunner().invoke(cli, ["normalize", "-", "-o", "-", "--format", "json"], input=buffer.getvalue())
+    assert result.exit_code == 0, result.stderr
+    out = np.load(io.BytesIO(result.stdout_bytes))
+    np.testing.assert_allclose(out, ref_normalize(x), rtol=1e-6, atol=1e-6)
+    doc = json.loads(result.stderr)
+    assert doc["output"] == "-"
+
+
+# -- reports ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, options", [
+    ("normalize", ["--per", "channel"]), ("standardize", []), ("groupnorm", ["-g", "2"]),
+    ("batchnorm", ["-b", "4"]),
+])
+def test_json_report_before_after_output(x, command, options):
+    result = run(command, "x.npy", "-o", "out.npy", "--format", "json", *options)
+    doc = json.loads(result.stdout)
+    assert {"before", "after", "output"} <= set(doc)
+    if command != "batchnorm":
+        assert set(doc) == {"before", "after", "output"}
+    assert doc["output"] == "out.npy"
+    out = np.load("out.npy").astype(np.float64)
+    scope = doc["before"]["per"]
+    assert doc["after"]["per"] == scope
+    for report, data in ((doc["before"], x), (doc["after"], out)):
+        assert report["samples"] == len(x)
+        assert report["sample_shape"] == list(x.shape[1:])
+        flat = data.reshape(-1) if scope == "global" else data.reshape(-1, x.shape[-1]).T
+        for row, values in zip(report["rows"], np.atleast_2d(flat)):
+            assert row["count"] == values.size
+            np.testing.assert_allclose(row["mean"], values.mean(), rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(row["var"], values.var(), rtol=1e-9, atol=1e-9)
+            assert row["min"] == values.min() and row["max"] == values.max()
+            assert sum(row["histogram"]["counts"]) == values.size
+    assert doc["before"]["dtype"] == "float64" and doc["after"]["dtype"] == "float32"
+
+
+def test_batchnorm_json_has_per_batch_statistics(x):
+    doc = json.loads(run("batchnorm", "x.npy", "-o", "out.npy", "-b", "3", "--format", "json").stdout)
+    out = np.load("out.npy").astype(np.float64)
+    assert [b["size"] for b in doc["batches"]] == [3, 3, 2]
+    for b, start in zip(doc["batches"], range(0, len(x), 3)):
+        np.testing.assert_allclose(b["mean_before"], x[start:start + 3].mean(), rtol=1e-12)
+        np.testing.assert_allclose(b["var_before"], x[start:start + 3].var(), rtol=1e-12)
+        np.testing.assert_allclose(b["mean_after"], out[start:start + 3].mean(), atol=1e-9)
+        np.testing.assert_allclose(b["var_after"], out[start:start + 3].var(), rtol=1e-9)
+
+
+def test_json_report_goes_to_stderr_with_stdout_output(x):
+    result = run("standardize", "x.npy", "-o", "-", "--format", "json")
+    doc = json.loads(result.stderr)
+    assert doc["output"] == "-"
+    np.testing.assert_allclose(np.load(io.BytesIO(result.stdout_bytes)), ref_standardize(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("command, options", [
+    ("normalize", []), ("standardize", []), ("batchnorm", ["-b", "2"]), ("groupnorm", ["-g", "1"])])
+def test_quiet_prints_nothing(x, command, options):
+    result = run(command, "x.npy", "-o", "out.npy", "--quiet", *options)
+    assert result.stdout == "" and result.stderr == ""
+    assert np.load("out.npy").shape == x.shape
+    result = run(command, "x.npy", "-o", "-", "-q", *options)
+    assert result.stderr == ""
+    assert np.load(io.BytesIO(result.stdout_bytes)).shape == x.shape
+
+
+def test_table_report_shows_before_and_after(x):
+    out = run("standardize", "x.npy", "-o", "z.npy").stdout
+    assert out.index("before: x.npy") < out.index("after z-score: z.npy")
+    assert f"{x.mean():.6g}" in out and f"{x.var():.6g}" in out
+
+
+# -- fit on train, apply to test ------------------------------------------------------------
+@pytest.mark.parametrize("command, per, reference", [
+    ("standardize", "channel", lambda train, test: (test - train.reshape(-1, 4).mean(0)) / train.reshape(-1, 4).std(0)),
+    ("standardize", "pixel", lambda train, test: (test - train.mean(0)) / train.std(0)),
+    ("standardize", "global", lambda train, test: (test - train.mean()) / train.std()),
+    ("normalize", "channel", lambda train, test: (test - train.reshape(-1, 4).min(0))
+     / (train.reshape(-1, 4).max(0) - train.reshape(-1, 4).min(0))),
+    ("normalize", "pixel", lambda train, test: (test - train.min(0)) / (train.max(0) - train.min(0))),
+])
+def test_save_stats_and_stats_from_round_trip(x, command, per, reference):
+    train, test = x[:5], x[5:] * 1.5 + 2
+    np.save("train.npy", train)
+    np.save("test.npy", test)
+    run(command, "train.npy", "-o", "train_t.npy", "--per", per, "--save-stats", "train.json", "-q")
+    saved = json.load(open("train.json"))
+    assert saved["per"] == per and saved["layout"] == "NHWC" and saved["inputs"] == ["train.npy"]
+    expected_train = reference(train, train)
+    np.testing.assert_allclose(np.load("train_t.npy"), expected_train, rtol=1e-5, atol=1e-5)
+
+    run(command, "test.npy", "-o", "test_t.npy", "--stats-from", "train.json", "-q")
+    np.testing.assert_allclose(np.load("test_t.npy"), reference(train, test), rtol=1e-5, atol=1e-5)
+    # Naming the file's own scope is no contradiction.
+    run(command, "test.npy", "-o", "test_t2.npy", "--stats-from", "train.json", "--per", per, "-q")
+
+    run(command, "test_t.npy", "-o", "back.npy", "--stats-from", "train.json", "--inverse", "-q")
+    np.testing.assert_allclose(np.load("back.npy"), test, rtol=1e-5, atol=1e-4)
+
+
+def test_normalize_stats_from_with_range(x):
+    np.save("train.npy", x[:4])
+    np.save("test.npy", x[4:])
+    run("normalize", "train.npy", "-o", "t.npy", "--save-stats", "s.json", "-q")
+    run("normalize", "test.npy", "-o", "u.npy", "--stats-from", "s.json", "--range", "-1", "1", "-q")
+    mn, mx = x[:4].min(), x[:4].max()
+    np.testing.assert_allclose(np.load("u.npy"), (x[4:] - mn) / (mx - mn) * 2 - 1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["normalize", "standardize"])
+@pytest.mark.parametrize("option", [["--per", "global"], ["--per", "pixel"], ["--layout", "NCHW"]])
+def test_stats_from_with_contradicting_option_is_usage_error(x, command, option):
+    run(command, "x.npy", "-o", "t.npy", "--per", "channel", "--save-stats", "s.json", "-q")
+    result = run(command, "x.npy", "-o", "u.npy", "--stats-from", "s.json", *option, ok=False)
+    assert result.exit_code == 2
+    assert option[0] in result.stderr and "s.json" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists("u.npy")
+
+
+def test_stats_from_does_not_fit_the_data(x):
+    run("standardize", "x.npy", "-o", "t.npy", "--per", "channel", "--save-stats", "s.json", "-q")
+    np.save("three.npy", x[..., :3])
+    result = run("standardize", "three.npy", "-o", "u.npy", "--stats-from", "s.json", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "s.json" in result.stderr
+    assert not os.path.exists("u.npy")
+
+
+# -- batchnorm running statistics ----------------------------------------------------------
+@pytest.mark.parametrize("momentum", [None, "0.3"])
+def test_batchnorm_save_stats_has_running_statistics(x, momentum):
+    options = ["--momentum", momentum] if momentum else []
+    m = float(momentum) if momentum else 0.1
+    run("batchnorm", "x.npy", "-o", "bn.npy", "-b", "3", "--save-stats", "bn.json", "-q", *options)
+    saved = json.load(open("bn.json"))
+    assert {"running_mean", "running_var", "momentum", "batches"} <= set(saved)
+    out, running_mean, running_var, batches = ref_batchnorm(x, 3, momentum=m)
+    np.testing.assert_allclose(np.load("bn.npy"), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saved["running_mean"], running_mean, rtol=1e-12)
+    np.testing.assert_allclose(saved["running_var"], running_var, rtol=1e-12)
+    assert saved["momentum"] == m
+    assert saved["batches"] == batches == 3
+    # The whole input's statistics under the usual keys.
+    assert saved["per"] == "channel" and saved["count"] == [x[..., 0].size] * 4
+    np.testing.assert_allclose(saved["mean"], x.reshape(-1, 4).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(saved["var"], x.reshape(-1, 4).var(0), rtol=1e-12)
+
+
+def test_batchnorm_matches_torch(x):
+    torch = pytest.importorskip("torch")
+    run("batchnorm", "x.npy", "-o", "bn.npy", "-b", "3", "--save-stats", "bn.json", "-q", "--gamma", "1,2,3,4",
+        "--beta", "0,1,0,1")
+    layer = torch.nn.BatchNorm2d(4, eps=EPS, momentum=0.1, dtype=torch.float64).train()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2, 3, 4]))
+        layer.bias.copy_(torch.tensor([0.0, 1, 0, 1]))
+        outs = [layer(torch.from_numpy(x[i:i + 3]).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+                for i in range(0, len(x), 3)]
+    saved = json.load(open("bn.json"))
+    np.testing.assert_allclose(np.load("bn.npy"), np.concatenate(outs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saved["running_mean"], layer.running_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(saved["running_var"], layer.running_var.numpy(), rtol=1e-10)
+
+
+def test_batchnorm_eval_uses_running_statistics(x):
+    run("batchnorm", "x.npy", "-o", "bn.npy", "-b", "4", "--save-stats", "bn.json", "-q")
+    saved = json.load(open("bn.json"))
+    test = x[::-1] * 2 + 1
+    np.save("test.npy", test)
+    run("batchnorm", "test.npy", "-o", "eval.npy", "-b", "4", "--eval", "--stats-from", "bn.json", "-q",
+        "--gamma", "2", "--beta", "-1")
+    _, running_mean, running_var, _ = ref_batchnorm(x, 4)
+    np.testing.assert_allclose(saved["running_mean"], running_mean, rtol=1e-12)
+    expected = (test - running_mean) / np.sqrt(running_var + EPS) * 2 - 1
+    np.testing.assert_allclose(np.load("eval.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_eval_needs_running_statistics(x):
+    run("standardize", "x.npy", "-o", "z.npy", "--per", "channel", "--save-stats", "s.json", "-q")
+    result = run("batchnorm", "x.npy", "-o", "e.npy", "-b", "2", "--eval", "--stats-from", "s.json", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "s.json" in result.stderr
+    assert not os.path.exists("e.npy")
+
+
+def test_batchnorm_eval_without_stats_from_is_usage_error(x):
+    result = run("batchnorm", "x.npy", "-o", "e.npy", "-b", "2", "--eval", ok=False)
+    assert result.exit_code == 2
+    assert not os.path.exists("e.npy")
+
+
+def test_batchnorm_single_batch_equals_standardize(x):
+    run("batchnorm", "x.npy", "-o", "bn.npy", "-b", str(len(x)), "--per", "global", "--eps", "0", "-q")
+    run("standardize", "x.npy", "-o", "z.npy", "-q")
+    np.testing.assert_allclose(np.load("bn.npy"), np.load("z.npy"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.load("z.npy"), ref_standardize(x), rtol=1e-5, atol=1e-5)
+
+
+def test_groupnorm_matches_torch(x):
+    torch = pytest.importorskip("torch")
+    run("groupnorm", "x.npy", "-o", "gn.npy", "-g", "2", "-q")
+    expected = torch.nn.functional.group_norm(torch.from_numpy(x).permute(0, 3, 1, 2), 2, eps=EPS)
+    np.testing.assert_allclose(np.load("gn.npy"), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+
+
+# -- NaN ---------------------------------------------------------------------------------------
+def test_ignore_nan_leaves_nan_out_and_passes_it_through(x):
+    data = x.copy()
+    data[1, 2, 3, 0] = np.nan
+    data[4, 0, 0, 2] = np.inf
+    np.save("nan.npy", data)
+    doc = json.loads(run("stats", "nan.npy", "--per", "global", "--ignore-nan", "--format", "json").stdout)
+    finite = data[np.isfinite(data)]
+    assert doc["rows"][0]["count"] == finite.size
+    np.testing.assert_allclose(doc["rows"][0]["mean"], finite.mean(), rtol=1e-12)
+    np.testing.assert_allclose(doc["rows"][0]["var"], finite.var(), rtol=1e-12)
+    run("standardize", "nan.npy", "-o", "z.npy", "--ignore-nan", "-q")
+    z = np.load("z.npy")
+    assert np.isnan(z[1, 2, 3, 0]) and np.isposinf(z[4, 0, 0, 2])
+    mask = np.isfinite(data)
+    np.testing.assert_allclose(z[mask], (data[mask] - finite.mean()) / finite.std(), rtol=1e-5, atol=1e-5)
+
+
+# -- image folders -------------------------------------------------------------------------
+def test_normalize_png_folder_to_png_folder_keeps_names(chdir):
+    rng = np.random.default_rng(9)
+    images = {"a/0.png": rng.integers(10, 200, (6, 5, 3), dtype=np.uint8),
+              "b/1.png": rng.integers(10, 200, (4, 7, 3), dtype=np.uint8)}
+    for name, image in images.items():
+        write_image(chdir / "in" / name, image)
+    run("normalize", "in", "-o", "out", "--per", "channel", "-q")
+    from PIL import Image
+
+    pooled = np.concatenate([im.reshape(-1, 3) for im in images.values()]).astype(np.float64)
+    mn, mx = pooled.min(0), pooled.max(0)
+    for name, image in images.items():
+        written = np.asarray(Image.open(chdir / "out" / name))
+        assert written.dtype == np.uint8 and written.shape == image.shape
+        expected = np.rint((image - mn) / (mx - mn) * 255)
+        np.testing.assert_array_equal(written, expected)
+
+
+def test_standardize_png_folder_with_clip_and_to_tiff(chdir):
+    import tifffile
+
+    image = np.random.default_rng(2).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    write_image(chdir / "in" / "0.png", image)
+    result = run("standardize", "in", "-o", "clipped", "--clip")
+    assert "clipped" in result.stderr  # the warning says how many values were clipped
+    run("standardize", "in", "-o", "floats", "--ext", "tiff", "-q")
+    z = tifffile.imread(chdir / "floats" / "0.tiff")
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, ref_standardize(image.astype(np.float64)), rtol=1e-5, atol=1e-5)

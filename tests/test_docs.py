@@ -1,0 +1,74 @@
+"""Every command documents itself with examples, and the README's command lines name real commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from normcli.cli import cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+COMMANDS = sorted(cli.commands)
+
+
+def example_lines(help_text: str) -> list[str]:
+    """The indented lines after `Example:` in a docstring."""
+    _, _, after = help_text.partition("Example:")
+    lines = []
+    for line in after.splitlines()[1:]:
+        if not line.strip():
+            if lines:
+                break
+            continue
+        if not line.startswith((" ", "\t")):
+            break
+        lines.append(line.strip())
+    return lines
+
+
+def test_the_documented_commands_exist():
+    assert {"stats", "normalize", "standardize", "batchnorm", "groupnorm", "sample", "demo",
+            "merge-stats"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_docstring_has_an_example_block(name):
+    command = cli.commands[name]
+    assert command.help and command.help.strip(), f"{name} has no docstring"
+    assert "Example:" in command.help, f"{name}'s docstring has no Example: block"
+    examples = example_lines(command.help)
+    assert examples, f"{name}'s Example: block is empty"
+    assert any(shlex.split(line)[:2] == ["normcli", name] for line in examples), examples
+    for line in examples:
+        words = shlex.split(line)
+        assert words[0] == "normcli" and words[1] in cli.commands, line
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_shows_the_examples_unwrapped(name):
+    result = CliRunner().invoke(cli, [name, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.stderr
+    assert "Example:" in result.stdout
+    for line in example_lines(cli.commands[name].help):
+        assert line in result.stdout  # \b keeps Click from re-wrapping the example lines
+
+
+def readme_command_lines() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    return [m.group(1).strip() for m in re.finditer(r"^\s*\$ (normcli\b.*)$", text, re.M)]
+
+
+@pytest.mark.skipif(not README.exists(), reason="no README.md yet")
+def test_readme_command_lines_name_existing_commands():
+    lines = readme_command_lines()
+    assert lines, "README.md shows no `$ normcli ...` command line"
+    for line in lines:
+        words = shlex.split(line.split("|")[0])
+        options = [w for w in words[1:] if not w.startswith("-")]
+        if words[1:2] in (["--help"], ["-h"], ["--version"]):
+            continue
+        assert options and options[0] in cli.commands, f"README line names no existing command: {line}"
