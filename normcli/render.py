@@ -39,11 +39,17 @@ def _clean(value):
     return value
 
 
-def stats_rows(stats, ddof: int = 0) -> list[dict]:
+def _columns(stats, ddof: int) -> dict:
+    """Every statistic per key; integer data keep integer extremes."""
     m = stats.moments
     columns = {"count": m.count, "mean": m.mean, "std": m.std(ddof), "var": m.var(ddof), "min": m.min, "max": m.max}
     if np.dtype(stats.dtype).kind in "ui" and (m.count > 0).all():
-        columns["min"], columns["max"] = m.min.astype(np.int64), m.max.astype(np.int64)  # integer data: integer extremes
+        columns["min"], columns["max"] = m.min.astype(np.int64), m.max.astype(np.int64)
+    return columns
+
+
+def stats_rows(stats, ddof: int = 0) -> list[dict]:
+    columns = _columns(stats, ddof)
     shaped = {name: _shaped(stats, values) for name, values in columns.items()}
     rows = []
     if stats.scope == "pixel":
@@ -70,7 +76,7 @@ def stats_csv(stats, ddof: int = 0) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["key", "count", "mean", "std", "var", "min", "max"])
     m = stats.moments
-    columns = [m.count, m.mean, m.std(ddof), m.var(ddof), m.min, m.max]
+    columns = list(_columns(stats, ddof).values())
     if stats.scope == "pixel":
         index = Layout(stats.layout).to_sample(np.arange(len(m)), stats.sample_shape)
         keys = [""] * len(m)
@@ -117,7 +123,7 @@ def _range_text(values: np.ndarray) -> str:
     finite = values[np.isfinite(values)]
     if not finite.size:
         return "-"
-    return f"{fmt(float(finite.min()))} … {fmt(float(finite.max()))}"
+    return f"{fmt(finite.min().item())} … {fmt(finite.max().item())}"
 
 
 def histogram_lines(counts: np.ndarray, width: int, height: int = HISTOGRAM_HEIGHT) -> list[str]:
@@ -155,10 +161,9 @@ class Printer:
         table = Table(box=None, pad_edge=False, header_style="bold")
         for name in ("key", "count", "mean", "std", "var", "min", "max"):
             table.add_column(name, justify="left" if name == "key" else "right")
-        m = stats.moments
-        columns = (m.count, m.mean, m.std(ddof), m.var(ddof), m.min, m.max)
+        columns = _columns(stats, ddof).values()
         if stats.scope == "pixel":
-            table.add_row(f"pixel ({len(m):,})", *(_range_text(c.astype(np.float64)) for c in columns))
+            table.add_row(f"pixel ({len(stats.moments):,})", *(_range_text(c) for c in columns))
         else:
             keys = row_keys(stats)
             for k in range(min(len(keys), MAX_TABLE_ROWS)):
