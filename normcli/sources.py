@@ -72,6 +72,15 @@ class ArrayPart:
             return open(self.path, "rb")
         return zipfile.ZipFile(self.path).open(self.member)
 
+    def _fortran_whole(self) -> np.ndarray:
+        """A Fortran-order array: mapped from a .npy (checked for truncation), read from an .npz member."""
+        if self.member is not None:  # zip members cannot be mapped
+            with np.load(self.path, allow_pickle=False) as archive:
+                return archive[self.member[:-4]]
+        if os.path.getsize(self.path) < self.offset + self.n_samples * self.sample_bytes:
+            raise InputError("file ends before its header says it should (truncated?)", self.name)
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return raw.astype(self.dtype) if raw.dtype != self.dtype else raw
 
@@ -79,7 +88,7 @@ class ArrayPart:
         """Consecutive blocks of samples, one per requested size."""
         if self.fortran_order:
             # A Fortran-order file keeps samples apart; rare enough for a mapped read.
-            whole = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            whole = self._fortran_whole()
             start = 0
             for size in sizes:
                 yield np.ascontiguousarray(whole[start:start + size])
@@ -97,7 +106,7 @@ class ArrayPart:
     def sample(self, index: int) -> np.ndarray:
         """One sample, read on its own (for shuffled batches)."""
         if self.fortran_order:
-            return self._finish(np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[index]))
+            return self._finish(np.array(self._fortran_whole()[index]))
         out = np.empty(self.sample_shape, dtype=self.file_dtype)
         with self._open() as f:
             f.seek(self.offset + index * self.sample_bytes)
