@@ -187,7 +187,10 @@ class Sink:
         if ext == "tiff":
             import tifffile
 
-            tifffile.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image)
+            channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
+            tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
+                             photometric="rgb" if channels in (3, 4) else "minisblack",
+                             planarconfig="contig" if channels > 1 else None)
         elif image.dtype == np.uint16 and image.shape[-1] > 1:
             from normcli.png16 import write_png16
 

@@ -135,7 +135,8 @@ def apply_broadcast(x: np.ndarray, shift, scale, offset, out: np.ndarray,
                     clip: tuple[float, float] | None = None) -> np.ndarray:
     """y = (x - shift) * scale + offset in float64, with arrays already shaped to broadcast against `x`."""
     y = np.subtract(x, shift, dtype=np.float64)
-    y *= scale
+    with np.errstate(invalid="ignore"):  # inf * 0 (--ignore-nan, a flat key): non-finite input is put back after
+        y *= scale
     y += offset
     if clip is not None:
         np.clip(y, clip[0], clip[1], out=y)
