@@ -27,6 +27,27 @@ def write_image(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def run_cli(*args, ok=True):
+    """Invoke the CLI through Click's runner; an unexpected Python exception fails the test with its traceback."""
+    from click.testing import CliRunner
+
+    from normcli.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if ok:
+        assert result.exit_code == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def chdir(tmp_path, monkeypatch):
+    """Run the test inside its tmp_path, so relative file names land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

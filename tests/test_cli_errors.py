@@ -208,12 +208,6 @@ CASES += [
 PAIRS = [pytest.param(case, command, id=f"{case.id}-{command}") for case in CASES for command in case.commands]
 
 
-@pytest.fixture
-def chdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def check_failure(result, case_exit_code: int, names: str | None = None, words=()):
     assert result.exit_code == case_exit_code, (result.exit_code, result.stdout, result.stderr)
     # No traceback: the error left through the one error boundary, not as a Python exception.

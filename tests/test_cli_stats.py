@@ -13,25 +13,13 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_image
-from normcli.cli import cli
+from conftest import run_cli as run, write_image
 
 REPORT_KEYS = {"inputs", "samples", "sample_shape", "dtype", "layout", "per", "rows"}
 ROW_KEYS = {"key", "count", "mean", "std", "var", "min", "max"}
 STATS_FILE_KEYS = {"normcli_stats", "per", "layout", "sample_shape", "count", "mean", "m2", "var", "min", "max",
                    "ddof", "inputs"}
-
-
-def run(*args, ok=True):
-    """Invoke the CLI; an unexpected Python exception fails the test with its own traceback."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    if ok:
-        assert result.exit_code == 0, result.stderr
-    return result
 
 
 def one_error_line(result, exit_code=1):
@@ -41,12 +29,6 @@ def one_error_line(result, exit_code=1):
     assert lines[0].startswith("error: ")
     assert "Traceback" not in result.stderr + result.stdout
     return lines[0]
-
-
-@pytest.fixture
-def chdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture

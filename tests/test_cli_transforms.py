@@ -10,25 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_image
+from conftest import run_cli as run, write_image
 from normcli.cli import cli
 
 EPS = 1e-5  # batchnorm / groupnorm default
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    if ok:
-        assert result.exit_code == 0, result.stderr
-    return result
-
-
-@pytest.fixture
-def chdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture
