@@ -25,6 +25,27 @@ INTEGER_DTYPES = ("uint8", "uint16")
 TOLERANCE = 1e-6
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(target: str, *, folder: bool = False, suffix: str = ".tmp") -> str:
+    """A new temporary file or folder next to `target` (so a rename can replace it atomically),
+    with the permissions a plainly created one would get (mkstemp alone makes them private)."""
+    parent = Path(target).resolve().parent
+    prefix = f".{Path(target).name}."
+    if folder:
+        path, mode = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent), 0o777
+    else:
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+        os.close(fd)
+        mode = 0o666
+    os.chmod(path, mode & ~_umask())
+    return path
+
+
 @dataclass
 class OutputSpec:
     """Where and how a transform writes: `kind` is npy, npz, stdout or folder."""
@@ -133,14 +154,12 @@ class Sink:
             self._file = sys.stdout.buffer
             self._write_header(self._file)
         elif spec.kind == "folder":
-            self._temp = tempfile.mkdtemp(prefix=f".{Path(target).name}.", suffix=".tmp",
-                                          dir=Path(target).resolve().parent)
+            self._temp = temp_beside(target, folder=True)
             self._width = max(6, len(str(max(samples - 1, 0))))
             self._names: set[str] = set()
         else:
-            fd, self._temp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp",
-                                              dir=Path(target).resolve().parent)
-            self._file = os.fdopen(fd, "wb")
+            self._temp = temp_beside(target)
+            self._file = open(self._temp, "wb")
             if spec.kind == "npz":
                 self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
                 self._member = self._zip.open(f"{self.key}.npy", "w", force_zip64=True)
@@ -210,7 +229,7 @@ class Sink:
         if self.spec.kind == "folder":
             old = None
             if target.exists():
-                old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.resolve().parent)
+                old = temp_beside(str(target), folder=True, suffix=".old")
                 os.replace(target, Path(old) / target.name)
             os.replace(self._temp, target)
             if old:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +76,11 @@ def write(path: str, stats: StatsFile, *, force: bool = False) -> None:
         raise OutputError("already exists; use --force to replace it", path)
     if not target.resolve().parent.is_dir():
         raise OutputError(f"folder {target.resolve().parent} does not exist", path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
+    from normcli.sinks import temp_beside
+
+    temp = temp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(temp, "w") as f:
             json.dump(stats.to_json(), f, indent=1)
             f.write("\n")
         os.replace(temp, target)

@@ -413,3 +413,21 @@ def test_nan_into_an_integer_output_fails_cleanly(tmp_path, rng, small_chunks, n
     with pytest.raises(OutputError, match="NaN cannot be stored"):
         run([source], linear_plan(1.0), tmp_path / name, dtype=dtype, ext=ext, ignore_nan=True)
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["out.npy", "out.npz", "out_folder"])
+def test_outputs_get_the_permissions_a_new_file_gets(tmp_path, output):
+    """Temporary files are private; the renamed output must not stay so (umask 027 -> 0640 / 0750)."""
+    import os
+
+    x = np.random.default_rng(1).normal(size=(3, 4, 4, 1))
+    np.save(tmp_path / "x.npy", x)
+    old = os.umask(0o027)
+    try:
+        run([tmp_path / "x.npy"], standardize_plan(), tmp_path / output, ext="npy" if "folder" in output else None)
+    finally:
+        os.umask(old)
+    target = tmp_path / output
+    assert target.stat().st_mode & 0o777 == (0o750 if target.is_dir() else 0o640)
+    for inner in target.rglob("*") if target.is_dir() else []:
+        assert inner.stat().st_mode & 0o777 == 0o640
