@@ -17,7 +17,7 @@ from normcli import sinks
 from normcli.errors import InputError, UsageMismatch
 from normcli.layout import Layout
 from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments,
-                             histogram_edges)
+                             histogram_edges, histograms_from_counts)
 from normcli.parallel import ordered_map
 from normcli.sources import Chunk, Dataset
 from normcli.transforms import (Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine)
@@ -82,7 +82,8 @@ def histogram_edges_for(scope: str, low: np.ndarray, high: np.ndarray, bins: int
 
 def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_range=None,
             ignore_nan: bool = False, progress: Progress | None = None) -> Stats:
-    """The statistics of `dataset` at `scope`: one pass for the moments, a second for histograms."""
+    """The statistics of `dataset` at `scope`: one pass for the moments, a second for histograms
+    (none for 8/16-bit integers at global/channel scope, whose value counts give both)."""
     check_scope(dataset, scope)
     acc = _moment_accumulator(dataset, scope, ignore_nan)
     stream(dataset.chunks(), lambda chunk: acc.measure(chunk.data, chunk.start), acc.add, progress)
@@ -90,11 +91,14 @@ def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_rang
     moments = acc.result()
     histograms = None
     if bins:
-        hist = HistogramAccumulator(scope, dataset.layout, histogram_edges_for(
-            scope, moments.min, moments.max, bins, hist_range))
-        stream(dataset.chunks(), lambda c: (hist.measure(c.data, c.start), c.start),
-               lambda result: hist.add(*result), progress)
-        histograms = hist.result()
+        edges = histogram_edges_for(scope, moments.min, moments.max, bins, hist_range)
+        if acc.value_counts is not None:
+            histograms = histograms_from_counts(acc.value_counts, dataset.dtype, edges)
+        else:
+            hist = HistogramAccumulator(scope, dataset.layout, edges)
+            stream(dataset.chunks(), lambda c: (hist.measure(c.data, c.start), c.start),
+                   lambda result: hist.add(*result), progress)
+            histograms = hist.result()
     return _stats(dataset, scope, moments, histograms)
 
 
