@@ -298,8 +298,9 @@ def nonfinite_error(found: NonFinite, locate) -> NonFiniteError:
              if n]
     source, name = locate(found.first)
     where = f"first in sample {found.first}" + (f" ({name})" if isinstance(name, str) else "")
+    noun = "value" if found.total == 1 else "values"
     return NonFiniteError(
-        f"the input holds {' and '.join(kinds)} values, {where}; use --ignore-nan to leave them out", source)
+        f"the input holds {' and '.join(kinds)} {noun}, {where}; use --ignore-nan to leave them out", source)
 
 
 def _count_nonfinite(v: np.ndarray, finite: np.ndarray, start: int) -> NonFinite:

@@ -419,7 +419,7 @@ def test_nonfinite_message_mentions_only_what_is_there(tmp_path):
     path = tmp_path / "one.npy"
     np.save(path, x)
     with open_dataset([str(path)]) as dataset:
-        with pytest.raises(NonFiniteError, match=r"1 NaN values, first in sample 2") as info:
+        with pytest.raises(NonFiniteError, match=r"1 NaN value, first in sample 2") as info:
             measure(dataset, "global", bins=0)
     assert "inf" not in str(info.value)
 
