@@ -12,6 +12,7 @@ import click
 from normcli import __version__
 from normcli.errors import ExitCode, NormcliError, NormcliWarning, UsageMismatch
 
+# Spelled out here rather than imported from the core, so that --help starts without numpy.
 SCOPES = ("global", "channel", "sample", "pixel")
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
 
@@ -454,12 +455,12 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 def _eval_plan(saved, path, scope, gammas, betas, eps):
     from normcli.errors import StatsFileError
     from normcli.passes import ScalePlan
-    from normcli.transforms import Affine
+    from normcli.transforms import batchnorm
 
     if "running_mean" not in saved.extra:
         raise StatsFileError("holds no running statistics; make it with batchnorm --save-stats", path)
     mean, var = saved.extra["running_mean"], saved.extra["running_var"]
-    return ScalePlan(scope, lambda _: Affine(mean, gammas / (var + eps) ** 0.5, betas))
+    return ScalePlan(scope, lambda _: batchnorm(mean, var, gammas, betas, eps))
 
 
 @cli.command()

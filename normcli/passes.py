@@ -220,7 +220,7 @@ class BatchPlan(Plan):
             raise UsageMismatch(
                 f"a batch of {size} sample(s) has a single value per key, which has no variance to "
                 "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
-        return batchnorm(moments, self.gamma, self.beta, self.eps)
+        return batchnorm(moments.mean, moments.var(0), self.gamma, self.beta, self.eps)
 
     def fit(self, chunk: Chunk):
         moments = self._batch_moments(chunk.data, self.scope)

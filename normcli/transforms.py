@@ -84,12 +84,13 @@ def per_key(value, keys: int, name: str) -> np.ndarray:
     return values
 
 
-def batchnorm(batch: Moments, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Affine:
-    """Training-mode batch norm of one batch: gamma * (x - mean_B) / sqrt(var_B + eps) + beta.
+def batchnorm(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Affine:
+    """Batch norm: gamma * (x - mean) / sqrt(var + eps) + beta.
 
-    var_B is the biased (population) variance of the batch, as PyTorch normalizes with.
+    Training mode passes the batch's mean and biased (population) variance, as PyTorch normalizes
+    with; inference mode (--eval) the saved running statistics.
     """
-    return Affine(batch.mean, gamma / np.sqrt(batch.var(0) + eps), beta)
+    return Affine(mean, gamma / np.sqrt(var + eps), beta)
 
 
 @dataclass
