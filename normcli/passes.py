@@ -125,7 +125,7 @@ class Plan:
     def units(self, dataset: Dataset) -> Iterator[Chunk]:
         return dataset.chunks()
 
-    def fit(self, chunk: Chunk):
+    def fit(self, chunk: Chunk, layout: Layout):
         return None
 
     def add_fit(self, partial) -> None:
@@ -222,7 +222,7 @@ class BatchPlan(Plan):
                 "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
         return batchnorm(moments.mean, moments.var(0), self.gamma, self.beta, self.eps)
 
-    def fit(self, chunk: Chunk):
+    def fit(self, chunk: Chunk, layout: Layout):
         moments = self._batch_moments(chunk.data, self.scope)
         whole = self._batch_moments(chunk.data, "global")
         return len(chunk.data), moments, whole
@@ -260,13 +260,12 @@ class GroupPlan(Plan):
         self.groups, self.gamma, self.beta, self.eps = groups, gamma, beta, eps
         self.low = np.full(len(gamma), np.inf)
         self.high = np.full(len(gamma), -np.inf)
-        self.layout: Layout | None = None
 
     def _maps(self, x: np.ndarray):
         return groupnorm_affine(x, self.groups, self.gamma, self.beta, self.eps)
 
-    def fit(self, chunk: Chunk):
-        x = self.layout.npc(chunk.data)
+    def fit(self, chunk: Chunk, layout: Layout):
+        x = layout.npc(chunk.data)
         shift, scale, offset = self._maps(x)
         a = (x.min(axis=1, keepdims=True) - shift) * scale + offset
         b = (x.max(axis=1, keepdims=True) - shift) * scale + offset
@@ -302,12 +301,10 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     """
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
     check_scope(dataset, plan.scope)
-    if isinstance(plan, GroupPlan):
-        plan.layout = dataset.layout
     before_acc = _moment_accumulator(dataset, plan.scope, ignore_nan)
 
     def fit(chunk: Chunk):
-        return before_acc.measure(chunk.data, chunk.start), plan.fit(chunk)
+        return before_acc.measure(chunk.data, chunk.start), plan.fit(chunk, dataset.layout)
 
     def add_fit(result):
         before_acc.add(result[0])
