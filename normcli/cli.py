@@ -222,14 +222,14 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
     if save_stats:
         _check_stats_target(save_stats, force)
     with _progress(dataset.n_samples, 2) as progress:
-        result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force,
-                           bins=0 if quiet else bins, ignore_nan=ignore_nan, progress=progress)
+        result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
+                           ignore_nan=ignore_nan, report=not quiet, progress=progress)
     if save_stats:
         statsfile.write(save_stats, _stats_file(result.before, ddof, extra_stats(plan) if extra_stats else None),
                         force=force)
     if result.clipped:
         warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
-                                     f"{result.after.dtype}"))
+                                     "the 8/16-bit output"))
     if quiet:
         return
     to_stderr = output == "-"

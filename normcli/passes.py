@@ -285,20 +285,22 @@ class GroupPlan(Plan):
 @dataclass
 class TransformResult:
     before: Stats
-    after: Stats
+    after: Stats | None
     plan: Plan
     clipped: int  # values clipped to fit an 8/16-bit output
 
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
               clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS,
-              ignore_nan: bool = False, progress: Progress | None = None) -> TransformResult:
+              ignore_nan: bool = False, report: bool = True, progress: Progress | None = None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
     checked against what the output can hold, before anything is written. Pass 2: apply,
-    write, and measure the input's histograms and the output's statistics.
+    write, and (unless `report` is off: then `after` is None) measure the input's histograms
+    and the output's statistics.
     """
+    bins = bins if report else 0
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
     check_scope(dataset, plan.scope)
     before_acc = _moment_accumulator(dataset, plan.scope, ignore_nan)
@@ -336,7 +338,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         if ignore_nan:
             np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
         hists = (before_hist.measure(chunk.data, chunk.start), after_hist.measure(out, chunk.start)) if bins else None
-        return chunk, out, summary, after_acc.measure(out, chunk.start), hists
+        return chunk, out, summary, after_acc.measure(out, chunk.start) if report else None, hists
 
     sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip)
 
@@ -344,7 +346,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         chunk, out, summary, after_partial, hists = result
         sink.write(out, chunk.start, chunk.names)
         plan.add_applied(summary)
-        after_acc.add(after_partial)
+        if report:
+            after_acc.add(after_partial)
         if hists:
             before_hist.add(hists[0], chunk.start)
             after_hist.add(hists[1], chunk.start)
@@ -357,5 +360,5 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         raise
     before_stats = _stats(dataset, plan.scope, before, before_hist.result() if bins else None, samples=samples)
     after_stats = _stats(dataset, plan.scope, after_acc.result(), after_hist.result() if bins else None,
-                         dtype=spec.dtype, samples=samples)
+                         dtype=spec.dtype, samples=samples) if report else None
     return TransformResult(before_stats, after_stats, plan, sink.clipped)
