@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from normcli.layout import Layout
-from normcli.passes import BatchPlan, ScalePlan, measure, transform
+from normcli.passes import BatchPlan, ScalePlan, transform
 from normcli.sinks import write_array
 from normcli.sources import open_dataset, tutorial_dataset
 from normcli.transforms import minmax, zscore
@@ -38,26 +38,24 @@ def run_demo(*, seed: int = 0, bins: int = 30) -> Iterator[DemoStep]:
         write_array(str(folder / "data.npy"), data, force=False, layout=Layout("NHWC"))
         write_array(str(folder / "first10.npy"), data[:BATCH], force=False, layout=Layout("NHWC"))
         with open_dataset([str(folder / "data.npy")]) as dataset:
-            yield DemoStep(
-                "The data: 1000 grayscale 32×32 images, a normal signal plus normal noise",
-                "Shaped (N, H, W, C) = (1000, 32, 32, 1); mean ≈ 26, variance ≈ 306.",
-                [_named(measure(dataset, "global", bins=bins), "data.npy")])
             case1 = transform(dataset, ScalePlan("global", lambda m: minmax(m)), str(folder / "minmax.npy"), bins=bins)
             yield DemoStep(
                 "Case 1: min-max normalization of the whole set to [0, 1]",
-                "x' = (x - min) / (max - min): the shape of the histogram stays, its axis moves to [0, 1].",
-                [_named(case1.after, "normalized")])
+                "The data: 1000 grayscale 32×32 images shaped (N, H, W, C), a normal signal plus normal "
+                "noise (mean ≈ 26, variance ≈ 306).\nx' = (x - min) / (max - min): the histogram keeps its "
+                "shape, its axis moves to [0, 1].",
+                [_named(case1.before, "data.npy"), _named(case1.after, "normalized")])
             case2 = transform(dataset, ScalePlan("global", lambda m: zscore(m)), str(folder / "z.npy"), bins=bins)
             yield DemoStep(
                 "Case 2: standardization of the whole set",
                 "x' = (x - mean) / std: mean 0, variance 1.",
-                [_named(case2.after, "standardized")])
+                [_named(case2.before, "data.npy"), _named(case2.after, "standardized")])
         with open_dataset([str(folder / "first10.npy")]) as first10:
             gamma, beta = np.ones(1), np.zeros(1)
             plan = BatchPlan(first10, "channel", BATCH, gamma, beta, 1e-5)
             case3 = transform(first10, plan, str(folder / "bn.npy"), bins=bins)
-            transform(first10, ScalePlan("global", lambda m: zscore(m)), str(folder / "z10.npy"),
-                                  bins=0)
+            transform(first10, ScalePlan("global", lambda m: zscore(m)), str(folder / "z10.npy"), bins=0,
+                      report=False)
         difference = np.abs(np.load(folder / "bn.npy").astype(np.float64)
                             - np.load(folder / "z10.npy").astype(np.float64)).max()
         yield DemoStep(
