@@ -328,6 +328,7 @@ class Dataset:
             if isinstance(part, ImagePart):
                 for chunk in _image_chunks(part, start, max_bytes):
                     chunk.data = self._cast(chunk.data)
+                    chunk.names = [_qualified(self, part, name) for name in chunk.names]
                     yield chunk
             else:
                 per_chunk = max(1, max_bytes // max(part.sample_bytes, 1))

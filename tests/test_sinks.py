@@ -431,3 +431,12 @@ def test_outputs_get_the_permissions_a_new_file_gets(tmp_path, output):
     assert target.stat().st_mode & 0o777 == (0o750 if target.is_dir() else 0o640)
     for inner in target.rglob("*") if target.is_dir() else []:
         assert inner.stat().st_mode & 0o777 == 0o640
+
+
+def test_folders_given_together_keep_their_names_in_the_output(tmp_path):
+    """Two folders with the same relative paths: each output path starts with its folder's name."""
+    rng = np.random.default_rng(4)
+    for folder in ("x", "y"):
+        write_image(tmp_path / folder / "sub" / "p.png", rng.integers(0, 256, (5, 6, 3), dtype=np.uint8))
+    run([tmp_path / "x", tmp_path / "y"], ScalePlan("global", lambda m: minmax(m)), tmp_path / "out")
+    assert files_under(tmp_path / "out") == ["x/sub/p.png", "y/sub/p.png"]
