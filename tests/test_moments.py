@@ -75,11 +75,13 @@ def exact_row(row: np.ndarray, ddof: int = 0):
 
 def check_close(got: float, want: float, scale: float, what: str) -> None:
     """|got - want| <= 1e-12 |want|, with an absolute floor of a few float64 ulps of the data's
-    magnitude `scale` (the rounding of the mean itself: no float64 algorithm does better)."""
+    magnitude `scale` (the rounding of the mean itself: no float64 algorithm does better), and
+    never below one subnormal step (the mean of [5e-324, 0] rounds to either neighbour)."""
     if math.isnan(want):
         assert math.isnan(got), f"{what}: got {got!r}, want NaN"
         return
-    assert abs(got - want) <= REL * abs(want) + scale, f"{what}: got {got!r}, want {want!r}"
+    floor = max(scale, float(np.finfo(np.float64).smallest_subnormal))
+    assert abs(got - want) <= REL * abs(want) + floor, f"{what}: got {got!r}, want {want!r}"
 
 
 def check_moments(m: Moments, x: np.ndarray, layout: str, scope: str, *, ddof: int = 0) -> None:
@@ -490,7 +492,8 @@ def test_ignore_nan_equals_nan_reductions_on_the_finite_values(case, scope, data
         big = float(np.max(np.abs(values)))
         check_close(mean[k], want_mean, 16 * EPS * big, f"mean of key {k}")
         check_close(var[k], want_var, (16 * EPS * big) ** 2, f"var of key {k}")
-        np.testing.assert_allclose(mean[k], np.nanmean(row), rtol=1e-9, atol=1e-9 * big)
+        tiny = float(np.finfo(np.float64).smallest_subnormal)
+        np.testing.assert_allclose(mean[k], np.nanmean(row), rtol=1e-9, atol=max(1e-9 * big, tiny))
         np.testing.assert_allclose(var[k], np.nanvar(row), rtol=1e-9, atol=(1e-9 * big) ** 2)
 
 
@@ -593,3 +596,14 @@ def test_constant_rows_histogram_like_numpy(tmp_path):
         np.testing.assert_array_equal(stats.histograms.counts[k], counts)
         np.testing.assert_array_equal(stats.histograms.edges[k], edges)
     assert (stats.moments.var() == 0).all()
+
+
+def test_a_range_too_narrow_for_the_bins_gets_numpys_single_value_edges(tmp_path):
+    """np.histogram gives up ("Too many bins for data range") on [1e9, 1e9 + 1 ulp]; stats must not."""
+    x = np.array([1e9, np.nextafter(1e9, 2e9)])
+    np.save(tmp_path / "narrow.npy", x)
+    with open_dataset([str(tmp_path / "narrow.npy")]) as dataset:
+        stats = measure(dataset, "global", bins=30)
+    edges = stats.histograms.edges[0]
+    np.testing.assert_array_equal(edges, np.histogram_bin_edges([], 30, range=(x[0] - 0.5, x[1] + 0.5)))
+    assert stats.histograms.counts[0].sum() == 2

@@ -1,0 +1,250 @@
+"""The float histogram kernel behind HistogramAccumulator.measure: exactly np.histogram's counts.
+
+Every test compares with np.histogram(values, bins, range=(low, high)) on the raw values of each
+key (grouped from the axis names, not through normcli's npc view). The kernel's tunables are
+shrunk (tiny blocks, no minimum size, sometimes no giving up on data that sits on the edges) so
+that small hypothesis arrays run through every part of it: blocks, pair counting, rejected values.
+
+Run by hand for the speed-up (not a test): /work/venv/bin/python tests/test_histogram_kernel.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from normcli import moments
+from normcli.layout import Layout
+from normcli.moments import HistogramAccumulator, histogram_edges
+
+FLOATS = (np.float16, np.float32, np.float64)
+SHAPES = {"NHWC": (3, 4, 5, 3), "NCHW": (3, 2, 4, 5), "NHW": (4, 3, 5), "NC": (12, 4), "N": (37,)}
+SCOPES = ("global", "channel", "sample", "pixel")
+
+
+def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
+    """The values of every key of `scope` (pixel scope keeps one histogram of all values)."""
+    n = x.shape[0]
+    if scope in ("global", "pixel") or "C" not in layout and scope == "channel":
+        return [x.reshape(-1)]
+    if scope == "sample":
+        return list(x.reshape(n, -1))
+    axis = layout.index("C")
+    return list(np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1))
+
+
+@contextlib.contextmanager
+def kernel_tunables(block=64, probe=5, give_up=moments._HIST_GIVE_UP, pairs=moments._HIST_PAIRS):
+    with mock.patch.multiple(moments, _HIST_MIN_SIZE=0, _HIST_BLOCK=block, _HIST_PROBE=probe,
+                             _HIST_GIVE_UP=give_up, _HIST_PAIRS=pairs):
+        yield
+
+
+def numpy_counts(rows, edges, clamp=False) -> np.ndarray:
+    bins = edges.shape[1] - 1
+    out = []
+    for row, row_edges in zip(rows, edges):
+        low, high = row_edges[0], row_edges[-1]
+        out.append(np.histogram(np.clip(row, low, high) if clamp else row, bins, range=(low, high))[0])
+    return np.stack(out)
+
+
+def check(x: np.ndarray, layout: str, scope: str, edges: np.ndarray, *, clamp=False, split=None):
+    acc = HistogramAccumulator(scope, Layout(layout), edges, clamp=clamp)
+    if scope == "sample" and split and split < len(x):
+        got = np.concatenate([acc.measure(x[:split], 0), acc.measure(x[split:], split)])
+    else:
+        got = acc.measure(x)
+    want = numpy_counts(reference_rows(x, layout, scope), edges, clamp)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    bad = np.flatnonzero((got != want).any(axis=1))
+    assert bad.size == 0, f"key {bad[0]}: got {got[bad[0]].tolist()}, want {want[bad[0]].tolist()}"
+
+
+def near(values, dtype, rng, k=2) -> np.ndarray:
+    """Each value, rounded to `dtype`, and its k neighbours on either side in `dtype`."""
+    with np.errstate(over="ignore"):
+        v = np.asarray(values, np.float64).astype(dtype)
+    out = [v]
+    up, down = v, v
+    for _ in range(k):
+        up, down = np.nextafter(up, dtype(np.inf)), np.nextafter(down, dtype(-np.inf))
+        out += [up, down]
+    return np.concatenate(out)
+
+
+RANGES = st.one_of(
+    st.tuples(st.just(0.0), st.just(255.0)),
+    st.tuples(st.just(-1.0), st.just(1.0)),
+    st.tuples(st.just(-300.5), st.just(-2.25)),  # negative
+    st.tuples(st.just(1e9), st.just(1e9 + 4096.0)),  # large offset
+    st.tuples(st.just(1e9 + 0.1), st.just(1e9 + 0.7)),  # large offset, narrow range (float64 only)
+    st.tuples(st.just(0.1), st.just(0.1 + 3e-7)),  # tiny range, ends not float32 numbers
+    st.tuples(st.floats(-1e6, 1e6), st.floats(1e-6, 1e6)).map(lambda t: (t[0], t[0] + t[1])),
+)
+
+
+@st.composite
+def cases(draw):
+    """(array, layout, edges, description) with values on and around the edges, outside, NaN, inf."""
+    layout = draw(st.sampled_from(list(SHAPES)))
+    dtype = draw(st.sampled_from(FLOATS))
+    bins = draw(st.one_of(st.integers(1, 40), st.sampled_from([85, 127, 180, 181, 255, 256, 1000])))
+    low, high = draw(RANGES)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = SHAPES[layout]
+    n = int(np.prod(shape))
+    kind = draw(st.sampled_from(["ints", "noise", "edges", "constant"]))
+    if kind == "ints":  # integer-valued floats: many sit exactly on edges
+        x = rng.integers(int(np.floor(low)) - 2, int(np.ceil(high)) + 3, n).astype(np.float64)
+    elif kind == "noise":
+        x = rng.uniform(low, high, n) + (high - low) * 0.05 * rng.standard_normal(n)
+    elif kind == "edges":
+        edges = np.histogram_bin_edges([], bins, range=(low, high))
+        x = rng.choice(near(edges, dtype, rng), n)
+    else:
+        x = np.full(n, rng.uniform(low, high))
+    with np.errstate(over="ignore"):
+        x = x.astype(dtype)
+    special = draw(st.lists(st.sampled_from([np.nan, np.inf, -np.inf, low - 1, high + 1, low, high]),
+                            max_size=4))
+    for value in special:
+        with np.errstate(over="ignore"):
+            x[rng.integers(n)] = dtype(value)
+    x = x.reshape(shape)
+    scope = draw(st.sampled_from(SCOPES if "C" in layout else ("global", "sample", "pixel")))
+    rows = reference_rows(x, layout, scope)
+    if draw(st.booleans()):  # an explicit range (--range): values outside it are left out
+        low, high = np.full(len(rows), low), np.full(len(rows), high)
+    else:  # each key's [min, max] over its finite values, (v - 0.5, v + 0.5) for a constant key
+        finite = [r[np.isfinite(r)].astype(np.float64) for r in rows]
+        low = [f.min() if f.size else np.nan for f in finite]
+        high = [f.max() if f.size else np.nan for f in finite]
+    try:
+        edges = histogram_edges(low, high, bins)
+    except ValueError:  # numpy: "Too many bins for data range" (a spread of a few float64 ulps)
+        assume(False)
+    return x, layout, scope, edges
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=cases(), block=st.sampled_from([1, 7, 64, 1000]), probe=st.sampled_from([1, 5, 64]),
+       give_up=st.sampled_from([moments._HIST_GIVE_UP, 2.0]), pairs=st.sampled_from([0, moments._HIST_PAIRS]),
+       split=st.integers(0, 3))
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_kernel_counts_equal_numpy(case, block, probe, give_up, pairs, split):
+    x, layout, scope, edges = case
+    with kernel_tunables(block, min(probe, block), give_up, pairs):
+        check(x, layout, scope, edges, split=split)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases())
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_clamped_counts_equal_numpy_on_clipped_values(case):
+    x, layout, scope, edges = case
+    with kernel_tunables(give_up=2.0):
+        check(x, layout, scope, edges, clamp=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("low, high, bins", [
+    (0.0, 255.0, 30), (0.0, 255.0, 255), (0.0, 255.0, 1000), (-1.0, 1.0, 7), (-3.5, -0.25, 13),
+    (0.1, 0.7, 60), (1e9, 1e9 + 64 * 100, 100), (1e9 + 0.1, 1e9 + 0.7, 3), (1e-30, 3e-30, 10),
+    (-5e30, 5e30, 999), (2.0, 2.0 + 2**-20, 16)])
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_values_next_to_every_edge(dtype, low, high, bins):
+    """Every edge's neighbours within a few ulps in `dtype`, and the values just inside and just
+    outside the kernel's acceptance margin of every edge: the places where rounding decides."""
+    rng = np.random.default_rng(bins)
+    edges = np.histogram_bin_edges([], bins, range=(low, high))
+    plan = moments._hist_plan(low, high, bins, np.dtype(dtype))
+    spots = [edges]
+    if plan is not None:
+        margin = float(plan[3]) * (high - low) / bins
+        spots += [edges + margin, edges - margin]
+    x = near(np.concatenate(spots), dtype, rng, k=3)
+    x = np.concatenate([x, rng.uniform(low, high, 500).astype(dtype)])
+    rng.shuffle(x)
+    want = np.histogram(x, bins, range=(np.float64(low), np.float64(high)))[0]
+    with kernel_tunables(block=1000, give_up=2.0):
+        got = moments._float_histogram(x, np.float64(low), np.float64(high), bins)
+    assert got.tolist() == want.tolist()
+
+
+def test_plan_picks_float32_float64_or_numpy():
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert moments._hist_plan(0.0, 255.0, 30, f32)[0] is np.float32
+    assert moments._hist_plan(0.0, 255.0, 30, np.dtype(np.float16))[0] is np.float32
+    assert moments._hist_plan(0.0, 255.0, 30, f64)[0] is np.float64
+    # The ends are not float32 numbers and the range is narrow: float32 is too coarse.
+    assert moments._hist_plan(0.1, 0.1 + 1e-6, 30, f32)[0] is np.float64
+    # Too many bins for float32's precision.
+    assert moments._hist_plan(0.0, 1.0, 200_000, f32)[0] is np.float64
+    # An offset of 1e15 with a 1e-3 range: float64 edges are coarser than the margin allows.
+    assert moments._hist_plan(1e15, 1e15 + 1e-3, 30, f64) is None
+    assert moments._hist_plan(0.0, 1.0, 30, np.dtype(np.int32)) is None
+
+
+@pytest.mark.parametrize("layout, scope, shape", [
+    ("NC", "global", (300_001, 1)), ("NHWC", "channel", (25, 64, 64, 3)), ("NCHW", "channel", (25, 3, 64, 64)),
+    ("NHW", "sample", (40, 100, 100))])
+@pytest.mark.parametrize("bins", [30, 1000])
+@pytest.mark.parametrize("data", ["normal", "integers", "offset"])
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_real_sizes_with_default_tunables(layout, scope, shape, bins, data):
+    """Chunks as normcli reads them, through the kernel's real block sizes and give-up rule."""
+    rng = np.random.default_rng(bins)
+    n = int(np.prod(shape))
+    x = {"normal": lambda: rng.standard_normal(n), "integers": lambda: rng.integers(0, 256, n),
+         "offset": lambda: 1e9 + 1e3 * rng.standard_normal(n)}[data]().astype(np.float32).reshape(shape)
+    x.reshape(-1)[rng.integers(n, size=5)] = [np.nan, np.inf, -np.inf, 1e30, -1e30]
+    rows = reference_rows(x, layout, scope)
+    finite = [r[np.isfinite(r) & (np.abs(r) < 1e29)] for r in rows]
+    edges = histogram_edges([f.min() for f in finite], [f.max() for f in finite], bins)
+    check(x, layout, scope, edges)
+
+
+# ----------------------------------------------------------------------------- timing, by hand
+def _time_measure(threads: int = 1, seconds: float = 2.0) -> None:
+    """GB/s of HistogramAccumulator.measure on 4 MiB float32 chunks, np.histogram vs the kernel."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((1 << 20, 1)).astype(np.float32) for _ in range(threads)]
+    edges = histogram_edges([-6.0], [6.0], 30)
+    acc = HistogramAccumulator("global", Layout("NC"), edges)
+
+    def rate(fn) -> float:
+        done = [0] * threads
+        stop = time.perf_counter() + seconds
+
+        def work(t):
+            while time.perf_counter() < stop:
+                fn(chunks[t])
+                done[t] += 1
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(done) * chunks[0].nbytes / (time.perf_counter() - start) / 1e9
+
+    for chunk in chunks:
+        assert (acc.measure(chunk)[0] == np.histogram(chunk, 30, range=(edges[0, 0], edges[0, -1]))[0]).all()
+    before = rate(lambda c: np.histogram(c, 30, range=(edges[0, 0], edges[0, -1])))
+    after = rate(acc.measure)
+    print(f"{threads} thread(s): np.histogram {before:.2f} GB/s, kernel {after:.2f} GB/s ({after / before:.1f}x)")
+
+
+if __name__ == "__main__":
+    for n_threads in (1, 2):
+        _time_measure(n_threads)
