@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from normcli.errors import NonFiniteError
+from normcli.errors import InputError, NonFiniteError
 from normcli.layout import Layout
 
 SCOPES = ("global", "channel", "sample", "pixel")
@@ -170,7 +170,7 @@ class MomentAccumulator:
         """Each key's mean over `v` (any value near the data works; a mean is always near)."""
         axes = _REDUCE[self.scope]
         finite = np.isfinite(v)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             total = np.where(finite, v, 0).sum(axis=axes, dtype=np.float64)
             shift = total / np.maximum(finite.sum(axis=axes), 1)
         return np.where(np.isfinite(shift), shift, 0.0).reshape(-1)
@@ -198,11 +198,14 @@ class MomentAccumulator:
             shift = self.shift
         shift_b = broadcast_keys(shift, scope, v.shape)
         y = np.subtract(v, shift_b, dtype=np.float64)
-        with np.errstate(invalid="ignore"):  # +inf and -inf in one key sum to NaN: counted below
+        with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf in one key sum to NaN: counted below
             total = keyed_reduce(np.add, y, scope)
         if not np.isfinite(total).all():
             finite = np.isfinite(v)
             nonfinite = _count_nonfinite(v, finite, start)
+            if not nonfinite.total:
+                raise InputError("values too large to add up in float64 (magnitudes near 1.8e308); "
+                                 "scale the data down first")
             if not self.ignore_nan:
                 return None, nonfinite
             return self._measure_masked(v, y, finite, shift, shift_b), nonfinite

@@ -565,6 +565,8 @@ def _combine(parts: list, layout_name: str | None, key: str | None) -> Dataset:
                         f"samples of shape {part.sample_shape} do not match {first.name}'s "
                         f"{tuple(first.sample_shape)}", part.name)
         dtype = np.result_type(dtype, part.dtype)
+    if not sum(part.n_samples for part in parts):
+        raise InputError("holds no samples", first.name if len(parts) == 1 else ", ".join(p.name for p in parts))
     npz_key = next((p.member[:-4] for p in parts if isinstance(p, ArrayPart) and p.member), None)
     return Dataset(parts, layout, np.dtype(dtype), tuple(sample_shape), key=key or npz_key)
 

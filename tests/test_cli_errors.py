@@ -108,6 +108,14 @@ def broken_image():
     Path("imgs", "1.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
 
 
+def empty_array():
+    np.save("empty.npy", np.zeros((0, 5, 4, 2)))
+
+
+def huge_values():
+    np.save("huge.npy", np.full((3, 5, 4, 2), 1.7e308))
+
+
 def output_exists():
     save_x()
     Path("out.npy").write_bytes(b"keep me")
@@ -160,6 +168,8 @@ CASES = [
          words=("2 NaN", "sample 3", "--ignore-nan")),
     Case("shapes-differ", mismatched_shapes, ["x.npy", "y.npy"], names="y.npy"),
     Case("folder-without-images", empty_folder, ["empty"], names="empty"),
+    Case("no-samples", empty_array, ["empty.npy"], names="empty.npy", words=("no samples",)),
+    Case("sums-overflow-float64", huge_values, ["huge.npy"], words=("too large",)),
     Case("broken-image", broken_image, ["imgs"], names="1.png"),
     # Outputs: the transforms.
     Case("output-exists", output_exists, ["x.npy"], TRANSFORMS, names="out.npy", words=("--force",)),
