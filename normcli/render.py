@@ -156,7 +156,8 @@ class Printer:
 
         if title:
             self.line(title, style="bold")
-        self.line(f"{', '.join(stats.inputs)}: {stats.samples:,} samples of {shape_text(stats.sample_shape)}, "
+        samples = f"{stats.samples:,} sample" + ("" if stats.samples == 1 else "s")
+        self.line(f"{', '.join(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}, "
                   f"{stats.dtype}, {stats.layout}, per {stats.scope}", style="dim")
         table = Table(box=None, pad_edge=False, header_style="bold")
         for name in ("key", "count", "mean", "std", "var", "min", "max"):
