@@ -182,6 +182,7 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
     """
     from normcli import render, statsfile
     from normcli.passes import measure
+    from normcli.sinks import check_target
 
     if fmt == "torchvision" and per not in (None, "channel"):
         raise click.UsageError("--format torchvision prints per-channel statistics; drop --per")
@@ -189,10 +190,12 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
         raise click.BadParameter("LO must be below HI", param_hint="--range")
     bins = 0 if fmt in ("csv", "torchvision") else bins
     with _open(inputs, layout, key, mode) as dataset, _progress(dataset.n_samples, 2 if bins else 1) as progress:
+        if save:
+            check_target(save, dataset.inputs, force, folder=False)
         result = measure(dataset, per or "channel", bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
                          progress=progress)
     if save:
-        statsfile.write(save, _stats_file(result, ddof), force=force)
+        statsfile.write(save, _stats_file(result, ddof), force=force, inputs=inputs)
     if quiet:
         return
     if fmt == "json":
@@ -216,17 +219,23 @@ def _stats_file(result, ddof: int, extra: dict | None = None):
 def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt, quiet, ignore_nan,
                    title, save_stats=None, ddof=0, extra_stats=None):
     """Run both passes into the output, then save the fitted statistics and report."""
+    from pathlib import Path
+
     from normcli import render, statsfile
     from normcli.passes import transform
+    from normcli.sinks import check_target
 
     if save_stats:
-        _check_stats_target(save_stats, force)
+        # Checked before any work, so that a bad --save-stats cannot leave the output written.
+        if output != "-" and Path(save_stats).resolve() == Path(output).resolve():
+            raise click.UsageError("--save-stats and -o name the same file")
+        check_target(save_stats, dataset.inputs, force, folder=False)
     with _progress(dataset.n_samples, 2) as progress:
         result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                            ignore_nan=ignore_nan, report=not quiet, progress=progress)
     if save_stats:
         statsfile.write(save_stats, _stats_file(result.before, ddof, extra_stats(plan) if extra_stats else None),
-                        force=force)
+                        force=force, inputs=dataset.inputs)
     if result.clipped:
         warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
                                      "the 8/16-bit output"))
@@ -249,15 +258,6 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
         printer.batches(batches)
         printer.line()
     printer.stats(result.after, title=f"after {title}: {output}")
-
-
-def _check_stats_target(path: str, force: bool) -> None:
-    from pathlib import Path
-
-    from normcli.errors import OutputError
-
-    if Path(path).exists() and not force:
-        raise OutputError("already exists; use --force to replace it", path)
 
 
 def fit_options(fn):

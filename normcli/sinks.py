@@ -19,7 +19,6 @@ import numpy as np
 from normcli.errors import OutputError, UsageMismatch
 from normcli.layout import Layout
 
-FOLDER_EXTENSIONS = ("png", "tiff", "npy")
 INTEGER_DTYPES = ("uint8", "uint16")
 # Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
 TOLERANCE = 1e-6
@@ -58,12 +57,9 @@ class OutputSpec:
 
 def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool) -> OutputSpec:
     """Decide the output's kind and dtype and check it can be written, before any work is done."""
-    if target == "-":
-        kind = "stdout"
-    else:
-        suffix = Path(target).suffix.lower()
-        kind = {".npy": "npy", ".npz": "npz"}.get(suffix, "folder")
-        _check_target(target, dataset.inputs, force)
+    kind = output_kind(target)
+    if kind != "stdout":
+        check_target(target, dataset.inputs, force)
     if ext is not None and kind != "folder":
         raise UsageMismatch(f"--ext picks the file type inside an output folder; {target} is a {kind} output")
     if kind != "folder":
@@ -95,17 +91,28 @@ def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
     return "float32"
 
 
-def _check_target(target: str, inputs, force: bool) -> None:
-    path = Path(target)
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"folder {parent} does not exist; normcli creates only the output itself", target)
+def output_kind(target: str) -> str:
+    """stdout for -, npy or npz by suffix, else a folder."""
+    if target == "-":
+        return "stdout"
+    return {".npy": "npy", ".npz": "npz"}.get(Path(target).suffix.lower(), "folder")
+
+
+def check_target(target: str, inputs, force: bool, *, folder: bool | None = None) -> None:
+    """Refuse, before any work, an output that cannot or must not be written: a missing parent
+    folder, an input or a folder holding one (--force would delete it), or an existing file
+    without --force. `folder`: whether the output is one (default: by its suffix, as for -o)."""
+    path = Path(target).resolve()
+    folder = output_kind(target) == "folder" if folder is None else folder
+    if not path.parent.is_dir():
+        raise OutputError(f"folder {path.parent} does not exist; normcli creates only the output itself", target)
     for name in inputs:
-        if name != "-" and Path(name).resolve() == path.resolve():
-            raise OutputError("the output is also an input; write somewhere else", target)
+        source = Path(name).resolve()
+        if name != "-" and (source == path or path in source.parents):
+            raise OutputError("the output is, or holds, an input; write somewhere else", target)
     if path.exists() and not force:
         raise OutputError("already exists; use --force to replace it", target)
-    if path.exists() and path.is_dir() != (Path(target).suffix.lower() not in (".npy", ".npz")):
+    if path.exists() and path.is_dir() != folder:
         raise OutputError("exists and is of another kind (file vs folder); remove it first", target)
 
 
@@ -262,10 +269,9 @@ class Sink:
 
 def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> None:
     """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks."""
-    if target != "-":
-        _check_target(target, [], force)
-    suffix = Path(target).suffix.lower()
-    kind = "stdout" if target == "-" else {".npy": "npy", ".npz": "npz"}.get(suffix, "folder")
+    kind = output_kind(target)
+    if kind != "stdout":
+        check_target(target, [], force)
     spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
     sink = Sink(spec, layout, array.shape[1:], len(array))
     try:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from normcli.errors import OutputError, StatsFileError, UsageMismatch
+from normcli.errors import StatsFileError, UsageMismatch
 from normcli.layout import LAYOUTS, Layout
 from normcli.moments import SCOPES, Moments, scope_keys
 
@@ -69,21 +68,17 @@ def _nan_to_none(value):
     return value if value is None or np.isfinite(value) else None
 
 
-def write(path: str, stats: StatsFile, *, force: bool = False) -> None:
+def write(path: str, stats: StatsFile, *, force: bool = False, inputs=()) -> None:
     """Write atomically: to a temporary file beside `path`, then renamed."""
-    target = Path(path)
-    if target.exists() and not force:
-        raise OutputError("already exists; use --force to replace it", path)
-    if not target.resolve().parent.is_dir():
-        raise OutputError(f"folder {target.resolve().parent} does not exist", path)
-    from normcli.sinks import temp_beside
+    from normcli.sinks import check_target, temp_beside
 
+    check_target(path, inputs, force, folder=False)
     temp = temp_beside(path)
     try:
         with open(temp, "w") as f:
             json.dump(stats.to_json(), f, indent=1)
             f.write("\n")
-        os.replace(temp, target)
+        os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)

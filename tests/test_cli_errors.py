@@ -182,6 +182,10 @@ CASES = [
     Case("mixed-sizes-into-one-array", mixed_sizes, ["imgs"], TRANSFORMS, names="out.npy", words=("folder",)),
     Case("save-stats-exists", stats_file("{}"), ["x.npy"], FITTING + ("batchnorm",),
          options=["--save-stats", "s.json"], names="s.json"),
+    Case("save-stats-parent-missing", save_x, ["x.npy"], FITTING + ("batchnorm",),
+         options=["--save-stats", "nodir/s.json"], names="nodir/s.json", words=("does not exist",)),
+    Case("save-over-the-input", save_x, ["x.npy"], ("stats",), options=["--save", "x.npy", "--force"],
+         names="x.npy", words=("input",)),
     # Usage errors: exit 2.
     Case("groups-do-not-divide-channels", save_x, ["x.npy"], ("groupnorm",), options=["-g", "3"], exit_code=2),
     Case("inverse-without-stats-from", save_x, ["x.npy"], FITTING, options=["--inverse"], exit_code=2),

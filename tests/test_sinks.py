@@ -315,11 +315,19 @@ def test_output_equal_to_an_input_is_an_error(tmp_path, array, image_tree):
     source = save(tmp_path, array, "same.npy")
     original = Path(source).read_bytes()
     for target in (source, str(tmp_path / "." / "same.npy")):
-        with pytest.raises(OutputError, match="also an input"):
+        with pytest.raises(OutputError, match="is, or holds, an input"):
             run([source], linear_plan(2.0), target, force=True)
     assert Path(source).read_bytes() == original
-    with pytest.raises(OutputError, match="also an input"):
+    with pytest.raises(OutputError, match="is, or holds, an input"):
         run([image_tree], linear_plan(1 / 255), image_tree, force=True)
+
+
+def test_an_output_folder_holding_an_input_is_refused_even_with_force(tmp_path, image_tree):
+    """--force replaces the output folder wholesale: were an input inside it, the input would go too."""
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(OutputError, match="is, or holds, an input"):
+        run([image_tree / "a"], linear_plan(1 / 255), image_tree, force=True)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert files_under(image_tree) == ["a/0.png", "a/1.png", "b/2.png", "b/c/3.png"]
 
 
