@@ -10,7 +10,7 @@ import warnings
 import click
 
 from normcli import __version__
-from normcli.errors import ExitCode, NormcliError, NormcliWarning, UsageMismatch
+from normcli.errors import ExitCode, NormcliError, NormcliWarning, StatsFileError, UsageMismatch
 
 # Spelled out here rather than imported from the core, so that --help starts without numpy.
 SCOPES = ("global", "channel", "sample", "pixel")
@@ -244,20 +244,20 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
     to_stderr = output == "-"
     batches = getattr(plan, "batches", None)
     if fmt == "json":
-        doc = {"before": render.stats_json(result.before), "after": render.stats_json(result.after),
+        doc = {"before": render.stats_json(result.before, ddof), "after": render.stats_json(result.after, ddof),
                "output": output}
         if batches is not None:
             doc["batches"] = [vars(b) for b in batches]
         _emit_json(doc, to_stderr)
         return
     printer = _printer(to_stderr)
-    printer.stats(result.before, title=f"before: {', '.join(dataset.inputs)}")
+    printer.stats(result.before, ddof, title=f"before: {', '.join(dataset.inputs)}")
     printer.line()
     if batches is not None:
         printer.line(f"{title}: {len(batches):,} batches", style="bold")
         printer.batches(batches)
         printer.line()
-    printer.stats(result.after, title=f"after {title}: {output}")
+    printer.stats(result.after, ddof, title=f"after {title}: {output}")
 
 
 def fit_options(fn):
@@ -282,7 +282,11 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
         return _open(inputs, layout, key, mode), None, per or default_per
     saved = statsfile.read(stats_from)
     statsfile.check_options(saved, stats_from, per=per, layout=layout)
-    dataset = _open(inputs, saved.layout, key, mode)
+    try:
+        dataset = _open(inputs, saved.layout, key, mode)
+    except UsageMismatch as error:  # the file's layout, not an option the user gave
+        raise StatsFileError(f"fitted on layout {saved.layout}, which does not fit the data: {error}",
+                             stats_from) from None
     try:
         statsfile.check_fits(saved, dataset, stats_from)
     except BaseException:
@@ -326,7 +330,7 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @input_options
 @output_options
 @scope_option("global")
-@click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
+@click.option("--ddof", type=click.IntRange(0, 1), help="Variance divisor N - ddof [default: 0, or the saved file's].")
 @click.option("--eps", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Added to the variance (scikit-learn uses 0).")
 @fit_options
@@ -345,8 +349,10 @@ def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip,
     from normcli.transforms import zscore
 
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse, "global")
-    if saved is not None:
-        ddof = saved.ddof
+    if saved is not None and ddof is not None and ddof != saved.ddof:
+        dataset.close()
+        raise click.UsageError(f"--ddof {ddof} contradicts {stats_from}, which was fitted with ddof {saved.ddof}")
+    ddof = saved.ddof if saved is not None else ddof or 0
     with dataset:
         plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps),
                          fitted=saved.moments if saved else None, inverse=inverse)
@@ -422,6 +428,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         raise click.UsageError("--eval and --stats-from go together: inference uses saved running statistics")
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, False, "channel")
     with dataset:
+        check_scope(dataset, scope)
         keys = scope_keys(scope, dataset.layout, dataset.sample_shape, dataset.n_samples)
         gammas = _per_key(_numbers(gamma, 1.0, "--gamma"), keys, "--gamma")
         betas = _per_key(_numbers(beta, 0.0, "--beta"), keys, "--beta")
@@ -429,7 +436,6 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
             plan = _eval_plan(saved, stats_from, scope, gammas, betas, eps)
             title = "batch norm (eval, running statistics)"
         else:
-            check_scope(dataset, scope)
             order = None
             if shuffle:
                 from normcli.sources import shuffled_order
@@ -453,7 +459,6 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 
 
 def _eval_plan(saved, path, scope, gammas, betas, eps):
-    from normcli.errors import StatsFileError
     from normcli.passes import ScalePlan
     from normcli.transforms import batchnorm
 

@@ -110,7 +110,8 @@ class ArrayPart:
         out = np.empty(self.sample_shape, dtype=self.file_dtype)
         with self._open() as f:
             f.seek(self.offset + index * self.sample_bytes)
-            f.readinto(memoryview(out.reshape(-1)).cast("B"))
+            if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+                raise InputError("file ends before its header says it should (truncated?)", self.name)
         return self._finish(out)
 
 

@@ -112,7 +112,9 @@ def read(path: str) -> StatsFile:
                 extra[name] = doc[name]
         moments = Moments(arrays["count"].astype(np.int64), arrays["mean"], arrays["m2"], arrays["min"],
                           arrays["max"])
-        ddof = int(doc.get("ddof", 0))
+        ddof = doc.get("ddof", 0)
+        if ddof not in (0, 1):
+            raise ValueError(f"ddof {ddof!r} is neither 0 nor 1")
         inputs = [str(i) for i in doc.get("inputs", [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise StatsFileError(f"malformed statistics file: {exc}", path) from None

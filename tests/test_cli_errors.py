@@ -78,6 +78,11 @@ def truncated():
     Path("trunc.npy").write_bytes(raw[:len(raw) // 2])
 
 
+def tabular_with_image_stats():
+    np.save("tab.npy", data((10, 2)))
+    Path("s.json").write_text(json.dumps(valid_stats_doc()))
+
+
 def object_npy():
     np.save("obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
 
@@ -207,6 +212,16 @@ CASES = [
          ["x.npy"], FITTING, options=STATS_FROM, names="s.json"),
     Case("stats-file-sample-scope", stats_file(valid_stats_doc(per="sample")), ["x.npy"], FITTING,
          options=STATS_FROM, names="s.json"),
+    Case("stats-file-ddof-5", stats_file(valid_stats_doc(ddof=5)), ["x.npy"], FITTING, options=STATS_FROM,
+         names="s.json", words=("ddof",)),
+    Case("stats-file-layout-does-not-fit-the-data", tabular_with_image_stats, ["tab.npy"], FITTING,
+         options=STATS_FROM, names="s.json", words=("NHWC",)),
+    Case("ddof-contradicts-stats-file", stats_file(valid_stats_doc()), ["x.npy"], ("standardize",),
+         options=[*STATS_FROM, "--ddof", "1"], exit_code=2),
+    Case("truncated-npy-shuffled", truncated, ["trunc.npy"], ("batchnorm",), options=["--shuffle"],
+         names="trunc.npy", words=("truncated",)),
+    Case("pixel-scope-on-mixed-sizes", mixed_sizes, ["imgs"], ("stats", "normalize", "standardize", "batchnorm"),
+         options=["--per", "pixel"], output="outdir", names="imgs", words=("--per pixel",)),
 ]
 BATCHNORM_EVAL = ["--eval", *STATS_FROM]
 CASES += [

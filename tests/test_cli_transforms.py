@@ -407,3 +407,10 @@ def test_standardize_png_folder_with_clip_and_to_tiff(chdir):
     z = tifffile.imread(chdir / "floats" / "0.tiff")
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, ref_standardize(image.astype(np.float64)), rtol=1e-5, atol=1e-5)
+
+
+def test_standardize_ddof_1_reports_the_unbiased_variance(x):
+    result = run("standardize", "x.npy", "-o", "z.npy", "--ddof", "1", "--format", "json", "--bins", "0")
+    before = json.loads(result.stdout)["before"]["rows"][0]
+    np.testing.assert_allclose(before["var"], x.var(ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(np.load("z.npy").var(ddof=1), 1.0, rtol=1e-5)
