@@ -493,7 +493,7 @@ def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         if channels % groups:
             raise click.BadParameter(f"{groups} does not divide the {channels} channels", param_hint="--groups")
         plan = GroupPlan(groups, _per_key(_numbers(gamma, 1.0, "--gamma"), channels, "--gamma"),
-                         _per_key(_numbers(beta, 0.0, "--beta"), channels, "--beta"), eps)
+                         _per_key(_numbers(beta, 0.0, "--beta"), channels, "--beta"), eps, ignore_nan=ignore_nan)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
 

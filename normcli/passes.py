@@ -123,7 +123,16 @@ class Plan:
     samples: int | None = None  # how many samples the output holds (None: all)
 
     def units(self, dataset: Dataset) -> Iterator[Chunk]:
+        """What both passes iterate over."""
         return dataset.chunks()
+
+    def keeps(self, unit: Chunk) -> bool:
+        """Whether the unit goes to the output (all of the input is measured either way)."""
+        return True
+
+    def original_index(self, position: int) -> int:
+        """The sample index in the input of the `position`-th sample the passes see."""
+        return position
 
     def fit(self, chunk: Chunk, layout: Layout):
         return None
@@ -202,10 +211,14 @@ class BatchPlan(Plan):
         self.high = np.full(keys, -np.inf)
 
     def units(self, dataset: Dataset) -> Iterator[Chunk]:
-        for index, batch in enumerate(dataset.batches(self.batch_size, self.order)):
-            if index == self.n_batches:
-                return
-            yield batch
+        return dataset.batches(self.batch_size, self.order)
+
+    def keeps(self, unit: Chunk) -> bool:
+        """Not the short last batch that --drop-last leaves out."""
+        return unit.start < self.samples
+
+    def original_index(self, position: int) -> int:
+        return position if self.order is None else int(self.order[position])
 
     def _batch_moments(self, data: np.ndarray, scope: str, dtype=None) -> Moments:
         acc = MomentAccumulator(scope, self.dataset.layout, dtype or data.dtype, data.shape[1:],
@@ -229,7 +242,7 @@ class BatchPlan(Plan):
 
     def add_fit(self, partial) -> None:
         size, moments, whole = partial
-        if moments is None:
+        if moments is None or len(self.batches) == self.n_batches:  # NaN (reported later), or dropped
             return
         affine = self._affine(moments, size)
         self.running.update(moments)
@@ -256,13 +269,14 @@ class GroupPlan(Plan):
 
     scope = "channel"
 
-    def __init__(self, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    def __init__(self, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float, *, ignore_nan: bool = False):
         self.groups, self.gamma, self.beta, self.eps = groups, gamma, beta, eps
+        self.ignore_nan = ignore_nan
         self.low = np.full(len(gamma), np.inf)
         self.high = np.full(len(gamma), -np.inf)
 
     def _maps(self, x: np.ndarray):
-        return groupnorm_affine(x, self.groups, self.gamma, self.beta, self.eps)
+        return groupnorm_affine(x, self.groups, self.gamma, self.beta, self.eps, self.ignore_nan)
 
     def fit(self, chunk: Chunk, layout: Layout):
         x = layout.npc(chunk.data)
@@ -313,6 +327,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         plan.add_fit(result[1])
 
     stream(plan.units(dataset), fit, add_fit, progress)
+    if before_acc.nonfinite.first is not None:
+        before_acc.nonfinite.first = plan.original_index(before_acc.nonfinite.first)
     before_acc.check_finite(dataset.locate)
     before = before_acc.result()
     low, high = plan.finish(before)
@@ -333,24 +349,30 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
             plan.scope, dataset.layout, histogram_edges_for(plan.scope, low, high, bins), clamp=True)
 
     def apply(chunk: Chunk):
+        before_partial = before_hist.measure(chunk.data, chunk.start) if bins else None
+        if not plan.keeps(chunk):
+            return chunk, None, None, None, (before_partial, None)
         out = np.empty(chunk.data.shape, work_dtype)
         summary = plan.apply(chunk, dataset.layout, out)
         if ignore_nan:
             np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
-        hists = (before_hist.measure(chunk.data, chunk.start), after_hist.measure(out, chunk.start)) if bins else None
+        hists = (before_partial, after_hist.measure(out, chunk.start) if bins else None)
         return chunk, out, summary, after_acc.measure(out, chunk.start) if report else None, hists
 
     sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip)
 
     def write(result):
-        chunk, out, summary, after_partial, hists = result
+        chunk, out, summary, after_partial, (before_partial, after_hist_partial) = result
+        if bins:
+            before_hist.add(before_partial, chunk.start)
+        if out is None:
+            return
         sink.write(out, chunk.start, chunk.names)
         plan.add_applied(summary)
         if report:
             after_acc.add(after_partial)
-        if hists:
-            before_hist.add(hists[0], chunk.start)
-            after_hist.add(hists[1], chunk.start)
+        if bins:
+            after_hist.add(after_hist_partial, chunk.start)
 
     try:
         stream(plan.units(dataset), apply, write, progress)
@@ -358,7 +380,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     except BaseException:
         sink.discard()
         raise
-    before_stats = _stats(dataset, plan.scope, before, before_hist.result() if bins else None, samples=samples)
+    before_stats = _stats(dataset, plan.scope, before, before_hist.result() if bins else None)
     after_stats = _stats(dataset, plan.scope, after_acc.result(), after_hist.result() if bins else None,
                          dtype=spec.dtype, samples=samples) if report else None
     return TransformResult(before_stats, after_stats, plan, sink.clipped)

@@ -114,20 +114,29 @@ class RunningStats:
         self.var = (1 - factor) * self.var + factor * batch.var(1)
 
 
-def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float):
+def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                     ignore_nan: bool = False):
     """Group norm of a (samples, positions, channels) view: statistics per sample and group of
-    consecutive channels (as torch.nn.GroupNorm), then gamma/beta per channel.
+    consecutive channels (as torch.nn.GroupNorm), then gamma/beta per channel. With `ignore_nan`
+    the statistics are over each group's finite values.
 
     Returns (shift, scale, offset) shaped to broadcast against `x`.
     """
     n, positions, channels = x.shape
-    grouped = x.reshape(n, positions, groups, channels // groups)
-    mean = grouped.mean(axis=(1, 3), dtype=np.float64, keepdims=True)
-    deviation = np.subtract(grouped, mean, dtype=np.float64)
-    var = np.square(deviation).mean(axis=(1, 3), keepdims=True)
+    per_group = channels // groups
+    grouped = x.reshape(n, positions, groups, per_group).astype(np.float64)
+    if ignore_nan:
+        grouped[~np.isfinite(grouped)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a group with no finite value: NaN, passed through
+            mean = np.nanmean(grouped, axis=(1, 3), keepdims=True)
+            var = np.nanmean(np.square(grouped - mean), axis=(1, 3), keepdims=True)
+    else:
+        mean = grouped.mean(axis=(1, 3), keepdims=True)
+        var = np.square(grouped - mean).mean(axis=(1, 3), keepdims=True)
     inv_std = 1.0 / np.sqrt(var + eps)
-    shift = np.broadcast_to(mean, (n, 1, groups, channels // groups)).reshape(n, 1, channels)
-    scale = (np.broadcast_to(inv_std, (n, 1, groups, channels // groups)).reshape(n, 1, channels)
+    shift = np.broadcast_to(mean, (n, 1, groups, per_group)).reshape(n, 1, channels)
+    scale = (np.broadcast_to(inv_std, (n, 1, groups, per_group)).reshape(n, 1, channels)
              * gamma.reshape(1, 1, channels))
     return shift, scale, beta.reshape(1, 1, channels)
 

@@ -414,3 +414,34 @@ def test_standardize_ddof_1_reports_the_unbiased_variance(x):
     before = json.loads(result.stdout)["before"]["rows"][0]
     np.testing.assert_allclose(before["var"], x.var(ddof=1), rtol=1e-12)
     np.testing.assert_allclose(np.load("z.npy").var(ddof=1), 1.0, rtol=1e-5)
+
+
+def test_groupnorm_ignore_nan_normalizes_each_group_by_its_finite_values(x):
+    x = x.copy()
+    x[0, 1, 2, 0] = np.nan
+    np.save("nan.npy", x)
+    run("groupnorm", "nan.npy", "-o", "g.npy", "-g", "1", "--ignore-nan", "--dtype", "float64", "-q")
+    out = np.load("g.npy")
+    assert np.isnan(out[0, 1, 2, 0]) and np.isfinite(np.delete(out.reshape(-1), 1 * 4 * 4 + 2 * 4)).all()
+    finite = x[0][np.isfinite(x[0])]
+    expected = (finite - finite.mean()) / np.sqrt(finite.var() + EPS)
+    np.testing.assert_allclose(out[0][np.isfinite(x[0])], expected, rtol=1e-10)
+
+
+def test_nan_under_shuffle_names_the_sample_in_the_input(x):
+    x = x.copy()
+    x[3, 0, 0, 0] = np.nan
+    np.save("nan.npy", x)
+    result = run("batchnorm", "nan.npy", "-o", "b.npy", "-b", "2", "--shuffle", "--seed", "5", ok=False)
+    assert result.exit_code == 1 and "first in sample 3;" in result.stderr
+
+
+def test_drop_last_saves_the_whole_inputs_statistics(x):
+    result = run("batchnorm", "x.npy", "-o", "b.npy", "-b", "3", "--drop-last", "--save-stats", "s.json",
+                 "--format", "json")
+    saved = json.load(open("s.json"))
+    assert saved["count"] == [x.shape[0] * x.shape[1] * x.shape[2]] * x.shape[3]
+    np.testing.assert_allclose(saved["mean"], x.mean(axis=(0, 1, 2)), rtol=1e-12)
+    doc = json.loads(result.stdout)
+    assert [sum(r["histogram"]["counts"]) for r in doc["before"]["rows"]] == saved["count"]
+    assert np.load("b.npy").shape[0] == x.shape[0] // 3 * 3
