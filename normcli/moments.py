@@ -613,7 +613,7 @@ class HistogramAccumulator:
         counts = []
         for k, values in zip(rows, groups):
             low, high = self.edges[k, 0], self.edges[k, -1]
-            if values.dtype.type in EXACT_DTYPES and values.dtype != np.bool_ and not self.clamp:
+            if values.dtype.type in EXACT_DTYPES and not self.clamp:
                 lookup = _integer_bins(values.dtype, self.edges[k])
                 offset = -int(np.iinfo(values.dtype).min)
                 codes = np.take(lookup, values.reshape(-1) if offset == 0 else values.reshape(-1).astype(np.int32) + offset)

@@ -23,11 +23,6 @@ def png16_channels(path) -> int | None:
     return None
 
 
-def is_png16(path) -> bool:
-    """True if the file is a PNG with bit depth 16."""
-    return png16_channels(path) is not None
-
-
 def read_png16(path) -> np.ndarray:
     """Decode a non-interlaced 16-bit PNG (colour types 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA) to a native-endian
     uint16 array shaped (H, W) for gray or (H, W, C) otherwise. Handles multiple IDAT chunks and all five

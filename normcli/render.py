@@ -24,11 +24,13 @@ def row_keys(stats) -> list[str]:
     return [str(k) for k in range(len(stats.moments))]
 
 
-def _shaped(stats, values: np.ndarray):
-    """A pixel row's values nested like one sample; other rows' one number each."""
-    if stats.scope == "pixel":
-        return _clean(Layout(stats.layout).to_sample(values, stats.sample_shape).tolist())
-    return [_clean(v) for v in values.tolist()]
+def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
+    """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
+    NaN and inf (a key without values) become null."""
+    values = np.asarray(values)
+    if scope == "pixel":
+        values = Layout(layout).to_sample(values, sample_shape)
+    return _clean(values.tolist())
 
 
 def _clean(value):
@@ -50,7 +52,8 @@ def _columns(stats, ddof: int) -> dict:
 
 def stats_rows(stats, ddof: int = 0) -> list[dict]:
     columns = _columns(stats, ddof)
-    shaped = {name: _shaped(stats, values) for name, values in columns.items()}
+    shaped = {name: json_values(values, stats.scope, stats.layout, stats.sample_shape)
+              for name, values in columns.items()}
     rows = []
     if stats.scope == "pixel":
         rows.append({"key": "pixel", **shaped})

@@ -38,9 +38,9 @@ class StatsFile:
 
     def shaped(self, values: np.ndarray) -> list:
         """Per-key values as nested lists shaped like the scope (JSON null for NaN and inf)."""
-        if self.per == "pixel":
-            values = Layout(self.layout).to_sample(np.asarray(values), self.sample_shape)
-        return _jsonable(np.asarray(values))
+        from normcli.render import json_values
+
+        return json_values(values, self.per, self.layout, self.sample_shape)
 
     def to_json(self) -> dict:
         doc = {"normcli_stats": SCHEMA_VERSION, "per": self.per, "layout": self.layout,
@@ -54,18 +54,6 @@ class StatsFile:
         for name, value in self.extra.items():
             doc[name] = self.shaped(value) if name in _EXTRA_ARRAYS else value
         return doc
-
-
-def _jsonable(values: np.ndarray):
-    if values.dtype.kind in "iu":
-        return values.tolist()
-    return _nan_to_none(values.tolist())
-
-
-def _nan_to_none(value):
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value if value is None or np.isfinite(value) else None
 
 
 def write(path: str, stats: StatsFile, *, force: bool = False, inputs=()) -> None:

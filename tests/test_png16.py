@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from normcli.png16 import is_png16, read_png16, write_png16
+from normcli.png16 import png16_channels, read_png16, write_png16
 
 COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 # tmp_path is shared across hypothesis examples; each example simply overwrites its file.
@@ -89,7 +89,7 @@ def test_round_trip_every_channel_count_and_odd_sizes(tmp_path, channels, height
     decoded = read_png16(path)
     assert decoded.dtype == np.uint16 and decoded.dtype.isnative
     np.testing.assert_array_equal(decoded, squeeze_gray(image))
-    assert is_png16(path)
+    assert png16_channels(path) is not None
 
 
 @FILE_SETTINGS
@@ -170,7 +170,7 @@ def test_reads_pillow_gray16(tmp_path, height, width):
     path = tmp_path / "pillow.png"
     for image in (random_image(rng, height, width, 0), np.cumsum(rng.integers(0, 300, (height, width)), 1).astype(np.uint16)):
         Image.fromarray(image).save(path)  # smooth second image makes Pillow use non-None filters
-        assert is_png16(path)
+        assert png16_channels(path) is not None
         np.testing.assert_array_equal(read_png16(path), image)
 
 
@@ -191,18 +191,18 @@ def test_pillow_reads_our_rgb16_as_high_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
-def test_is_png16_false_for_8bit_pillow_png(tmp_path, mode):
+def test_png16_channels_none_for_8bit_pillow_png(tmp_path, mode):
     path = tmp_path / "eight.png"
     Image.new(mode, (5, 4)).save(path)
-    assert not is_png16(path)
+    assert png16_channels(path) is None
     with pytest.raises(ValueError, match="bit depth 8"):
         read_png16(path)
 
 
-def test_is_png16_false_for_non_png(tmp_path):
+def test_png16_channels_none_for_non_png(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"not an image")
-    assert not is_png16(path)
+    assert png16_channels(path) is None
 
 
 # ---------------------------------------------------------------------- errors
@@ -235,7 +235,7 @@ def test_bad_crc_raises(tmp_path):
 def test_interlaced_raises(tmp_path):
     path = tmp_path / "interlaced.png"
     path.write_bytes(encode_with_filters(random_image(np.random.default_rng(0), 4, 4, 3), [0] * 4, interlace=1))
-    assert is_png16(path)
+    assert png16_channels(path) is not None
     with pytest.raises(ValueError, match="interlaced"):
         read_png16(path)
 

@@ -52,9 +52,9 @@ def listing(folder: Path) -> list[str]:
 
 def read_png(path: Path) -> np.ndarray:
     """A PNG as (H, W, C) in its own bit depth (16-bit RGB through the project's own decoder)."""
-    from normcli.png16 import is_png16, read_png16
+    from normcli.png16 import png16_channels, read_png16
 
-    if is_png16(path) and Image.open(path).mode not in ("I;16", "I;16B", "I;16L", "I"):
+    if png16_channels(path) is not None and Image.open(path).mode not in ("I;16", "I;16B", "I;16L", "I"):
         return read_png16(path)
     with Image.open(path) as im:
         image = np.asarray(im)
