@@ -217,7 +217,7 @@ def _stats_file(result, ddof: int, extra: dict | None = None):
 
 # -- transforms -------------------------------------------------------------------------
 def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt, quiet, ignore_nan,
-                   title, save_stats=None, ddof=0, extra_stats=None):
+                   title, save_stats=None, ddof=0):
     """Run both passes into the output, then save the fitted statistics and report."""
     from pathlib import Path
 
@@ -234,7 +234,7 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
         result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                            ignore_nan=ignore_nan, report=not quiet, progress=progress)
     if save_stats:
-        statsfile.write(save_stats, _stats_file(result.before, ddof, extra_stats(plan) if extra_stats else None),
+        statsfile.write(save_stats, _stats_file(result.before, ddof, plan.saved_extra()),
                         force=force, inputs=dataset.inputs)
     if result.clipped:
         warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
@@ -421,7 +421,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         normcli batchnorm test.npy -o test_bn.npy -b 32 --eval --stats-from running.json
     """
     from normcli.moments import scope_keys
-    from normcli.passes import BatchPlan, check_scope
+    from normcli.passes import BatchPlan, check_scope, eval_plan
 
     momentum_value = _momentum(momentum)
     if eval_mode != bool(stats_from):
@@ -433,7 +433,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         gammas = _per_key(_numbers(gamma, 1.0, "--gamma"), keys, "--gamma")
         betas = _per_key(_numbers(beta, 0.0, "--beta"), keys, "--beta")
         if saved is not None:
-            plan = _eval_plan(saved, stats_from, scope, gammas, betas, eps)
+            plan = eval_plan(saved, stats_from, scope, gammas, betas, eps)
             title = "batch norm (eval, running statistics)"
         else:
             order = None
@@ -447,25 +447,8 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
                 raise click.UsageError(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
                                        f"--batch-size {batch_size}")
             title = f"batch norm, batches of {batch_size}"
-
-        def running(plan):
-            return {"running_mean": plan.running.mean, "running_var": plan.running.var,
-                    "momentum": "cumulative" if momentum_value is None else momentum_value,
-                    "batches": plan.running.batches}
-
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats,
-                       extra_stats=running, title=title)
-
-
-def _eval_plan(saved, path, scope, gammas, betas, eps):
-    from normcli.passes import ScalePlan
-    from normcli.transforms import batchnorm
-
-    if "running_mean" not in saved.extra:
-        raise StatsFileError("holds no running statistics; make it with batchnorm --save-stats", path)
-    mean, var = saved.extra["running_mean"], saved.extra["running_var"]
-    return ScalePlan(scope, lambda _: batchnorm(mean, var, gammas, betas, eps))
+                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats, title=title)
 
 
 @cli.command()

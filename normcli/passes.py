@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from normcli import sinks
-from normcli.errors import InputError, UsageMismatch
+from normcli.errors import InputError, StatsFileError, UsageMismatch
 from normcli.layout import Layout
 from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments,
                              histogram_edges, histograms_from_counts)
@@ -151,6 +151,10 @@ class Plan:
     def add_applied(self, summary) -> None:
         pass
 
+    def saved_extra(self) -> dict:
+        """What --save-stats stores beyond the input's statistics."""
+        return {}
+
 
 class ScalePlan(Plan):
     """One affine map per key over the whole dataset: normalize, standardize, their inverses,
@@ -262,6 +266,20 @@ class BatchPlan(Plan):
     def add_applied(self, summary) -> None:
         self.batches[self.applied].mean_after, self.batches[self.applied].var_after = summary
         self.applied += 1
+
+    def saved_extra(self) -> dict:
+        """The running statistics, for batchnorm --eval --stats-from."""
+        momentum = self.running.momentum
+        return {"running_mean": self.running.mean, "running_var": self.running.var,
+                "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
+
+
+def eval_plan(saved, path: str, scope: str, gamma: np.ndarray, beta: np.ndarray, eps: float) -> ScalePlan:
+    """batchnorm --eval: one fixed map from the running statistics saved by batchnorm --save-stats."""
+    if "running_mean" not in saved.extra:
+        raise StatsFileError("holds no running statistics; make it with batchnorm --save-stats", path)
+    mean, var = saved.extra["running_mean"], saved.extra["running_var"]
+    return ScalePlan(scope, lambda _: batchnorm(mean, var, gamma, beta, eps))
 
 
 class GroupPlan(Plan):

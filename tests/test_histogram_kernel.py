@@ -68,13 +68,13 @@ def check(x: np.ndarray, layout: str, scope: str, edges: np.ndarray, *, clamp=Fa
 
 def near(values, dtype, rng, k=2) -> np.ndarray:
     """Each value, rounded to `dtype`, and its k neighbours on either side in `dtype`."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # neighbours of the largest finite value are inf: fine data too
         v = np.asarray(values, np.float64).astype(dtype)
-    out = [v]
-    up, down = v, v
-    for _ in range(k):
-        up, down = np.nextafter(up, dtype(np.inf)), np.nextafter(down, dtype(-np.inf))
-        out += [up, down]
+        out = [v]
+        up, down = v, v
+        for _ in range(k):
+            up, down = np.nextafter(up, dtype(np.inf)), np.nextafter(down, dtype(-np.inf))
+            out += [up, down]
     return np.concatenate(out)
 
 
