@@ -73,7 +73,26 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
         raise UsageMismatch(f"PNG holds 8- or 16-bit integers, not {dtype}; use --ext tiff or --ext npy")
     if ext == "png" and dataset.channels not in (1, 2, 3, 4):
         raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
+    _check_unique_names(dataset.sample_names(), ext, target)
     return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
+
+
+def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
+    """A sample's file in an output folder: its image path with the new type, else its zero-padded index."""
+    if name:
+        return Path(name).with_suffix(f".{ext}").as_posix()
+    return f"{index:0{max(6, len(str(max(samples - 1, 0))))}d}.{ext}"
+
+
+def _check_unique_names(names: list, ext: str, target: str) -> None:
+    """Two images that would land on one file (a.jpg and a.png as PNGs) are refused before any work."""
+    seen: dict[str, str] = {}
+    for index, name in enumerate(names):
+        relative = relative_name(name, index, ext, len(names))
+        if relative in seen:
+            raise OutputError(f"{seen[relative]} and {name} would both be written as {relative}; "
+                              "rename one of them, or write .npy", target)
+        seen[relative] = name
 
 
 def _default_ext(dataset) -> str:
@@ -162,8 +181,6 @@ class Sink:
             self._write_header(self._file)
         elif spec.kind == "folder":
             self._temp = temp_beside(target, folder=True)
-            self._width = max(6, len(str(max(samples - 1, 0))))
-            self._names: set[str] = set()
         else:
             self._temp = temp_beside(target)
             self._file = open(self._temp, "wb")
@@ -199,11 +216,7 @@ class Sink:
 
     def _write_file(self, sample: np.ndarray, name: str | None, index: int) -> None:
         ext = self.spec.ext
-        relative = (Path(name).with_suffix(f".{ext}") if name else Path(f"{index:0{self._width}d}.{ext}")).as_posix()
-        if relative in self._names:
-            raise OutputError(f"two samples would both be written as {relative}; write to .npy instead",
-                              self.spec.target)
-        self._names.add(relative)
+        relative = relative_name(name, index, ext, self.shape[0])
         path = Path(self._temp) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if ext == "npy":

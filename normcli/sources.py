@@ -375,6 +375,17 @@ class Dataset:
                              self.inputs[0])
         return self._cast(np.stack(data))
 
+    def sample_names(self) -> list[str | None]:
+        """Each sample's output name: its image path (under its input's name when there are
+        several), None for a sample of an array."""
+        names: list[str | None] = []
+        for part in self.parts:
+            if isinstance(part, ImagePart):
+                names.extend(_qualified(self, part, header.relpath) for header in part.headers)
+            else:
+                names.extend([None] * part.n_samples)
+        return names
+
     def names_of(self, indices: Sequence[int]) -> list[str] | None:
         names = []
         for index in indices:

@@ -83,6 +83,12 @@ def tabular_with_image_stats():
     Path("s.json").write_text(json.dumps(valid_stats_doc()))
 
 
+def same_name_two_types():
+    rng = np.random.default_rng(4)
+    write_image(Path("imgs", "a.png"), rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    write_image(Path("imgs", "a.jpg"), rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+
+
 def object_npy():
     np.save("obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
 
@@ -185,6 +191,8 @@ CASES = [
     Case("normalize-range-into-png", png_folder, ["imgs"], ("normalize",), options=["--range", "-1", "1"],
          output="pngout", names="pngout", words=("--clip",)),
     Case("mixed-sizes-into-one-array", mixed_sizes, ["imgs"], TRANSFORMS, names="out.npy", words=("folder",)),
+    Case("two-images-onto-one-output-file", same_name_two_types, ["imgs"], ("normalize",), output="outdir",
+         names="outdir", words=("a.png", "a.jpg")),
     Case("save-stats-exists", stats_file("{}"), ["x.npy"], FITTING + ("batchnorm",),
          options=["--save-stats", "s.json"], names="s.json"),
     Case("save-stats-parent-missing", save_x, ["x.npy"], FITTING + ("batchnorm",),
