@@ -181,7 +181,7 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
         normcli stats sample_images/rgb --format torchvision
     """
     from normcli import render, statsfile
-    from normcli.passes import measure
+    from normcli.passes import measure, measure_passes
     from normcli.sinks import check_target
 
     if fmt == "torchvision" and per not in (None, "channel"):
@@ -189,10 +189,12 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
     if hist_range is not None and not hist_range[0] < hist_range[1]:
         raise click.BadParameter("LO must be below HI", param_hint="--range")
     bins = 0 if fmt in ("csv", "torchvision") else bins
-    with _open(inputs, layout, key, mode) as dataset, _progress(dataset.n_samples, 2 if bins else 1) as progress:
+    scope = per or "channel"
+    with _open(inputs, layout, key, mode) as dataset, \
+            _progress(dataset.n_samples, measure_passes(dataset, scope, bins)) as progress:
         if save:
             check_target(save, dataset.inputs, force, folder=False)
-        result = measure(dataset, per or "channel", bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
+        result = measure(dataset, scope, bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
                          progress=progress)
     if save:
         statsfile.write(save, _stats_file(result, ddof), force=force, inputs=inputs)

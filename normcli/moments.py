@@ -148,6 +148,12 @@ def _key_count(v: np.ndarray, scope: str) -> int:
     return int(np.prod([v.shape[a] for a in _REDUCE[scope]]))
 
 
+def counts_values(dtype, scope: str) -> bool:
+    """Whether a scope counts every value: small integers at global and channel scope, which
+    gives exact moments and exact histograms of any binning from one pass."""
+    return np.dtype(dtype).type in EXACT_DTYPES and scope in ("global", "channel")
+
+
 class MomentAccumulator:
     """count/mean/M2/min/max for every key of one scope, over chunks of samples."""
 
@@ -158,9 +164,7 @@ class MomentAccumulator:
         self.sample_shape = sample_shape
         self.ignore_nan = ignore_nan
         self.exact = self.dtype.type in EXACT_DTYPES
-        # Whole-dataset and per-channel scopes of small integers count every value: exact moments
-        # and exact histograms of any binning from one pass.
-        self.by_value = self.exact and scope in ("global", "channel")
+        self.by_value = counts_values(self.dtype, scope)
         self.nonfinite = NonFinite()
         self.shift: np.ndarray | None = None
         self._parts: list = []  # sample scope: per-chunk results, in order

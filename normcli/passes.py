@@ -16,7 +16,7 @@ import numpy as np
 from normcli import sinks
 from normcli.errors import InputError, StatsFileError, UsageMismatch
 from normcli.layout import Layout
-from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments,
+from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments, counts_values,
                              histogram_edges, histograms_from_counts)
 from normcli.parallel import ordered_map
 from normcli.sources import Chunk, Dataset
@@ -78,6 +78,11 @@ def histogram_edges_for(scope: str, low: np.ndarray, high: np.ndarray, bins: int
         low, high = low[np.isfinite(low)], high[np.isfinite(high)]
         return histogram_edges([low.min() if low.size else np.nan], [high.max() if high.size else np.nan], bins)
     return histogram_edges(low, high, bins)
+
+
+def measure_passes(dataset: Dataset, scope: str, bins: int) -> int:
+    """How many times `measure` reads the data."""
+    return 1 if not bins or counts_values(dataset.dtype, scope) else 2
 
 
 def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_range=None,
