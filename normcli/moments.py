@@ -331,11 +331,15 @@ def _value_counts(v: np.ndarray, scope: str, dtype: np.dtype) -> np.ndarray:
     One bincount per channel of a strided view measured fastest (numpy's bincount holds the
     GIL; combined channel codes cost an extra widening pass).
     """
-    offset = -int(np.iinfo(dtype).min)
     n_values = 1 << (8 * dtype.itemsize)
     columns = [v.reshape(-1)] if scope == "global" else [v[:, :, c].reshape(-1) for c in range(v.shape[2])]
-    return np.stack([np.bincount(c if offset == 0 else c.astype(np.int32) + offset, minlength=n_values)
-                     for c in columns])
+    return np.stack([np.bincount(_from_zero(c), minlength=n_values) for c in columns])
+
+
+def _from_zero(values: np.ndarray) -> np.ndarray:
+    """Small-integer values as indices counted from the type's minimum (0 for unsigned types)."""
+    offset = -int(np.iinfo(values.dtype).min)
+    return values if offset == 0 else values.astype(np.int32) + offset
 
 
 def _moments_from_counts(counts: np.ndarray, dtype: np.dtype) -> Moments:
@@ -618,9 +622,7 @@ class HistogramAccumulator:
         for k, values in zip(rows, groups):
             low, high = self.edges[k, 0], self.edges[k, -1]
             if values.dtype.type in EXACT_DTYPES and not self.clamp:
-                lookup = _integer_bins(values.dtype, self.edges[k])
-                offset = -int(np.iinfo(values.dtype).min)
-                codes = np.take(lookup, values.reshape(-1) if offset == 0 else values.reshape(-1).astype(np.int32) + offset)
+                codes = np.take(_integer_bins(values.dtype, self.edges[k]), _from_zero(values.reshape(-1)))
                 counts.append(np.bincount(codes, minlength=bins + 1)[:bins])
                 continue
             if self.clamp:
