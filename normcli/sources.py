@@ -78,8 +78,17 @@ class ArrayPart:
             with np.load(self.path, allow_pickle=False) as archive:
                 return archive[self.member[:-4]]
         if os.path.getsize(self.path) < self.offset + self.n_samples * self.sample_bytes:
-            raise InputError("file ends before its header says it should (truncated?)", self.name)
+            raise self._truncated()
         return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def _truncated(self) -> InputError:
+        return InputError("file ends before its header says it should (truncated?)", self.name)
+
+    def _fill(self, f, out: np.ndarray) -> np.ndarray:
+        """Read `out` from the file's current position, whole."""
+        if out.nbytes and f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+            raise self._truncated()
+        return self._finish(out)
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return raw.astype(self.dtype) if raw.dtype != self.dtype else raw
@@ -97,22 +106,15 @@ class ArrayPart:
         with self._open() as f:
             f.seek(self.offset)
             for size in sizes:
-                block = np.empty((size, *self.sample_shape), dtype=self.file_dtype)
-                got = f.readinto(memoryview(block).cast("B")) if block.nbytes else 0
-                if got != block.nbytes:
-                    raise InputError("file ends before its header says it should (truncated?)", self.name)
-                yield self._finish(block)
+                yield self._fill(f, np.empty((size, *self.sample_shape), dtype=self.file_dtype))
 
     def sample(self, index: int) -> np.ndarray:
         """One sample, read on its own (for shuffled batches)."""
         if self.fortran_order:
             return self._finish(np.array(self._fortran_whole()[index]))
-        out = np.empty(self.sample_shape, dtype=self.file_dtype)
         with self._open() as f:
             f.seek(self.offset + index * self.sample_bytes)
-            if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
-                raise InputError("file ends before its header says it should (truncated?)", self.name)
-        return self._finish(out)
+            return self._fill(f, np.empty(self.sample_shape, dtype=self.file_dtype))
 
 
 @dataclass
