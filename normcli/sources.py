@@ -24,6 +24,7 @@ from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.parallel import ordered_map
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+_IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
 MODES = {"gray": 1, "rgb": 3, "rgba": 4}
 # Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
 CHUNK_BYTES = 4 << 20
@@ -138,9 +139,7 @@ class ImagePart:
                 key=lambda p: p.relative_to(root).as_posix(),
             )
             if not files:
-                raise InputError(
-                    "folder holds no images (" + ", ".join(e[1:] for e in IMAGE_EXTENSIONS) + ")", name
-                )
+                raise InputError(f"folder holds no images ({_IMAGE_TYPES})", name)
             relpaths = [p.relative_to(root).as_posix() for p in files]
         else:
             files, relpaths = [root], [root.name]
@@ -512,8 +511,8 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
     if suffix == ".npy":
         return ArrayPart(name, name)
     raise InputError(
-        "unknown input type; give a .npy or .npz file, an image (" +
-        ", ".join(e[1:] for e in IMAGE_EXTENSIONS) + "), a folder of images, or - for stdin", name)
+        f"unknown input type; give a .npy or .npz file, an image ({_IMAGE_TYPES}), a folder of images, "
+        "or - for stdin", name)
 
 
 def _npz_member(name: str, key: str | None) -> str:
