@@ -230,8 +230,7 @@ class BatchPlan(Plan):
         return position if self.order is None else int(self.order[position])
 
     def _batch_moments(self, data: np.ndarray, scope: str, dtype=None) -> Moments:
-        acc = MomentAccumulator(scope, self.dataset.layout, dtype or data.dtype, data.shape[1:],
-                                ignore_nan=self.ignore_nan)
+        acc = _moment_accumulator(self.dataset, scope, self.ignore_nan, dtype=dtype)
         acc.add(acc.measure(data))
         if acc.nonfinite.total and not self.ignore_nan:
             return None  # NaN/inf: left to the input's own check after pass 1, which names the sample
