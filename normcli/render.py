@@ -77,9 +77,10 @@ def stats_csv(stats, ddof: int = 0) -> str:
     """One line per key; the pixel scope gets one line per position and channel."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["key", "count", "mean", "std", "var", "min", "max"])
+    named = _columns(stats, ddof)
+    writer.writerow(["key", *named])
     m = stats.moments
-    columns = list(_columns(stats, ddof).values())
+    columns = list(named.values())
     if stats.scope == "pixel":
         index = Layout(stats.layout).to_sample(np.arange(len(m)), stats.sample_shape)
         keys = [""] * len(m)
@@ -163,9 +164,11 @@ class Printer:
         self.line(f"{', '.join(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}, "
                   f"{stats.dtype}, {stats.layout}, per {stats.scope}", style="dim")
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for name in ("key", "count", "mean", "std", "var", "min", "max"):
-            table.add_column(name, justify="left" if name == "key" else "right")
-        columns = _columns(stats, ddof).values()
+        named = _columns(stats, ddof)
+        table.add_column("key", justify="left")
+        for name in named:
+            table.add_column(name, justify="right")
+        columns = named.values()
         if stats.scope == "pixel":
             table.add_row(f"pixel ({len(stats.moments):,})", *(_range_text(c) for c in columns))
         else:
@@ -173,7 +176,7 @@ class Printer:
             for k in range(min(len(keys), MAX_TABLE_ROWS)):
                 table.add_row(keys[k], *(fmt(c[k].item()) for c in columns))
             if len(keys) > MAX_TABLE_ROWS:
-                table.add_row(f"… {len(keys) - MAX_TABLE_ROWS:,} more", *[""] * 6)
+                table.add_row(f"… {len(keys) - MAX_TABLE_ROWS:,} more", *[""] * len(named))
         self.console.print(table)
         if stats.histograms is not None:
             self.histograms(stats)
