@@ -333,11 +333,16 @@ def test_merging_two_halves_equals_one_run(case, scope, data):
     np.testing.assert_array_equal(merged.count, whole.count)
     np.testing.assert_array_equal(merged.min, whole.min)
     np.testing.assert_array_equal(merged.max, whole.max)
-    big = float(np.max(np.abs(x.astype(np.float64))))
+    values = x.astype(np.float64)
+    big, spread = float(np.max(np.abs(values))), float(np.ptp(values))
+    # A merge takes each half's float64 mean as it is (the contract's limit for merged files): each
+    # mean is off by up to EPS * big / 2, which moves the variance by up to about EPS * big * spread.
+    # Far from zero (-999707 with a spread of 22) that is above 1e-12, and no merge of means can do better.
+    merge_floor = 16 * EPS * big * spread
     for k in range(len(whole)):
         check_close(merged.mean[k], whole.mean[k], 16 * EPS * big, f"mean of key {k}")
-        check_close(merged.var()[k], whole.var()[k], (16 * EPS * big) ** 2, f"var of key {k}")
-    if x.dtype.kind == "f":  # and the merge is the exact result too, not only close to one run
+        check_close(merged.var()[k], whole.var()[k], (16 * EPS * big) ** 2 + merge_floor, f"var of key {k}")
+    if x.dtype.kind == "f" and big <= 4 * spread:  # no large offset: the merge is the exact result too
         check_moments(merged, x, layout, scope)
 
 
