@@ -422,7 +422,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         normcli batchnorm data.npy -o bn.npy -b 32 --save-stats running.json
         normcli batchnorm test.npy -o test_bn.npy -b 32 --eval --stats-from running.json
     """
-    from normcli.moments import scope_keys
+    from normcli.scopes import scope as as_scope
     from normcli.passes import BatchPlan, check_scope, eval_plan
 
     momentum_value = _momentum(momentum)
@@ -431,7 +431,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, False, "channel")
     with dataset:
         check_scope(dataset, scope)
-        keys = scope_keys(scope, dataset.layout, dataset.sample_shape, dataset.n_samples)
+        keys = as_scope(scope).keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
         gammas = _per_key(_numbers(gamma, 1.0, "--gamma"), keys, "--gamma")
         betas = _per_key(_numbers(beta, 0.0, "--beta"), keys, "--beta")
         if saved is not None:

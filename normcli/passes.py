@@ -1,26 +1,31 @@
 """The passes over a dataset: measure (source -> moments -> histograms) and transform
-(source -> fit -> transform -> sink), chunks measured on every core and merged in order.
+(source -> fit -> transform -> sink), each a map of pure work over blocks on an engine,
+merged in block order on the driver.
 
 A transform reads its input twice: pass 1 fits (the whole input's moments, or each
-batch's), pass 2 applies the fitted map, writes, and measures the input's histograms and
-the output's statistics. Memory is bounded by a few chunks (or batches) at a time.
+batch's), pass 2 applies the fitted map, writes each block into the temporary output at its
+position, and measures the input's histograms and the output's statistics. Memory is bounded
+by a few blocks (or batches) in flight.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial, reduce
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from normcli import sinks
+from normcli.engine import Engine, ThreadEngine
 from normcli.errors import InputError, StatsFileError, UsageMismatch
+from normcli.histograms import (HistogramCounts, Histograms, count_block, edges_for, histogram_edges,
+                                histograms_from_counts)
 from normcli.layout import Layout
-from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments, counts_values,
-                             histogram_edges, histograms_from_counts)
-from normcli.parallel import ordered_map
-from normcli.sources import Chunk, Dataset
-from normcli.transforms import (Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine)
+from normcli.moments import BlockStats, Moments, checked, counts_values, measure_block, merge
+from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
+from normcli.sources import Block, Chunk, Dataset
+from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
 
 DEFAULT_BINS = 30
 
@@ -42,96 +47,141 @@ class Stats:
 Progress = Callable[[int], None]  # told how many samples were just read
 
 
-def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], None],
-           progress: Progress | None = None) -> None:
-    """merge(work(chunk)) for every chunk, in order: the first alone (it fixes accumulator
-    shifts), the rest on every core."""
-    if progress is not None:
-        items = _counted(items, progress)
-    items = iter(items)
-    first = next(items, None)
-    if first is None:
-        return
-    merge(work(first))
-    for result in ordered_map(work, items):
-        merge(result)
+def _run(engine: Engine | None, work: Callable, items: Sequence, progress: Progress | None, *,
+         sizes: Sequence[int] | None = None) -> Iterator:
+    """work over every item (a block, unless `sizes` gives each item's samples) on `engine`
+    (threads when None), results in order."""
+    engine = engine or ThreadEngine()
+    sizes = sizes if sizes is not None else [item.count for item in items]
+    for size, result in zip(sizes, engine.map(work, items)):
+        if progress is not None:
+            progress(size)
+        yield result
 
 
-def _counted(chunks: Iterable[Chunk], progress: Progress) -> Iterator[Chunk]:
-    for chunk in chunks:
-        progress(len(chunk.data))
-        yield chunk
+def _fold(total, value, combine=HistogramCounts.merge):
+    """Running merge of results that may be None (nothing measured)."""
+    if value is None:
+        return total
+    return value if total is None else combine(total, value)
 
 
-def check_scope(dataset: Dataset, scope: str) -> None:
-    if scope == "pixel" and not dataset.uniform:
-        raise InputError("--per pixel needs samples of one size, but these images differ in size; "
+def check_scope(dataset: Dataset, scope: Scope | str) -> None:
+    scope = as_scope(scope)
+    if scope.nested and not dataset.uniform:
+        raise InputError(f"--per {scope.name} needs samples of one size, but these images differ in size; "
                          "use --per channel, global or sample", dataset.inputs[0])
 
 
-def histogram_edges_for(scope: str, low: np.ndarray, high: np.ndarray, bins: int, hist_range=None) -> np.ndarray:
-    """Each row's edges: the given range, else the row's [low, high] (the pixel row: all values')."""
-    if hist_range is not None:
-        rows = 1 if scope == "pixel" else len(low)
-        return histogram_edges(np.full(rows, hist_range[0]), np.full(rows, hist_range[1]), bins)
-    if scope == "pixel":
-        low, high = low[np.isfinite(low)], high[np.isfinite(high)]
-        return histogram_edges([low.min() if low.size else np.nan], [high.max() if high.size else np.nan], bins)
-    return histogram_edges(low, high, bins)
-
-
-def measure_passes(dataset: Dataset, scope: str, bins: int) -> int:
+def measure_passes(dataset: Dataset, scope, bins: int, hist_range=None) -> int:
     """How many times `measure` reads the data."""
-    return 1 if not bins or counts_values(dataset.dtype, scope) else 2
+    scope = as_scope(scope)
+    return 1 if not bins or _histograms_in_first_pass(dataset.dtype, scope, hist_range) else 2
 
 
-def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_range=None,
-            ignore_nan: bool = False, progress: Progress | None = None) -> Stats:
-    """The statistics of `dataset` at `scope`: one pass for the moments, a second for histograms
-    (none for 8/16-bit integers at global/channel scope, whose value counts give both)."""
+def _histograms_in_first_pass(dtype, scope: Scope, hist_range) -> bool:
+    """Whether histograms need no pass of their own: value counts hold them, each sample's own
+    range is in its block, or the range is given."""
+    return counts_values(dtype, scope) or scope.per_sample or hist_range is not None
+
+
+@dataclass(frozen=True)
+class MeasureTask:
+    """What pass 1 measures in each block: moments, and histograms when their edges are known
+    (given `edges`, or `bins` over each sample's own range for per-sample scopes)."""
+
+    scope: Scope
+    layout: Layout
+    ignore_nan: bool = False
+    bins: int = 0
+    edges: np.ndarray | None = None
+
+
+def measure_work(task: MeasureTask, block: Block) -> tuple[BlockStats, HistogramCounts | None]:
+    chunk = block.read()
+    stats = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
+    if not task.bins or stats.value_counts is not None:
+        return stats, None
+    if task.edges is not None:
+        edges = task.edges if not task.scope.per_sample else np.repeat(task.edges[:1], len(chunk.data), axis=0)
+    elif stats.moments is None:
+        return stats, None  # NaN or inf: the run fails after this pass
+    else:
+        edges = histogram_edges(stats.moments.min, stats.moments.max, task.bins)
+    counts = count_block(chunk.data, task.scope, task.layout, edges, first_sample=chunk.start)
+    return stats, HistogramCounts(counts.counts, counts.first_row, counts.per_sample, edges)
+
+
+@dataclass(frozen=True)
+class HistogramTask:
+    scope: Scope
+    layout: Layout
+    edges: np.ndarray
+
+
+def histogram_work(task: HistogramTask, block: Block) -> HistogramCounts:
+    chunk = block.read()
+    return count_block(chunk.data, task.scope, task.layout, task.edges, first_sample=chunk.start)
+
+
+def _merge_pairs(a, b):
+    return merge(a[0], b[0]), _merge_counts(a[1], b[1])
+
+
+def _merge_counts(a: HistogramCounts | None, b: HistogramCounts | None) -> HistogramCounts | None:
+    return a.merge(b) if a is not None and b is not None else None
+
+
+def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=None, ignore_nan: bool = False,
+            engine: Engine | None = None, progress: Progress | None = None) -> Stats:
+    """The statistics of `dataset` at `scope`: one pass for the moments (and the histograms when
+    their edges are known up front), a second for histograms over the measured range."""
+    scope = as_scope(scope)
     check_scope(dataset, scope)
-    acc = _moment_accumulator(dataset, scope, ignore_nan)
-    stream(dataset.chunks(), lambda chunk: acc.measure(chunk.data, chunk.start), acc.add, progress)
-    acc.check_finite(dataset.locate)
-    moments = acc.result()
+    blocks = dataset.blocks()
+    first_pass_bins = bins if _histograms_in_first_pass(dataset.dtype, scope, hist_range) else 0
+    edges = None
+    if hist_range is not None and bins:
+        rows = 1 if scope.one_histogram or scope.per_sample else scope.keys(dataset.layout, dataset.sample_shape, 0)
+        edges = histogram_edges(np.full(rows, hist_range[0]), np.full(rows, hist_range[1]), bins)
+    task = MeasureTask(scope, dataset.layout, ignore_nan, first_pass_bins, edges)
+    stats, counts = reduce(_merge_pairs, _run(engine, partial(measure_work, task), blocks, progress))
+    moments = checked(stats, dataset.locate, ignore_nan=ignore_nan)
     histograms = None
     if bins:
-        edges = histogram_edges_for(scope, moments.min, moments.max, bins, hist_range)
-        if acc.value_counts is not None:
-            histograms = histograms_from_counts(acc.value_counts, dataset.dtype, edges)
+        if stats.value_counts is not None:
+            histograms = histograms_from_counts(stats.value_counts, dataset.dtype,
+                                                edges_for(scope, moments.min, moments.max, bins, hist_range))
+        elif counts is not None:
+            histograms = Histograms(counts.counts, counts.edges)
         else:
-            hist = HistogramAccumulator(scope, dataset.layout, edges)
-            stream(dataset.chunks(), lambda c: (hist.measure(c.data, c.start), c.start),
-                   lambda result: hist.add(*result), progress)
-            histograms = hist.result()
+            edges = edges_for(scope, moments.min, moments.max, bins, hist_range)
+            work = partial(histogram_work, HistogramTask(scope, dataset.layout, edges))
+            counts = reduce(HistogramCounts.merge, _run(engine, work, blocks, progress))
+            histograms = Histograms(counts.counts, edges)
     return _stats(dataset, scope, moments, histograms)
 
 
-def _moment_accumulator(dataset: Dataset, scope: str, ignore_nan: bool, dtype=None) -> MomentAccumulator:
-    return MomentAccumulator(scope, dataset.layout, dtype or dataset.dtype, dataset.sample_shape,
-                             ignore_nan=ignore_nan)
-
-
-def _stats(dataset: Dataset, scope: str, moments: Moments, histograms, *, dtype=None,
-           samples=None) -> Stats:
+def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtype=None, samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
-                 dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope,
+                 dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope.name,
                  moments, histograms)
 
 
 # -- transforms ---------------------------------------------------------------
 class Plan:
-    """What one transform does in each pass. fit() and apply() are pure (run on several
-    threads); add_fit() and finish() run in order on the main thread."""
+    """What one transform does in each pass. The driver keeps the plan; what runs on workers is
+    the picklable `fitter()` (pass 1, may be None) and `applier()` (pass 2). add_fit(), finish()
+    and add_applied() run on the driver, in block order."""
 
-    scope: str  # the scope of the before/after report
+    scope: Scope  # the scope of the before/after report
     samples: int | None = None  # how many samples the output holds (None: all)
 
-    def units(self, dataset: Dataset) -> Iterator[Chunk]:
+    def units(self, dataset: Dataset) -> list[Block]:
         """What both passes iterate over."""
-        return dataset.chunks()
+        return dataset.blocks()
 
-    def keeps(self, unit: Chunk) -> bool:
+    def keeps(self, unit: Block) -> bool:
         """Whether the unit goes to the output (all of the input is measured either way)."""
         return True
 
@@ -139,7 +189,7 @@ class Plan:
         """The sample index in the input of the `position`-th sample the passes see."""
         return position
 
-    def fit(self, chunk: Chunk, layout: Layout):
+    def fitter(self):
         return None
 
     def add_fit(self, partial) -> None:
@@ -149,8 +199,9 @@ class Plan:
         """Called after pass 1; returns the output's (low, high) per report key."""
         raise NotImplementedError
 
-    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
-        """Write the transformed chunk into `out`; may return a per-unit summary."""
+    def applier(self):
+        """A picklable object whose apply(chunk, layout, out) writes the transformed chunk into
+        `out` and may return a per-unit summary."""
         raise NotImplementedError
 
     def add_applied(self, summary) -> None:
@@ -161,13 +212,26 @@ class Plan:
         return {}
 
 
+@dataclass(frozen=True)
+class AffineApply:
+    """One fixed affine map per key (rows of the sample scope taken by each chunk's position)."""
+
+    scope: Scope
+    affine: Affine
+    clip: tuple[float, float] | None = None
+
+    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
+        affine = self.affine.rows(chunk.start, len(chunk.data)) if self.scope.per_sample else self.affine
+        affine.apply(layout.npc(chunk.data), layout.npc(out), self.scope, self.clip)
+
+
 class ScalePlan(Plan):
     """One affine map per key over the whole dataset: normalize, standardize, their inverses,
     and batchnorm --eval (a fixed map from saved running statistics)."""
 
-    def __init__(self, scope: str, make_affine: Callable[[Moments], Affine], *, fitted: Moments | None = None,
+    def __init__(self, scope, make_affine: Callable[[Moments], Affine], *, fitted: Moments | None = None,
                  inverse: bool = False, clip: tuple[float, float] | None = None):
-        self.scope = scope
+        self.scope = as_scope(scope)
         self.make_affine = make_affine
         self.fitted = fitted
         self.inverse = inverse
@@ -182,9 +246,8 @@ class ScalePlan(Plan):
             low, high = np.clip(low, *self.clip), np.clip(high, *self.clip)
         return low, high
 
-    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
-        affine = self.affine.rows(chunk.start, len(chunk.data)) if self.scope == "sample" else self.affine
-        affine.apply(layout.npc(chunk.data), layout.npc(out), self.scope, self.clip)
+    def applier(self):
+        return AffineApply(self.scope, self.affine, self.clip)
 
 
 @dataclass
@@ -197,14 +260,59 @@ class BatchSummary:
     var_after: float = float("nan")
 
 
+def _batch_moments(data: np.ndarray, scope: Scope, layout: Layout, ignore_nan: bool) -> Moments | None:
+    """One batch's moments; None for NaN/inf (left to the input's own check, which names the sample)."""
+    stats = measure_block(data, scope, layout, ignore_nan=ignore_nan)
+    if stats.nonfinite.total and not ignore_nan:
+        return None
+    return stats.aggregate()
+
+
+def _batch_affine(moments: Moments, size: int, gamma, beta, eps: float) -> Affine:
+    if (moments.count < 2).any():
+        raise UsageMismatch(
+            f"a batch of {size} sample(s) has a single value per key, which has no variance to "
+            "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
+    return batchnorm(moments.mean, moments.var(0), gamma, beta, eps)
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    """Pass 1 of batch norm, per batch: its moments at the scope, and over all its values."""
+
+    scope: Scope
+    ignore_nan: bool
+
+    def fit(self, chunk: Chunk, layout: Layout):
+        return (len(chunk.data), _batch_moments(chunk.data, self.scope, layout, self.ignore_nan),
+                _batch_moments(chunk.data, GLOBAL, layout, self.ignore_nan))
+
+
+@dataclass(frozen=True)
+class BatchApply:
+    """Pass 2 of batch norm: each batch by its own moments; returns its mean and variance after."""
+
+    scope: Scope
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+    ignore_nan: bool
+
+    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
+        moments = _batch_moments(chunk.data, self.scope, layout, self.ignore_nan)
+        affine = _batch_affine(moments, len(chunk.data), self.gamma, self.beta, self.eps)
+        affine.apply(layout.npc(chunk.data), layout.npc(out), self.scope)
+        after = _batch_moments(out, GLOBAL, layout, self.ignore_nan)
+        return float(after.mean[0]), float(after.var()[0])
+
+
 class BatchPlan(Plan):
     """Training-mode batch norm: each batch of `batch_size` by its own moments at `scope`."""
 
-    def __init__(self, dataset: Dataset, scope: str, batch_size: int, gamma, beta, eps: float, *,
+    def __init__(self, dataset: Dataset, scope, batch_size: int, gamma, beta, eps: float, *,
                  momentum: float | None = 0.1, drop_last: bool = False, order: np.ndarray | None = None,
                  ignore_nan: bool = False):
-        self.scope = scope
-        self.dataset = dataset
+        self.scope = as_scope(scope)
         self.batch_size = batch_size
         self.gamma, self.beta, self.eps = gamma, beta, eps
         self.order = order
@@ -219,40 +327,24 @@ class BatchPlan(Plan):
         self.low = np.full(keys, np.inf)
         self.high = np.full(keys, -np.inf)
 
-    def units(self, dataset: Dataset) -> Iterator[Chunk]:
+    def units(self, dataset: Dataset) -> list[Block]:
         return dataset.batches(self.batch_size, self.order)
 
-    def keeps(self, unit: Chunk) -> bool:
+    def keeps(self, unit: Block) -> bool:
         """Not the short last batch that --drop-last leaves out."""
         return unit.start < self.samples
 
     def original_index(self, position: int) -> int:
         return position if self.order is None else int(self.order[position])
 
-    def _batch_moments(self, data: np.ndarray, scope: str, dtype=None) -> Moments:
-        acc = _moment_accumulator(self.dataset, scope, self.ignore_nan, dtype=dtype)
-        acc.add(acc.measure(data))
-        if acc.nonfinite.total and not self.ignore_nan:
-            return None  # NaN/inf: left to the input's own check after pass 1, which names the sample
-        return acc.result()
-
-    def _affine(self, moments: Moments, size: int) -> Affine:
-        if (moments.count < 2).any():
-            raise UsageMismatch(
-                f"a batch of {size} sample(s) has a single value per key, which has no variance to "
-                "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
-        return batchnorm(moments.mean, moments.var(0), self.gamma, self.beta, self.eps)
-
-    def fit(self, chunk: Chunk, layout: Layout):
-        moments = self._batch_moments(chunk.data, self.scope)
-        whole = self._batch_moments(chunk.data, "global")
-        return len(chunk.data), moments, whole
+    def fitter(self):
+        return BatchFit(self.scope, self.ignore_nan)
 
     def add_fit(self, partial) -> None:
         size, moments, whole = partial
         if moments is None or len(self.batches) == self.n_batches:  # NaN (reported later), or dropped
             return
-        affine = self._affine(moments, size)
+        affine = _batch_affine(moments, size, self.gamma, self.beta, self.eps)
         self.running.update(moments)
         low, high = affine.bounds(moments.min, moments.max)
         self.low, self.high = np.fmin(self.low, low), np.fmax(self.high, high)
@@ -261,11 +353,8 @@ class BatchPlan(Plan):
     def finish(self, before: Moments):
         return self.low, self.high
 
-    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
-        affine = self._affine(self._batch_moments(chunk.data, self.scope), len(chunk.data))
-        affine.apply(layout.npc(chunk.data), layout.npc(out), self.scope)
-        after = self._batch_moments(out, "global", out.dtype)
-        return float(after.mean[0]), float(after.var()[0])
+    def applier(self):
+        return BatchApply(self.scope, self.gamma, self.beta, self.eps, self.ignore_nan)
 
     def add_applied(self, summary) -> None:
         self.batches[self.applied].mean_after, self.batches[self.applied].var_after = summary
@@ -278,7 +367,7 @@ class BatchPlan(Plan):
                 "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
 
 
-def eval_plan(saved, path: str, scope: str, gamma: np.ndarray, beta: np.ndarray, eps: float) -> ScalePlan:
+def eval_plan(saved, path: str, scope, gamma: np.ndarray, beta: np.ndarray, eps: float) -> ScalePlan:
     """batchnorm --eval: one fixed map from the running statistics saved by batchnorm --save-stats."""
     if "running_mean" not in saved.extra:
         raise StatsFileError("holds no running statistics; make it with batchnorm --save-stats", path)
@@ -286,16 +375,15 @@ def eval_plan(saved, path: str, scope: str, gamma: np.ndarray, beta: np.ndarray,
     return ScalePlan(scope, lambda _: batchnorm(mean, var, gamma, beta, eps))
 
 
-class GroupPlan(Plan):
-    """Group norm: each sample's groups of channels by their own moments; reported per channel."""
+@dataclass(frozen=True)
+class GroupMaps:
+    """Group norm of each chunk: pass 1 finds the output's range, pass 2 writes the output."""
 
-    scope = "channel"
-
-    def __init__(self, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float, *, ignore_nan: bool = False):
-        self.groups, self.gamma, self.beta, self.eps = groups, gamma, beta, eps
-        self.ignore_nan = ignore_nan
-        self.low = np.full(len(gamma), np.inf)
-        self.high = np.full(len(gamma), -np.inf)
+    groups: int
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+    ignore_nan: bool
 
     def _maps(self, x: np.ndarray):
         return groupnorm_affine(x, self.groups, self.gamma, self.beta, self.eps, self.ignore_nan)
@@ -303,9 +391,27 @@ class GroupPlan(Plan):
     def fit(self, chunk: Chunk, layout: Layout):
         x = layout.npc(chunk.data)
         shift, scale, offset = self._maps(x)
-        a = (x.min(axis=1, keepdims=True) - shift) * scale + offset
-        b = (x.max(axis=1, keepdims=True) - shift) * scale + offset
+        with np.errstate(invalid="ignore"):
+            a = (x.min(axis=1, keepdims=True) - shift) * scale + offset
+            b = (x.max(axis=1, keepdims=True) - shift) * scale + offset
         return np.fmin(a, b).min(axis=(0, 1)), np.fmax(a, b).max(axis=(0, 1))
+
+    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
+        x = layout.npc(chunk.data)
+        apply_broadcast(x, *self._maps(x), layout.npc(out))
+
+
+class GroupPlan(Plan):
+    """Group norm: each sample's groups of channels by their own moments; reported per channel."""
+
+    def __init__(self, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float, *, ignore_nan: bool = False):
+        self.scope = CHANNEL
+        self.maps = GroupMaps(groups, gamma, beta, eps, ignore_nan)
+        self.low = np.full(len(gamma), np.inf)
+        self.high = np.full(len(gamma), -np.inf)
+
+    def fitter(self):
+        return self.maps
 
     def add_fit(self, partial) -> None:
         self.low, self.high = np.fmin(self.low, partial[0]), np.fmax(self.high, partial[1])
@@ -313,9 +419,80 @@ class GroupPlan(Plan):
     def finish(self, before: Moments):
         return self.low, self.high
 
-    def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
-        x = layout.npc(chunk.data)
-        apply_broadcast(x, *self._maps(x), layout.npc(out))
+    def applier(self):
+        return self.maps
+
+
+# -- the work of each pass, on any engine -------------------------------------------
+@dataclass(frozen=True)
+class FitTask:
+    scope: Scope
+    layout: Layout
+    ignore_nan: bool
+    fitter: object | None
+
+
+def fit_work(task: FitTask, block: Block):
+    chunk = block.read()
+    before = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start,
+                           ignore_nan=task.ignore_nan)
+    return before, (task.fitter.fit(chunk, task.layout) if task.fitter is not None else None)
+
+
+@dataclass(frozen=True)
+class ApplyTask:
+    """Pass 2 for one block: histogram the input, apply, put non-finite values back, measure the
+    output, and write it at its position (or hand it back, for outputs written in order)."""
+
+    scope: Scope
+    layout: Layout
+    applier: object
+    writer: object
+    work_dtype: np.dtype
+    ignore_nan: bool
+    report: bool
+    before_edges: np.ndarray | None
+    after_edges: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    before_counts: HistogramCounts | None
+    after_stats: BlockStats | None
+    after_counts: HistogramCounts | None
+    summary: object
+    clipped: int
+    written: int
+    data: np.ndarray | None  # for outputs written in order by the driver
+
+
+def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
+    block, keep = item
+    chunk = block.read()
+    before_counts = (count_block(chunk.data, task.scope, task.layout, _rows(task.before_edges, task.scope, chunk),
+                                 first_sample=chunk.start) if task.before_edges is not None else None)
+    if not keep:
+        return Applied(before_counts, None, None, None, 0, 0, None)
+    out = np.empty(chunk.data.shape, task.work_dtype)
+    summary = task.applier.apply(chunk, task.layout, out)
+    if task.ignore_nan:
+        np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
+    after_stats = (measure_block(out, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
+                   if task.report else None)
+    after_counts = (count_block(out, task.scope, task.layout, _rows(task.after_edges, task.scope, chunk),
+                                clamp=True, first_sample=chunk.start) if task.after_edges is not None else None)
+    encoded, clipped = task.writer.encode(out)
+    data = None
+    if task.writer.positional:
+        task.writer.write(encoded, chunk.start, chunk.names)
+    else:
+        data = encoded
+    return Applied(before_counts, after_stats, after_counts, summary, clipped, len(out), data)
+
+
+def _rows(edges: np.ndarray, scope: Scope, chunk: Chunk) -> np.ndarray:
+    """The edges of a chunk's histogram rows (its own samples' rows for per-sample scopes)."""
+    return edges[chunk.start:chunk.start + len(chunk.data)] if scope.per_sample else edges
 
 
 @dataclass
@@ -327,8 +504,8 @@ class TransformResult:
 
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
-              clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS,
-              ignore_nan: bool = False, report: bool = True, progress: Progress | None = None) -> TransformResult:
+              clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS, ignore_nan: bool = False,
+              report: bool = True, engine: Engine | None = None, progress: Progress | None = None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
@@ -338,21 +515,18 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     """
     bins = bins if report else 0
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
-    check_scope(dataset, plan.scope)
-    before_acc = _moment_accumulator(dataset, plan.scope, ignore_nan)
-
-    def fit(chunk: Chunk):
-        return before_acc.measure(chunk.data, chunk.start), plan.fit(chunk, dataset.layout)
-
-    def add_fit(result):
-        before_acc.add(result[0])
-        plan.add_fit(result[1])
-
-    stream(plan.units(dataset), fit, add_fit, progress)
-    if before_acc.nonfinite.first is not None:
-        before_acc.nonfinite.first = plan.original_index(before_acc.nonfinite.first)
-    before_acc.check_finite(dataset.locate)
-    before = before_acc.result()
+    scope = plan.scope
+    check_scope(dataset, scope)
+    units = plan.units(dataset)
+    fit = partial(fit_work, FitTask(scope, dataset.layout, ignore_nan, plan.fitter()))
+    before_stats = None
+    for stats, fitted in _run(engine, fit, units, progress):
+        before_stats = _fold(before_stats, stats, merge)
+        plan.add_fit(fitted)
+    if before_stats.nonfinite.first is not None:  # a position in the passes' order: name the input's sample
+        found = replace(before_stats.nonfinite, first=plan.original_index(before_stats.nonfinite.first))
+        before_stats = replace(before_stats, nonfinite=found)
+    before = checked(before_stats, dataset.locate, ignore_nan=ignore_nan)
     low, high = plan.finish(before)
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
@@ -361,48 +535,37 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     samples = plan.samples if plan.samples is not None else dataset.n_samples
 
     # Float outputs are measured as written; integer ones as the floats they encode.
-    work_dtype = np.float64 if spec.dtype == np.float64 else np.float32
-    after_acc = _moment_accumulator(dataset, plan.scope, ignore_nan, dtype=work_dtype)
-    before_hist = after_hist = None
+    work_dtype = np.dtype(np.float64 if spec.dtype == np.float64 else np.float32)
+    before_edges = after_edges = None
     if bins:
-        before_hist = HistogramAccumulator(
-            plan.scope, dataset.layout, histogram_edges_for(plan.scope, before.min, before.max, bins))
-        after_hist = HistogramAccumulator(
-            plan.scope, dataset.layout, histogram_edges_for(plan.scope, low, high, bins), clamp=True)
-
-    def apply(chunk: Chunk):
-        before_partial = before_hist.measure(chunk.data, chunk.start) if bins else None
-        if not plan.keeps(chunk):
-            return chunk, None, None, None, (before_partial, None)
-        out = np.empty(chunk.data.shape, work_dtype)
-        summary = plan.apply(chunk, dataset.layout, out)
-        if ignore_nan:
-            np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
-        hists = (before_partial, after_hist.measure(out, chunk.start) if bins else None)
-        return chunk, out, summary, after_acc.measure(out, chunk.start) if report else None, hists
-
+        before_edges = edges_for(scope, before.min, before.max, bins)
+        after_edges = edges_for(scope, low, high, bins)
     sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip)
-
-    def write(result):
-        chunk, out, summary, after_partial, (before_partial, after_hist_partial) = result
-        if bins:
-            before_hist.add(before_partial, chunk.start)
-        if out is None:
-            return
-        sink.write(out, chunk.start, chunk.names)
-        plan.add_applied(summary)
-        if report:
-            after_acc.add(after_partial)
-        if bins:
-            after_hist.add(after_hist_partial, chunk.start)
-
     try:
-        stream(plan.units(dataset), apply, write, progress)
+        task = ApplyTask(scope, dataset.layout, plan.applier(), sink.writer, work_dtype, ignore_nan, report,
+                         before_edges, after_edges)
+        items = [(unit, plan.keeps(unit)) for unit in units]
+        before_counts = after_counts = after_stats = None
+        clipped = 0
+        for applied in _run(engine, partial(apply_work, task), items, progress, sizes=[u.count for u in units]):
+            before_counts = _fold(before_counts, applied.before_counts)
+            if not applied.written:
+                continue
+            if applied.data is not None:
+                sink.write_in_order(applied.data)
+            sink.written += applied.written
+            clipped += applied.clipped
+            plan.add_applied(applied.summary)
+            after_stats = _fold(after_stats, applied.after_stats, merge)
+            after_counts = _fold(after_counts, applied.after_counts)
         sink.commit()
     except BaseException:
         sink.discard()
         raise
-    before_stats = _stats(dataset, plan.scope, before, before_hist.result() if bins else None)
-    after_stats = _stats(dataset, plan.scope, after_acc.result(), after_hist.result() if bins else None,
-                         dtype=spec.dtype, samples=samples) if report else None
-    return TransformResult(before_stats, after_stats, plan, sink.clipped)
+    before_result = _stats(dataset, scope, before, Histograms(before_counts.counts, before_edges) if bins else None)
+    after_result = None
+    if report:
+        after_result = _stats(dataset, scope, after_stats.aggregate(),
+                              Histograms(after_counts.counts, after_edges) if bins else None,
+                              dtype=spec.dtype, samples=samples)
+    return TransformResult(before_result, after_result, plan, clipped)

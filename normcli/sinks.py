@@ -159,125 +159,171 @@ def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str) ->
     return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype), clipped
 
 
-class Sink:
-    """Writes samples in order; commit() makes the output appear, discard() removes every trace."""
+@dataclass(frozen=True)
+class Encoder:
+    """Floats -> what the output stores: its dtype, or [0, 1] onto the integer range."""
 
-    clipped = 0
+    dtype: np.dtype
+    clip: bool
+    target: str
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, int]:
+        """The stored values and how many were clipped to fit."""
+        if self.dtype.name in INTEGER_DTYPES:
+            return to_integers(values, self.dtype, self.clip, self.target)
+        return values.astype(self.dtype, copy=False), 0
+
+
+@dataclass(frozen=True)
+class StreamWriter(Encoder):
+    """An output written in order by the driver (a .npy stream on stdout)."""
+
+    positional = False
+
+
+@dataclass(frozen=True)
+class NpyWriter(Encoder):
+    """Samples written at their offsets into a full-size .npy under its temporary name, by
+    whichever thread, process or worker holds them (the file system must be shared)."""
+
+    positional = True
+    path: str = ""
+    data_offset: int = 0
+    sample_bytes: int = 0
+
+    def write(self, encoded: np.ndarray, start: int, names=None) -> None:
+        view = memoryview(np.ascontiguousarray(encoded)).cast("B")
+        offset = self.data_offset + start * self.sample_bytes
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view, offset = view[done:], offset + done
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class FolderWriter(Encoder):
+    """One file per sample inside the temporary output folder: the image's own relative path
+    with the new type, else the sample's zero-padded index."""
+
+    positional = True
+    folder: str = ""
+    ext: str = "tiff"
+    layout: Layout = Layout("NHWC")
+    samples: int = 0
+
+    def write(self, encoded: np.ndarray, start: int, names=None) -> None:
+        for i, sample in enumerate(encoded):
+            relative = relative_name(names[i] if names else None, start + i, self.ext, self.samples)
+            path = Path(self.folder) / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_sample_file(path, sample, self.ext, self.layout)
+
+
+def write_sample_file(path: Path, sample: np.ndarray, ext: str, layout: Layout) -> None:
+    """One sample as a .npy, TIFF or PNG file (16-bit colour PNGs through normcli's own codec)."""
+    if ext == "npy":
+        np.save(path, sample, allow_pickle=False)
+        return
+    image = layout.image(sample)
+    if ext == "tiff":
+        import tifffile
+
+        channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
+        tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
+                         photometric="rgb" if channels in (3, 4) else "minisblack",
+                         planarconfig="contig" if channels > 1 else None)
+    elif image.dtype == np.uint16 and image.shape[-1] > 1:
+        from normcli.png16 import write_png16
+
+        write_png16(path, image)
+    else:
+        import imageio.v3 as iio
+
+        iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+
+
+def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+class Sink:
+    """An output under its temporary name: workers write blocks by position through `writer`
+    (picklable); commit() makes the output appear, discard() removes every trace."""
 
     def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, *, key: str | None = None,
-                 clip: bool = False):
+                 clip: bool = False, stdout=None):
         self.spec = spec
-        self.layout = layout
-        self.clip = clip
         self.shape = (samples, *sample_shape)
         self.key = key or "data"
         self.written = 0
-        self._temp: str | None = None
-        self._file = None
-        self._zip = None
-        target = spec.target
+        self._temps: list[str] = []
+        self._stream = None
+        target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
-            self._file = sys.stdout.buffer
-            self._write_header(self._file)
+            self._stream = stdout or sys.stdout.buffer
+            self._stream.write(_npy_header(dtype, self.shape))
+            self.writer = StreamWriter(dtype, clip, target)
         elif spec.kind == "folder":
-            self._temp = temp_beside(target, folder=True)
+            folder = self._temp(temp_beside(target, folder=True))
+            self.writer = FolderWriter(dtype, clip, target, folder, spec.ext, layout, samples)
         else:
-            self._temp = temp_beside(target)
-            self._file = open(self._temp, "wb")
-            if spec.kind == "npz":
-                self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
-                self._member = self._zip.open(f"{self.key}.npy", "w", force_zip64=True)
-                self._write_header(self._member)
-            else:
-                self._write_header(self._file)
+            # .npz: the array is written by position as a .npy first, and stored in the archive at commit
+            path = self._temp(temp_beside(target, suffix=".npy.tmp" if spec.kind == "npz" else ".tmp"))
+            header = _npy_header(dtype, self.shape)
+            sample_bytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
+            with open(path, "r+b") as f:
+                f.write(header)
+                f.truncate(len(header) + samples * sample_bytes)
+            self.writer = NpyWriter(dtype, clip, target, path, len(header), sample_bytes)
 
-    def _write_header(self, stream) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.spec.dtype), "fortran_order": False,
-                  "shape": self.shape}
-        np.lib.format.write_array_header_1_0(stream, header)
+    def _temp(self, path: str) -> str:
+        self._temps.append(path)
+        return path
 
-    def _encode(self, values: np.ndarray) -> np.ndarray:
-        if self.spec.dtype.name in INTEGER_DTYPES:
-            encoded, clipped = to_integers(values, self.spec.dtype, self.clip, self.spec.target)
-            self.clipped += clipped
-            return encoded
-        return values.astype(self.spec.dtype, copy=False)
-
-    def write(self, values: np.ndarray, start: int, names: list[str] | None = None) -> None:
-        """Samples `start`.. of the output, as floats (encoded here for integer outputs)."""
-        data = self._encode(values)
-        if self.spec.kind == "folder":
-            for i, sample in enumerate(data):
-                self._write_file(sample, names[i] if names else None, start + i)
-        else:
-            stream = self._member if self._zip else self._file
-            stream.write(memoryview(np.ascontiguousarray(data)).cast("B"))
-        self.written += len(data)
-
-    def _write_file(self, sample: np.ndarray, name: str | None, index: int) -> None:
-        ext = self.spec.ext
-        relative = relative_name(name, index, ext, self.shape[0])
-        path = Path(self._temp) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if ext == "npy":
-            np.save(path, sample, allow_pickle=False)
-            return
-        image = self.layout.image(sample)
-        if ext == "tiff":
-            import tifffile
-
-            channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
-            tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
-                             photometric="rgb" if channels in (3, 4) else "minisblack",
-                             planarconfig="contig" if channels > 1 else None)
-        elif image.dtype == np.uint16 and image.shape[-1] > 1:
-            from normcli.png16 import write_png16
-
-            write_png16(path, image)
-        else:
-            import imageio.v3 as iio
-
-            iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+    def write_in_order(self, encoded: np.ndarray) -> None:
+        """The next samples of an output that is written in order (stdout)."""
+        self._stream.write(memoryview(np.ascontiguousarray(encoded)).cast("B"))
 
     def commit(self) -> None:
         if self.written != self.shape[0]:
             raise OutputError(f"wrote {self.written} of {self.shape[0]} samples", self.spec.target)
         target = Path(self.spec.target)
         if self.spec.kind == "stdout":
-            self._file.flush()
+            self._stream.flush()
             return
         if self.spec.kind == "folder":
             old = None
             if target.exists():
-                old = temp_beside(str(target), folder=True, suffix=".old")
+                old = self._temp(temp_beside(str(target), folder=True, suffix=".old"))
                 os.replace(target, Path(old) / target.name)
-            os.replace(self._temp, target)
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.writer.folder, target)
+            self._temps.remove(self.writer.folder)
         else:
-            if self._zip:
-                self._member.close()
-                self._zip.close()
-            self._file.close()
-            os.replace(self._temp, target)
-        self._temp = None
+            final = self.writer.path
+            if self.spec.kind == "npz":
+                final = self._temp(temp_beside(str(target)))
+                with zipfile.ZipFile(final, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                    archive.write(self.writer.path, f"{self.key}.npy")
+            os.replace(final, target)
+            self._temps.remove(final)
+        self.discard()
 
     def discard(self) -> None:
-        """Remove the partial output (the target is left as it was)."""
-        if self._temp is None:
-            return
-        if self.spec.kind == "folder":
-            shutil.rmtree(self._temp, ignore_errors=True)
-        else:
-            try:
-                if self._zip:
-                    self._member.close()  # else the ZipFile refuses to close, and complains again when collected
-                    self._zip.close()
-            except Exception:
-                pass
-            self._file.close()
-            os.unlink(self._temp)
-        self._temp = None
+        """Remove every temporary (the target is left as it was, or as committed)."""
+        for path in self._temps:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
+        self._temps.clear()
 
 
 def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> None:
@@ -288,7 +334,12 @@ def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) 
     spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
     sink = Sink(spec, layout, array.shape[1:], len(array))
     try:
-        sink.write(array, 0)
+        encoded, _ = sink.writer.encode(array)
+        if sink.writer.positional:
+            sink.writer.write(encoded, 0)
+        else:
+            sink.write_in_order(encoded)
+        sink.written = len(array)
         sink.commit()
     except BaseException:
         sink.discard()

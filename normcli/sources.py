@@ -7,6 +7,7 @@ relative path, their headers read first, and decoded on every core in order.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -15,13 +16,13 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
 from normcli.layout import LAYOUTS, Layout, resolve_layout
-from normcli.parallel import ordered_map
+from normcli.engine import ordered_map
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 _IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
@@ -94,28 +95,22 @@ class ArrayPart:
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return raw.astype(self.dtype) if raw.dtype != self.dtype else raw
 
-    def blocks(self, sizes: Iterator[int]) -> Iterator[np.ndarray]:
-        """Consecutive blocks of samples, one per requested size."""
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Samples start..start+count, read straight from the file."""
         if self.fortran_order:
             # A Fortran-order file keeps samples apart; rare enough for a mapped read.
-            whole = self._fortran_whole()
-            start = 0
-            for size in sizes:
-                yield np.ascontiguousarray(whole[start:start + size])
-                start += size
-            return
+            return np.ascontiguousarray(self._fortran_whole()[start:start + count])
         with self._open() as f:
-            f.seek(self.offset)
-            for size in sizes:
-                yield self._fill(f, np.empty((size, *self.sample_shape), dtype=self.file_dtype))
+            f.seek(self.offset + start * self.sample_bytes)  # zip members seek by decompressing up to there
+            return self._fill(f, np.empty((count, *self.sample_shape), dtype=self.file_dtype))
 
-    def sample(self, index: int) -> np.ndarray:
-        """One sample, read on its own (for shuffled batches)."""
+    def read_indices(self, indices) -> np.ndarray:
+        """The samples at `indices` (in that order), each read on its own (for shuffled batches)."""
         if self.fortran_order:
-            return self._finish(np.array(self._fortran_whole()[index]))
-        with self._open() as f:
-            f.seek(self.offset + index * self.sample_bytes)
-            return self._fill(f, np.empty(self.sample_shape, dtype=self.file_dtype))
+            return self._finish(np.ascontiguousarray(self._fortran_whole()[list(indices)]))
+        return np.stack([self.read(int(i), 1)[0] for i in indices]) if len(indices) else \
+            np.empty((0, *self.sample_shape), self.dtype)
+
 
 
 @dataclass
@@ -168,14 +163,16 @@ class ImagePart:
         )
         self.ndim = 4
 
-    def decode(self, header: ImageHeader) -> np.ndarray:
-        image = _decode(header)
-        if self.mode:
-            image = convert_channels(image, MODES[self.mode])
-        return image
+    @property
+    def decoder(self):
+        """A picklable function of one header to its decoded image (what a block needs to read)."""
+        return functools.partial(decode_image, mode=self.mode)
 
-    def sample(self, index: int) -> np.ndarray:
-        return self.decode(self.headers[index])
+
+def decode_image(header: "ImageHeader", *, mode: str | None) -> np.ndarray:
+    """One image as (H, W, C) in its own dtype, converted to `mode`'s channels if given."""
+    image = _decode(header)
+    return convert_channels(image, MODES[mode]) if mode else image
 
 
 def _read_header(item) -> ImageHeader:
@@ -289,6 +286,91 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.concatenate([color, alpha], axis=-1)
 
 
+# -- blocks: what any thread, process or cluster worker reads by itself ----------------------
+@dataclass(frozen=True)
+class ArrayRun:
+    """Samples `start`..`start + count` of one array input."""
+
+    part: ArrayPart
+    start: int
+    count: int
+
+    def read(self) -> np.ndarray:
+        return self.part.read(self.start, self.count)
+
+
+@dataclass(frozen=True)
+class ArrayPick:
+    """Samples of one array input at `indices`, in that order (shuffled batches)."""
+
+    part: ArrayPart
+    indices: tuple[int, ...]
+
+    def read(self) -> np.ndarray:
+        return self.part.read_indices(self.indices)
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    """Image files, decoded in order: `names` are their output names."""
+
+    decode: Callable
+    headers: tuple
+    names: tuple[str, ...]
+
+    def read(self) -> np.ndarray:
+        images = [self.decode(header) for header in self.headers]
+        if len({image.shape for image in images}) > 1:
+            raise InputError("images of different sizes cannot form one batch; resize them first",
+                             str(self.headers[0].path))
+        return np.stack(images)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive positions `start`.. of a pass (samples, or a batch in its own order): a few
+    pieces of inputs, read and cast to the dataset's dtype. Small and picklable."""
+
+    pieces: tuple
+    start: int
+    dtype: np.dtype
+
+    @property
+    def count(self) -> int:
+        return sum(len(p.headers) if isinstance(p, ImageRun) else
+                   (p.count if isinstance(p, ArrayRun) else len(p.indices)) for p in self.pieces)
+
+    @property
+    def names(self) -> list[str] | None:
+        """The samples' output names where every piece is images, else None."""
+        if not all(isinstance(p, ImageRun) for p in self.pieces):
+            return None
+        return [name for p in self.pieces for name in p.names]
+
+    def read(self) -> Chunk:
+        arrays = [piece.read() for piece in self.pieces]
+        if len({a.shape[1:] for a in arrays}) > 1:
+            raise InputError("images of different sizes cannot form one batch; resize them first")
+        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return Chunk(data if data.dtype == self.dtype else data.astype(self.dtype), self.start, self.names)
+
+
+def _same_size_runs(headers: list, max_bytes: int, itemsize: int) -> Iterator[list[int]]:
+    """The indices of `headers` in runs of consecutive images of one size and about `max_bytes`."""
+    run: list[int] = []
+    run_bytes = 0
+    for index, header in enumerate(headers):
+        nbytes = header.height * header.width * header.channels * itemsize
+        first = headers[run[0]] if run else None
+        if run and ((header.height, header.width) != (first.height, first.width) or run_bytes + nbytes > max_bytes):
+            yield run
+            run, run_bytes = [], 0
+        run.append(index)
+        run_bytes += nbytes
+    if run:
+        yield run
+
+
 @dataclass
 class Dataset:
     """Samples along axis 0, from one or more inputs concatenated in order."""
@@ -299,6 +381,7 @@ class Dataset:
     sample_shape: tuple
     key: str | None = None
     _spools: list[str] = field(default_factory=list)
+    _names: dict = field(default_factory=dict, repr=False)
 
     @property
     def inputs(self) -> list[str]:
@@ -323,58 +406,77 @@ class Dataset:
         return {Path(h.relpath).suffix.lower() for part in self.parts if isinstance(part, ImagePart)
                 for h in part.headers}
 
-    def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-        """All samples in order, in chunks of about `max_bytes` (at least one sample)."""
+    def blocks(self, max_bytes: int = CHUNK_BYTES) -> list[Block]:
+        """Every sample in order, as blocks of about `max_bytes` (at least one sample; images of
+        one size each, since a block is one array)."""
+        blocks: list[Block] = []
         start = 0
         for part in self.parts:
             if isinstance(part, ImagePart):
-                for chunk in _image_chunks(part, start, max_bytes):
-                    chunk.data = self._cast(chunk.data)
-                    chunk.names = [_qualified(self, part, name) for name in chunk.names]
-                    yield chunk
+                for run in _same_size_runs(part.headers, max_bytes, part.dtype.itemsize):
+                    blocks.append(self._block([self._piece(part, run)], start))
+                    start += len(run)
             else:
-                per_chunk = max(1, max_bytes // max(part.sample_bytes, 1))
-                sizes = _split(part.n_samples, per_chunk)
-                offset = start
-                for block in part.blocks(iter(sizes)):
-                    yield Chunk(self._cast(block), offset)
-                    offset += len(block)
-            start += part.n_samples
+                per_block = max(1, max_bytes // max(part.sample_bytes, 1))
+                for local in range(0, part.n_samples, per_block):
+                    count = min(per_block, part.n_samples - local)
+                    blocks.append(self._block([ArrayRun(part, local, count)], start))
+                    start += count
+        return blocks
 
-    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[Chunk]:
-        """Consecutive batches of `batch_size` samples (the last may be short), or in `order`."""
-        if order is None:
-            yield from self._rechunk(batch_size)
-            return
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            yield Chunk(self.take(indices), start, self.names_of(indices))
+    def batches(self, batch_size: int, order: np.ndarray | None = None) -> list[Block]:
+        """Blocks of `batch_size` consecutive samples (the last may be short), or of the samples
+        in `order`, across input boundaries."""
+        total = self.n_samples
+        blocks = []
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            indices = range(start, stop) if order is None else order[start:stop]
+            blocks.append(self._block(self._pieces(indices), start))
+        return blocks
 
-    def _rechunk(self, batch_size: int) -> Iterator[Chunk]:
-        """Chunks of exactly `batch_size` samples across part boundaries (the last may be short)."""
-        pending: list[Chunk] = []
-        have = 0
-        start = 0
-        sample_bytes = _nbytes(self.sample_shape, self.dtype)
-        for chunk in self.chunks(max_bytes=max(sample_bytes * batch_size, 1)):
-            pending.append(chunk)
-            have += len(chunk.data)
-            while have >= batch_size:
-                batch, pending = _take_front(pending, batch_size)
-                have -= batch_size
-                yield Chunk(batch.data, start, batch.names)
-                start += batch_size
-        if have:
-            batch, _ = _take_front(pending, have)
-            yield Chunk(batch.data, start, batch.names)
+    def _pieces(self, indices) -> list:
+        """The samples at global `indices` as pieces: runs of one input each, in order."""
+        pieces: list = []
+        group: list[int] = []
+        group_part = None
+        for index in indices:
+            part, local = self._locate(int(index))
+            if part is not group_part and group:
+                pieces.append(self._piece(group_part, group))
+                group = []
+            group_part = part
+            group.append(local)
+        if group:
+            pieces.append(self._piece(group_part, group))
+        return pieces
+
+    def _piece(self, part, local: list[int]):
+        if isinstance(part, ImagePart):
+            names = self._names_in(part)
+            return ImageRun(part.decoder, tuple(part.headers[i] for i in local), tuple(names[i] for i in local))
+        if local == list(range(local[0], local[0] + len(local))):
+            return ArrayRun(part, local[0], len(local))
+        return ArrayPick(part, tuple(local))
+
+    def _names_in(self, part: "ImagePart") -> list[str]:
+        """The output names of an image input's files (worked out once: it stats the input)."""
+        key = id(part)
+        if key not in self._names:
+            self._names[key] = [_qualified(self, part, header.relpath) for header in part.headers]
+        return self._names[key]
+
+    def _block(self, pieces: list, start: int) -> "Block":
+        return Block(tuple(pieces), start, self.dtype)
+
+    def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+        """Every block read in order, here (for tests and small tools; passes read on their engine)."""
+        for block in self.blocks(max_bytes):
+            yield block.read()
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The samples at global `indices`, in that order."""
-        data = list(ordered_map(self._sample, indices))
-        if len({d.shape for d in data}) > 1:
-            raise InputError("images of different sizes cannot form one batch; resize them first",
-                             self.inputs[0])
-        return self._cast(np.stack(data))
+        return self._block(self._pieces(indices), 0).read().data
 
     def sample_names(self) -> list[str | None]:
         """Each sample's output name: its image path (under its input's name when there are
@@ -382,23 +484,10 @@ class Dataset:
         names: list[str | None] = []
         for part in self.parts:
             if isinstance(part, ImagePart):
-                names.extend(_qualified(self, part, header.relpath) for header in part.headers)
+                names.extend(self._names_in(part))
             else:
                 names.extend([None] * part.n_samples)
         return names
-
-    def names_of(self, indices: Sequence[int]) -> list[str] | None:
-        names = []
-        for index in indices:
-            part, local = self._locate(int(index))
-            if not isinstance(part, ImagePart):
-                return None
-            names.append(_qualified(self, part, part.headers[local].relpath))
-        return names
-
-    def _sample(self, index: int) -> np.ndarray:
-        part, local = self._locate(int(index))
-        return part.sample(local)
 
     def locate(self, index: int) -> tuple[str, int]:
         """The input holding global sample `index`, and the name of that sample within it."""
@@ -411,9 +500,6 @@ class Dataset:
                 return part, index
             index -= part.n_samples
         raise IndexError(index)
-
-    def _cast(self, data: np.ndarray) -> np.ndarray:
-        return data if data.dtype == self.dtype else data.astype(self.dtype)
 
     def close(self) -> None:
         for spool in self._spools:
@@ -430,60 +516,11 @@ class Dataset:
         self.close()
 
 
-def _nbytes(sample_shape, dtype) -> int:
-    return int(np.prod([d or 1 for d in sample_shape], dtype=np.int64)) * np.dtype(dtype).itemsize
-
-
-def _split(total: int, size: int) -> list[int]:
-    return [min(size, total - s) for s in range(0, total, size)]
-
-
-def _take_front(pending: list[Chunk], count: int):
-    """The first `count` samples of the pending chunks, and what remains."""
-    taken, names, rest = [], [], []
-    need = count
-    for chunk in pending:
-        if need == 0:
-            rest.append(chunk)
-            continue
-        n = min(need, len(chunk.data))
-        taken.append(chunk.data[:n])
-        if chunk.names is not None:
-            names.extend(chunk.names[:n])
-        if n < len(chunk.data):
-            rest.append(Chunk(chunk.data[n:], chunk.start + n,
-                              chunk.names[n:] if chunk.names is not None else None))
-        need -= n
-    if len({t.shape[1:] for t in taken}) > 1:
-        raise InputError("images of different sizes cannot form one batch; resize them first")
-    data = taken[0] if len(taken) == 1 else np.concatenate(taken)
-    return Chunk(data, pending[0].start, names if len(names) == count else None), rest
-
-
 def _qualified(dataset: Dataset, part: ImagePart, relpath: str) -> str:
     """An image's output name: its relative path, under its input's name when there are several."""
     if len(dataset.parts) == 1 or not Path(part.name).is_dir():
         return relpath if Path(part.name).is_dir() else Path(part.name).name
     return f"{Path(part.name).name}/{relpath}"
-
-
-def _image_chunks(part: ImagePart, start: int, max_bytes: int) -> Iterator[Chunk]:
-    """Runs of consecutive same-sized images, decoded in parallel, in order."""
-    decoded = ordered_map(part.decode, part.headers)
-    run: list[np.ndarray] = []
-    names: list[str] = []
-    run_bytes = 0
-    offset = start
-    for header, image in zip(part.headers, decoded):
-        if run and (image.shape != run[0].shape or run_bytes + image.nbytes > max_bytes):
-            yield Chunk(np.stack(run), offset, names)
-            offset += len(run)
-            run, names, run_bytes = [], [], 0
-        run.append(image)
-        names.append(header.relpath)
-        run_bytes += image.nbytes
-    if run:
-        yield Chunk(np.stack(run), offset, names)
 
 
 def _spool_stdin() -> str:

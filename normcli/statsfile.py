@@ -18,10 +18,11 @@ import numpy as np
 
 from normcli.errors import StatsFileError, UsageMismatch
 from normcli.layout import LAYOUTS, Layout
-from normcli.moments import SCOPES, Moments, scope_keys
+from normcli.moments import Moments
+from normcli.scopes import FITTABLE, SCOPES
 
 SCHEMA_VERSION = 1
-FITTABLE_SCOPES = ("global", "channel", "pixel")
+FITTABLE_SCOPES = FITTABLE
 _ARRAYS = ("count", "mean", "m2", "min", "max")
 _EXTRA_ARRAYS = ("running_mean", "running_var")
 
@@ -114,7 +115,7 @@ def _keys(per: str, layout: str, sample_shape, doc) -> int:
         return len(doc["count"])
     if per == "pixel" and None in sample_shape:
         raise ValueError("a pixel-scope file needs a fixed sample shape")
-    return scope_keys(per, Layout(layout), sample_shape, 0)
+    return SCOPES[per].keys(Layout(layout), sample_shape, 0)
 
 
 def _flat(values, keys: int, name: str) -> np.ndarray:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from normcli.errors import NormcliWarning
-from normcli.moments import Moments, broadcast_keys
+from normcli.layout import Layout
+from normcli.moments import Moments, measure_block
+from normcli.scopes import SAMPLE, Scope, scope as as_scope
 
 
 @dataclass
@@ -26,9 +28,10 @@ class Affine:
     scale: np.ndarray
     offset: np.ndarray
 
-    def apply(self, x: np.ndarray, out: np.ndarray, scope: str, clip: tuple[float, float] | None = None):
+    def apply(self, x: np.ndarray, out: np.ndarray, scope: Scope | str, clip: tuple[float, float] | None = None):
         """Write the map of the (samples, positions, channels) view `x` into `out` (same shape)."""
-        keyed = (broadcast_keys(a, scope, x.shape) for a in (self.shift, self.scale, self.offset))
+        scope = as_scope(scope)
+        keyed = (scope.broadcast(a, x.shape) for a in (self.shift, self.scale, self.offset))
         return apply_broadcast(x, *keyed, out, clip)
 
     def rows(self, start: int, count: int) -> "Affine":
@@ -124,16 +127,17 @@ def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.nda
     """
     n, positions, channels = x.shape
     per_group = channels // groups
-    grouped = x.reshape(n, positions, groups, per_group).astype(np.float64)
-    if ignore_nan:
-        grouped[~np.isfinite(grouped)] = np.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a group with no finite value: NaN, passed through
-            mean = np.nanmean(grouped, axis=(1, 3), keepdims=True)
-            var = np.nanmean(np.square(grouped - mean), axis=(1, 3), keepdims=True)
+    # Each (sample, group) as one row of an (n * groups, values) array: the per-sample moments,
+    # shifted and exact, of every other command.
+    rows = x.reshape(n, positions, groups, per_group).transpose(0, 2, 1, 3).reshape(n * groups, -1)
+    stats = measure_block(rows, SAMPLE, Layout("NC"), ignore_nan=ignore_nan)
+    if stats.moments is None:  # NaN or inf, not ignored: the input's own check reports it after pass 1
+        mean = var = np.full((n, 1, groups, 1), np.nan)
     else:
-        mean = grouped.mean(axis=(1, 3), keepdims=True)
-        var = np.square(grouped - mean).mean(axis=(1, 3), keepdims=True)
+        moments = stats.aggregate()
+        mean = moments.mean.reshape(n, 1, groups, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a group with no finite value: NaN, passed through
+            var = moments.var(0).reshape(n, 1, groups, 1)
     inv_std = 1.0 / np.sqrt(var + eps)
     shift = np.broadcast_to(mean, (n, 1, groups, per_group)).reshape(n, 1, channels)
     scale = (np.broadcast_to(inv_std, (n, 1, groups, per_group)).reshape(n, 1, channels)

@@ -34,9 +34,9 @@ def run_bn(folder, x, scope, batch_size, gamma=None, beta=None, eps=1e-5, *, lay
     """Batch-normalize `x`; returns (output, plan). gamma/beta default to 1/0 per key."""
     out = folder / f"bn{next(_names)}.npy"
     with open_dataset(inputs or [save(folder, x)], layout=layout) as dataset:
-        from normcli.moments import scope_keys
+        from normcli.scopes import SCOPES
 
-        keys = scope_keys(scope, dataset.layout, dataset.sample_shape, dataset.n_samples)
+        keys = SCOPES[scope].keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
         gamma = np.ones(keys) if gamma is None else np.asarray(gamma, np.float64)
         beta = np.zeros(keys) if beta is None else np.asarray(beta, np.float64)
         plan = BatchPlan(dataset, scope, batch_size, gamma, beta, eps, momentum=momentum, drop_last=drop_last,

@@ -170,8 +170,8 @@ def test_chunking_does_not_change_the_result(tmp_path, nchw, affine, monkeypatch
     gamma, beta = affine
     x = to_nhwc(nchw.astype(np.float64))
     whole, _ = run_gn(tmp_path, x, 2, gamma, beta, layout="NHWC", dtype="float64")
-    original = Dataset.chunks
-    monkeypatch.setattr(Dataset, "chunks", lambda self, max_bytes=1: original(self, max_bytes))
+    original = Dataset.blocks
+    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
     chunked, result = run_gn(tmp_path, x, 2, gamma, beta, layout="NHWC", dtype="float64")
     np.testing.assert_array_equal(chunked, whole)
     assert result.after.moments.count.sum() == x.size

@@ -1,4 +1,4 @@
-"""The float histogram kernel behind HistogramAccumulator.measure: exactly np.histogram's counts.
+"""The float histogram kernel behind histograms.count_block: exactly np.histogram's counts.
 
 Every test compares with np.histogram(values, bins, range=(low, high)) on the raw values of each
 key (grouped from the axis names, not through normcli's npc view). The kernel's tunables are
@@ -18,13 +18,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from normcli import moments
+from normcli import histograms
 from normcli.layout import Layout
-from normcli.moments import HistogramAccumulator, histogram_edges
+from normcli.histograms import count_block, histogram_edges
+from normcli.scopes import SCOPES
 
 FLOATS = (np.float16, np.float32, np.float64)
 SHAPES = {"NHWC": (3, 4, 5, 3), "NCHW": (3, 2, 4, 5), "NHW": (4, 3, 5), "NC": (12, 4), "N": (37,)}
-SCOPES = ("global", "channel", "sample", "pixel")
 
 
 def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
@@ -39,8 +39,8 @@ def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def kernel_tunables(block=64, probe=5, give_up=moments._HIST_GIVE_UP, pairs=moments._HIST_PAIRS):
-    with mock.patch.multiple(moments, _HIST_MIN_SIZE=0, _HIST_BLOCK=block, _HIST_PROBE=probe,
+def kernel_tunables(block=64, probe=5, give_up=histograms._HIST_GIVE_UP, pairs=histograms._HIST_PAIRS):
+    with mock.patch.multiple(histograms, _HIST_MIN_SIZE=0, _HIST_BLOCK=block, _HIST_PROBE=probe,
                              _HIST_GIVE_UP=give_up, _HIST_PAIRS=pairs):
         yield
 
@@ -55,11 +55,13 @@ def numpy_counts(rows, edges, clamp=False) -> np.ndarray:
 
 
 def check(x: np.ndarray, layout: str, scope: str, edges: np.ndarray, *, clamp=False, split=None):
-    acc = HistogramAccumulator(scope, Layout(layout), edges, clamp=clamp)
+    def counts(part, rows):
+        return count_block(part, SCOPES[scope], Layout(layout), rows, clamp=clamp).counts
+
     if scope == "sample" and split and split < len(x):
-        got = np.concatenate([acc.measure(x[:split], 0), acc.measure(x[split:], split)])
+        got = np.concatenate([counts(x[:split], edges[:split]), counts(x[split:], edges[split:])])
     else:
-        got = acc.measure(x)
+        got = counts(x, edges)
     want = numpy_counts(reference_rows(x, layout, scope), edges, clamp)
     assert got.dtype == want.dtype and got.shape == want.shape
     bad = np.flatnonzero((got != want).any(axis=1))
@@ -117,7 +119,7 @@ def cases(draw):
         with np.errstate(over="ignore"):
             x[rng.integers(n)] = dtype(value)
     x = x.reshape(shape)
-    scope = draw(st.sampled_from(SCOPES if "C" in layout else ("global", "sample", "pixel")))
+    scope = draw(st.sampled_from(tuple(SCOPES) if "C" in layout else ("global", "sample", "pixel")))
     rows = reference_rows(x, layout, scope)
     if draw(st.booleans()):  # an explicit range (--range): values outside it are left out
         low, high = np.full(len(rows), low), np.full(len(rows), high)
@@ -134,7 +136,7 @@ def cases(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(case=cases(), block=st.sampled_from([1, 7, 64, 1000]), probe=st.sampled_from([1, 5, 64]),
-       give_up=st.sampled_from([moments._HIST_GIVE_UP, 2.0]), pairs=st.sampled_from([0, moments._HIST_PAIRS]),
+       give_up=st.sampled_from([histograms._HIST_GIVE_UP, 2.0]), pairs=st.sampled_from([0, histograms._HIST_PAIRS]),
        split=st.integers(0, 3))
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_kernel_counts_equal_numpy(case, block, probe, give_up, pairs, split):
@@ -163,7 +165,7 @@ def test_values_next_to_every_edge(dtype, low, high, bins):
     outside the kernel's acceptance margin of every edge: the places where rounding decides."""
     rng = np.random.default_rng(bins)
     edges = np.histogram_bin_edges([], bins, range=(low, high))
-    plan = moments._hist_plan(low, high, bins, np.dtype(dtype))
+    plan = histograms._hist_plan(low, high, bins, np.dtype(dtype))
     spots = [edges]
     if plan is not None:
         margin = float(plan[3]) * (high - low) / bins
@@ -173,22 +175,22 @@ def test_values_next_to_every_edge(dtype, low, high, bins):
     rng.shuffle(x)
     want = np.histogram(x, bins, range=(np.float64(low), np.float64(high)))[0]
     with kernel_tunables(block=1000, give_up=2.0):
-        got = moments._float_histogram(x, np.float64(low), np.float64(high), bins)
+        got = histograms.float_histogram(x, np.float64(low), np.float64(high), bins)
     assert got.tolist() == want.tolist()
 
 
 def test_plan_picks_float32_float64_or_numpy():
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    assert moments._hist_plan(0.0, 255.0, 30, f32)[0] is np.float32
-    assert moments._hist_plan(0.0, 255.0, 30, np.dtype(np.float16))[0] is np.float32
-    assert moments._hist_plan(0.0, 255.0, 30, f64)[0] is np.float64
+    assert histograms._hist_plan(0.0, 255.0, 30, f32)[0] is np.float32
+    assert histograms._hist_plan(0.0, 255.0, 30, np.dtype(np.float16))[0] is np.float32
+    assert histograms._hist_plan(0.0, 255.0, 30, f64)[0] is np.float64
     # The ends are not float32 numbers and the range is narrow: float32 is too coarse.
-    assert moments._hist_plan(0.1, 0.1 + 1e-6, 30, f32)[0] is np.float64
+    assert histograms._hist_plan(0.1, 0.1 + 1e-6, 30, f32)[0] is np.float64
     # Too many bins for float32's precision.
-    assert moments._hist_plan(0.0, 1.0, 200_000, f32)[0] is np.float64
+    assert histograms._hist_plan(0.0, 1.0, 200_000, f32)[0] is np.float64
     # An offset of 1e15 with a 1e-3 range: float64 edges are coarser than the margin allows.
-    assert moments._hist_plan(1e15, 1e15 + 1e-3, 30, f64) is None
-    assert moments._hist_plan(0.0, 1.0, 30, np.dtype(np.int32)) is None
+    assert histograms._hist_plan(1e15, 1e15 + 1e-3, 30, f64) is None
+    assert histograms._hist_plan(0.0, 1.0, 30, np.dtype(np.int32)) is None
 
 
 @pytest.mark.parametrize("layout, scope, shape", [
@@ -212,14 +214,15 @@ def test_real_sizes_with_default_tunables(layout, scope, shape, bins, data):
 
 # ----------------------------------------------------------------------------- timing, by hand
 def _time_measure(threads: int = 1, seconds: float = 2.0) -> None:
-    """GB/s of HistogramAccumulator.measure on 4 MiB float32 chunks, np.histogram vs the kernel."""
+    """GB/s of count_block on 4 MiB float32 chunks, np.histogram vs the kernel."""
     import threading
     import time
 
     rng = np.random.default_rng(0)
     chunks = [rng.standard_normal((1 << 20, 1)).astype(np.float32) for _ in range(threads)]
     edges = histogram_edges([-6.0], [6.0], 30)
-    acc = HistogramAccumulator("global", Layout("NC"), edges)
+    def measure(chunk):
+        return count_block(chunk, SCOPES["global"], Layout("NC"), edges).counts
 
     def rate(fn) -> float:
         done = [0] * threads
@@ -239,9 +242,9 @@ def _time_measure(threads: int = 1, seconds: float = 2.0) -> None:
         return sum(done) * chunks[0].nbytes / (time.perf_counter() - start) / 1e9
 
     for chunk in chunks:
-        assert (acc.measure(chunk)[0] == np.histogram(chunk, 30, range=(edges[0, 0], edges[0, -1]))[0]).all()
+        assert (measure(chunk)[0] == np.histogram(chunk, 30, range=(edges[0, 0], edges[0, -1]))[0]).all()
     before = rate(lambda c: np.histogram(c, 30, range=(edges[0, 0], edges[0, -1])))
-    after = rate(acc.measure)
+    after = rate(measure)
     print(f"{threads} thread(s): np.histogram {before:.2f} GB/s, kernel {after:.2f} GB/s ({after / before:.1f}x)")
 
 

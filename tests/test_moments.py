@@ -24,7 +24,8 @@ from hypothesis.extra import numpy as hnp
 from conftest import write_image
 from normcli.errors import InputError, NonFiniteError
 from normcli.layout import Layout
-from normcli.moments import MomentAccumulator, Moments, chan_merge
+from normcli.moments import BlockStats, Moments, chan_merge, checked, measure_block, merge, merge_all
+from normcli.scopes import SCOPES as SCOPE_VALUES
 from normcli.passes import measure
 from normcli.sources import Dataset, open_dataset
 
@@ -108,13 +109,11 @@ def check_moments(m: Moments, x: np.ndarray, layout: str, scope: str, *, ddof: i
             check_close(var[k], want_var, (16 * EPS * big) ** 2, f"var of key {k}")
 
 
-def accumulate(x: np.ndarray, layout: str, scope: str, cuts, *, ignore_nan=False) -> MomentAccumulator:
-    """measure/add every chunk of x split at `cuts` (sample indices), in order."""
-    acc = MomentAccumulator(scope, Layout(layout), x.dtype, x.shape[1:], ignore_nan=ignore_nan)
+def accumulate(x: np.ndarray, layout: str, scope: str, cuts, *, ignore_nan=False) -> BlockStats:
+    """Every chunk of x split at `cuts` (sample indices) measured, then merged in order."""
     bounds = [0, *cuts, len(x)]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        acc.add(acc.measure(x[a:b], a))
-    return acc
+    return merge_all([measure_block(x[a:b], SCOPE_VALUES[scope], Layout(layout), first_sample=a, ignore_nan=ignore_nan)
+                      for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def measure_file(x: np.ndarray, layout: str, scope: str, max_bytes: int, **kwargs):
@@ -123,8 +122,8 @@ def measure_file(x: np.ndarray, layout: str, scope: str, max_bytes: int, **kwarg
         path = Path(tmp) / "x.npy"
         np.save(path, x)
         with open_dataset([str(path)], layout=layout) as dataset, \
-                mock.patch.object(Dataset, "chunks", functools.partialmethod(Dataset.chunks, max_bytes)):
-            sizes = [len(c.data) for c in dataset.chunks()]
+                mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, max_bytes)):
+            sizes = [block.count for block in dataset.blocks()]
             return measure(dataset, scope, **kwargs), sizes
 
 
@@ -158,7 +157,7 @@ def cut_points(draw, n):
 def test_accumulator_matches_exact_reference_whatever_the_chunks(case, scope, data):
     layout, x = case
     cuts = data.draw(cut_points(len(x)))
-    m = accumulate(x, layout, scope, cuts).result()
+    m = accumulate(x, layout, scope, cuts).aggregate()
     check_moments(m, x, layout, scope)
 
 
@@ -167,7 +166,7 @@ def test_accumulator_matches_exact_reference_whatever_the_chunks(case, scope, da
 def test_unbiased_variance_matches_exact_reference(case, scope, data):
     layout, x = case
     cuts = data.draw(cut_points(len(x)))
-    m = accumulate(x, layout, scope, cuts).result()
+    m = accumulate(x, layout, scope, cuts).aggregate()
     check_moments(m, x, layout, scope, ddof=1)
 
 
@@ -192,7 +191,7 @@ def test_integer_inputs_are_exact_on_long_rows(dtype, n, data):
     """Long integer rows: the exact mean and variance, rounded once, bit for bit."""
     x = data.draw(hnp.arrays(dtype, (n, 2)))
     cuts = data.draw(cut_points(n))
-    m = accumulate(x, "NC", "channel", cuts).result()
+    m = accumulate(x, "NC", "channel", cuts).aggregate()
     for c in range(2):
         col = [int(v) for v in x[:, c]]
         s1, s2 = sum(col), sum(v * v for v in col)
@@ -206,7 +205,7 @@ def test_integer_extremes_do_not_overflow():
     for dtype in INT_DTYPES:
         info = np.iinfo(dtype)
         x = np.array([info.min, info.max] * 50_000 + [info.max], dtype=dtype)
-        m = accumulate(x, "N", "global", [12345, 70000]).result()
+        m = accumulate(x, "N", "global", [12345, 70000]).aggregate()
         n, want_mean, want_var = exact_row(x)
         assert m.count[0] == n and m.mean[0] == want_mean and m.var()[0] == want_var
         assert (m.min[0], m.max[0]) == (info.min, info.max)
@@ -242,7 +241,7 @@ def test_naive_sum_of_squares_fails_on_the_offset_data(offset_data):
 @pytest.mark.parametrize("chunk", [1_000_000, 999_999, 262_144, 65_537, 10_007, 4_096, 1_000, 777])
 def test_large_offset_variance_whatever_the_chunk_size(offset_data, chunk):
     x, var_ref, mean_ref = offset_data
-    m = accumulate(x, "N", "global", list(range(chunk, len(x), chunk))).result()
+    m = accumulate(x, "N", "global", list(range(chunk, len(x), chunk))).aggregate()
     assert m.count[0] == len(x)
     assert rel_err(m.var()[0], var_ref) <= REL
     assert rel_err(m.mean[0], mean_ref) <= REL
@@ -254,7 +253,7 @@ def test_large_offset_sorted_data(offset_data, chunk):
     """Sorted data drifts away from the first chunk's shift: still no cancellation."""
     x, var_ref, mean_ref = offset_data
     x = np.sort(x)
-    m = accumulate(x, "N", "global", list(range(chunk, len(x), chunk))).result()
+    m = accumulate(x, "N", "global", list(range(chunk, len(x), chunk))).aggregate()
     assert rel_err(m.var()[0], var_ref) <= REL
     assert rel_err(m.mean[0], mean_ref) <= REL
 
@@ -268,7 +267,7 @@ def test_large_offset_per_key(offset_data, scope, chunk):
     noise = (x - 1e9).reshape(-1, 4)
     data = noise + offsets
     assert np.array_equal(data - offsets, noise)  # each column's shift is exact too
-    m = accumulate(data, "NC", scope, list(range(chunk, len(data), chunk))).result()
+    m = accumulate(data, "NC", scope, list(range(chunk, len(data), chunk))).aggregate()
     np.testing.assert_array_equal(m.count, len(data))
     for c in range(4):
         assert rel_err(m.var()[c], np.var(noise[:, c])) <= REL
@@ -285,7 +284,7 @@ def test_large_offset_per_sample(offset_data, chunk):
     data = (x[:200_000] - 1e9).reshape(-1, 40) + offsets[:, None]
     noise = data - offsets[:, None]  # exact (Sterbenz): the data's own deviations from its offset
     assert np.array_equal(noise + offsets[:, None], data)
-    m = accumulate(data, "NC", "sample", list(range(chunk, len(data), chunk))).result()
+    m = accumulate(data, "NC", "sample", list(range(chunk, len(data), chunk))).aggregate()
     np.testing.assert_array_equal(m.count, 40)
     want_var = np.var(noise, axis=1)
     assert (np.abs(m.var() - want_var) <= REL * want_var).all()
@@ -297,11 +296,8 @@ def test_uint16_sums_do_not_wrap_over_billions_of_values():
     """5e9 values of 65535 (a 10 GB uint16 dataset, as 5000 chunks of 1e6): sums of squares pass
     2**64, so they must not be kept in 64-bit integers across chunks."""
     chunk = np.full((1_000_000,), 65535, np.uint16)
-    acc = MomentAccumulator("global", Layout("N"), np.uint16, ())
-    partial = acc.measure(chunk)
-    for i in range(5000):
-        acc.add(partial)
-    m = acc.result()
+    partial = measure_block(chunk, SCOPE_VALUES["global"], Layout("N"))
+    m = merge_all([partial] * 5000).aggregate()
     assert m.count[0] == 5_000_000_000
     assert m.mean[0] == 65535.0 and m.var()[0] == 0.0
 
@@ -312,7 +308,7 @@ def test_large_offset_through_a_dataset(offset_data, tmp_path):
     np.save(path, x.reshape(-1, 10))
     for max_bytes in (80 * 9_999, 80 * 1_000):
         with open_dataset([str(path)]) as dataset, \
-                mock.patch.object(Dataset, "chunks", functools.partialmethod(Dataset.chunks, max_bytes)):
+                mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, max_bytes)):
             stats = measure(dataset, "global", bins=0)
         assert rel_err(stats.moments.var()[0], var_ref) <= REL
         assert rel_err(stats.moments.mean[0], mean_ref) <= REL
@@ -326,9 +322,9 @@ def test_merging_two_halves_equals_one_run(case, scope, data):
     layout, x = case
     assume(len(x) >= 2)
     split = data.draw(st.integers(1, len(x) - 1), label="split")
-    whole = accumulate(x, layout, scope, []).result()
-    first = accumulate(x[:split], layout, scope, []).result()
-    second = accumulate(x[split:], layout, scope, []).result()
+    whole = accumulate(x, layout, scope, []).aggregate()
+    first = accumulate(x[:split], layout, scope, []).aggregate()
+    second = accumulate(x[split:], layout, scope, []).aggregate()
     merged = first.merge(second)
     np.testing.assert_array_equal(merged.count, whole.count)
     np.testing.assert_array_equal(merged.min, whole.min)
@@ -349,9 +345,9 @@ def test_merging_two_halves_equals_one_run(case, scope, data):
 def test_merge_of_normal_halves_within_1e12():
     rng = np.random.default_rng(7)
     x = rng.normal(3.0, 2.0, (20_000, 3))
-    whole = accumulate(x, "NC", "channel", []).result()
-    merged = accumulate(x[:7_001], "NC", "channel", []).result().merge(
-        accumulate(x[7_001:], "NC", "channel", []).result())
+    whole = accumulate(x, "NC", "channel", []).aggregate()
+    merged = accumulate(x[:7_001], "NC", "channel", []).aggregate().merge(
+        accumulate(x[7_001:], "NC", "channel", []).aggregate())
     np.testing.assert_array_equal(merged.count, whole.count)
     np.testing.assert_allclose(merged.mean, whole.mean, rtol=REL, atol=0)
     np.testing.assert_allclose(merged.var(), whole.var(), rtol=REL, atol=0)
@@ -388,7 +384,7 @@ def test_chan_merge_is_the_pooled_statistics():
 def test_merge_with_empty_moments_keeps_the_other_side():
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (30, 2))
-    m = accumulate(x, "NC", "channel", []).result()
+    m = accumulate(x, "NC", "channel", []).aggregate()
     for merged in (Moments.empty(2).merge(m), m.merge(Moments.empty(2))):
         np.testing.assert_array_equal(merged.count, m.count)
         np.testing.assert_array_equal(merged.mean, m.mean)
@@ -408,7 +404,7 @@ def test_nonfinite_without_ignore_nan_counts_and_locates(tmp_path):
     np.save(path, x)
     # chunks of 2 samples: the first bad sample is not in the first chunk
     with open_dataset([str(path)]) as dataset, \
-            mock.patch.object(Dataset, "chunks", functools.partialmethod(Dataset.chunks, x[0].nbytes * 2)):
+            mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, x[0].nbytes * 2)):
         with pytest.raises(NonFiniteError) as info:
             measure(dataset, "channel", bins=0)
     message = str(info.value)
@@ -475,9 +471,8 @@ def arrays_with_nonfinite(draw):
 def test_ignore_nan_equals_nan_reductions_on_the_finite_values(case, scope, data):
     layout, x = case
     cuts = data.draw(cut_points(len(x)))
-    acc = accumulate(x, layout, scope, cuts, ignore_nan=True)
-    acc.check_finite(lambda i: ("x.npy", i))  # never raises with ignore_nan
-    m = acc.result()
+    m = checked(accumulate(x, layout, scope, cuts, ignore_nan=True), lambda i: ("x.npy", i),
+                ignore_nan=True)  # never raises with ignore_nan
     sample_shape = x.shape[1:]
     finite_only = np.where(np.isfinite(x), x.astype(np.float64), np.nan)
     rows = reference_rows(finite_only, layout, scope)

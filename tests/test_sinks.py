@@ -339,23 +339,28 @@ class Boom(RuntimeError):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """One sample per chunk, so that a run writes in several steps."""
-    original = Dataset.chunks
-    monkeypatch.setattr(Dataset, "chunks", lambda self, max_bytes=1: original(self, max_bytes))
+    original = Dataset.blocks
+    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
 
 
 def failing_on_second_chunk(plan: ScalePlan) -> ScalePlan:
+    """The plan, whose pass-2 work fails on the second chunk it is given."""
     calls = itertools.count()
     lock = threading.Lock()
-    apply = plan.apply
+    make_applier = plan.applier
 
-    def flaky(chunk, layout, out):
-        with lock:
-            call = next(calls)
-        if call == 1:
-            raise Boom("disk on fire")
-        return apply(chunk, layout, out)
+    class Flaky:
+        def __init__(self, inner):
+            self.inner = inner
 
-    plan.apply = flaky
+        def apply(self, chunk, layout, out):
+            with lock:
+                call = next(calls)
+            if call == 1:
+                raise Boom("disk on fire")
+            return self.inner.apply(chunk, layout, out)
+
+    plan.applier = lambda: Flaky(make_applier())
     return plan
 
 
@@ -393,8 +398,8 @@ def test_a_failed_forced_run_keeps_the_old_output(tmp_path, array, small_chunks,
 def test_several_chunks_write_the_same_as_one(tmp_path, array, monkeypatch):
     source = save(tmp_path, array)
     run([source], standardize_plan(), tmp_path / "one.npz")
-    original = Dataset.chunks
-    monkeypatch.setattr(Dataset, "chunks", lambda self, max_bytes=1: original(self, max_bytes))
+    original = Dataset.blocks
+    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
     run([source], standardize_plan(), tmp_path / "many.npz")
     with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "many.npz") as many:
         np.testing.assert_array_equal(one["data"], many["data"])

@@ -145,7 +145,7 @@ def test_npz_fortran_order_member(tmp_path):
         chunks, got = read_all(dataset, 3 * 6 * 8)
         np.testing.assert_array_equal(got, x)
         order = np.array([9, 0, 4])
-        np.testing.assert_array_equal(next(dataset.batches(3, order)).data, x[order])
+        np.testing.assert_array_equal(dataset.batches(3, order)[0].read().data, x[order])
 
 
 def test_npz_with_several_arrays_and_no_key_lists_them(tmp_path):
@@ -646,7 +646,7 @@ def three_inputs(tmp_path):
 def test_batches_are_exact_across_input_boundaries(three_inputs, batch):
     names, full = three_inputs
     with open_dataset(names) as dataset:
-        batches = list(dataset.batches(batch))
+        batches = [b.read() for b in dataset.batches(batch)]
     n = len(full)
     assert [len(b.data) for b in batches] == [batch] * (n // batch) + ([n % batch] if n % batch else [])
     assert [b.start for b in batches] == list(range(0, n, batch))
@@ -658,7 +658,7 @@ def test_batches_in_a_given_order(three_inputs, batch):
     names, full = three_inputs
     order = np.random.default_rng(14).permutation(len(full))
     with open_dataset(names) as dataset:
-        batches = list(dataset.batches(batch, order))
+        batches = [b.read() for b in dataset.batches(batch, order)]
     assert [b.start for b in batches] == list(range(0, len(full), batch))
     for b in batches:
         np.testing.assert_array_equal(b.data, full[order[b.start:b.start + batch]])
@@ -673,12 +673,12 @@ def test_batches_of_images_carry_their_names(tmp_path):
         write_image(root / name, image)
     names = sorted(images)
     with open_dataset([str(root)]) as dataset:
-        batches = list(dataset.batches(4))
+        batches = [b.read() for b in dataset.batches(4)]
         assert [b.names for b in batches] == [names[:4], names[4:]]
         for b in batches:
             np.testing.assert_array_equal(b.data, np.stack([images[n] for n in b.names]))
         order = np.array([5, 0, 3, 1, 4, 2])
-        shuffled = list(dataset.batches(4, order))
+        shuffled = [b.read() for b in dataset.batches(4, order)]
     assert [b.names for b in shuffled] == [[names[i] for i in order[:4]], [names[i] for i in order[4:]]]
     np.testing.assert_array_equal(shuffled[0].data, np.stack([images[names[i]] for i in order[:4]]))
 
@@ -686,4 +686,4 @@ def test_batches_of_images_carry_their_names(tmp_path):
 def test_batches_across_image_sizes_are_an_input_error(image_tree):
     with open_dataset([str(image_tree)]) as dataset:
         with pytest.raises(InputError, match="different sizes"):
-            list(dataset.batches(4))
+            [b.read() for b in dataset.batches(4)]

@@ -99,8 +99,8 @@ def data(rng):
 def chunking(request, monkeypatch):
     """Run with the default chunks, or with one sample per chunk (merged on several threads)."""
     if request.param != "one chunk":
-        original = Dataset.chunks
-        monkeypatch.setattr(Dataset, "chunks", lambda self, max_bytes=1: original(self, max_bytes))
+        original = Dataset.blocks
+        monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
     return request.param
 
 

@@ -1,0 +1,170 @@
+"""Engines: where a pass's work runs. An engine maps a work function over blocks and yields
+the results in block order; the pass merges them (associatively) on the driver.
+
+Work is a module-level function of picklable arguments (a frozen task and a block descriptor),
+and a block is read by whoever runs it, so threads, a process pool and Dask workers run the
+same code; only small values (statistics, counts) come back. Adding an engine is adding one
+class here and its name to ENGINES.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+from normcli.errors import NormcliError, UsageMismatch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENGINES = ("threads", "processes", "dask")
+# numpy's kernels, file reads and image decoders release the GIL, so threads use every core.
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+
+
+def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """fn over items through `submit(fn, item) -> future`, results in input order, at most
+    `ahead` in flight (so memory stays bounded however many items there are)."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFAULT_WORKERS) -> Iterator[R]:
+    """Like map(fn, items) on `workers` threads, results in input order."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from _in_order(pool.submit, fn, items, 2 * workers)
+
+
+class Engine:
+    """Runs work over blocks, results in block order. Use as a context manager; `map` may be
+    called once per pass."""
+
+    name: str
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or DEFAULT_WORKERS
+
+    def map(self, work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name}, {self.workers} workers"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ThreadEngine(Engine):
+    """Threads of this process (the default): numpy, reads and decoders release the GIL."""
+
+    name = "threads"
+
+    def map(self, work, items):
+        return ordered_map(work, items, workers=self.workers)
+
+
+class ProcessEngine(Engine):
+    """A pool of worker processes, for work that holds the GIL (counting with bincount, encoding)."""
+
+    name = "processes"
+
+    def __init__(self, workers: int | None = None):
+        super().__init__(workers)
+        self._pool = None
+
+    def map(self, work, items):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # forkserver: no fork of a process that may hold threads; the server imports normcli once
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["normcli.passes"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return _in_order(self._pool.submit, work, items, 2 * self.workers)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskEngine(Engine):
+    """A dask.distributed cluster: the scheduler at `scheduler` (tcp://host:port), the one named
+    in `scheduler_file`, or a local cluster of `workers` processes. Workers read their blocks
+    and write their outputs themselves, so inputs and outputs must be on a filesystem they share."""
+
+    name = "dask"
+
+    def __init__(self, workers: int | None = None, *, scheduler: str | None = None,
+                 scheduler_file: str | None = None):
+        super().__init__(workers)
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise NormcliError("--engine dask needs Dask: pip install 'normcli[dask]'") from None
+        self._cluster = None
+        where = scheduler or scheduler_file
+        try:
+            if scheduler:
+                self._client = Client(scheduler, timeout="10s")
+            elif scheduler_file:
+                self._client = Client(scheduler_file=scheduler_file, timeout="10s")
+            else:
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs="error")
+                self._client = Client(self._cluster)
+        except (OSError, TimeoutError, ValueError) as exc:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise NormcliError(f"cannot reach the Dask scheduler: {exc}", where) from None
+        self.address = self._client.scheduler.address
+
+    def map(self, work, items):
+        ahead = 2 * max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
+        return _in_order(lambda fn, item: self._client.submit(fn, item, pure=False), work, items, ahead)
+
+    def describe(self) -> str:
+        workers = len(self._client.scheduler_info().get("workers", {}))
+        return f"dask at {self.address}, {workers} workers"
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def open_engine(name: str = "threads", *, workers: int | None = None, scheduler: str | None = None,
+                scheduler_file: str | None = None) -> Engine:
+    """The engine called `name`; --scheduler and --scheduler-file belong to Dask alone."""
+    if (scheduler or scheduler_file) and name != "dask":
+        raise UsageMismatch("--scheduler and --scheduler-file need --engine dask")
+    if scheduler and scheduler_file:
+        raise UsageMismatch("--scheduler and --scheduler-file exclude each other: give one")
+    if name == "threads":
+        return ThreadEngine(workers)
+    if name == "processes":
+        return ProcessEngine(workers)
+    if name == "dask":
+        return DaskEngine(workers, scheduler=scheduler, scheduler_file=scheduler_file)
+    raise UsageMismatch(f"unknown engine {name}; use one of {', '.join(ENGINES)}")

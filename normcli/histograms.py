@@ -1,0 +1,307 @@
+"""Histograms with exactly np.histogram's semantics: edges per scope key, a fast float kernel,
+integer lookup tables, and per-block counts that merge by addition.
+
+Bins follow numpy: `bins` equal bins over [low, high], each bin half-open [e_i, e_i+1) except
+the last, which is closed; values outside the range are left out (or, with `clamp`, put in the
+end bins, for a range known up to rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from normcli.layout import Layout
+from normcli.scopes import Scope
+
+SMALL_INTEGERS = (np.uint8, np.uint16, np.int8, np.int16)  # every value can be counted
+
+
+@dataclass(frozen=True)
+class Histograms:
+    """Per-row histograms: counts (rows, bins) and edges (rows, bins + 1)."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+
+
+def histogram_edges(low, high, bins: int) -> np.ndarray:
+    """numpy's edges for each row's range; a single value gets (v - 0.5, v + 0.5) as in numpy, and
+    so does a range too narrow to hold `bins` distinct float64 edges (where numpy gives up)."""
+    edges = np.empty((len(low), bins + 1))
+    for k, (lo, hi) in enumerate(zip(low, high)):
+        lo, hi = (float(lo), float(hi)) if np.isfinite(float(lo)) and np.isfinite(float(hi)) else (0.0, 1.0)
+        try:
+            edges[k] = np.histogram_bin_edges([], bins, range=(lo, hi) if lo < hi else (lo - 0.5, hi + 0.5))
+        except ValueError:  # "Too many bins for data range"
+            edges[k] = np.histogram_bin_edges([], bins, range=(lo - 0.5, hi + 0.5))
+    return edges
+
+
+def edges_for(scope: Scope, low: np.ndarray, high: np.ndarray, bins: int, hist_range=None) -> np.ndarray:
+    """Each row's edges: the given range, else the row's [low, high] (one row of all values for a
+    scope that has one histogram)."""
+    if hist_range is not None:
+        rows = 1 if scope.one_histogram else len(low)
+        return histogram_edges(np.full(rows, hist_range[0]), np.full(rows, hist_range[1]), bins)
+    if scope.one_histogram:
+        low = np.asarray(low, np.float64)
+        high = np.asarray(high, np.float64)
+        low, high = low[np.isfinite(low)], high[np.isfinite(high)]
+        return histogram_edges([low.min() if low.size else np.nan], [high.max() if high.size else np.nan], bins)
+    return histogram_edges(low, high, bins)
+
+
+@dataclass(frozen=True)
+class HistogramCounts:
+    """One block's histogram counts, rows `first_row`.. (rows are samples for per-sample scopes),
+    with their edges where each block chose its own (each sample's own range)."""
+
+    counts: np.ndarray
+    first_row: int = 0
+    per_sample: bool = False
+    edges: np.ndarray | None = None
+
+    def merge(self, other: "HistogramCounts") -> "HistogramCounts":
+        if not self.per_sample:
+            return HistogramCounts(self.counts + other.counts, edges=self.edges)
+        a, b = (self, other) if self.first_row < other.first_row else (other, self)
+        if a.first_row + len(a.counts) != b.first_row:
+            raise ValueError("per-sample histograms merge only with their neighbours")
+        edges = None if a.edges is None else np.concatenate([a.edges, b.edges])
+        return HistogramCounts(np.concatenate([a.counts, b.counts]), a.first_row, True, edges)
+
+
+def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarray, *, clamp: bool = False,
+                first_sample: int = 0) -> HistogramCounts:
+    """The histogram counts of one block of samples (pure). `edges` has one row per histogram row;
+    per-sample scopes take the rows of this block's samples, `edges[0]` being `first_sample`'s."""
+    v = layout.npc(data)
+    bins = edges.shape[1] - 1
+    if scope.one_histogram or len(scope.reduced) == 3:
+        groups = [v]
+    elif scope.per_sample:
+        groups = list(v)
+    else:
+        groups = [v[:, :, c] for c in range(v.shape[2])]
+    counts = []
+    for row_edges, values in zip(edges, groups):
+        low, high = row_edges[0], row_edges[-1]
+        if values.dtype.type in SMALL_INTEGERS and not clamp:
+            codes = np.take(integer_bins(values.dtype, row_edges), from_zero(values.reshape(-1)))
+            counts.append(np.bincount(codes, minlength=bins + 1)[:bins])
+            continue
+        if clamp:
+            values = np.clip(values, low, high)
+        counts.append(float_histogram(values, low, high, bins))
+    return HistogramCounts(np.stack(counts).astype(np.int64), first_sample, scope.per_sample)
+
+
+def all_values(dtype: np.dtype) -> np.ndarray:
+    """Every value of a small integer type, in order (the columns of a value count)."""
+    info = np.iinfo(dtype)
+    return np.arange(info.min, info.max + 1)
+
+
+def from_zero(values: np.ndarray) -> np.ndarray:
+    """Small-integer values as indices counted from the type's minimum (0 for unsigned types)."""
+    offset = -int(np.iinfo(values.dtype).min)
+    return values if offset == 0 else values.astype(np.int32) + offset
+
+
+def integer_bins(dtype: np.dtype, edges: np.ndarray) -> np.ndarray:
+    """For every value of a small integer type, its bin under numpy's rule (e_i <= v < e_i+1, the
+    last bin closed), or `bins` for values outside: histograms become one lookup and one bincount."""
+    values = all_values(dtype).astype(np.float64)
+    bins = len(edges) - 1
+    index = np.searchsorted(edges, values, side="right") - 1
+    index[values == edges[-1]] = bins - 1
+    index[(values < edges[0]) | (values > edges[-1])] = bins
+    return index.astype(np.intp)
+
+
+def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.ndarray) -> Histograms:
+    """Exact histograms (numpy's binning) of small-integer data from its value counts (keys, values)."""
+    bins = edges.shape[1] - 1
+    counts = [np.bincount(integer_bins(dtype, row_edges), weights=row, minlength=bins + 1)[:bins]
+              for row, row_edges in zip(value_counts, edges)]
+    return Histograms(np.rint(counts).astype(np.int64).reshape(len(edges), bins), edges)
+
+
+# Fast float histograms. np.histogram(values, bins, range=(low, high)) runs at ~0.6-0.8 GB/s on
+# float32: it casts every value to float64, filters the range, and corrects every index against
+# the edges. The kernel below computes f = (v - low) * (bins / (high - low)) in float32 for
+# float16/float32 data (float64 when float32 is not accurate enough, and for float64 data), takes
+# idx = trunc(f), and accepts idx for every value whose fractional part f - idx lies at least
+# `margin` away from 0 and from 1. The values it rejects (near an edge, outside the range, NaN,
+# inf) go to np.histogram itself; numpy bins each value on its own, so the two parts add up to
+# exactly np.histogram(values, bins, range=(low, high)).
+#
+# Why numpy puts an accepted value in bin idx too. Let t = (v - low) * bins / (high - low) be the
+# exact (real) position of v in bin units: ideal edge i is at t = i. Errors are in bin units;
+# u is the unit roundoff of the compute type, U = 2**-53 (float64's), first order in u and U.
+#  * kernel: f = (v - L) * s, L = low and s = bins / (high - low) rounded to the compute type.
+#    Roundings: high - low and the quotient (float64), s to the compute type, the subtraction and
+#    the product: f = (t + c) (1 + eta), |eta| <= 3u + 2U, |c| = |low - L| * bins / (high - low)
+#    (0 when low is exact in the compute type). For f <= bins: |f - t| <= e_fast = 1.01 (bins eta + |c|).
+#  * numpy's float index, fl(fl(fl(v - low) / fl(high - low)) * bins) in float64, is t (1 + theta)
+#    with |theta| <= 4U: within e_np = 4.01 U bins of t for the values it keeps (0 <= t <= bins).
+#  * numpy's edges, linspace: edge i = fl(fl(i * fl(fl(high - low) / bins)) + low), off the ideal
+#    by <= 3.01 U (high - low) + 1.01 U max(|low|, |high|), i.e. by
+#    e_edge = bins (3.01 U + 1.01 U max(|low|, |high|) / (high - low)).
+# An accepted value has idx + margin <= f <= idx + 1 - margin with 0 <= idx < bins (f - trunc(f) is
+# exact by Sterbenz's lemma, and f was capped at bins, where it would be rejected), so t lies in
+# [idx + margin - e_fast, idx + 1 - margin + e_fast]. With margin > e_fast + max(e_np, e_edge):
+# 0 < t < bins, so low < v < high and numpy keeps v; numpy's float index is strictly inside
+# (idx, idx + 1), so its trunc is idx; edge idx is below v and edge idx + 1 above it, so neither of
+# numpy's +-1 corrections fires (idx is also searchsorted(edges, v, "right") - 1). The margin used,
+# 2 (e_fast + e_np + e_edge), leaves a factor 2. It grows with bins and with max(|low|, |high|) /
+# (high - low) (a large offset with a narrow range); past _HIST_MAX_MARGIN np.histogram does it all.
+_HIST_BLOCK = 1 << 18  # values per block: few enough numpy calls that threads rarely wait on the GIL
+_HIST_MAX_MARGIN = 0.05  # wider margins reject too many values for the kernel to pay
+_HIST_GIVE_UP = 0.25  # a first block with more rejected than this (data on the edges): np.histogram
+_HIST_PROBE = 1 << 13  # the first block's size: giving up costs little
+_HIST_MIN_SIZE = 4096  # fewer values: np.histogram is as fast
+_HIST_PAIRS = 1 << 15  # (bins + 1) ** 2 up to this: count pairs of indices (half as many in bincount)
+_HIST_U = 2.0 ** -53
+_hist_plans: dict = {}
+
+
+def _hist_plan(low, high, bins: int, dtype: np.dtype):
+    """The kernel's (compute type, L, s, lowest accepted fraction, highest) for one range, or None."""
+    key = (float(low), float(high), int(bins), dtype)
+    plan = _hist_plans.get(key, False)
+    if plan is False:
+        if len(_hist_plans) > 4096:
+            _hist_plans.clear()
+        plan = _hist_plans[key] = _make_hist_plan(*key)
+    return plan
+
+
+def _make_hist_plan(low: float, high: float, bins: int, dtype: np.dtype):
+    if dtype.type not in (np.float16, np.float32, np.float64) or bins < 1:
+        return None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high and np.isfinite(high - low)):
+        return None
+    width = high - low
+    scale = bins / width
+    e_np = 4.01 * _HIST_U * bins
+    e_edge = bins * (3.01 * _HIST_U + 1.01 * _HIST_U * max(abs(low), abs(high)) / width)
+    for ctype in (np.float32, np.float64) if dtype.itemsize < 8 else (np.float64,):
+        info = np.finfo(ctype)
+        with np.errstate(over="ignore"):
+            L, s = ctype(low), ctype(scale)
+        if not (np.isfinite(L) and info.tiny <= s < info.max):
+            continue
+        c = abs(low - float(L)) * scale
+        eta = 3 * float(info.eps) / 2 + 2 * _HIST_U
+        e_fast = 1.01 * (bins * eta + c)
+        margin = 2 * (e_fast + e_np + e_edge)
+        if margin <= _HIST_MAX_MARGIN:
+            return ctype, L, s, _round_to(ctype, margin, up=True), _round_to(ctype, 1 - margin, up=False)
+    return None
+
+
+def _round_to(ctype, x: float, *, up: bool):
+    """x in `ctype`, rounded up (or down) so that the accepted fractions only shrink."""
+    r = ctype(x)
+    if (float(r) < x) if up else (float(r) > x):
+        r = np.nextafter(r, ctype(np.inf if up else -np.inf))
+    return r
+
+
+def _hist_blocks(values: np.ndarray, size: int, first: int):
+    """Views that cover each value once: a first of about `first` values, then about `size` each.
+    Counts do not depend on the order, so the axes are put in memory order first: most arrays then
+    become one flat view."""
+    x = values.transpose(np.argsort([-abs(st) for st in values.strides], kind="stable"))
+    if x.flags.c_contiguous:
+        x = x.reshape(-1)
+    return _split_blocks(x, size, first)
+
+
+def _split_blocks(x: np.ndarray, size: int, first: int):
+    if x.size <= first:
+        if x.size:
+            yield x
+        return
+    if x.ndim == 1:
+        yield x[:first]
+        for i in range(first, len(x), size):
+            yield x[i:i + size]
+        return
+    row = x[0].size
+    if row >= first:
+        yield from _split_blocks(x[0], size, first)
+        x, k = x[1:], 0
+    else:
+        k = first // row
+        yield x[:k]
+    if row > size:
+        for r in x[k:]:
+            yield from _split_blocks(r, size, size)
+    else:
+        step = size // row
+        for i in range(k, len(x), step):
+            yield x[i:i + step]
+
+
+def float_histogram(values: np.ndarray, low, high, bins: int) -> np.ndarray:
+    """np.histogram(values, bins, range=(low, high))[0], exactly; several times faster on float data
+    (see the comment above)."""
+    # numpy bins in result_type(low, high, values): float64 here (numpy >= 2, float64 range ends),
+    # which the argument above assumes; anything else is left to numpy.
+    plan = None
+    if values.size >= _HIST_MIN_SIZE and np.result_type(low, high, values.dtype) == np.float64:
+        plan = _hist_plan(low, high, bins, values.dtype)
+    if plan is None:
+        return np.histogram(values, bins, range=(low, high))[0]
+    ctype, L, s, lo, hi = plan
+    size = min(values.size, _HIST_BLOCK)
+    f, whole, index = np.empty(size, ctype), np.empty(size, ctype), np.empty(size, np.intp)
+    flags = index.view(bool)  # 8 bytes a value: room for two masks, used up before `index` is
+    b1 = bins + 1
+    counts = np.zeros(b1, np.int64)
+    pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
+    rejected = []
+    first = True
+    with np.errstate(over="ignore", invalid="ignore"):
+        for block in _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE):
+            n = block.size
+            fb, wb, ib, ok, inside = f[:n], whole[:n], index[:n], flags[:n], flags[n:2 * n]
+            np.subtract(block, L, out=fb.reshape(block.shape))
+            fb *= s
+            np.minimum(fb, bins, out=fb)  # at or past the last edge: fraction 0, rejected
+            np.trunc(fb, out=wb)
+            fb -= wb  # the fraction, exact; <= 0 below the range, NaN for NaN and -inf
+            np.greater_equal(fb, lo, out=ok)
+            np.less_equal(fb, hi, out=inside)
+            ok &= inside
+            if not ok.all():
+                bad = np.flatnonzero(np.logical_not(ok, out=inside))
+                if first and len(bad) > _HIST_GIVE_UP * n:
+                    return np.histogram(values, bins, range=(low, high))[0]
+                rejected.append(block[np.unravel_index(bad, block.shape)] if block.ndim > 1 else block[bad])
+                wb[bad] = bins  # the spare slot, dropped at the end
+            first = False
+            # wb holds whole numbers in [0, bins]: the casts and the pair codes below are exact.
+            if pairs is None:
+                np.copyto(ib, wb, casting="unsafe")
+                counts += np.bincount(ib, minlength=b1)
+            else:
+                h = n // 2
+                codes = wb[:h]
+                codes *= b1
+                codes += wb[h:2 * h]
+                np.copyto(ib[:h], codes, casting="unsafe")
+                pairs += np.bincount(ib[:h], minlength=b1 * b1)
+                if n % 2:
+                    counts[int(wb[n - 1])] += 1
+    if pairs is not None:
+        pairs = pairs.reshape(b1, b1)
+        counts += pairs.sum(axis=0) + pairs.sum(axis=1)
+    result = counts[:bins]
+    if rejected:
+        result += np.histogram(np.concatenate(rejected), bins, range=(low, high))[0]
+    return result

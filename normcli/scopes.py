@@ -1,0 +1,90 @@
+"""The scopes of statistics (`--per`): which axes of the (samples, positions, channels) view
+each one reduces, and everything that follows from that.
+
+A scope is a frozen value, as a Layout is: its keys, how per-key values broadcast against a
+chunk, how its rows are labelled, whether its statistics can be saved and applied to other
+data. Adding a scope is adding one value here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from normcli.layout import Layout
+
+SAMPLES, POSITIONS, CHANNELS = 0, 1, 2  # the axes of Layout.npc's view
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Statistics taken over the `reduced` axes of the (samples, positions, channels) view."""
+
+    name: str
+    reduced: tuple[int, ...]
+    label: str | None  # the one row's name, or None: rows are numbered by key
+    description: str
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether the keys are the samples themselves (each chunk then holds whole keys)."""
+        return SAMPLES not in self.reduced
+
+    @property
+    def reapplicable(self) -> bool:
+        """Whether fitted statistics can be saved and applied to other data (not per sample)."""
+        return not self.per_sample
+
+    @property
+    def nested(self) -> bool:
+        """Whether the keys are positions of a sample: one row whose values are shaped like a sample."""
+        return POSITIONS not in self.reduced
+
+    @property
+    def one_histogram(self) -> bool:
+        """Whether the scope's histogram is of all values (one row), rather than one per key."""
+        return self.nested
+
+    def keys_of(self, npc_shape) -> int:
+        """How many keys a (samples, positions, channels) array has."""
+        return int(np.prod([npc_shape[a] for a in range(3) if a not in self.reduced], dtype=np.int64))
+
+    def keys(self, layout: Layout, sample_shape, n_samples: int) -> int:
+        """How many keys (rows of statistics) a dataset has."""
+        channels = layout.channels(sample_shape)
+        positions = 1 if POSITIONS in self.reduced else int(np.prod(sample_shape, dtype=np.int64)) // channels
+        return self.keys_of((n_samples, positions, channels))
+
+    def values_per_key(self, npc_shape) -> int:
+        """How many values each key has in a (samples, positions, channels) array."""
+        return int(np.prod([npc_shape[a] for a in self.reduced], dtype=np.int64))
+
+    def broadcast(self, values: np.ndarray, npc_shape) -> np.ndarray:
+        """Per-key values shaped to broadcast against a (samples, positions, channels) array."""
+        return np.asarray(values).reshape([1 if a in self.reduced else npc_shape[a] for a in range(3)])
+
+    def keyed(self, v: np.ndarray) -> np.ndarray:
+        """A (samples, positions, channels) array as (values per key, keys): a view where possible."""
+        kept = [a for a in range(3) if a not in self.reduced]
+        moved = np.moveaxis(v, kept, range(3 - len(kept), 3)) if kept else v
+        return moved.reshape(self.values_per_key(v.shape), self.keys_of(v.shape))
+
+    def row_labels(self, keys: int, first: int = 0) -> list[str]:
+        if self.label is not None:
+            return [self.label]
+        return [str(k) for k in range(first, first + keys)]
+
+
+GLOBAL = Scope("global", (SAMPLES, POSITIONS, CHANNELS), "all", "every value")
+CHANNEL = Scope("channel", (SAMPLES, POSITIONS), None, "all samples and positions, per channel")
+SAMPLE = Scope("sample", (POSITIONS, CHANNELS), None, "each sample on its own")
+PIXEL = Scope("pixel", (SAMPLES,), "pixel", "each (position, channel) across samples")
+
+SCOPES: dict[str, Scope] = {s.name: s for s in (GLOBAL, CHANNEL, SAMPLE, PIXEL)}
+FITTABLE = tuple(name for name, s in SCOPES.items() if s.reapplicable)
+
+
+def scope(name: str | Scope) -> Scope:
+    """The Scope called `name` (a Scope is returned as it is)."""
+    return name if isinstance(name, Scope) else SCOPES[name]
