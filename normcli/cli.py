@@ -15,6 +15,7 @@ from normcli.errors import ExitCode, NormcliError, NormcliWarning, StatsFileErro
 # Spelled out here rather than imported from the core, so that --help starts without numpy.
 SCOPES = ("global", "channel", "sample", "pixel")
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
+ENGINES = ("threads", "processes", "dask")
 
 
 class ReportedError(click.ClickException):
@@ -132,6 +133,35 @@ def output_options(fn):
     return fn
 
 
+def _remember_engine(ctx: click.Context, param: click.Parameter, value):
+    ctx.meta.setdefault("normcli.engine", {})[param.name] = value
+    return value
+
+
+def engine_options(fn):
+    """--engine, --workers, --scheduler, --scheduler-file: kept on the context, for _engine()."""
+    for option in reversed((
+        click.option("--engine", type=click.Choice(ENGINES), default="threads", show_default=True,
+                     expose_value=False, callback=_remember_engine,
+                     help="Where the work runs: threads of this process, a process pool, or a Dask cluster."),
+        click.option("--workers", type=click.IntRange(min=1), expose_value=False, callback=_remember_engine,
+                     help="Threads, processes or local Dask workers [default: the cores, at most 8]."),
+        click.option("--scheduler", metavar="tcp://HOST:PORT", expose_value=False, callback=_remember_engine,
+                     help="The Dask scheduler to run on (--engine dask) [default: a local cluster]."),
+        click.option("--scheduler-file", metavar="FILE", expose_value=False, callback=_remember_engine,
+                     help="A Dask scheduler file, as dask-jobqueue and dask-mpi write (--engine dask)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _engine():
+    """The engine the command's options chose (a context manager that shuts it down)."""
+    from normcli.engine import open_engine
+
+    return open_engine(**click.get_current_context().meta.get("normcli.engine", {}))
+
+
 def _open(inputs, layout, key, mode):
     from normcli.sources import open_dataset
 
@@ -170,6 +200,7 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
               help="Histogram range [default: each row's min and max].")
 @click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
+@engine_options
 @click.option("--save", metavar="STATS.json", help="Also save the statistics (for --stats-from, merge-stats).")
 @click.option("--force", "-f", is_flag=True, help="Replace an existing --save file.")
 def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fmt, quiet, save, force):
@@ -191,11 +222,12 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
     bins = 0 if fmt in ("csv", "torchvision") else bins
     scope = per or "channel"
     with _open(inputs, layout, key, mode) as dataset, \
-            _progress(dataset.n_samples, measure_passes(dataset, scope, bins)) as progress:
+            _progress(dataset.n_samples, measure_passes(dataset, scope, bins, hist_range)) as progress:
         if save:
             check_target(save, dataset.inputs, force, folder=False)
-        result = measure(dataset, scope, bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
-                         progress=progress)
+        with _engine() as engine:
+            result = measure(dataset, scope, bins=bins, hist_range=hist_range, ignore_nan=ignore_nan,
+                             engine=engine, progress=progress)
     if save:
         statsfile.write(save, _stats_file(result, ddof), force=force, inputs=inputs)
     if quiet:
@@ -232,9 +264,9 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
         if output != "-" and Path(save_stats).resolve() == Path(output).resolve():
             raise click.UsageError("--save-stats and -o name the same file")
         check_target(save_stats, dataset.inputs, force, folder=False)
-    with _progress(dataset.n_samples, 2) as progress:
+    with _progress(dataset.n_samples, 2) as progress, _engine() as engine:
         result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                           ignore_nan=ignore_nan, report=not quiet, progress=progress)
+                           ignore_nan=ignore_nan, report=not quiet, engine=engine, progress=progress)
     if save_stats:
         statsfile.write(save_stats, _stats_file(result.before, ddof, plan.saved_extra()),
                         force=force, inputs=dataset.inputs)
@@ -305,6 +337,7 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
               metavar="LO HI", help="Target range.")
 @fit_options
 @report_options()
+@engine_options
 def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, out_range,
               save_stats, stats_from, inverse, bins, fmt, quiet):
     """Min-max scale a dataset to a range (default [0, 1]).
@@ -337,6 +370,7 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
               help="Added to the variance (scikit-learn uses 0).")
 @fit_options
 @report_options()
+@engine_options
 def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, ddof, eps,
                 save_stats, stats_from, inverse, bins, fmt, quiet):
     """Z-score a dataset: mean 0, variance 1.
@@ -412,6 +446,7 @@ def _momentum(text: str):
               help="Inference mode: normalize by the running statistics of --stats-from.")
 @click.option("--stats-from", metavar="FILE", help="Statistics saved by batchnorm --save-stats (with --eval).")
 @report_options()
+@engine_options
 def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, batch_size, per, gamma,
               beta, eps, momentum, drop_last, shuffle, seed, save_stats, eval_mode, stats_from, bins, fmt, quiet):
     """Batch-normalize each mini-batch by its own statistics (training mode, as PyTorch).
@@ -462,6 +497,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @click.option("--beta", metavar="B", help="Shift: one number or one per channel [default: 0].")
 @click.option("--eps", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Added to the variance.")
 @report_options()
+@engine_options
 def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, groups, gamma, beta, eps,
               bins, fmt, quiet):
     """Group-normalize each sample over groups of channels (Wu & He, 2018; as PyTorch's GroupNorm).

@@ -131,10 +131,12 @@ class DaskEngine(Engine):
             elif scheduler_file:
                 self._client = Client(scheduler_file=scheduler_file, timeout="10s")
             else:
+                import logging
+
                 self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs="error")
+                                             dashboard_address=None, silence_logs=logging.ERROR)
                 self._client = Client(self._cluster)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
             if self._cluster is not None:
                 self._cluster.close()
             raise NormcliError(f"cannot reach the Dask scheduler: {exc}", where) from None
@@ -154,9 +156,10 @@ class DaskEngine(Engine):
             self._cluster.close()
 
 
-def open_engine(name: str = "threads", *, workers: int | None = None, scheduler: str | None = None,
+def open_engine(engine: str = "threads", *, workers: int | None = None, scheduler: str | None = None,
                 scheduler_file: str | None = None) -> Engine:
-    """The engine called `name`; --scheduler and --scheduler-file belong to Dask alone."""
+    """The engine called `engine`; --scheduler and --scheduler-file belong to Dask alone."""
+    name = engine
     if (scheduler or scheduler_file) and name != "dask":
         raise UsageMismatch("--scheduler and --scheduler-file need --engine dask")
     if scheduler and scheduler_file:

@@ -45,7 +45,7 @@ def _columns(stats, ddof: int) -> dict:
     """Every statistic per key; integer data keep integer extremes."""
     m = stats.moments
     columns = {"count": m.count, "mean": m.mean, "std": m.std(ddof), "var": m.var(ddof), "min": m.min, "max": m.max}
-    if np.dtype(stats.dtype).kind in "ui" and (m.count > 0).all():
+    if np.dtype(stats.dtype).kind in "ui" and (m.count > 0).all() and m.min.dtype.kind == "f":
         columns["min"], columns["max"] = m.min.astype(np.int64), m.max.astype(np.int64)
     return columns
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -45,7 +45,7 @@ class ArrayPart:
 
     def __init__(self, name: str, path: str, member: str | None = None):
         self.name = name
-        self.path = path
+        self.path = os.path.abspath(path)  # blocks are read by workers that may not share our cwd
         self.member = member
         with self._open() as f:
             try:
@@ -454,7 +454,9 @@ class Dataset:
     def _piece(self, part, local: list[int]):
         if isinstance(part, ImagePart):
             names = self._names_in(part)
-            return ImageRun(part.decoder, tuple(part.headers[i] for i in local), tuple(names[i] for i in local))
+            # absolute paths: blocks are read by workers that may not share our working directory
+            headers = tuple(replace(part.headers[i], path=part.headers[i].path.absolute()) for i in local)
+            return ImageRun(part.decoder, headers, tuple(names[i] for i in local))
         if local == list(range(local[0], local[0] + len(local))):
             return ArrayRun(part, local[0], len(local))
         return ArrayPick(part, tuple(local))

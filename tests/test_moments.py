@@ -9,6 +9,7 @@ are put back into sample shape with Layout.to_sample (tested on its own in test_
 from __future__ import annotations
 
 import functools
+import json
 import math
 import tempfile
 from fractions import Fraction
@@ -607,3 +608,85 @@ def test_a_range_too_narrow_for_the_bins_gets_numpys_single_value_edges(tmp_path
     edges = stats.histograms.edges[0]
     np.testing.assert_array_equal(edges, np.histogram_bin_edges([], 30, range=(x[0] - 0.5, x[1] + 0.5)))
     assert stats.histograms.counts[0].sum() == 2
+
+
+# ----------------------------------------------------------------------------- associativity
+@st.composite
+def merge_trees(draw, leaves: int):
+    """A random binary grouping of `leaves` consecutive items: nested pairs of leaf indices."""
+    def build(lo, hi):
+        if hi - lo == 1:
+            return lo
+        cut = draw(st.integers(lo + 1, hi - 1))
+        return (build(lo, cut), build(cut, hi))
+    return build(0, leaves)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.sampled_from(SCOPES), st.sampled_from([np.float32, np.float64]))
+def test_any_grouping_of_merges_equals_the_sequential_one_far_from_zero(data, scope, dtype):
+    """Blocks of 1e9 + noise measured alone and merged as any tree: the same numbers as merging
+    them one after the other, within 1e-12 relative (mean and variance)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n = data.draw(st.integers(2, 40))
+    offset = 1e9 if dtype == np.float64 else 1e4  # float32 holds 1e4 + noise to 7 digits
+    x = (offset + rng.normal(0.0, 1.0, (n, 3, 2))).astype(dtype)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, n - 1), max_size=n - 1))))
+    bounds = [0, *cuts, n]
+    parts = [measure_block(x[a:b], SCOPE_VALUES[scope], Layout("NHW"), first_sample=a)
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    tree = data.draw(merge_trees(len(parts)))
+
+    def fold(node):
+        return parts[node] if isinstance(node, int) else merge(fold(node[0]), fold(node[1]))
+
+    sequential, grouped = merge_all(parts).aggregate(), fold(tree).aggregate()
+    np.testing.assert_array_equal(grouped.count, sequential.count)
+    assert (np.abs(grouped.mean - sequential.mean) <= 1e-12 * np.abs(sequential.mean)).all()
+    seq_var, tree_var = sequential.var(), grouped.var()
+    assert (np.abs(tree_var - seq_var) <= 1e-12 * seq_var).all()
+    np.testing.assert_array_equal(grouped.min, sequential.min)
+    np.testing.assert_array_equal(grouped.max, sequential.max)
+    if scope == "global" and dtype == np.float64:  # and both match an exact reference
+        exact = [Fraction(float(v)) for v in x.reshape(-1)]
+        mean = sum(exact) / len(exact)
+        var = sum((v - mean) ** 2 for v in exact) / len(exact)
+        assert abs(Fraction(float(grouped.var()[0])) - var) <= Fraction(1, 10**12) * var
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint64])
+@pytest.mark.parametrize("scope", SCOPES)
+def test_wide_integers_are_exact_at_their_extremes(dtype, scope, rng):
+    """Integers wider than 16 bits: exact sums (no float64 rounding, no wrapping), exact extremes."""
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max, (9, 4, 3), dtype=dtype, endpoint=True)
+    x[0, 0, 0], x[1, 1, 1], x[2, 2, 2] = info.max, info.min, info.max
+    m = accumulate(x, "NHW", scope, [2, 5]).aggregate()
+    rows = reference_rows(x, "NHW", scope)
+    for k, row in enumerate(rows):
+        values = [int(v) for v in np.asarray(row).reshape(-1)]
+        mean = Fraction(sum(values), len(values))
+        var = sum((Fraction(v) - mean) ** 2 for v in values) / len(values)
+        assert m.mean[k] == float(mean) and m.var()[k] == float(var)
+        assert int(m.min[k]) == min(values) and int(m.max[k]) == max(values)
+
+
+def test_wide_integer_extremes_in_json(tmp_path):
+    from conftest import run_cli
+
+    np.save(tmp_path / "u64.npy", np.array([2**64 - 1, 0, 3], dtype=np.uint64))
+    np.save(tmp_path / "i64.npy", np.array([2**63 - 1, -2**63, 5], dtype=np.int64))
+    for name, low, high in (("u64.npy", 0, 2**64 - 1), ("i64.npy", -2**63, 2**63 - 1)):
+        row = json.loads(run_cli("stats", tmp_path / name, "--format", "json").stdout)["rows"][0]
+        assert (row["min"], row["max"]) == (low, high)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_a_variance_beyond_float64_is_an_error_not_zeros(tmp_path, scope):
+    from conftest import run_cli
+
+    np.save(tmp_path / "huge.npy", np.array([[1e200, -1e200], [3e200, 2e200]]))
+    result = run_cli("standardize", tmp_path / "huge.npy", "-o", tmp_path / "z.npy", "--per", scope, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: values too large to add up or square in float64")
+    assert not (tmp_path / "z.npy").exists()

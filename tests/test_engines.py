@@ -1,0 +1,257 @@
+"""Every command gives the same numbers on every engine: threads, a process pool, and Dask
+(a LocalCluster of two worker processes, and a real `dask scheduler` with two `dask worker`
+processes on 127.0.0.1, as a user would start them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_image
+from normcli.sources import Dataset
+
+distributed = pytest.importorskip("distributed", reason="the Dask tests need the [dask] extra")
+
+REL = 1e-12
+SMALL_BLOCKS = 4096  # bytes: every dataset below spans many blocks
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of two worker processes, shared by this module's tests."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    original = Dataset.blocks
+    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=SMALL_BLOCKS: original(self, max_bytes))
+
+
+@pytest.fixture
+def data(tmp_path, rng):
+    """Float data far from zero, uint8 data, and a folder of PNGs of two sizes."""
+    x = 1e9 + rng.normal(0.0, 1.0, (40, 6, 5, 3))
+    np.save(tmp_path / "far.npy", x)
+    np.save(tmp_path / "u8.npy", rng.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8))
+    for i in range(12):
+        size = (9, 7) if i % 3 else (8, 8)
+        write_image(tmp_path / "pngs" / f"{i:02d}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return tmp_path
+
+
+ENGINES = ["threads", "processes", "dask"]
+
+
+def engine_args(engine: str, address: str) -> list[str]:
+    if engine == "dask":
+        return ["--engine", "dask", "--scheduler", address]
+    return ["--engine", engine, "--workers", "2"]
+
+
+def close(a, b, path="") -> None:
+    """JSON values equal: integers exactly, floats within REL relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= REL * max(abs(a), abs(b), 1e-300), f"{path}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+STATS_CASES = [("far.npy", scope) for scope in ("global", "channel", "sample", "pixel")] + \
+              [("u8.npy", scope) for scope in ("global", "channel", "sample", "pixel")] + \
+              [("pngs", "channel"), ("pngs", "sample")]
+
+
+@pytest.mark.parametrize("name,scope", STATS_CASES)
+def test_stats_are_the_same_on_every_engine(data, cluster, small_blocks, name, scope):
+    reports = []
+    for engine in ENGINES:
+        result = run_cli("stats", data / name, "--per", scope, "--format", "json", "--bins", "7",
+                         *engine_args(engine, cluster))
+        reports.append(json.loads(result.stdout))
+    for other in reports[1:]:
+        close(reports[0], other)
+
+
+TRANSFORMS = [
+    ("normalize", ["--per", "channel"]),
+    ("standardize", ["--per", "pixel"]),
+    ("standardize", ["--per", "sample"]),
+    ("batchnorm", ["--batch-size", "7", "--shuffle", "--seed", "3"]),
+    ("groupnorm", ["--groups", "3"]),
+]
+
+
+@pytest.mark.parametrize("command,options", TRANSFORMS)
+@pytest.mark.parametrize("name", ["far.npy", "u8.npy"])
+def test_transforms_write_the_same_on_every_engine(data, cluster, small_blocks, command, options, name):
+    outputs, reports, saved = [], [], []
+    for engine in ENGINES:
+        out = data / f"{command}-{engine}.npy"
+        extra = ["--save-stats", data / f"{engine}.json"] if command == "batchnorm" else []
+        result = run_cli(command, data / name, "-o", out, "--dtype", "float64", "--format", "json", *options,
+                         *extra, *engine_args(engine, cluster))
+        reports.append(json.loads(result.stdout))
+        outputs.append(np.load(out))
+        if extra:
+            saved.append(json.loads(Path(extra[1]).read_text()))
+    for other in outputs[1:]:
+        scale = np.abs(outputs[0]).max()
+        assert np.abs(other - outputs[0]).max() <= REL * scale
+    for other in reports[1:]:
+        close({**reports[0], "output": None}, {**other, "output": None})
+    for other in saved[1:]:  # running statistics in batch order whatever the engine
+        close({**saved[0], "inputs": None}, {**other, "inputs": None})
+
+
+def test_an_image_folder_is_written_the_same_on_every_engine(data, cluster, small_blocks):
+    from PIL import Image
+
+    folders = []
+    for engine in ENGINES:
+        out = data / f"out-{engine}"
+        run_cli("normalize", data / "pngs", "-o", out, "--per", "channel", "-q", *engine_args(engine, cluster))
+        folders.append({p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in sorted(out.rglob("*.png"))})
+    assert len(folders[0]) == 12
+    for other in folders[1:]:
+        assert other.keys() == folders[0].keys()
+        for name, pixels in folders[0].items():
+            np.testing.assert_array_equal(other[name], pixels)
+
+
+def test_scheduler_options_need_the_dask_engine(data):
+    result = run_cli("stats", data / "far.npy", "--scheduler", "tcp://127.0.0.1:1", ok=False)
+    assert result.exit_code == 2
+    assert "--engine dask" in result.stderr
+
+
+def test_an_unreachable_scheduler_is_one_line(data):
+    result = run_cli("stats", data / "far.npy", "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{free_port()}",
+                     ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach the Dask scheduler") and result.stderr.count("\n") == 1
+
+
+def test_without_dask_the_engine_says_how_to_install_it(data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed raises ImportError
+    result = run_cli("stats", data / "far.npy", "--engine", "dask", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == "error: --engine dask needs Dask: pip install 'normcli[dask]'\n"
+
+
+# -- a real cluster, started as a user would --------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dask_command() -> list[str]:
+    beside = Path(sys.executable).parent / "dask"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "dask"]
+
+
+def normcli_command() -> list[str]:
+    return [sys.executable, "-m", "normcli"]
+
+
+@pytest.fixture
+def real_cluster(tmp_path):
+    """`dask scheduler` and two `dask worker` processes (no nanny, so a kill is final) on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    procs = [subprocess.Popen([*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler", "w"))]
+    client = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for i in range(2):
+            procs.append(subprocess.Popen([*dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
+                                           "--no-dashboard", "--name", f"w{i}"],
+                                          stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
+        client = distributed.Client(address, timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        yield address, procs[1:]
+    finally:
+        if client is not None:
+            client.close()
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run(args, cwd, **kwargs):
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run([*normcli_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300, **kwargs)
+
+
+def test_stats_and_standardize_on_a_real_scheduler_and_workers(data, real_cluster):
+    address, _ = real_cluster
+    here = run(["stats", "far.npy", "--format", "json"], data)
+    there = run(["stats", "far.npy", "--format", "json", "--engine", "dask", "--scheduler", address], data)
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    close(json.loads(here.stdout), json.loads(there.stdout))
+    done = run(["standardize", "far.npy", "-o", "z.npy", "--dtype", "float64", "-q", "--engine", "dask",
+                "--scheduler", address], data)
+    assert done.returncode == 0, done.stderr
+    x = np.load(data / "far.npy")
+    want = (x - x.mean()) / x.std()
+    assert np.abs(np.load(data / "z.npy") - want).max() < 1e-6  # the mean is known to float64 at 1e9
+
+
+def test_a_worker_killed_mid_run_leaves_a_complete_output_or_none(tmp_path, rng, real_cluster):
+    """Dask reruns the lost worker's tasks on the other one; blocks are written by position, so
+    a rerun writes the same bytes again."""
+    address, workers = real_cluster
+    x = rng.normal(5.0, 2.0, (4096, 64, 64)).astype(np.float32)  # 64 MiB: 64 blocks of 1 MiB
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.Popen([*normcli_command(), "standardize", "x.npy", "-o", "z.npy", "-q", "--engine", "dask",
+                             "--scheduler", address], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".z.npy.*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before a worker could be killed: make the data larger"
+    workers[0].send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert "Traceback" not in stderr
+    if proc.returncode == 0:
+        mean, std = x.mean(dtype=np.float64), x.std(dtype=np.float64)
+        np.testing.assert_allclose(np.load(tmp_path / "z.npy"), (x - mean) / std, rtol=0, atol=1e-5)
+    else:
+        assert stderr.startswith("error: ") and not (tmp_path / "z.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"x.npy", "dask-logs"} |
+                                                               ({"z.npy"} if proc.returncode == 0 else set()))
