@@ -10,6 +10,7 @@ by a few blocks (or batches) in flight.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from functools import partial, reduce
 from typing import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 from normcli import sinks
 from normcli.engine import Engine, ThreadEngine
-from normcli.errors import InputError, StatsFileError, UsageMismatch
+from normcli.errors import InputError, NormcliWarning, StatsFileError, UsageMismatch
 from normcli.histograms import (HistogramCounts, Histograms, count_block, edges_for, histogram_edges,
                                 histograms_from_counts)
 from normcli.layout import Layout
@@ -495,6 +496,18 @@ def _rows(edges: np.ndarray, scope: Scope, chunk: Chunk) -> np.ndarray:
     return edges[chunk.start:chunk.start + len(chunk.data)] if scope.per_sample else edges
 
 
+def _warn_if_too_coarse(out_dtype: np.dtype, low: float, high: float) -> None:
+    """Warn when a float32 output cannot hold its values to a useful precision: far from zero
+    with a small spread, as the inverse of data with a large offset."""
+    if out_dtype != np.float32:
+        return
+    spacing = float(np.spacing(np.float32(max(abs(low), abs(high)))))
+    if high > low and spacing > 1e-4 * (high - low):
+        warnings.warn(NormcliWarning(
+            f"float32 output holds values near {max(abs(low), abs(high)):.3g} only to steps of {spacing:.3g}, "
+            f"coarse for their spread of {high - low:.3g}; pass --dtype float64 to keep the input's precision"))
+
+
 @dataclass
 class TransformResult:
     before: Stats
@@ -532,6 +545,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     finite = finite[np.isfinite(finite)]
     if finite.size:
         sinks.check_range(spec, finite.min(), finite.max(), clip)
+        _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
     samples = plan.samples if plan.samples is not None else dataset.n_samples
 
     # Float outputs are measured as written; integer ones as the floats they encode.

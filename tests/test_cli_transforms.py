@@ -445,3 +445,18 @@ def test_drop_last_saves_the_whole_inputs_statistics(x):
     doc = json.loads(result.stdout)
     assert [sum(r["histogram"]["counts"]) for r in doc["before"]["rows"]] == saved["count"]
     assert np.load("b.npy").shape[0] == x.shape[0] // 3 * 3
+
+
+def test_a_float32_inverse_far_from_zero_warns_once_and_float64_carries_it(tmp_path, rng):
+    x = 1e9 + rng.normal(0.0, 1.0, (50, 4))
+    np.save(tmp_path / "far.npy", x)
+    run("standardize", tmp_path / "far.npy", "-o", tmp_path / "z.npy", "--dtype", "float64",
+            "--save-stats", tmp_path / "s.json", "-q")
+    coarse = run("standardize", tmp_path / "z.npy", "-o", tmp_path / "back32.npy", "--inverse",
+                     "--stats-from", tmp_path / "s.json", "-q")
+    warnings = [line for line in coarse.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--dtype float64" in warnings[0]
+    fine = run("standardize", tmp_path / "z.npy", "-o", tmp_path / "back64.npy", "--inverse",
+                   "--stats-from", tmp_path / "s.json", "-q", "--dtype", "float64")
+    assert "warning" not in fine.stderr
+    assert np.abs(np.load(tmp_path / "back64.npy") - x).max() <= 4 * np.spacing(1e9)
