@@ -278,8 +278,7 @@ def _probe_shift(v: np.ndarray, scope: Scope) -> np.ndarray:
 def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: bool):
     count = scope.values_per_key(v.shape)
     shift = _probe_shift(v, scope)
-    shift_b = scope.broadcast(shift, v.shape)
-    y = np.subtract(v, shift_b, dtype=np.float64)
+    y = _deviations(v, scope, shift)
     with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf in one key sum to NaN: counted below
         total = keyed_reduce(np.add, y, scope)
     if not np.isfinite(total).all():
@@ -303,12 +302,28 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
     # Sums of squares about the shift cancel when the shift is far from the block's values
     # (an outlier in the probe): then measure the deviations from the block's own mean.
     if (total * mean_dev > 0.5 * squares).any():
-        y = np.subtract(v, shift_b, dtype=np.float64)
-        y -= scope.broadcast(mean_dev, v.shape)
+        y = _deviations(v, scope, shift + mean_dev)
         m2 = keyed_reduce(np.add, np.square(y, out=y), scope)
     return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2,
                         keyed_reduce(np.minimum, v, scope).astype(np.float64),
                         keyed_reduce(np.maximum, v, scope).astype(np.float64)), NonFinite()
+
+
+def _deviations(v: np.ndarray, scope: Scope, shift: np.ndarray) -> np.ndarray:
+    """v - shift per key, in float64. For channels, the subtraction runs on rows of a few thousand
+    values against the shift repeated along them: numpy's loop over (M, 3) rows against a
+    (3,) shift is about three times slower."""
+    channels = v.shape[2]
+    if scope.reduced != (0, 1) or not v.flags.c_contiguous or channels >= 256:
+        return np.subtract(v, scope.broadcast(shift, v.shape), dtype=np.float64)
+    y = np.empty(v.shape, np.float64)
+    rows, out = v.reshape(-1, channels), y.reshape(-1, channels)
+    per_row = max(1, 4096 // channels)
+    whole = len(rows) // per_row * per_row
+    np.subtract(rows[:whole].reshape(-1, per_row * channels), np.tile(shift, per_row),
+                out=out[:whole].reshape(-1, per_row * channels))
+    np.subtract(rows[whole:], shift, out=out[whole:])
+    return y
 
 
 def _too_large() -> InputError:
