@@ -324,17 +324,20 @@ class TransformResult:
     after: Stats | None
     plan: Plan
     clipped: int  # values clipped to fit an 8/16-bit output
+    written: str = ""  # what was written, as the closing report line says it
 
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
               clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS,
-              ignore_nan: bool = False, report: bool = True, progress: Progress | None = None) -> TransformResult:
+              ignore_nan: bool = False, report: bool = True, progress: Progress | None = None,
+              outputs: sinks.Outputs | None = None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
     checked against what the output can hold, before anything is written. Pass 2: apply,
     write, and (unless `report` is off: then `after` is None) measure the input's histograms
-    and the output's statistics.
+    and the output's statistics. With `outputs` (the run's sinks.Outputs), the output is staged
+    there and appears when they commit.
     """
     bins = bins if report else 0
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
@@ -381,7 +384,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         hists = (before_partial, after_hist.measure(out, chunk.start) if bins else None)
         return chunk, out, summary, after_acc.measure(out, chunk.start) if report else None, hists
 
-    sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip)
+    sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip,
+                      outputs=outputs)
 
     def write(result):
         chunk, out, summary, after_partial, (before_partial, after_hist_partial) = result
@@ -405,4 +409,4 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     before_stats = _stats(dataset, plan.scope, before, before_hist.result() if bins else None)
     after_stats = _stats(dataset, plan.scope, after_acc.result(), after_hist.result() if bins else None,
                          dtype=spec.dtype, samples=samples) if report else None
-    return TransformResult(before_stats, after_stats, plan, sink.clipped)
+    return TransformResult(before_stats, after_stats, plan, sink.clipped, sink.describe())
