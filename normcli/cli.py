@@ -69,7 +69,9 @@ class NormcliGroup(click.Group):
             except OSError as error:  # what the system said, about the file it named
                 if ctx.params.get("debug"):
                     raise
-                raise ReportedError(NormcliError(error.strerror or str(error), error.filename)) from None
+                # Every file normcli opens is named; an unnamed stream is the report on stdout.
+                raise ReportedError(NormcliError(error.strerror or str(error),
+                                                 "stdout" if error.filename is None else str(error.filename))) from None
             except KeyboardInterrupt:
                 click.echo("error: interrupted; nothing was written", err=True)
                 ctx.exit(ExitCode.INTERRUPTED)

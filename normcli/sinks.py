@@ -117,14 +117,18 @@ class Outputs:
 def _set_aside(target: str, folder: bool) -> str:
     """A backup of the existing `target` beside it, so that a failed commit can put it back."""
     backup = temp_beside(target, folder=folder, suffix=".old")
-    if not folder:
-        os.unlink(backup)
-        try:
-            os.link(target, backup)  # the target itself stays until os.replace swaps it atomically
-            return backup
-        except OSError:  # a filesystem without hard links
-            pass
-    os.replace(target, backup)  # a folder onto the empty one just made
+    try:
+        if not folder:
+            os.unlink(backup)
+            try:
+                os.link(target, backup)  # the target itself stays until os.replace swaps it atomically
+                return backup
+            except OSError:  # a filesystem without hard links
+                pass
+        os.replace(target, backup)  # a folder onto the empty one just made
+    except BaseException:  # e.g. a mount point cannot move: no backup either
+        _remove(backup)
+        raise
     return backup
 
 
