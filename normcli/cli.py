@@ -34,9 +34,9 @@ class ReportedError(click.ClickException):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, NormcliWarning):
-        click.echo(f"warning: {message}", err=True)
+        click.echo(f"warning: {one_line(str(message))}", err=True)
     else:
-        click.echo(f"warning: {category.__name__}: {message}", err=True)
+        click.echo(f"warning: {category.__name__}: {one_line(str(message))}", err=True)
 
 
 class NormcliCommand(click.Command):

@@ -70,19 +70,20 @@ class Outputs:
     """
 
     def __init__(self):
-        self._staged: list[tuple[str, str, bool]] = []  # (temporary, target, is a folder)
+        self._staged: list[tuple[str, str, bool, str]] = []  # (temporary, target, is a folder, as named)
 
     def stage(self, target: str, *, folder: bool = False) -> str:
+        """A new temporary beside `target`; a symbolic link keeps pointing at the new output (and the
+        rename stays on one filesystem)."""
         temp = temp_beside(target, folder=folder)
-        self._staged.append((temp, target, folder))
+        self._staged.append((temp, os.path.realpath(target), folder, target))
         return temp
 
     def commit(self) -> None:
         placed: list[tuple[str, str, str | None, bool]] = []  # (temporary, target, backup, renamed in)
-        current = None
+        named = None
         try:
-            for temp, target, folder in self._staged:
-                current = target
+            for temp, target, folder, named in self._staged:
                 backup = _set_aside(target, folder) if os.path.lexists(target) else None
                 placed.append((temp, target, backup, False))
                 os.replace(temp, target)
@@ -95,7 +96,7 @@ class Outputs:
                     os.replace(backup, target)
             self.discard()
             if isinstance(error, OSError):
-                raise from_os_error(error, current, OutputError) from None
+                raise from_os_error(error, named, OutputError) from None
             raise
         for _, _, backup, _ in placed:
             if backup is not None:
@@ -103,7 +104,7 @@ class Outputs:
         self._staged.clear()
 
     def discard(self) -> None:
-        for temp, _, _ in self._staged:
+        for temp, *_ in self._staged:
             _remove(temp)
         self._staged.clear()
 

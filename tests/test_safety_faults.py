@@ -113,6 +113,17 @@ def test_force_onto_a_mount_point_is_one_line(place, mounts):
     assert list(busy.iterdir()) == [] and [p.name for p in busy.parent.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_output_linked_onto_another_filesystem_is_replaced_through_the_link(place, mounts):
+    work, tmpdir = place
+    other = mounts("other", "size=4m")
+    np.save(other / "old.npy", np.zeros(3))
+    (work / "link.npy").symlink_to(other / "old.npy")
+    result = normcli("normalize", "d.npy", "-o", "link.npy", "--force", "--quiet", cwd=work, tmpdir=tmpdir)
+    assert result.returncode == 0, result.stderr
+    assert (work / "link.npy").is_symlink() and np.load(other / "old.npy").shape == (300, 32, 32, 1)
+    assert sorted(p.name for p in other.iterdir()) == ["old.npy"]  # no temporary or backup left
+
+
 # -- streams and names ------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [["normalize", "d.npy", "-o", "-"], ["stats", "d.npy"]], ids=["data", "report"])
 def test_dev_full_on_stdout_is_one_line(place, args):
