@@ -60,10 +60,12 @@ class ArrayPart:
                                else np.lib.format.read_array_header_2_0)
                 header = read_header(f)
                 self.offset = f.tell()
-        except (ValueError, SyntaxError) as exc:
-            raise InputError(f"not a .npy array: {exc}", name) from None
+        except OSError:
+            raise  # what the system said, about this file
         except _ZIP_ERRORS as exc:
             raise InputError(f"damaged .npz member {member}: {exc}", name) from None
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+            raise InputError(f"not a .npy array: {exc}", name) from None
         shape, fortran_order, dtype = header
         check_array_header(shape, fortran_order, dtype, self._data_size(), name, member=member)
         self.fortran_order = fortran_order

@@ -79,6 +79,31 @@ def test_bad_headers_are_refused_at_open(workspace, case, command):
     workspace.refused(*args, contains=contains)
 
 
+def _raw_npy(header: bytes, version: bytes = b"\x01\x00") -> bytes:
+    """A .npy whose header text is anything at all (padded as numpy pads it)."""
+    magic = b"\x93NUMPY" + version
+    padding = (64 - (len(magic) + 2 + len(header) + 1) % 64) % 64
+    text = header + b" " * padding + b"\n"
+    return magic + struct.pack("<H", len(text)) + text + bytes(64)
+
+
+MALFORMED = [
+    ("unterminated header", _raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), ")),
+    ("float dimension", _raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (2.0,), }")),
+    ("unknown dtype", _raw_npy(b"{'descr': 'zz', 'fortran_order': False, 'shape': (2,), }")),
+    ("code in the header", _raw_npy(b"__import__('os').system('true')")),
+    ("unknown version", _raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", b"\x09\x00")),
+    ("no axes", _raw_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (), }")),
+    ("empty file", b""),
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_headers_are_one_line(workspace, case):
+    Path("x.npy").write_bytes(case[1])
+    workspace.refused("stats", "x.npy", contains="(x.npy)")
+
+
 # -- .npz archives --------------------------------------------------------------------------------
 def _npz(path: str, array: np.ndarray, compression=zipfile.ZIP_STORED, member="data.npy", header=None) -> None:
     import io
