@@ -11,7 +11,6 @@ M2 is kept so that files merge exactly as the accumulators do (Chan et al.).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -183,7 +183,7 @@ def test_a_sink_refuses_a_name_outside_before_writing_it(workspace):
 # -- every output of a run commits together -----------------------------------------------------
 def _stage(outputs: Outputs, target: str, text: str, folder: bool = False) -> str:
     temp = outputs.stage(target, folder=folder)
-    Path(temp, "f" if folder else "").write_text(text) if folder else Path(temp).write_text(text)
+    (Path(temp) / "f" if folder else Path(temp)).write_text(text)
     return temp
 
 
