@@ -296,6 +296,8 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
         # Checked before any work, so that a bad --save-stats cannot leave the output written.
         if output != "-" and Path(save_stats).resolve() == Path(output).resolve():
             raise click.UsageError("--save-stats and -o name the same file")
+        if output != "-" and Path(output).resolve() in Path(save_stats).resolve().parents:
+            raise click.UsageError("--save-stats lies inside the -o folder, which this run replaces; save it beside")
         check_target(save_stats, dataset.inputs, force, folder=False)
     # The output and the --save-stats file commit together, or neither appears.
     with _progress(dataset.n_samples, 2) as progress, Outputs() as outputs:

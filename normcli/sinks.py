@@ -20,6 +20,7 @@ import numpy as np
 
 from normcli.errors import OutputError, UsageMismatch, from_os_error
 from normcli.layout import Layout
+from normcli.sources import IMAGE_EXTENSIONS
 
 INTEGER_DTYPES = ("uint8", "uint16")
 # Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
@@ -160,7 +161,6 @@ OUTPUT_FORMS = "NAME.npy, NAME.npz, a folder (no suffix, or ending in /), - (std
                "for a single image input"
 _ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
 _IMAGE_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}  # the image files normcli writes
-_READ_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 
 def output_kind(target: str, *, single_image: bool = False) -> str:
@@ -178,7 +178,7 @@ def output_kind(target: str, *, single_image: bool = False) -> str:
         return "folder"
     if single_image and suffix in _IMAGE_SUFFIXES:
         return "image"
-    if single_image and suffix in _READ_IMAGE_SUFFIXES:
+    if single_image and suffix in IMAGE_EXTENSIONS:
         raise UsageMismatch(f"-o {target}: normcli writes images as PNG or TIFF, not {suffix[1:].upper()}; "
                             "use NAME.png or NAME.tiff")
     raise UsageMismatch(f"-o {target}: unknown output type {suffix!r}; -o takes {OUTPUT_FORMS}")

@@ -70,6 +70,8 @@ REFUSED = [
      ["normalize", "d.npy", "-o", "o.npy"], 1, "already exists"),
     ("existing --save-stats", lambda: Path("s.json").write_text("{}"),
      ["standardize", "d.npy", "-o", "z.npy", "--save-stats", "s.json"], 1, "already exists"),
+    ("--save-stats inside the output folder", lambda: run_cli("normalize", "imgs", "-o", "out"),
+     ["normalize", "imgs", "-o", "out", "-f", "--save-stats", "out/s.json"], 2, "inside the -o folder"),
     ("name too long for its temporary", None, ["normalize", "d.npy", "-o", "x" * 250 + ".npy"], 1,
      "File name too long"),
 ]
