@@ -66,6 +66,8 @@ class NormcliGroup(click.Group):
                 if ctx.params.get("debug"):
                     raise
                 raise ReportedError(error) from None
+            except BrokenPipeError:
+                raise  # a closed pipe (`normcli ... | head`): Click ends it quietly
             except OSError as error:  # what the system said, about the file it named
                 if ctx.params.get("debug"):
                     raise
@@ -635,7 +637,8 @@ def main() -> None:
         sys.stdout.flush()  # what is left in the buffer: a full disk (/dev/full) fails here
     except OSError as error:
         if not code:
-            click.echo(f"error: {one_line(error.strerror or str(error))} (stdout)", err=True)
+            if not isinstance(error, BrokenPipeError):  # a closed pipe ends quietly
+                click.echo(f"error: {one_line(error.strerror or str(error))} (stdout)", err=True)
             code = ExitCode.ERROR
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit does not fail again
     sys.exit(code)

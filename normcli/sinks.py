@@ -329,6 +329,8 @@ def _naming_target(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
+        except BrokenPipeError:
+            raise  # `normcli ... -o - | head` ends quietly (Click's own handling)
         except OSError as error:
             raise from_os_error(error, self.spec.target, OutputError) from None
     return wrapper

@@ -134,6 +134,16 @@ def test_dev_full_on_stdout_is_one_line(place, args):
     assert_message(result.returncode, result.stderr, 1, contains="No space left on device (stdout)")
 
 
+def test_a_closed_pipe_on_stdout_ends_quietly(place):
+    work, tmpdir = place
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "standardize", "d.npy", "-o", "-", "-q"], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "TMPDIR": str(tmpdir)})
+    process.stdout.read(100)  # of 1.2 MB: far more than a pipe holds
+    process.stdout.close()
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert (process.returncode, stderr) == (1, "")
+
+
 def test_a_name_too_long_after_the_suffix_change_is_one_line(place):
     work, tmpdir = place
     write_image(work / "imgs" / ("x" * 251 + ".png"), np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
