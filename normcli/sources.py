@@ -108,6 +108,8 @@ class ArrayPart:
                 raise self._truncated()
         except _ZIP_ERRORS as exc:
             raise InputError(f"damaged .npz member {self.member}: {exc}", self.name) from None
+        except OSError as error:  # a read error (EIO) names no file of its own
+            raise from_os_error(error, self.name, InputError) from None
         return self._finish(out)
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
