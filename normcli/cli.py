@@ -106,8 +106,6 @@ class FiniteFloat(click.ParamType):
         self.min = min
 
     def convert(self, value, param, ctx):
-        if isinstance(value, float) and math.isfinite(value) and (self.min is None or value >= self.min):
-            return value
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -72,6 +72,8 @@ REFUSED = [
      ["standardize", "d.npy", "-o", "z.npy", "--save-stats", "s.json"], 1, "already exists"),
     ("--save-stats inside the output folder", lambda: run_cli("normalize", "imgs", "-o", "out"),
      ["normalize", "imgs", "-o", "out", "-f", "--save-stats", "out/s.json"], 2, "inside the -o folder"),
+    ("a --save-stats that cannot be written takes the output with it", None,
+     ["standardize", "d.npy", "-o", "z.npy", "--save-stats", "s" * 250 + ".json"], 1, "File name too long"),
     ("name too long for its temporary", None, ["normalize", "d.npy", "-o", "x" * 250 + ".npy"], 1,
      "File name too long"),
 ]
