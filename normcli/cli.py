@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
+import signal
 import sys
 import warnings
 
 import click
 
 from normcli import __version__
-from normcli.errors import ExitCode, NormcliError, NormcliWarning, StatsFileError, UsageMismatch
+from normcli.errors import (ExitCode, NormcliError, NormcliWarning, StatsFileError, Terminated, UsageMismatch,
+                            one_line)
 
 # Spelled out here rather than imported from the core, so that --help starts without numpy.
 SCOPES = ("global", "channel", "sample", "pixel")
@@ -31,9 +35,9 @@ class ReportedError(click.ClickException):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, NormcliWarning):
-        click.echo(f"warning: {message}", err=True)
+        click.echo(f"warning: {one_line(str(message))}", err=True)
     else:
-        click.echo(f"warning: {category.__name__}: {message}", err=True)
+        click.echo(f"warning: {category.__name__}: {one_line(str(message))}", err=True)
 
 
 class NormcliCommand(click.Command):
@@ -63,9 +67,20 @@ class NormcliGroup(click.Group):
                 if ctx.params.get("debug"):
                     raise
                 raise ReportedError(error) from None
+            except BrokenPipeError:
+                raise  # a closed pipe (`normcli ... | head`): Click ends it quietly
+            except OSError as error:  # what the system said, about the file it named
+                if ctx.params.get("debug"):
+                    raise
+                # Every file normcli opens is named; an unnamed stream is the report on stdout.
+                raise ReportedError(NormcliError(error.strerror or str(error),
+                                                 "stdout" if error.filename is None else str(error.filename))) from None
             except KeyboardInterrupt:
                 click.echo("error: interrupted; nothing was written", err=True)
                 ctx.exit(ExitCode.INTERRUPTED)
+            except Terminated:
+                click.echo("error: terminated; nothing was written", err=True)
+                ctx.exit(ExitCode.TERMINATED)
 
 
 @click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +95,56 @@ def cli(debug: bool) -> None:
         normcli stats data.npy
         normcli standardize data.npy -o z.npy
     """
+
+
+# -- option types ----------------------------------------------------------------------
+class FiniteFloat(click.ParamType):
+    """A finite number (NaN and infinities refused), optionally at least `min`."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"{value!r} is below {self.min:g}", param, ctx)
+        return number
+
+
+class Numbers(click.ParamType):
+    """One finite number or a comma-separated list of them (e.g. one per channel)."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        finite = FiniteFloat()
+        return [finite.convert(v, param, ctx) for v in str(value).split(",")]
+
+
+class Momentum(click.ParamType):
+    """A number in [0, 1], or 'cumulative' (None) for the cumulative average."""
+
+    name = "momentum"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "cumulative":
+            return None
+        number = FiniteFloat(0.0).convert(value, param, ctx)
+        if number > 1:
+            self.fail(f"{value!r} is not in [0, 1] (or 'cumulative')", param, ctx)
+        return number
+
+
+SEED = click.IntRange(min=0)
 
 
 # -- shared options -------------------------------------------------------------------
@@ -196,7 +261,7 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
 @cli.command()
 @input_options
 @scope_option("channel")
-@click.option("--range", "hist_range", type=(float, float), metavar="LO HI",
+@click.option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
               help="Histogram range [default: each row's min and max].")
 @click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
@@ -257,19 +322,24 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
 
     from normcli import render, statsfile
     from normcli.passes import transform
-    from normcli.sinks import check_target
+    from normcli.sinks import Outputs, check_target
 
     if save_stats:
         # Checked before any work, so that a bad --save-stats cannot leave the output written.
         if output != "-" and Path(save_stats).resolve() == Path(output).resolve():
             raise click.UsageError("--save-stats and -o name the same file")
+        if output != "-" and Path(output).resolve() in Path(save_stats).resolve().parents:
+            raise click.UsageError("--save-stats lies inside the -o folder, which this run replaces; save it beside")
         check_target(save_stats, dataset.inputs, force, folder=False)
-    with _progress(dataset.n_samples, 2) as progress, _engine() as engine:
+    # The output and the --save-stats file commit together, or neither appears.
+    with _progress(dataset.n_samples, 2) as progress, _engine() as engine, Outputs() as outputs:
         result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                           ignore_nan=ignore_nan, report=not quiet, engine=engine, progress=progress)
-    if save_stats:
-        statsfile.write(save_stats, _stats_file(result.before, ddof, plan.saved_extra()),
-                        force=force, inputs=dataset.inputs)
+                           ignore_nan=ignore_nan, report=not quiet, engine=engine, progress=progress,
+                           outputs=outputs)
+        if save_stats:
+            statsfile.write(save_stats, _stats_file(result.before, ddof, plan.saved_extra()),
+                            force=force, inputs=dataset.inputs, outputs=outputs)
+        outputs.commit()
     if result.clipped:
         warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
                                      "the 8/16-bit output"))
@@ -282,7 +352,7 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
                "output": output}
         if batches is not None:
             doc["batches"] = [vars(b) for b in batches]
-        _emit_json(doc, to_stderr)
+        _emit_json(doc, to_stderr)  # the one JSON document: its "output" says what was written
         return
     printer = _printer(to_stderr)
     printer.stats(result.before, ddof, title=f"before: {', '.join(dataset.inputs)}")
@@ -292,6 +362,12 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
         printer.batches(batches)
         printer.line()
     printer.stats(result.after, ddof, title=f"after {title}: {output}")
+    printer.line()
+    click.echo(_closing_line(result, save_stats), err=to_stderr)
+
+
+def _closing_line(result, save_stats: str | None) -> str:
+    return result.written + (f"; statistics to {save_stats}" if save_stats else "")
 
 
 def fit_options(fn):
@@ -333,7 +409,7 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
 @input_options
 @output_options
 @scope_option("global")
-@click.option("--range", "out_range", type=(float, float), default=(0.0, 1.0), show_default=True,
+@click.option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=(0.0, 1.0), show_default=True,
               metavar="LO HI", help="Target range.")
 @fit_options
 @report_options()
@@ -366,7 +442,7 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @output_options
 @scope_option("global")
 @click.option("--ddof", type=click.IntRange(0, 1), help="Variance divisor N - ddof [default: 0, or the saved file's].")
-@click.option("--eps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Added to the variance (scikit-learn uses 0).")
 @fit_options
 @report_options()
@@ -397,16 +473,6 @@ def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip,
                        title="inverse z-score" if inverse else "z-score")
 
 
-def _numbers(text: str | None, default: float, name: str | None = None):
-    if text is None:
-        return default
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number or a comma-separated list of numbers",
-                                 param_hint=name) from None
-
-
 def _per_key(value, keys: int, name: str):
     from normcli.transforms import per_key
 
@@ -416,31 +482,20 @@ def _per_key(value, keys: int, name: str):
         raise click.BadParameter(str(exc), param_hint=name) from None
 
 
-def _momentum(text: str):
-    if text == "cumulative":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise click.BadParameter("a number in [0, 1] or 'cumulative'", param_hint="--momentum") from None
-    if not 0 <= value <= 1:
-        raise click.BadParameter("a number in [0, 1] or 'cumulative'", param_hint="--momentum")
-    return value
-
-
 @cli.command()
 @input_options
 @output_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), required=True, help="Samples per mini-batch.")
 @scope_option("channel", ("channel", "global", "pixel"))
-@click.option("--gamma", metavar="G", help="Scale: one number or one per channel, comma-separated [default: 1].")
-@click.option("--beta", metavar="B", help="Shift: one number or one per channel [default: 0].")
-@click.option("--eps", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Added to the variance.")
-@click.option("--momentum", default="0.1", show_default=True,
+@click.option("--gamma", type=Numbers(), metavar="G",
+              help="Scale: one number or one per channel, comma-separated [default: 1].")
+@click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0].")
+@click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance.")
+@click.option("--momentum", type=Momentum(), default="0.1", show_default=True,
               help="Running-statistics momentum, or 'cumulative' for the cumulative average.")
 @click.option("--drop-last", is_flag=True, help="Leave out a last batch shorter than --batch-size.")
 @click.option("--shuffle", is_flag=True, help="Batch samples in a random order (written in that order).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --shuffle.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for --shuffle.")
 @click.option("--save-stats", metavar="FILE", help="Save the input's statistics and the running statistics.")
 @click.option("--eval", "eval_mode", is_flag=True,
               help="Inference mode: normalize by the running statistics of --stats-from.")
@@ -460,15 +515,14 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
     from normcli.scopes import scope as as_scope
     from normcli.passes import BatchPlan, check_scope, eval_plan
 
-    momentum_value = _momentum(momentum)
     if eval_mode != bool(stats_from):
         raise click.UsageError("--eval and --stats-from go together: inference uses saved running statistics")
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, False, "channel")
     with dataset:
         check_scope(dataset, scope)
         keys = as_scope(scope).keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
-        gammas = _per_key(_numbers(gamma, 1.0, "--gamma"), keys, "--gamma")
-        betas = _per_key(_numbers(beta, 0.0, "--beta"), keys, "--beta")
+        gammas = _per_key(1.0 if gamma is None else gamma, keys, "--gamma")
+        betas = _per_key(0.0 if beta is None else beta, keys, "--beta")
         if saved is not None:
             plan = eval_plan(saved, stats_from, scope, gammas, betas, eps)
             title = "batch norm (eval, running statistics)"
@@ -478,7 +532,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
                 from normcli.sources import shuffled_order
 
                 order = shuffled_order(dataset.n_samples, seed)
-            plan = BatchPlan(dataset, scope, batch_size, gammas, betas, eps, momentum=momentum_value,
+            plan = BatchPlan(dataset, scope, batch_size, gammas, betas, eps, momentum=momentum,
                              drop_last=drop_last, order=order, ignore_nan=ignore_nan)
             if plan.samples == 0:
                 raise click.UsageError(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
@@ -493,9 +547,9 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @output_options
 @click.option("--groups", "-g", type=click.IntRange(min=1), required=True,
               help="Groups of channels (1: layer norm; the channel count: instance norm).")
-@click.option("--gamma", metavar="G", help="Scale: one number or one per channel [default: 1].")
-@click.option("--beta", metavar="B", help="Shift: one number or one per channel [default: 0].")
-@click.option("--eps", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Added to the variance.")
+@click.option("--gamma", type=Numbers(), metavar="G", help="Scale: one number or one per channel [default: 1].")
+@click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0].")
+@click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance.")
 @report_options()
 @engine_options
 def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, groups, gamma, beta, eps,
@@ -513,8 +567,8 @@ def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         channels = dataset.channels
         if channels % groups:
             raise click.BadParameter(f"{groups} does not divide the {channels} channels", param_hint="--groups")
-        plan = GroupPlan(groups, _per_key(_numbers(gamma, 1.0, "--gamma"), channels, "--gamma"),
-                         _per_key(_numbers(beta, 0.0, "--beta"), channels, "--beta"), eps, ignore_nan=ignore_nan)
+        plan = GroupPlan(groups, _per_key(1.0 if gamma is None else gamma, channels, "--gamma"),
+                         _per_key(0.0 if beta is None else beta, channels, "--beta"), eps, ignore_nan=ignore_nan)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
 
@@ -535,8 +589,11 @@ def merge_stats(files, output, force):
     """
     from normcli import statsfile
 
+    from normcli.sinks import check_target
+
+    check_target(output, files, force, folder=False)  # onto one of its own inputs: refused even with --force
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
-    statsfile.write(output, merged, force=force)
+    statsfile.write(output, merged, force=force, inputs=files)
     click.echo(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> {output}")
 
 
@@ -546,7 +603,7 @@ def merge_stats(files, output, force):
 @click.option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Images.")
 @click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Height and width.")
 @click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--force", "-f", is_flag=True, help="Replace an existing output.")
 def sample(output, samples, size, channels, seed, force):
     """Write the tutorial's dataset: N×size×size×channels, normal signal plus noise (mean 26, var 306).
@@ -559,19 +616,20 @@ def sample(output, samples, size, channels, seed, force):
         normcli sample images/ -n 100
     """
     from normcli.layout import Layout
-    from normcli.sinks import write_array
-    from normcli.sources import tutorial_dataset
+    from normcli.sinks import output_kind, write_array
+    from normcli.sources import check_tutorial_size, tutorial_dataset
 
+    kind = output_kind(output)
+    check_tutorial_size(samples, size, channels)
     data = tutorial_dataset(samples, size, channels, seed)
-    if not output.lower().endswith((".npy", ".npz")) and output != "-":
+    if kind == "folder":
         data = data.astype("float32")
-    write_array(output, data, force=force, layout=Layout("NHWC"))
-    if output != "-":
-        click.echo(f"wrote {samples} images of {size}×{size}×{channels} ({data.dtype}) to {output}")
+    written = write_array(output, data, force=force, layout=Layout("NHWC"))
+    click.echo(written, err=output == "-")
 
 
 @cli.command()
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the dataset.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the dataset.")
 @click.option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, help="Histogram bins.")
 def demo(seed, bins):
     """Replay the batch-normalization tutorial on its synthetic dataset.
@@ -596,6 +654,26 @@ def demo(seed, bins):
             printer.stats(stats)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that every temporary is removed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     # Click ends a closed pipe (`normcli ... | head`) quietly itself, with exit 1 and no traceback.
-    cli(prog_name="normcli")
+    try:
+        cli(prog_name="normcli")
+    except SystemExit as exit:
+        code = exit.code
+    except Terminated:
+        code = ExitCode.TERMINATED
+    try:
+        sys.stdout.flush()  # what is left in the buffer: a full disk (/dev/full) fails here
+    except OSError as error:
+        if not code:
+            if not isinstance(error, BrokenPipeError):  # a closed pipe ends quietly
+                click.echo(f"error: {one_line(error.strerror or str(error))} (stdout)", err=True)
+            code = ExitCode.ERROR
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit does not fail again
+    sys.exit(code)

@@ -9,7 +9,8 @@ class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # a data or file problem
     USAGE = 2  # options that contradict each other or the data
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # SIGINT, as a shell reports it (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
 
 
 class NormcliError(Exception):
@@ -23,7 +24,7 @@ class NormcliError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.path})" if self.path else self.message
+        return one_line(f"{self.message} ({self.path})" if self.path else self.message)
 
 
 class InputError(NormcliError):
@@ -50,3 +51,18 @@ class UsageMismatch(NormcliError):
 
 class NormcliWarning(UserWarning):
     """Something the user should know that does not stop the run (printed as `warning: ...`)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every cleanup runs as for Ctrl-C (not an Exception:
+    nothing may swallow it)."""
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (a newline in a file name) escaped, so a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def from_os_error(error: OSError, path: str, kind: type[NormcliError] = NormcliError) -> NormcliError:
+    """What the system said (full disk, read-only folder, name too long), about the file the user named."""
+    return kind(error.strerror or str(error), "stdout" if path == "-" else path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from normcli import sinks
 from normcli.engine import Engine, ThreadEngine
-from normcli.errors import InputError, NormcliWarning, StatsFileError, UsageMismatch
+from normcli.errors import InputError, NormcliWarning, OutputError, StatsFileError, UsageMismatch
 from normcli.histograms import (HistogramCounts, Histograms, count_block, edges_for, histogram_edges,
                                 histograms_from_counts)
 from normcli.layout import Layout
@@ -496,6 +496,13 @@ def _rows(edges: np.ndarray, scope: Scope, chunk: Chunk) -> np.ndarray:
     return edges[chunk.start:chunk.start + len(chunk.data)] if scope.per_sample else edges
 
 
+def _check_float_range(spec, low: float, high: float) -> None:
+    """Refuse, before writing, values beyond what a float output holds (they would be inf)."""
+    if spec.dtype.kind == "f" and max(abs(low), abs(high)) > float(np.finfo(spec.dtype).max):
+        raise OutputError(f"the output reaches {max(abs(low), abs(high)):.3g}, beyond what {spec.dtype.name} holds; "
+                          "pass --dtype float64 (or a smaller --gamma / --range)", spec.target)
+
+
 def _warn_if_too_coarse(out_dtype: np.dtype, low: float, high: float) -> None:
     """Warn when a float32 output cannot hold its values to a useful precision: far from zero
     with a small spread, as the inverse of data with a large offset."""
@@ -514,17 +521,20 @@ class TransformResult:
     after: Stats | None
     plan: Plan
     clipped: int  # values clipped to fit an 8/16-bit output
+    written: str = ""  # what was written, as the closing report line says it
 
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
               clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS, ignore_nan: bool = False,
-              report: bool = True, engine: Engine | None = None, progress: Progress | None = None) -> TransformResult:
+              report: bool = True, engine: Engine | None = None, progress: Progress | None = None,
+              outputs: sinks.Outputs | None = None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
     checked against what the output can hold, before anything is written. Pass 2: apply,
     write, and (unless `report` is off: then `after` is None) measure the input's histograms
-    and the output's statistics.
+    and the output's statistics. With `outputs` (the run's sinks.Outputs), the output is staged
+    there and appears when they commit.
     """
     bins = bins if report else 0
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
@@ -545,6 +555,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     finite = finite[np.isfinite(finite)]
     if finite.size:
         sinks.check_range(spec, finite.min(), finite.max(), clip)
+        _check_float_range(spec, finite.min(), finite.max())
         _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
     samples = plan.samples if plan.samples is not None else dataset.n_samples
 
@@ -554,7 +565,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     if bins:
         before_edges = edges_for(scope, before.min, before.max, bins)
         after_edges = edges_for(scope, low, high, bins)
-    sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip)
+    sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip,
+                      outputs=outputs)
     try:
         task = ApplyTask(scope, dataset.layout, plan.applier(), sink.writer, work_dtype, ignore_nan, report,
                          before_edges, after_edges)
@@ -582,4 +594,4 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         after_result = _stats(dataset, scope, after_stats.aggregate(),
                               Histograms(after_counts.counts, after_edges) if bins else None,
                               dtype=spec.dtype, samples=samples)
-    return TransformResult(before_result, after_result, plan, clipped)
+    return TransformResult(before_result, after_result, plan, clipped, sink.describe())

@@ -1,11 +1,13 @@
 """Chunks -> outputs: .npy, .npz, a .npy stream on stdout, or a folder of images or arrays.
 
 Every file output is written under a temporary name beside its target and renamed into
-place only when the whole run succeeded: a failed run leaves nothing behind.
+place only when the whole run succeeded: a failed run leaves nothing behind. All outputs of
+one run (data, saved statistics) are staged in one `Outputs` and commit together or not at all.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from normcli.errors import OutputError, UsageMismatch
+from normcli.errors import OutputError, UsageMismatch, from_os_error
 from normcli.layout import Layout
+from normcli.sources import IMAGE_EXTENSIONS
 
 INTEGER_DTYPES = ("uint8", "uint16")
 # Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
@@ -35,34 +38,169 @@ def temp_beside(target: str, *, folder: bool = False, suffix: str = ".tmp") -> s
     with the permissions a plainly created one would get (mkstemp alone makes them private)."""
     parent = Path(target).resolve().parent
     prefix = f".{Path(target).name}."
-    if folder:
-        path, mode = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent), 0o777
-    else:
-        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
-        os.close(fd)
-        mode = 0o666
-    os.chmod(path, mode & ~_umask())
+    try:
+        if folder:
+            path, mode = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent), 0o777
+        else:
+            fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+            os.close(fd)
+            mode = 0o666
+        os.chmod(path, mode & ~_umask())
+    except OSError as error:  # read-only folder, name too long: about the target, not the temporary
+        raise from_os_error(error, target, OutputError) from None
     return path
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class Outputs:
+    """Every output of one run, committed together or not at all.
+
+    stage() prepares a temporary file or folder beside each target; commit() sets each existing
+    target aside (a hard link for a file, so it is replaced atomically; a rename for a folder),
+    renames every temporary into place, and only then removes what was set aside. If a rename
+    fails, the ones already done are undone from those backups. discard() removes every temporary.
+    """
+
+    def __init__(self):
+        self._staged: list[tuple[str, str, bool, str]] = []  # (temporary, target, is a folder, as named)
+
+    def stage(self, target: str, *, folder: bool = False) -> str:
+        """A new temporary beside `target`; a symbolic link keeps pointing at the new output (and the
+        rename stays on one filesystem)."""
+        temp = temp_beside(target, folder=folder)
+        self._staged.append((temp, os.path.realpath(target), folder, target))
+        return temp
+
+    def commit(self) -> None:
+        placed: list[tuple[str, str, str | None, bool]] = []  # (temporary, target, backup, renamed in)
+        named = None
+        try:
+            for temp, target, folder, named in self._staged:
+                backup = _set_aside(target, folder) if os.path.lexists(target) else None
+                placed.append((temp, target, backup, False))
+                os.replace(temp, target)
+                placed[-1] = (temp, target, backup, True)
+        except BaseException as error:
+            for temp, target, backup, renamed in reversed(placed):
+                if renamed:
+                    os.replace(target, temp)  # back under its temporary name, which discard() removes
+                if backup is not None and os.path.lexists(backup):
+                    os.replace(backup, target)
+            self.discard()
+            if isinstance(error, OSError):
+                raise from_os_error(error, named, OutputError) from None
+            raise
+        for _, _, backup, _ in placed:
+            if backup is not None:
+                _remove(backup)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for temp, *_ in self._staged:
+            _remove(temp)
+        self._staged.clear()
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after a commit there is nothing left to discard
+
+
+def _set_aside(target: str, folder: bool) -> str:
+    """A backup of the existing `target` beside it, so that a failed commit can put it back."""
+    backup = temp_beside(target, folder=folder, suffix=".old")
+    try:
+        if not folder:
+            os.unlink(backup)
+            try:
+                os.link(target, backup)  # the target itself stays until os.replace swaps it atomically
+                return backup
+            except OSError:  # a filesystem without hard links
+                pass
+        os.replace(target, backup)  # a folder onto the empty one just made
+    except BaseException:  # e.g. a mount point cannot move: no backup either
+        _remove(backup)
+        raise
+    return backup
 
 
 @dataclass
 class OutputSpec:
-    """Where and how a transform writes: `kind` is npy, npz, stdout or folder."""
+    """Where and how a transform writes: `kind` is npy, npz, stdout, folder or image (one image file)."""
 
     target: str
     kind: str
     dtype: np.dtype
     ext: str | None = None
 
+    def describe(self, samples: int, key: str | None = None) -> str:
+        """The closing report line: what was written, e.g. 'wrote 1,000 PNG files to out/'."""
+        count = f"{samples:,} sample{'' if samples == 1 else 's'}"
+        if self.kind == "folder":
+            return f"wrote {samples:,} {self.ext.upper()} file{'' if samples == 1 else 's'} to " \
+                   f"{self.target.rstrip('/')}/"
+        if self.kind == "image":
+            return f"wrote {self.target} ({self.ext.upper()}, {self.dtype.name})"
+        if self.kind == "stdout":
+            return f"wrote {count} ({self.dtype.name}) to stdout"
+        return f"wrote {self.target} ({count}, {self.dtype.name}{f', key {key}' if self.kind == 'npz' else ''})"
+
+
+# What -o accepts, for the usage error that lists it.
+OUTPUT_FORMS = "NAME.npy, NAME.npz, a folder (no suffix, or ending in /), - (stdout), or NAME.png/NAME.tiff " \
+               "for a single image input"
+_ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
+_IMAGE_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}  # the image files normcli writes
+
+
+def output_kind(target: str, *, single_image: bool = False) -> str:
+    """What -o names is what the user gets: - is stdout; .npy/.npz a file; a path ending in /, an
+    existing folder or a path without a suffix a folder; an image suffix, for a single image input,
+    that image file. Anything else is a usage error listing what -o accepts."""
+    if target == "-":
+        return "stdout"
+    suffix = Path(target).suffix.lower()
+    if target.endswith(("/", os.sep)) or (suffix not in _ARRAY_SUFFIXES and Path(target).is_dir()):
+        return "folder"
+    if suffix in _ARRAY_SUFFIXES:
+        return _ARRAY_SUFFIXES[suffix]
+    if not suffix:
+        return "folder"
+    if single_image and suffix in _IMAGE_SUFFIXES:
+        return "image"
+    if single_image and suffix in IMAGE_EXTENSIONS:
+        raise UsageMismatch(f"-o {target}: normcli writes images as PNG or TIFF, not {suffix[1:].upper()}; "
+                            "use NAME.png or NAME.tiff")
+    raise UsageMismatch(f"-o {target}: unknown output type {suffix!r}; -o takes {OUTPUT_FORMS}")
+
+
+def _single_image(dataset) -> bool:
+    return len(dataset.inputs) == 1 and dataset.n_samples == 1 and bool(dataset.image_suffixes) \
+        and not Path(dataset.inputs[0]).is_dir()
+
 
 def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool) -> OutputSpec:
     """Decide the output's kind and dtype and check it can be written, before any work is done."""
-    kind = output_kind(target)
-    if kind != "stdout":
-        check_target(target, dataset.inputs, force)
+    kind = output_kind(target, single_image=_single_image(dataset))
     if ext is not None and kind != "folder":
         raise UsageMismatch(f"--ext picks the file type inside an output folder; {target} is a {kind} output")
+    if kind == "image":
+        check_target(target, dataset.inputs, force, folder=False)
+        ext = _IMAGE_SUFFIXES[Path(target).suffix.lower()]
+        return OutputSpec(target, kind, np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
     if kind != "folder":
+        if kind != "stdout":
+            check_target(target, dataset.inputs, force)
         if not dataset.uniform:
             raise OutputError("images of different sizes cannot form one array; write to a folder instead", target)
         return OutputSpec(target, kind, np.dtype(dtype or "float32"))
@@ -73,7 +211,8 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
         raise UsageMismatch(f"PNG holds 8- or 16-bit integers, not {dtype}; use --ext tiff or --ext npy")
     if ext == "png" and dataset.channels not in (1, 2, 3, 4):
         raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
-    _check_unique_names(dataset.sample_names(), ext, target)
+    writes = _check_names(dataset.sample_names(), ext, target)
+    check_target(target, dataset.inputs, force, folder=True, writes=writes)
     return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
 
 
@@ -84,15 +223,39 @@ def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
     return f"{index:0{max(6, len(str(max(samples - 1, 0))))}d}.{ext}"
 
 
-def _check_unique_names(names: list, ext: str, target: str) -> None:
-    """Two images that would land on one file (a.jpg and a.png as PNGs) are refused before any work."""
+def _check_names(names: list, ext: str, target: str) -> set[str]:
+    """The files an output folder will hold, proven to lie inside it; two images that would land
+    on one file (a.jpg and a.png as PNGs) are refused, before any work."""
     seen: dict[str, str] = {}
     for index, name in enumerate(names):
         relative = relative_name(name, index, ext, len(names))
+        inside(target, relative, target)
         if relative in seen:
             raise OutputError(f"{seen[relative]} and {name} would both be written as {relative}; "
                               "rename one of them, or write .npy", target)
         seen[relative] = name
+    return set(seen)
+
+
+def inside(folder: str, relative: str, target: str) -> Path:
+    """`folder`/`relative`, proven (resolved) to lie inside `folder`: no name ever escapes an output."""
+    base = Path(folder).resolve()
+    path = (base / relative).resolve()
+    if base not in path.parents:
+        raise OutputError(f"{relative} would be written outside the output folder; nothing was written", target)
+    return path
+
+
+def _first_foreign(folder: Path, writes: set[str]) -> str | None:
+    """The first entry of an existing output folder that this run would not write (--force keeps it)."""
+    parents = {p.as_posix() for w in writes for p in Path(w).parents}
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files) + dirs:
+            relative = (Path(root) / name).relative_to(folder).as_posix()
+            if relative not in (parents if name in dirs else writes):
+                return relative
+    return None
 
 
 def _default_ext(dataset) -> str:
@@ -110,17 +273,13 @@ def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
     return "float32"
 
 
-def output_kind(target: str) -> str:
-    """stdout for -, npy or npz by suffix, else a folder."""
-    if target == "-":
-        return "stdout"
-    return {".npy": "npy", ".npz": "npz"}.get(Path(target).suffix.lower(), "folder")
-
-
-def check_target(target: str, inputs, force: bool, *, folder: bool | None = None) -> None:
+def check_target(target: str, inputs, force: bool, *, folder: bool | None = None,
+                 writes: set[str] | None = None) -> None:
     """Refuse, before any work, an output that cannot or must not be written: a missing parent
-    folder, an input or a folder holding one (--force would delete it), or an existing file
-    without --force. `folder`: whether the output is one (default: by its suffix, as for -o)."""
+    folder, an input or a folder holding one, an existing file without --force, or (even with
+    --force) an existing folder holding anything but the files `writes` names: --force replaces
+    what this run writes, never deletes anything else. `folder`: whether the output is one
+    (default: by its suffix, as for -o)."""
     path = Path(target).resolve()
     folder = output_kind(target) == "folder" if folder is None else folder
     if not path.parent.is_dir():
@@ -133,6 +292,11 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
         raise OutputError("already exists; use --force to replace it", target)
     if path.exists() and path.is_dir() != folder:
         raise OutputError("exists and is of another kind (file vs folder); remove it first", target)
+    if path.is_dir():
+        foreign = _first_foreign(path, writes or set())
+        if foreign is not None:
+            raise OutputError(f"--force replaces only the files this run writes, and {foreign} is not one of "
+                              "them; remove it or write elsewhere", target)
 
 
 def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
@@ -140,7 +304,7 @@ def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
     if spec.dtype.name not in INTEGER_DTYPES or clip:
         return
     if low < -TOLERANCE or high > 1 + TOLERANCE:
-        what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
+        what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.ext else spec.dtype.name
         raise OutputError(
             f"the output spans [{low:.4g}, {high:.4g}], but {what} holds only [0, 1] mapped onto integers; "
             "write .npy/.npz, --ext tiff or --ext npy (float), or pass --clip", spec.target)
@@ -157,6 +321,19 @@ def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str) ->
                           "write a float output or pass --clip", target)
     top = np.iinfo(dtype).max
     return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype), clipped
+
+
+def _naming_target(method):
+    """OSErrors while writing (full disk, /dev/full on stdout) become one line naming the output."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except BrokenPipeError:
+            raise  # `normcli ... -o - | head` ends quietly (Click's own handling)
+        except OSError as error:
+            raise from_os_error(error, self.target, OutputError) from None
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -191,6 +368,7 @@ class NpyWriter(Encoder):
     data_offset: int = 0
     sample_bytes: int = 0
 
+    @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None) -> None:
         view = memoryview(np.ascontiguousarray(encoded)).cast("B")
         offset = self.data_offset + start * self.sample_bytes
@@ -205,27 +383,33 @@ class NpyWriter(Encoder):
 
 @dataclass(frozen=True)
 class FolderWriter(Encoder):
-    """One file per sample inside the temporary output folder: the image's own relative path
-    with the new type, else the sample's zero-padded index."""
+    """One file per sample inside the temporary output folder (the image's own relative path with
+    the new type, else the sample's zero-padded index), or the one image file -o names."""
 
     positional = True
     folder: str = ""
     ext: str = "tiff"
     layout: Layout = Layout("NHWC")
     samples: int = 0
+    single_file: bool = False
 
+    @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None) -> None:
         for i, sample in enumerate(encoded):
-            relative = relative_name(names[i] if names else None, start + i, self.ext, self.samples)
-            path = Path(self.folder) / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.single_file:
+                path = Path(self.folder)
+            else:
+                relative = relative_name(names[i] if names else None, start + i, self.ext, self.samples)
+                path = inside(self.folder, relative, self.target)
+                path.parent.mkdir(parents=True, exist_ok=True)
             write_sample_file(path, sample, self.ext, self.layout)
 
 
 def write_sample_file(path: Path, sample: np.ndarray, ext: str, layout: Layout) -> None:
     """One sample as a .npy, TIFF or PNG file (16-bit colour PNGs through normcli's own codec)."""
     if ext == "npy":
-        np.save(path, sample, allow_pickle=False)
+        with open(path, "wb") as f:  # np.save would add .npy to a temporary's name
+            np.save(f, sample, allow_pickle=False)
         return
     image = layout.image(sample)
     if ext == "tiff":
@@ -256,27 +440,37 @@ def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
 
 class Sink:
     """An output under its temporary name: workers write blocks by position through `writer`
-    (picklable); commit() makes the output appear, discard() removes every trace."""
+    (picklable); commit() finishes it, discard() removes every trace.
 
+    Given `outputs` (the run's Outputs), the sink stages its temporary there and commit() only
+    finishes it: the owner of `outputs` commits everything together.
+    """
+
+    @_naming_target
     def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, *, key: str | None = None,
-                 clip: bool = False, stdout=None):
+                 clip: bool = False, outputs: Outputs | None = None, stdout=None):
         self.spec = spec
         self.shape = (samples, *sample_shape)
         self.key = key or "data"
         self.written = 0
-        self._temps: list[str] = []
+        self._outputs = outputs or Outputs()
+        self._owns_outputs = outputs is None
+        self._private: list[str] = []  # temporaries of our own, never committed
         self._stream = None
         target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
             self._stream = stdout or sys.stdout.buffer
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target)
-        elif spec.kind == "folder":
-            folder = self._temp(temp_beside(target, folder=True))
-            self.writer = FolderWriter(dtype, clip, target, folder, spec.ext, layout, samples)
+        elif spec.kind in ("folder", "image"):
+            folder = self._outputs.stage(target, folder=spec.kind == "folder")
+            self.writer = FolderWriter(dtype, clip, target, folder, spec.ext, layout, samples, spec.kind == "image")
         else:
-            # .npz: the array is written by position as a .npy first, and stored in the archive at commit
-            path = self._temp(temp_beside(target, suffix=".npy.tmp" if spec.kind == "npz" else ".tmp"))
+            self._staged = self._outputs.stage(target)
+            path = self._staged
+            if spec.kind == "npz":  # written by position as a .npy, stored in the archive at commit
+                path = temp_beside(target, suffix=".npy.tmp")
+                self._private.append(path)
             header = _npy_header(dtype, self.shape)
             sample_bytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
             with open(path, "r+b") as f:
@@ -284,54 +478,56 @@ class Sink:
                 f.truncate(len(header) + samples * sample_bytes)
             self.writer = NpyWriter(dtype, clip, target, path, len(header), sample_bytes)
 
-    def _temp(self, path: str) -> str:
-        self._temps.append(path)
-        return path
+    @property
+    def target(self) -> str:
+        return self.spec.target
 
+    def describe(self) -> str:
+        """What this sink writes, as the closing report line says it."""
+        return self.spec.describe(self.shape[0], self.key)
+
+    @_naming_target
     def write_in_order(self, encoded: np.ndarray) -> None:
         """The next samples of an output that is written in order (stdout)."""
         self._stream.write(memoryview(np.ascontiguousarray(encoded)).cast("B"))
 
+    @_naming_target
     def commit(self) -> None:
+        """Finish the output; it appears now, or (with the run's Outputs) when those commit."""
         if self.written != self.shape[0]:
             raise OutputError(f"wrote {self.written} of {self.shape[0]} samples", self.spec.target)
-        target = Path(self.spec.target)
         if self.spec.kind == "stdout":
             self._stream.flush()
             return
-        if self.spec.kind == "folder":
-            old = None
-            if target.exists():
-                old = self._temp(temp_beside(str(target), folder=True, suffix=".old"))
-                os.replace(target, Path(old) / target.name)
-            os.replace(self.writer.folder, target)
-            self._temps.remove(self.writer.folder)
-        else:
-            final = self.writer.path
-            if self.spec.kind == "npz":
-                final = self._temp(temp_beside(str(target)))
-                with zipfile.ZipFile(final, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    archive.write(self.writer.path, f"{self.key}.npy")
-            os.replace(final, target)
-            self._temps.remove(final)
-        self.discard()
+        if self.spec.kind == "npz":
+            with zipfile.ZipFile(self._staged, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(self.writer.path, f"{self.key}.npy")
+        self._remove_private()
+        if self._owns_outputs:
+            self._outputs.commit()
 
     def discard(self) -> None:
-        """Remove every temporary (the target is left as it was, or as committed)."""
-        for path in self._temps:
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.unlink(path)
-        self._temps.clear()
+        """Remove the partial output (the target is left as it was)."""
+        self._remove_private()
+        if self._owns_outputs:
+            self._outputs.discard()
+
+    def _remove_private(self) -> None:
+        for path in self._private:
+            _remove(path)
+        self._private.clear()
 
 
-def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> None:
-    """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks."""
+def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> str:
+    """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks; returns
+    what was written (the closing report line)."""
     kind = output_kind(target)
-    if kind != "stdout":
-        check_target(target, [], force)
     spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
+    if kind == "folder":
+        check_target(target, [], force, folder=True,
+                     writes={relative_name(None, i, "tiff", len(array)) for i in range(len(array))})
+    elif kind != "stdout":
+        check_target(target, [], force)
     sink = Sink(spec, layout, array.shape[1:], len(array))
     try:
         encoded, _ = sink.writer.encode(array)
@@ -344,3 +540,4 @@ def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) 
     except BaseException:
         sink.discard()
         raise
+    return sink.describe()

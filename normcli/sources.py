@@ -8,19 +8,21 @@ relative path, their headers read first, and decoded on every core in order.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import sys
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from normcli.errors import InputError, NormcliWarning, UsageMismatch
+from normcli.errors import InputError, NormcliWarning, UsageMismatch, from_os_error
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.engine import ordered_map
 
@@ -29,6 +31,11 @@ _IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
 MODES = {"gray": 1, "rgb": 3, "rgba": 4}
 # Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
 CHUNK_BYTES = 4 << 20
+# A Fortran-order .npz member cannot be read by samples (zip members are not seekable), so it is
+# read whole: up to this size, else refused with a hint.
+FORTRAN_NPZ_MAX_BYTES = 256 << 20
+# What a damaged .npz member raises while it is read: bad CRC, corrupt deflate, unknown compression.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 @dataclass
@@ -47,20 +54,21 @@ class ArrayPart:
         self.name = name
         self.path = os.path.abspath(path)  # blocks are read by workers that may not share our cwd
         self.member = member
-        with self._open() as f:
-            try:
+        try:
+            with self._open() as f:
                 version = np.lib.format.read_magic(f)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
                 header = read_header(f)
-            except ValueError as exc:
-                raise InputError(f"not a .npy array: {exc}", name) from None
-            self.offset = f.tell()
+                self.offset = f.tell()
+        except OSError:
+            raise  # what the system said, about this file
+        except _ZIP_ERRORS as exc:
+            raise InputError(f"damaged .npz member {member}: {exc}", name) from None
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+            raise InputError(f"not a .npy array: {exc}", name) from None
         shape, fortran_order, dtype = header
-        if dtype.hasobject:
-            raise InputError("holds Python objects, which normcli never unpickles", name)
-        if len(shape) not in (1, 2, 3, 4):
-            raise InputError(f"array of shape {shape}: normcli wants 1 to 4 axes, samples first", name)
+        check_array_header(shape, fortran_order, dtype, self._data_size(), name, member=member)
         self.fortran_order = fortran_order
         self.dtype = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
         self.file_dtype = dtype
@@ -74,13 +82,21 @@ class ArrayPart:
             return open(self.path, "rb")
         return zipfile.ZipFile(self.path).open(self.member)
 
+    def _data_size(self) -> int:
+        """The bytes after the header that the file (or the .npz member, uncompressed) really holds."""
+        if self.member is None:
+            return os.path.getsize(self.path) - self.offset
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.getinfo(self.member).file_size - self.offset
+
     def _fortran_whole(self) -> np.ndarray:
-        """A Fortran-order array: mapped from a .npy (checked for truncation), read from an .npz member."""
+        """A Fortran-order array: mapped from a .npy, read from an .npz member (its size checked at open)."""
         if self.member is not None:  # zip members cannot be mapped
-            with np.load(self.path, allow_pickle=False) as archive:
-                return archive[self.member[:-4]]
-        if os.path.getsize(self.path) < self.offset + self.n_samples * self.sample_bytes:
-            raise self._truncated()
+            try:
+                with np.load(self.path, allow_pickle=False) as archive:
+                    return archive[self.member[:-4]]
+            except _ZIP_ERRORS as exc:
+                raise InputError(f"damaged .npz member {self.member}: {exc}", self.name) from None
         return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
     def _truncated(self) -> InputError:
@@ -88,8 +104,13 @@ class ArrayPart:
 
     def _fill(self, f, out: np.ndarray) -> np.ndarray:
         """Read `out` from the file's current position, whole."""
-        if out.nbytes and f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
-            raise self._truncated()
+        try:
+            if out.nbytes and f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+                raise self._truncated()
+        except _ZIP_ERRORS as exc:
+            raise InputError(f"damaged .npz member {self.member}: {exc}", self.name) from None
+        except OSError as error:  # a read error (EIO) names no file of its own
+            raise from_os_error(error, self.name, InputError) from None
         return self._finish(out)
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
@@ -111,6 +132,35 @@ class ArrayPart:
         return np.stack([self.read(int(i), 1)[0] for i in indices]) if len(indices) else \
             np.empty((0, *self.sample_shape), self.dtype)
 
+
+
+def check_array_header(shape: tuple, fortran_order: bool, dtype: np.dtype, available: int, name: str, *,
+                       member: str | None = None) -> None:
+    """Refuse, before anything is allocated, a .npy header that normcli cannot read or that the file
+    cannot back: negative or too many dimensions, non-numeric dtypes, samples of no values, and a byte
+    count (Python integers: no overflow) beyond the `available` bytes the file really holds."""
+    if dtype.hasobject:
+        raise InputError("holds Python objects, which normcli never unpickles", name)
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        what = "structured" if dtype.fields is not None or dtype.subdtype is not None else {
+            "c": "complex", "S": "byte-string", "U": "string", "V": "void", "M": "datetime",
+            "m": "timedelta"}.get(dtype.kind, "non-numeric")
+        raise InputError(f"holds {what} values (dtype {dtype.str}); normcli reads booleans, integers and "
+                         "real floats", name)
+    if any(d < 0 for d in shape):
+        raise InputError(f"its header claims a negative dimension, shape {shape}", name)
+    if len(shape) not in (1, 2, 3, 4):
+        raise InputError(f"array of shape {shape}: normcli wants 1 to 4 axes, samples first", name)
+    if shape[0] and not math.prod(shape[1:]):
+        raise InputError(f"its samples hold no values, shape {shape}", name)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available:
+        raise InputError(f"its header claims shape {shape} of {dtype.name}, {needed:,} bytes, but the file "
+                         f"holds {max(available, 0):,} (truncated or damaged)", name)
+    if fortran_order and member is not None and needed > FORTRAN_NPZ_MAX_BYTES:
+        raise InputError(f"a Fortran-order .npz member is read whole, and this one holds {needed / 2**20:,.0f} MiB "
+                         f"(limit {FORTRAN_NPZ_MAX_BYTES >> 20} MiB); save it in C order "
+                         "(np.ascontiguousarray) or as .npy", name)
 
 
 @dataclass
@@ -519,18 +569,29 @@ class Dataset:
 
 
 def _qualified(dataset: Dataset, part: ImagePart, relpath: str) -> str:
-    """An image's output name: its relative path, under its input's name when there are several."""
+    """An image's output name: its relative path, under its input folder's name when there are several
+    (the resolved name: `.` and `..` name the folder they stand for, never a step out of the output)."""
     if len(dataset.parts) == 1 or not Path(part.name).is_dir():
         return relpath if Path(part.name).is_dir() else Path(part.name).name
-    return f"{Path(part.name).name}/{relpath}"
+    folder = Path(part.name).resolve().name  # empty for /
+    return f"{folder}/{relpath}" if folder else relpath
 
 
 def _spool_stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise InputError("'-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in", "-")
-    fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
-    with os.fdopen(fd, "wb") as spool:
-        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    try:
+        fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
+    except OSError as error:
+        raise from_os_error(error, tempfile.gettempdir(), InputError) from None
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    except BaseException as error:  # a full disk, Ctrl-C, SIGTERM: the spool never outlives the run
+        os.unlink(path)
+        if isinstance(error, OSError):
+            raise InputError(f"cannot spool stdin: {error.strerror or error}", path) from None
+        raise
     return path
 
 
@@ -621,6 +682,18 @@ def _combine(parts: list, layout_name: str | None, key: str | None) -> Dataset:
         raise InputError("holds no samples", first.name if len(parts) == 1 else ", ".join(p.name for p in parts))
     npz_key = next((p.member[:-4] for p in parts if isinstance(p, ArrayPart) and p.member), None)
     return Dataset(parts, layout, np.dtype(dtype), tuple(sample_shape), key=key or npz_key)
+
+
+# `normcli sample` builds its data in memory (float64, with two temporaries of that size).
+TUTORIAL_MAX_BYTES = 1 << 30
+
+
+def check_tutorial_size(n: int, size: int, channels: int) -> None:
+    """Refuse, before any allocation, a tutorial dataset beyond TUTORIAL_MAX_BYTES (a usage error)."""
+    needed = n * size * size * channels * 8
+    if needed > TUTORIAL_MAX_BYTES:
+        raise UsageMismatch(f"-n {n} --size {size} --channels {channels} would make {needed / 2**30:,.1f} GiB of "
+                            f"float64 in memory; normcli sample makes at most {TUTORIAL_MAX_BYTES >> 30} GiB")
 
 
 def tutorial_dataset(n: int = 1000, size: int = 32, channels: int = 1, seed: int = 0) -> np.ndarray:

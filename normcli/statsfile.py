@@ -11,12 +11,11 @@ M2 is kept so that files merge exactly as the accumulators do (Chan et al.).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from normcli.errors import StatsFileError, UsageMismatch
+from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
 from normcli.layout import LAYOUTS, Layout
 from normcli.moments import Moments
 from normcli.scopes import FITTABLE, SCOPES
@@ -57,20 +56,25 @@ class StatsFile:
         return doc
 
 
-def write(path: str, stats: StatsFile, *, force: bool = False, inputs=()) -> None:
-    """Write atomically: to a temporary file beside `path`, then renamed."""
-    from normcli.sinks import check_target, temp_beside
+def write(path: str, stats: StatsFile, *, force: bool = False, inputs=(), outputs=None) -> None:
+    """Write atomically: to a temporary file beside `path`, then renamed; with `outputs` (the run's
+    sinks.Outputs) the rename waits for their commit, so that every output of the run appears together."""
+    from normcli.sinks import Outputs, check_target
 
     check_target(path, inputs, force, folder=False)
-    temp = temp_beside(path)
+    staged = outputs if outputs is not None else Outputs()
     try:
-        with open(temp, "w") as f:
-            json.dump(stats.to_json(), f, indent=1)
-            f.write("\n")
-        os.replace(temp, path)
+        temp = staged.stage(path)
+        try:
+            with open(temp, "w") as f:
+                json.dump(stats.to_json(), f, indent=1)
+                f.write("\n")
+        except OSError as error:
+            raise from_os_error(error, path, OutputError) from None
+        if outputs is None:
+            staged.commit()
     except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        staged.discard()
         raise
 
 
@@ -83,22 +87,27 @@ def read(path: str) -> StatsFile:
         raise StatsFileError("no such statistics file", path) from None
     except (OSError, ValueError) as exc:
         raise StatsFileError(f"not a readable JSON statistics file: {exc}", path) from None
+    except RecursionError:
+        raise StatsFileError("not a readable JSON statistics file: nested too deeply", path) from None
     if not isinstance(doc, dict) or doc.get("normcli_stats") != SCHEMA_VERSION:
         raise StatsFileError(f"not a normcli statistics file (schema {SCHEMA_VERSION})", path)
     per, layout = doc.get("per"), doc.get("layout")
     if per not in SCOPES or layout not in LAYOUTS:
         raise StatsFileError(f"unknown scope {per!r} or layout {layout!r}", path)
     try:
-        sample_shape = tuple(None if d is None else int(d) for d in doc["sample_shape"])
+        sample_shape = tuple(_dimension(d) for d in doc["sample_shape"])
         if len(sample_shape) != len(layout) - 1:
             raise ValueError(f"sample_shape {list(sample_shape)} does not fit layout {layout}")
         keys = _keys(per, layout, sample_shape, doc)
         arrays = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape) for name in _ARRAYS}
+        if "var" in doc:
+            _flat(doc["var"], keys, "var")  # derived from m2, but a file of the wrong length is a damaged one
         extra = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape)
                  for name in _EXTRA_ARRAYS if name in doc}
         for name in ("momentum", "batches"):
             if name in doc:
                 extra[name] = doc[name]
+        _check_values(arrays, extra)
         moments = Moments(arrays["count"].astype(np.int64), arrays["mean"], arrays["m2"], arrays["min"],
                           arrays["max"])
         ddof = doc.get("ddof", 0)
@@ -107,7 +116,46 @@ def read(path: str) -> StatsFile:
         inputs = [str(i) for i in doc.get("inputs", [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise StatsFileError(f"malformed statistics file: {exc}", path) from None
+    except RecursionError:
+        raise StatsFileError("malformed statistics file: nested too deeply", path) from None
     return StatsFile(per, layout, sample_shape, moments, ddof, inputs, extra)
+
+
+def _dimension(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'sample_shape' holds {value!r}, not a positive whole number (or null)")
+    return value
+
+
+def _check_values(arrays: dict, extra: dict) -> None:
+    """Numbers that no measurement gives are refused, naming the field: a count that is negative or
+    not whole, a non-finite mean/M2/min/max where there were values, negative M2, min above max."""
+    count = arrays["count"]
+    if not (np.isfinite(count).all() and (count >= 0).all() and (count == np.floor(count)).all()
+            and (count < 2.0**63).all()):
+        raise ValueError("'count' holds a value that is not a whole number >= 0")
+    measured = count > 0
+    for name in ("mean", "m2", "min", "max"):
+        if not np.isfinite(arrays[name][measured]).all():
+            raise ValueError(f"'{name}' holds NaN or Infinity where count > 0")
+    if (arrays["m2"][measured] < 0).any():
+        raise ValueError("'m2' holds a negative value")
+    if (arrays["min"][measured] > arrays["max"][measured]).any():
+        raise ValueError("'min' is above 'max'")
+    for name in _EXTRA_ARRAYS:
+        if name in extra and not np.isfinite(extra[name]).all():
+            raise ValueError(f"'{name}' holds NaN or Infinity")
+    if "running_var" in extra and (extra["running_var"] < 0).any():
+        raise ValueError("'running_var' holds a negative value")
+    momentum = extra.get("momentum")
+    if momentum not in (None, "cumulative") and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                                                 or not 0 <= momentum <= 1):
+        raise ValueError(f"'momentum' is {momentum!r}, not a number in [0, 1] or 'cumulative'")
+    batches = extra.get("batches")
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
+        raise ValueError(f"'batches' is {batches!r}, not a whole number >= 0")
 
 
 def _keys(per: str, layout: str, sample_shape, doc) -> int:
@@ -119,7 +167,10 @@ def _keys(per: str, layout: str, sample_shape, doc) -> int:
 
 
 def _flat(values, keys: int, name: str) -> np.ndarray:
-    array = np.array(_none_to_nan(values), dtype=np.float64).reshape(-1)
+    try:
+        array = np.array(_none_to_nan(values), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"'{name}' is not a list of numbers ({exc})") from None
     if array.size != keys:
         raise ValueError(f"'{name}' has {array.size} values where the scope has {keys}")
     if name in ("min", "max") and np.isnan(array).any():

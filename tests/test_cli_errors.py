@@ -7,7 +7,6 @@ error cases against each of its tools).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_image
+from refusals import snapshot
 from normcli.cli import cli
 
 ALL = ("stats", "normalize", "standardize", "batchnorm", "groupnorm")
@@ -32,15 +32,6 @@ def command_line(command: str, inputs: list[str], output: str, options: list[str
     required = {"stats": [], "normalize": [], "standardize": [], "batchnorm": ["-b", "2"], "groupnorm": ["-g", "1"]}
     out = [] if command == "stats" else ["-o", output]
     return [command, *inputs, *out, *required[command], *options]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file and folder under `root` (hidden ones included) with a hash of its content."""
-    state = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        state[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
 
 
 def data(shape=(6, 5, 4, 2), seed=0) -> np.ndarray:

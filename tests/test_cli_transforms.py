@@ -460,3 +460,14 @@ def test_a_float32_inverse_far_from_zero_warns_once_and_float64_carries_it(tmp_p
                    "--stats-from", tmp_path / "s.json", "-q", "--dtype", "float64")
     assert "warning" not in fine.stderr
     assert np.abs(np.load(tmp_path / "back64.npy") - x).max() <= 4 * np.spacing(1e9)
+
+
+def test_an_output_beyond_float32_is_refused_before_writing(tmp_path, rng):
+    np.save(tmp_path / "d.npy", rng.normal(0.0, 1.0, (8, 4)))
+    result = run("batchnorm", tmp_path / "d.npy", "-o", tmp_path / "bn.npy", "-b", "3", "--gamma", "3e38", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the output reaches") and "--dtype float64" in result.stderr
+    assert not (tmp_path / "bn.npy").exists()
+    run("batchnorm", tmp_path / "d.npy", "-o", tmp_path / "bn64.npy", "-b", "3", "--gamma", "3e38", "--dtype",
+        "float64", "-q")
+    assert np.isfinite(np.load(tmp_path / "bn64.npy")).all()

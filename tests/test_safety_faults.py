@@ -1,0 +1,210 @@
+"""Real faults, not mocks: a full and a read-only filesystem (tmpfs mounts, as root), /dev/full on
+stdout, a name too long, and real SIGINT/SIGTERM/SIGKILL to a real `python -m normcli` (issue 9: 4,
+6, 7). Each leaves one `error:` line, no output and no temporaries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_image
+from refusals import assert_message, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80", "NO_COLOR": "1"}
+
+
+def normcli(*args, cwd: Path, tmpdir: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "normcli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**ENV, "TMPDIR": str(tmpdir)}, timeout=120, **kwargs)
+
+
+@pytest.fixture
+def place(tmp_path):
+    """A working folder with a 2.4 MB array (too big for the 1 MiB tmpfs), and an empty $TMPDIR."""
+    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
+    work.mkdir()
+    tmpdir.mkdir()
+    np.save(work / "d.npy", np.random.default_rng(0).normal(5, 2, (300, 32, 32, 1)))
+    return work, tmpdir
+
+
+def _mount(path: Path, options: str) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a tmpfs")
+    return path
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    made = []
+
+    def mount(name: str, options: str) -> Path:
+        made.append(_mount(tmp_path / name, options))
+        return made[-1]
+
+    yield mount
+    for path in made:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+# -- a full and a read-only filesystem --------------------------------------------------------------
+FULL = [
+    # (id, command line with OUT for the output on the full disk, the message holds)
+    ("npy", ["normalize", "d.npy", "-o", "OUT/o.npy", "--dtype", "float64"], "No space left on device (OUT/o.npy)"),
+    ("npz", ["normalize", "d.npy", "-o", "OUT/o.npz", "--dtype", "float64"], "(OUT/o.npz)"),
+    ("folder", ["normalize", "d.npy", "-o", "OUT/o", "--dtype", "float64"], "(OUT/o)"),
+    ("save-stats fits, output does not", ["standardize", "d.npy", "-o", "OUT/z.npy", "--save-stats", "OUT/s.json"],
+     "No space left on device (OUT/z.npy)"),
+]
+
+
+@pytest.mark.parametrize("case", FULL, ids=[c[0] for c in FULL])
+def test_a_full_disk_leaves_nothing(place, mounts, case):
+    work, tmpdir = place
+    full = mounts("full", "size=1m")
+    _, args, contains = case
+    before = snapshot(work)
+    result = normcli(*[a.replace("OUT", str(full)) for a in args], "--quiet", cwd=work, tmpdir=tmpdir)
+    assert_message(result.returncode, result.stderr, 1, contains=contains.replace("OUT", str(full)))
+    assert list(full.iterdir()) == [] and list(tmpdir.iterdir()) == [] and snapshot(work) == before
+
+
+def test_stdin_spooled_onto_a_full_disk_is_removed(place, mounts):
+    work, _ = place
+    full = mounts("full", "size=1m")
+    result = normcli("stats", "-", cwd=work, tmpdir=full, input=None, stdin=open(work / "d.npy", "rb"))
+    assert_message(result.returncode, result.stderr, 1, contains="cannot spool stdin: No space left on device")
+    assert list(full.iterdir()) == []
+
+
+def test_a_read_only_output_fails_before_work(place, mounts):
+    work, tmpdir = place
+    readonly = mounts("ro", "ro,size=1m")
+    result = normcli("normalize", "d.npy", "-o", readonly / "o.npy", cwd=work, tmpdir=tmpdir)
+    assert_message(result.returncode, result.stderr, 1, contains=f"Read-only file system ({readonly}/o.npy)")
+
+
+def test_a_save_stats_that_cannot_be_written_takes_the_output_with_it(place, mounts):
+    work, tmpdir = place
+    readonly = mounts("ro", "ro,size=1m")
+    before = snapshot(work)
+    result = normcli("standardize", "d.npy", "-o", "z.npy", "--save-stats", readonly / "s.json", cwd=work,
+                     tmpdir=tmpdir)
+    assert_message(result.returncode, result.stderr, 1, contains="Read-only file system")
+    assert snapshot(work) == before  # no z.npy: the outputs of one run commit together
+
+
+def test_force_onto_a_mount_point_is_one_line(place, mounts):
+    work, tmpdir = place
+    busy = mounts("busy", "size=1m")  # an empty folder that cannot be renamed aside
+    result = normcli("normalize", "d.npy", "-o", busy, "--force", "--quiet", cwd=work, tmpdir=tmpdir)
+    assert_message(result.returncode, result.stderr, 1, contains=f"({busy})")
+    assert list(busy.iterdir()) == [] and [p.name for p in busy.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_output_linked_onto_another_filesystem_is_replaced_through_the_link(place, mounts):
+    work, tmpdir = place
+    other = mounts("other", "size=4m")
+    np.save(other / "old.npy", np.zeros(3))
+    (work / "link.npy").symlink_to(other / "old.npy")
+    result = normcli("normalize", "d.npy", "-o", "link.npy", "--force", "--quiet", cwd=work, tmpdir=tmpdir)
+    assert result.returncode == 0, result.stderr
+    assert (work / "link.npy").is_symlink() and np.load(other / "old.npy").shape == (300, 32, 32, 1)
+    assert sorted(p.name for p in other.iterdir()) == ["old.npy"]  # no temporary or backup left
+
+
+# -- streams and names ------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["normalize", "d.npy", "-o", "-"], ["stats", "d.npy"]], ids=["data", "report"])
+def test_dev_full_on_stdout_is_one_line(place, args):
+    work, tmpdir = place
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "normcli", *args], cwd=work, stdout=full,
+                                stderr=subprocess.PIPE, text=True, env={**ENV, "TMPDIR": str(tmpdir)}, timeout=120)
+    assert_message(result.returncode, result.stderr, 1, contains="No space left on device (stdout)")
+
+
+def test_a_closed_pipe_on_stdout_ends_quietly(place):
+    work, tmpdir = place
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "standardize", "d.npy", "-o", "-", "-q"], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "TMPDIR": str(tmpdir)})
+    process.stdout.read(100)  # of 1.2 MB: far more than a pipe holds
+    process.stdout.close()
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert (process.returncode, stderr) == (1, "")
+
+
+def test_a_name_too_long_after_the_suffix_change_is_one_line(place):
+    work, tmpdir = place
+    write_image(work / "imgs" / ("x" * 251 + ".png"), np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    before = snapshot(work)
+    result = normcli("normalize", "imgs", "-o", "out", "--ext", "tiff", cwd=work, tmpdir=tmpdir)
+    assert_message(result.returncode, result.stderr, 1, contains="File name too long (out)")
+    assert snapshot(work) == before and list(tmpdir.iterdir()) == []
+
+
+# -- signals ----------------------------------------------------------------------------------------
+def _wait_for(condition, what: str, process: subprocess.Popen) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"normcli ended before {what}: {process.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail(f"no {what}")
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_write_removes_the_temporary(tmp_path, signum, code, word):
+    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
+    work.mkdir()
+    tmpdir.mkdir()
+    np.save(work / "d.npy", np.random.default_rng(0).normal(size=(5000, 8, 8, 1)))  # ~10 s of TIFF files
+    before = snapshot(work)
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "normalize", "d.npy", "-o", "out", "-q"], cwd=work,
+                               env={**ENV, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(any(t.iterdir()) for t in _temporaries(work)), "a temporary output", process)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=60)[1]
+    assert_message(process.returncode, stderr, code, contains=f"{word}; nothing was written")
+    assert snapshot(work) == before and list(tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_spooling_stdin_removes_the_spool(place, signum, code):
+    work, tmpdir = place
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "stats", "-"], cwd=work, stdin=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**ENV, "TMPDIR": str(tmpdir)})
+    process.stdin.write((work / "d.npy").read_bytes()[:100_000])  # and then nothing: the reader waits
+    process.stdin.flush()
+    _wait_for(lambda: any(tmpdir.iterdir()), "a spool file", process)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert_message(process.returncode, stderr, code)
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_sigkill_never_leaves_the_output_path(place):
+    work, tmpdir = place
+    np.save(work / "d.npy", np.random.default_rng(0).normal(size=(5000, 8, 8, 1)))
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "normalize", "d.npy", "-o", "out", "-q"], cwd=work,
+                               env={**ENV, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(any(t.iterdir()) for t in _temporaries(work)), "a temporary output", process)
+    process.kill()
+    process.wait(timeout=60)
+    assert not (work / "out").exists()  # a temporary may stay beside it; the output itself never half-appears
