@@ -9,7 +9,7 @@ the output's statistics. Memory is bounded by a few chunks (or batches) at a tim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -37,9 +37,17 @@ class Stats:
     scope: str
     moments: Moments
     histograms: Histograms | None
+    names: list[str] | None = None  # at sample scope: each sample's file (see sample_files)
 
 
-Progress = Callable[[int], None]  # told how many samples were just read
+class Progress(Protocol):
+    """What the passes tell a progress display (render.ProgressDisplay is the terminal's)."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A pass named `name` ("measuring", "writing", ...) over `total` samples begins."""
+
+    def advance(self, samples: int, nbytes: int = 0) -> None:
+        """`samples` more samples, `nbytes` bytes in memory, were read by the current pass."""
 
 
 def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], None],
@@ -59,8 +67,13 @@ def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], Non
 
 def _counted(chunks: Iterable[Chunk], progress: Progress) -> Iterator[Chunk]:
     for chunk in chunks:
-        progress(len(chunk.data))
+        progress.advance(len(chunk.data), chunk.data.nbytes)
         yield chunk
+
+
+def _phase(progress: Progress | None, name: str, total: int) -> None:
+    if progress is not None:
+        progress.phase(name, total)
 
 
 def check_scope(dataset: Dataset, scope: str) -> None:
@@ -91,6 +104,7 @@ def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_rang
     (none for 8/16-bit integers at global/channel scope, whose value counts give both)."""
     check_scope(dataset, scope)
     acc = _moment_accumulator(dataset, scope, ignore_nan)
+    _phase(progress, "measuring", dataset.n_samples)
     stream(dataset.chunks(), lambda chunk: acc.measure(chunk.data, chunk.start), acc.add, progress)
     acc.check_finite(dataset.locate)
     moments = acc.result()
@@ -101,6 +115,7 @@ def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_rang
             histograms = histograms_from_counts(acc.value_counts, dataset.dtype, edges)
         else:
             hist = HistogramAccumulator(scope, dataset.layout, edges)
+            _phase(progress, "histograms", dataset.n_samples)
             stream(dataset.chunks(), lambda c: (hist.measure(c.data, c.start), c.start),
                    lambda result: hist.add(*result), progress)
             histograms = hist.result()
@@ -116,7 +131,20 @@ def _stats(dataset: Dataset, scope: str, moments: Moments, histograms, *, dtype=
            samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
                  dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope,
-                 moments, histograms)
+                 moments, histograms, sample_files(dataset) if scope == "sample" else None)
+
+
+def sample_files(dataset: Dataset) -> list[str] | None:
+    """Each sample's file: an image's relative path, an array's input when there are several;
+    None for a single array input (its sample index says it all)."""
+    names = dataset.sample_names()
+    if len(dataset.inputs) == 1 and names and names[0] is None:
+        return None
+    start = 0
+    for name, count in zip(dataset.inputs, (part.n_samples for part in dataset.parts)):
+        names[start:start + count] = [n if n is not None else name for n in names[start:start + count]]
+        start += count
+    return names
 
 
 # -- transforms ---------------------------------------------------------------
@@ -348,6 +376,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         before_acc.add(result[0])
         plan.add_fit(result[1])
 
+    _phase(progress, "fitting", dataset.n_samples)
     stream(plan.units(dataset), fit, add_fit, progress)
     if before_acc.nonfinite.first is not None:
         before_acc.nonfinite.first = plan.original_index(before_acc.nonfinite.first)
@@ -397,6 +426,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
             after_hist.add(after_hist_partial, chunk.start)
 
     try:
+        _phase(progress, "writing", dataset.n_samples)
         stream(plan.units(dataset), apply, write, progress)
         sink.commit()
     except BaseException:
