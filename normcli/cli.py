@@ -126,8 +126,8 @@ def scope_option(default: str, choices=SCOPES):
 
 
 ascii_option = click.option("--ascii", "ascii_only", is_flag=True,
-                            help="Plain ASCII: bars of #, x for ×, no Unicode blocks [default: when the "
-                                 "output's encoding cannot print them].")
+                            help="Plain ASCII: bars of #, no Unicode symbols or blocks [default: when "
+                                 "the output's encoding cannot print them].")
 
 
 def _refuse_terminal(ctx: click.Context, param, value):

@@ -306,7 +306,7 @@ class Printer:
     def line(self, text: str = "", style: str | None = None) -> None:
         """One line of text, or a paragraph wrapped at word boundaries to the console's width."""
         for paragraph in text.split("\n"):
-            lines = textwrap.wrap(paragraph, self.width, break_long_words=False,
+            lines = textwrap.wrap(paragraph, self.width, break_on_hyphens=False,
                                   subsequent_indent=" " * (len(paragraph) - len(paragraph.lstrip())))
             for part in lines or [""]:
                 self.console.print(plain_text(part) if self.ascii else part, style=style, markup=False)
