@@ -53,22 +53,23 @@ class Progress(Protocol):
 def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], None],
            progress: Progress | None = None) -> None:
     """merge(work(chunk)) for every chunk, in order: the first alone (it fixes accumulator
-    shifts), the rest on every core."""
-    if progress is not None:
-        items = _counted(items, progress)
+    shifts), the rest on every core. Progress counts a chunk once it is merged (written)."""
+    def sized(chunk: Chunk):
+        return len(chunk.data), chunk.data.nbytes, work(chunk)
+
+    def merged(result) -> None:
+        samples, nbytes, value = result
+        merge(value)
+        if progress is not None:
+            progress.advance(samples, nbytes)
+
     items = iter(items)
     first = next(items, None)
     if first is None:
         return
-    merge(work(first))
-    for result in ordered_map(work, items):
-        merge(result)
-
-
-def _counted(chunks: Iterable[Chunk], progress: Progress) -> Iterator[Chunk]:
-    for chunk in chunks:
-        progress.advance(len(chunk.data), chunk.data.nbytes)
-        yield chunk
+    merged(sized(first))
+    for result in ordered_map(sized, items):
+        merged(result)
 
 
 def _phase(progress: Progress | None, name: str, total: int) -> None:

@@ -174,6 +174,7 @@ class TextTable:
     rows: list[list[str]]
     left: int = 1  # how many leading columns are text (left-aligned); the rest are numbers
     note: str = ""  # what was left out to fit, if anything
+    more: int = 0  # rows left out (a last line says how many; it does not widen the columns)
 
     def widths(self) -> list[int]:
         return [max(len(cell) for cell in column) for column in zip(self.header, *self.rows)]
@@ -184,9 +185,10 @@ class TextTable:
 
     def lines(self) -> list[str]:
         widths = self.widths()
-        return [(" " * _GAP).join(cell.ljust(w) if i < self.left else cell.rjust(w)
-                                  for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-                for cells in (self.header, *self.rows)]
+        lines = [(" " * _GAP).join(cell.ljust(w) if i < self.left else cell.rjust(w)
+                                   for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+                 for cells in (self.header, *self.rows)]
+        return lines + ([f"… {self.more:,} more rows (all of them: --format csv or json)"] if self.more else [])
 
 
 _GAP = 2
@@ -229,8 +231,8 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
         room = max(_MIN_FILE_WIDTH, width - (table.width() - table.widths()[1]))
         for row in table.rows:
             row[1] = _clip_left(row[1], room)
-    if len(keys) > len(shown):
-        table.rows.append([f"… {len(keys) - len(shown):,} more", *[""] * (len(table.header) - 1)])
+    if stats.scope != "pixel":
+        table.more = len(keys) - len(shown)
     return table
 
 
@@ -378,6 +380,7 @@ class ProgressDisplay:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                    TimeRemainingColumn)
+        from rich.table import Column
         from rich.text import Text
 
         class Rate(ProgressColumn):
@@ -385,19 +388,21 @@ class ProgressDisplay:
                 elapsed = task.elapsed or 0
                 if elapsed <= 0:
                     return Text("")
-                rate = f"{task.completed / elapsed:,.0f} samples/s"
+                rate = f"{task.completed / elapsed:,.0f}/s"
                 if task.fields.get("nbytes"):
-                    rate += f", {task.fields['nbytes'] / elapsed / 1e6:,.1f} MB/s"
+                    rate += f" {task.fields['nbytes'] / elapsed / 1e6:,.1f} MB/s"
                 return Text(rate, style="progress.data.speed")
 
         class AsciiBar(ProgressColumn):
-            def render(self, task, width: int = 30):
+            def render(self, task, width: int = 20):
                 done = round(width * (task.percentage or 0) / 100)
                 return Text("[" + "#" * done + "-" * (width - done) + "]", style="bar.complete")
 
-        bar = AsciiBar() if ascii else BarColumn()
-        self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(), Rate(),
-                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        # About 70 columns in all, so that a bar never wraps in an 80-column terminal.
+        bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
+        self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
+                                  Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
+                                  console=Console(stderr=True), transient=True)
         self._delay = delay
         self._began: float | None = None
         self._task = None
@@ -413,6 +418,8 @@ class ProgressDisplay:
     def advance(self, samples: int, nbytes: int = 0) -> None:
         task = self._progress.tasks[-1]
         self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes)
+        if task.finished:
+            self._progress.stop_task(self._task)  # its rate stays that of the pass, not of what follows
         if not self._shown and self._progress.get_time() - self._began >= self._delay:
             self._shown = True
             self._progress.start()

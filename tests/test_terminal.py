@@ -287,7 +287,7 @@ def test_progress_on_a_terminal_names_the_pass(tmp_path, data):
               "for _ in range(10): p.advance(1, 1000); time.sleep(0.02)\n"
               "p.phase('writing', 10); p.advance(10, 0); time.sleep(0.2); p.close()\n")
     err = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False)
-    assert "measuring" in err and "/10" in err and "samples/s" in err and "writing" in err
+    assert "measuring" in err and "/10" in err and "MB/s" in err and "writing" in err
 
 
 # -- completion -------------------------------------------------------------------------------
