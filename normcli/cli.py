@@ -240,7 +240,7 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
     if fmt == "json":
         _emit_json(render.stats_json(result, ddof))
     elif fmt == "csv":
-        click.echo(render.stats_csv(result, ddof), nl=False)
+        click.echo(render.stats_csv(result, ddof).encode("utf-8"), nl=False)  # data: UTF-8 whatever the locale
     elif fmt == "torchvision":
         click.echo(render.torchvision_line(result, ddof))
     else:
@@ -539,11 +539,12 @@ def merge_stats(files, output, force):
         normcli stats part2.npy --save b.json
         normcli merge-stats a.json b.json -o all.json
     """
-    from normcli import statsfile
+    from normcli import render, statsfile
 
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
     statsfile.write(output, merged, force=force)
-    click.echo(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> {output}")
+    click.echo(render.for_stream(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> "
+                                 f"{output}", sys.stdout))
 
 
 # -- the tutorial -----------------------------------------------------------------------

@@ -94,11 +94,6 @@ def histogram_edges_for(scope: str, low: np.ndarray, high: np.ndarray, bins: int
     return histogram_edges(low, high, bins)
 
 
-def measure_passes(dataset: Dataset, scope: str, bins: int) -> int:
-    """How many times `measure` reads the data."""
-    return 1 if not bins or counts_values(dataset.dtype, scope) else 2
-
-
 def measure(dataset: Dataset, scope: str, *, bins: int = DEFAULT_BINS, hist_range=None,
             ignore_nan: bool = False, progress: Progress | None = None) -> Stats:
     """The statistics of `dataset` at `scope`: one pass for the moments, a second for histograms

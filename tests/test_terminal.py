@@ -126,6 +126,16 @@ def test_an_ascii_terminal_gets_ascii_not_a_traceback(tmp_path, named_inputs, ar
     result.stderr.decode("ascii")
 
 
+def test_csv_is_utf8_data_even_for_an_ascii_terminal(tmp_path, rng):
+    folder = tmp_path / "images"
+    write_image(folder / "café.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    result = normcli("stats", folder, "--per", "sample", "--format", "csv", cwd=tmp_path, PYTHONIOENCODING="ascii")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode("utf-8").splitlines()[1].split(",")[:2] == ["0", "café.png"]
+    table = normcli("stats", folder, "--per", "sample", cwd=tmp_path, PYTHONIOENCODING="ascii")
+    assert table.returncode == 0 and "caf?.png" in table.stdout.decode("ascii")
+
+
 @pytest.mark.parametrize("args", [a for a in ASCII_CASES if a[0] in ("stats", "demo") and "--help" not in a],
                          ids=lambda a: " ".join(a[:4]))
 def test_ascii_option_prints_only_ascii(tmp_path, named_inputs, args):
