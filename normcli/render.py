@@ -208,7 +208,6 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
     files = sample_files(stats)
     keys = row_keys(stats)
     shown = range(min(len(keys), max_rows))
-    table = None
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
         columns = {name: values for name, values in named.items() if name not in dropped}
         if stats.scope == "pixel":
@@ -219,21 +218,21 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
                      *(fmt(c[k].item(), digits) for c in columns.values())] for k in shown]
         left = 2 if files is not None else 1
         table = TextTable(["key", *(["file"] if files is not None else []), *columns], rows, left,
-                          f"({', '.join(dropped)}: --format json)" if dropped else "")
+                          f"({' and '.join(dropped)} left out to fit: see --format json)" if dropped else "")
         if files is not None:
-            room = width - (table.width() - table.widths()[1])
-            if room >= min(_MIN_FILE_WIDTH, table.widths()[1]):
-                for row in table.rows:
-                    row[1] = _clip_left(row[1], max(room, len("file")))
+            _fit_file_column(table, width)
         if table.width() <= width:
             break
-    if files is not None and table.width() > width:
-        room = max(_MIN_FILE_WIDTH, width - (table.width() - table.widths()[1]))
-        for row in table.rows:
-            row[1] = _clip_left(row[1], room)
     if stats.scope != "pixel":
         table.more = len(keys) - len(shown)
     return table
+
+
+def _fit_file_column(table: TextTable, width: int) -> None:
+    """Shorten the file column (column 1) to what the other columns leave, not below a readable minimum."""
+    room = max(_MIN_FILE_WIDTH, width - (table.width() - table.widths()[1]))
+    for row in table.rows:
+        row[1] = _clip_left(row[1], room)
 
 
 def _finite_extreme(values: np.ndarray, pick):
@@ -376,7 +375,7 @@ class ProgressDisplay:
     Make one only when stderr is a terminal and the report is not --quiet (see `progress_display`).
     """
 
-    def __init__(self, *, ascii: bool = False, delay: float = 0.5):
+    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                    TimeRemainingColumn)
@@ -402,11 +401,11 @@ class ProgressDisplay:
         bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
         self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
                                   Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True)
+                                  console=Console(stderr=True), transient=True, get_time=clock)
         self._delay = delay
         self._began: float | None = None
         self._task = None
-        self._shown = False
+        self.visible = False
 
     def phase(self, name: str, total: int) -> None:
         if self._task is not None:
@@ -420,12 +419,12 @@ class ProgressDisplay:
         self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes)
         if task.finished:
             self._progress.stop_task(self._task)  # its rate stays that of the pass, not of what follows
-        if not self._shown and self._progress.get_time() - self._began >= self._delay:
-            self._shown = True
+        if not self.visible and self._progress.get_time() - self._began >= self._delay:
+            self.visible = True
             self._progress.start()
 
     def close(self) -> None:
-        if self._shown:
+        if self.visible:
             self._progress.stop()
 
 

@@ -289,6 +289,20 @@ def test_no_progress_bar_when_quiet_or_in_a_pipe():
     assert render.progress_display(quiet=False) is None  # pytest's stderr is not a terminal
 
 
+def test_no_bar_until_the_work_has_taken_half_a_second():
+    now = [0.0]
+    display = render.ProgressDisplay(clock=lambda: now[0])
+    display.phase("measuring", 100)
+    now[0] = 0.4
+    display.advance(50)
+    assert not display.visible
+    display.phase("writing", 100)  # the delay counts from the first pass, not from each
+    now[0] = 0.5
+    display.advance(10)
+    assert display.visible
+    display.close()
+
+
 def test_progress_on_a_terminal_names_the_pass(tmp_path, data):
     """A real pseudo-terminal as stderr; the bar appears only after the delay, so make the delay 0."""
     script = ("from normcli.render import ProgressDisplay; import time\n"
