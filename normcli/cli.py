@@ -134,7 +134,7 @@ def _refuse_terminal(ctx: click.Context, param, value):
     """`-o -` writes binary .npy data, which a terminal cannot show: refuse, as curl and httpie do."""
     if value == "-" and sys.stdout.isatty():
         raise ReportedError(UsageMismatch("refusing to write .npy data to a terminal; "
-                                          "redirect it (-o - > out.npy) or pipe it (-o - | ...)"))
+                                          "redirect (> x.npy) or pipe it"))
     return value
 
 

@@ -374,7 +374,7 @@ def test_binary_output_to_a_terminal_is_refused_with_a_hint(tmp_path, data, args
     assert run_in_pty.returncode == 2
     lines = shown.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to write .npy data to a terminal")
-    assert "redirect" in lines[0]
+    assert "redirect" in lines[0] and len(lines[0]) <= 80
     assert [p.name for p in tmp_path.iterdir()] == ["data.npy"]  # nothing written
 
 
