@@ -9,6 +9,7 @@ the output's statistics. Memory is bounded by a few chunks (or batches) at a tim
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -131,14 +132,16 @@ def _stats(dataset: Dataset, scope: str, moments: Moments, histograms, *, dtype=
 
 
 def sample_files(dataset: Dataset) -> list[str] | None:
-    """Each sample's file: an image's relative path, an array's input when there are several;
-    None for a single array input (its sample index says it all)."""
+    """Each sample's file, for per-sample rows: an image in a folder, its path inside (under the
+    folder's name when several inputs are given); any other input, its path as given. None for a
+    single array input, whose sample index says it all."""
     names = dataset.sample_names()
     if len(dataset.inputs) == 1 and names and names[0] is None:
         return None
     start = 0
     for name, count in zip(dataset.inputs, (part.n_samples for part in dataset.parts)):
-        names[start:start + count] = [n if n is not None else name for n in names[start:start + count]]
+        if not Path(name).is_dir():
+            names[start:start + count] = [name] * count
         start += count
     return names
 

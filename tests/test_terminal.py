@@ -220,7 +220,7 @@ def test_per_sample_rows_of_images_carry_their_relative_path(image_tree):
     assert [line.split()[1] for line in table[2:6]] == names
 
 
-def test_array_rows_name_their_input_only_when_there_are_several(tmp_path, data):
+def test_other_inputs_are_named_as_given_arrays_only_when_there_are_several(tmp_path, data):
     one = json.loads(run_at(80, "stats", data, "--per", "sample", "--format", "json").stdout)
     assert "file" not in one["rows"][0]
     other = tmp_path / "other.npy"
@@ -228,6 +228,11 @@ def test_array_rows_name_their_input_only_when_there_are_several(tmp_path, data)
     two = json.loads(run_at(80, "stats", data, other, "--per", "sample", "--format", "json").stdout)
     assert [row["file"] for row in two["rows"]] == [str(data)] * 40 + [str(other)] * 3
     assert [row["key"] for row in two["rows"]] == [str(k) for k in range(43)]
+    images = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    for image in images:
+        write_image(image, np.zeros((3, 2), np.uint8))
+    doc = json.loads(run_at(80, "stats", *images, "--per", "sample", "--format", "json").stdout)
+    assert [row["file"] for row in doc["rows"]] == [str(image) for image in images]  # as given: findable
     channel = json.loads(run_at(80, "stats", data, other, "--format", "json").stdout)
     assert "file" not in channel["rows"][0]
 
