@@ -301,7 +301,7 @@ class Printer:
 
         self.ascii = ascii or needs_ascii(sys.stderr if stderr else sys.stdout)
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
-        self.console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
         self.width = self.console.width
 
     def line(self, text: str = "", style: str | None = None) -> None:
@@ -401,7 +401,8 @@ class ProgressDisplay:
         bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
         self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
                                   Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True, get_time=clock)
+                                  console=Console(stderr=True), transient=True, get_time=clock,
+                                  redirect_stdout=False)  # stdout may carry the .npy data
         self._delay = delay
         self._began: float | None = None
         self._task = None
