@@ -17,7 +17,7 @@ import numpy as np
 from normcli import sinks
 from normcli.errors import InputError, StatsFileError, UsageMismatch
 from normcli.layout import Layout
-from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments, counts_values,
+from normcli.moments import (HistogramAccumulator, Histograms, MomentAccumulator, Moments,
                              histogram_edges, histograms_from_counts)
 from normcli.parallel import ordered_map
 from normcli.sources import Chunk, Dataset
@@ -48,7 +48,7 @@ class Progress(Protocol):
         """A pass named `name` ("measuring", "writing", ...) over `total` samples begins."""
 
     def advance(self, samples: int, nbytes: int = 0) -> None:
-        """`samples` more samples, `nbytes` bytes in memory, were read by the current pass."""
+        """The current pass has finished `samples` more samples (`nbytes` bytes in memory)."""
 
 
 def stream(items: Iterable[Chunk], work: Callable, merge: Callable[[object], None],
