@@ -58,7 +58,9 @@ def environment(bin_dir: Path) -> dict:
     """`normcli` and `python` are this interpreter's, with this checkout's code; 80 columns, no colour,
     unbuffered (stdout and stderr interleave as on a terminal), messages of other tools in English."""
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LC_", "NORMCLI"))}
+    forced = {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}  # would style plain output
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("LC_", "NORMCLI", "_NORMCLI")) and key not in forced}
     return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": pythonpath,
             "COLUMNS": "80", "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1",
             "PYTHONIOENCODING": "utf-8", "LC_ALL": "C"}
