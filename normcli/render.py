@@ -243,12 +243,14 @@ def _finite_extreme(values: np.ndarray, pick):
 # -- histograms ---------------------------------------------------------------------
 def display_counts(counts: np.ndarray, columns: int) -> np.ndarray:
     """`counts` merged into runs of neighbouring bins so that at most `columns` remain (for
-    display only); runs of one length that divides the bins are preferred, so bars stay comparable."""
+    display only). A run length that divides the bins is preferred (every bar then covers as many
+    bins, so bars compare), unless it would cost more than a quarter of the bars; otherwise the
+    last bar covers fewer bins."""
     bins = len(counts)
     if bins <= columns:
         return counts
     run = -(-bins // columns)
-    run = next((r for r in range(run, 2 * run) if bins % r == 0), run)
+    run = next((r for r in range(run, (4 * run + 2) // 3) if bins % r == 0), run)
     return np.add.reduceat(counts, np.arange(0, bins, run))
 
 
