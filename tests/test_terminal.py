@@ -124,6 +124,7 @@ def test_an_ascii_terminal_gets_ascii_not_a_traceback(tmp_path, named_inputs, ar
     assert result.returncode == 0, result.stderr.decode()
     result.stdout.decode("ascii")
     result.stderr.decode("ascii")
+    assert b"tallest bar" not in result.stdout or b"#" in result.stdout  # histograms drawn in '#'
 
 
 def test_csv_is_utf8_data_even_for_an_ascii_terminal(tmp_path, rng):
