@@ -20,6 +20,8 @@ from normcli.errors import (ExitCode, NormcliError, NormcliWarning, StatsFileErr
 SCOPES = ("global", "channel", "sample", "pixel")
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
 ENGINES = ("threads", "processes", "dask")
+# Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
+PATH = click.Path(readable=False, allow_dash=True)
 
 
 class ReportedError(click.ClickException):
@@ -40,8 +42,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         click.echo(f"warning: {category.__name__}: {one_line(str(message))}", err=True)
 
 
+def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
+    """`normcli stats x.npy --debug` means what `normcli --debug stats x.npy` does."""
+    if value:
+        ctx.find_root().params["debug"] = True
+
+
 class NormcliCommand(click.Command):
-    """Usage problems found by the core are shown with this command's own usage line."""
+    """Usage problems found by the core are shown with this command's own usage line;
+    every command also takes --debug."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
+                                        callback=_debug_anywhere, help="Show the full traceback of an error."))
 
     def invoke(self, ctx: click.Context):
         try:
@@ -83,8 +97,17 @@ class NormcliGroup(click.Group):
                 ctx.exit(ExitCode.TERMINATED)
 
 
-@click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="normcli")
+COMPLETION = """\b
+Shell completion (commands, options, file names): add to ~/.bashrc
+  eval "$(_NORMCLI_COMPLETE=bash_source normcli)"
+or to ~/.zshrc
+  eval "$(_NORMCLI_COMPLETE=zsh_source normcli)"
+or for fish, in ~/.config/fish/completions/normcli.fish
+  _NORMCLI_COMPLETE=fish_source normcli | source"""
+
+
+@click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=COMPLETION)
+@click.version_option(__version__, "-V", "--version", prog_name="normcli")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def cli(debug: bool) -> None:
     """Statistics and normalization for image folders and .npy/.npz arrays.
@@ -150,7 +173,7 @@ SEED = click.IntRange(min=0)
 # -- shared options -------------------------------------------------------------------
 def input_options(fn):
     for option in reversed((
-        click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
+        click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=PATH),
         click.option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False),
                      help="Axis names of array inputs [default: NHWC for 4-D, NHW 3-D, NC 2-D, N 1-D]."),
         click.option("--key", help="Array to read from .npz inputs [default: their only array]."),
@@ -168,6 +191,19 @@ def scope_option(default: str, choices=SCOPES):
                         help=f"Scope of the statistics [default: {default}].")
 
 
+ascii_option = click.option("--ascii", "ascii_only", is_flag=True,
+                            help="Plain ASCII: bars of #, no Unicode symbols or blocks [default: when "
+                                 "the output's encoding cannot print them].")
+
+
+def _refuse_terminal(ctx: click.Context, param, value):
+    """`-o -` writes binary .npy data, which a terminal cannot show: refuse, as curl and httpie do."""
+    if value == "-" and sys.stdout.isatty():
+        raise ReportedError(UsageMismatch("refusing to write .npy data to a terminal; "
+                                          "redirect (> x.npy) or pipe it"))
+    return value
+
+
 def report_options(formats=("table", "json")):
     def decorate(fn):
         for option in reversed((
@@ -175,7 +211,8 @@ def report_options(formats=("table", "json")):
                          help="Histogram bins (0: no histograms)."),
             click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
                          help="Report format."),
-            click.option("--quiet", "-q", is_flag=True, help="Print no report."),
+            click.option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
+            ascii_option,
         )):
             fn = option(fn)
         return fn
@@ -184,7 +221,7 @@ def report_options(formats=("table", "json")):
 
 def output_options(fn):
     for option in reversed((
-        click.option("-o", "--output", required=True, metavar="OUT",
+        click.option("-o", "--output", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
                      help="Output: .npy, .npz, - (a .npy stream on stdout) or a folder."),
         click.option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")),
                      help="Output dtype [default: float32; image folders keep the input's bit depth]."),
@@ -233,24 +270,23 @@ def _open(inputs, layout, key, mode):
     return open_dataset(inputs, layout=layout, key=key, mode=mode)
 
 
-def _printer(to_stderr: bool):
+def _printer(to_stderr: bool, ascii_only: bool = False):
     from normcli.render import Printer
 
-    return Printer(stderr=to_stderr)
+    return Printer(stderr=to_stderr, ascii=ascii_only)
 
 
 @contextlib.contextmanager
-def _progress(samples: int, passes: int):
-    """A progress bar on stderr when it is a terminal (never in pipes); yields the callback or None."""
-    if passes == 0 or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
+def _progress(quiet: bool, ascii_only: bool):
+    """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet)."""
+    from normcli.render import progress_display
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("reading", total=samples * passes)
-        yield lambda n: bar.advance(task, n)
+    display = progress_display(quiet=quiet, ascii=ascii_only)
+    try:
+        yield display
+    finally:
+        if display is not None:
+            display.close()
 
 
 def _emit_json(doc: dict, to_stderr: bool = False) -> None:
@@ -258,7 +294,7 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
 
 
 # -- stats ---------------------------------------------------------------------------
-@cli.command()
+@cli.command(short_help="Mean, variance, min, max and histograms.")
 @input_options
 @scope_option("channel")
 @click.option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
@@ -266,9 +302,11 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
 @click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
-@click.option("--save", metavar="STATS.json", help="Also save the statistics (for --stats-from, merge-stats).")
-@click.option("--force", "-f", is_flag=True, help="Replace an existing --save file.")
-def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fmt, quiet, save, force):
+@click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
+              help="Also save the statistics (for --stats-from, merge-stats).")
+@click.option("--force", "-f", is_flag=True, help="Replace an existing --save-stats file.")
+def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fmt, quiet, ascii_only, save,
+          force):
     """Print mean, variance, min, max and histograms of a dataset.
 
     \b
@@ -277,7 +315,7 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
         normcli stats sample_images/rgb --format torchvision
     """
     from normcli import render, statsfile
-    from normcli.passes import measure, measure_passes
+    from normcli.passes import measure
     from normcli.sinks import check_target
 
     if fmt == "torchvision" and per not in (None, "channel"):
@@ -286,8 +324,7 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
         raise click.BadParameter("LO must be below HI", param_hint="--range")
     bins = 0 if fmt in ("csv", "torchvision") else bins
     scope = per or "channel"
-    with _open(inputs, layout, key, mode) as dataset, \
-            _progress(dataset.n_samples, measure_passes(dataset, scope, bins, hist_range)) as progress:
+    with _open(inputs, layout, key, mode) as dataset, _progress(quiet, ascii_only) as progress:
         if save:
             check_target(save, dataset.inputs, force, folder=False)
         with _engine() as engine:
@@ -300,11 +337,11 @@ def stats(inputs, layout, key, mode, ignore_nan, per, hist_range, ddof, bins, fm
     if fmt == "json":
         _emit_json(render.stats_json(result, ddof))
     elif fmt == "csv":
-        click.echo(render.stats_csv(result, ddof), nl=False)
+        click.echo(render.stats_csv(result, ddof).encode("utf-8"), nl=False)  # data: UTF-8 whatever the locale
     elif fmt == "torchvision":
         click.echo(render.torchvision_line(result, ddof))
     else:
-        _printer(False).stats(result, ddof)
+        _printer(False, ascii_only).stats(result, ddof)
 
 
 def _stats_file(result, ddof: int, extra: dict | None = None):
@@ -315,7 +352,7 @@ def _stats_file(result, ddof: int, extra: dict | None = None):
 
 
 # -- transforms -------------------------------------------------------------------------
-def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt, quiet, ignore_nan,
+def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt, quiet, ascii_only, ignore_nan,
                    title, save_stats=None, ddof=0):
     """Run both passes into the output, then save the fitted statistics and report."""
     from pathlib import Path
@@ -332,7 +369,7 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
             raise click.UsageError("--save-stats lies inside the -o folder, which this run replaces; save it beside")
         check_target(save_stats, dataset.inputs, force, folder=False)
     # The output and the --save-stats file commit together, or neither appears.
-    with _progress(dataset.n_samples, 2) as progress, _engine() as engine, Outputs() as outputs:
+    with _progress(quiet, ascii_only) as progress, _engine() as engine, Outputs() as outputs:
         result = transform(dataset, plan, output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                            ignore_nan=ignore_nan, report=not quiet, engine=engine, progress=progress,
                            outputs=outputs)
@@ -354,8 +391,8 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
             doc["batches"] = [vars(b) for b in batches]
         _emit_json(doc, to_stderr)  # the one JSON document: its "output" says what was written
         return
-    printer = _printer(to_stderr)
-    printer.stats(result.before, ddof, title=f"before: {', '.join(dataset.inputs)}")
+    printer = _printer(to_stderr, ascii_only)
+    printer.stats(result.before, ddof, title=f"before: {render.inputs_text(dataset.inputs)}")
     printer.line()
     if batches is not None:
         printer.line(f"{title}: {len(batches):,} batches", style="bold")
@@ -372,8 +409,10 @@ def _closing_line(result, save_stats: str | None) -> str:
 
 def fit_options(fn):
     for option in reversed((
-        click.option("--save-stats", metavar="FILE", help="Save the fitted statistics as JSON."),
-        click.option("--stats-from", metavar="FILE", help="Apply statistics saved earlier instead of fitting."),
+        click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
+                     help="Save the fitted statistics as JSON."),
+        click.option("--stats-from", metavar="FILE", type=PATH,
+                     help="Apply statistics saved earlier instead of fitting."),
         click.option("--inverse", is_flag=True, help="Map back to the original scale (needs --stats-from)."),
     )):
         fn = option(fn)
@@ -405,7 +444,7 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
     return dataset, saved, saved.per
 
 
-@cli.command()
+@cli.command(short_help="Min-max scale to a range (default [0, 1]).")
 @input_options
 @output_options
 @scope_option("global")
@@ -415,7 +454,7 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
 @report_options()
 @engine_options
 def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, out_range,
-              save_stats, stats_from, inverse, bins, fmt, quiet):
+              save_stats, stats_from, inverse, bins, fmt, quiet, ascii_only):
     """Min-max scale a dataset to a range (default [0, 1]).
 
     \b
@@ -433,11 +472,11 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
                          inverse=inverse, clip=out_range if clip and not inverse else None)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats,
+                       fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, save_stats=save_stats,
                        title="inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]")
 
 
-@cli.command()
+@cli.command(short_help="Z-score: mean 0, variance 1.")
 @input_options
 @output_options
 @scope_option("global")
@@ -448,14 +487,14 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @report_options()
 @engine_options
 def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, per, ddof, eps,
-                save_stats, stats_from, inverse, bins, fmt, quiet):
+                save_stats, stats_from, inverse, bins, fmt, quiet, ascii_only):
     """Z-score a dataset: mean 0, variance 1.
 
     \b
     Example:
         normcli standardize data.npy -o z.npy
-        normcli standardize train.npy -o train_z.npy --per pixel --save-stats train.json
-        normcli standardize test.npy -o test_z.npy --stats-from train.json
+        normcli standardize train.npy -o tz.npy --per pixel --save-stats t.json
+        normcli standardize test.npy -o z.npy --stats-from t.json
     """
     from normcli.passes import ScalePlan
     from normcli.transforms import zscore
@@ -469,7 +508,7 @@ def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip,
         plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps),
                          fitted=saved.moments if saved else None, inverse=inverse)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats, ddof=ddof,
+                       fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, save_stats=save_stats, ddof=ddof,
                        title="inverse z-score" if inverse else "z-score")
 
 
@@ -482,7 +521,7 @@ def _per_key(value, keys: int, name: str):
         raise click.BadParameter(str(exc), param_hint=name) from None
 
 
-@cli.command()
+@cli.command(short_help="Batch-normalize each mini-batch (training mode).")
 @input_options
 @output_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), required=True, help="Samples per mini-batch.")
@@ -496,21 +535,24 @@ def _per_key(value, keys: int, name: str):
 @click.option("--drop-last", is_flag=True, help="Leave out a last batch shorter than --batch-size.")
 @click.option("--shuffle", is_flag=True, help="Batch samples in a random order (written in that order).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for --shuffle.")
-@click.option("--save-stats", metavar="FILE", help="Save the input's statistics and the running statistics.")
+@click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
+              help="Save the input's statistics and the running statistics.")
 @click.option("--eval", "eval_mode", is_flag=True,
               help="Inference mode: normalize by the running statistics of --stats-from.")
-@click.option("--stats-from", metavar="FILE", help="Statistics saved by batchnorm --save-stats (with --eval).")
+@click.option("--stats-from", metavar="FILE", type=PATH,
+              help="Statistics saved by batchnorm --save-stats (with --eval).")
 @report_options()
 @engine_options
 def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, batch_size, per, gamma,
-              beta, eps, momentum, drop_last, shuffle, seed, save_stats, eval_mode, stats_from, bins, fmt, quiet):
+              beta, eps, momentum, drop_last, shuffle, seed, save_stats, eval_mode, stats_from, bins, fmt, quiet,
+              ascii_only):
     """Batch-normalize each mini-batch by its own statistics (training mode, as PyTorch).
 
     \b
     Example:
         normcli batchnorm data.npy -o bn.npy --batch-size 10
-        normcli batchnorm data.npy -o bn.npy -b 32 --save-stats running.json
-        normcli batchnorm test.npy -o test_bn.npy -b 32 --eval --stats-from running.json
+        normcli batchnorm data.npy -o bn.npy -b 32 --save-stats run.json
+        normcli batchnorm test.npy -o t.npy -b 32 --eval --stats-from run.json
     """
     from normcli.scopes import scope as as_scope
     from normcli.passes import BatchPlan, check_scope, eval_plan
@@ -539,10 +581,10 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
                                        f"--batch-size {batch_size}")
             title = f"batch norm, batches of {batch_size}"
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats, title=title)
+                       fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, save_stats=save_stats, title=title)
 
 
-@cli.command()
+@cli.command(short_help="Group/layer/instance norm per sample.")
 @input_options
 @output_options
 @click.option("--groups", "-g", type=click.IntRange(min=1), required=True,
@@ -553,7 +595,7 @@ def batchnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
 @report_options()
 @engine_options
 def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, force, groups, gamma, beta, eps,
-              bins, fmt, quiet):
+              bins, fmt, quiet, ascii_only):
     """Group-normalize each sample over groups of channels (Wu & He, 2018; as PyTorch's GroupNorm).
 
     \b
@@ -570,13 +612,13 @@ def groupnorm(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
         plan = GroupPlan(groups, _per_key(1.0 if gamma is None else gamma, channels, "--gamma"),
                          _per_key(0.0 if beta is None else beta, channels, "--beta"), eps, ignore_nan=ignore_nan)
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
-                       fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
+                       fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, title=f"group norm, {groups} groups")
 
 
 # -- statistics files ---------------------------------------------------------------
-@cli.command("merge-stats")
-@click.argument("files", nargs=-1, required=True, metavar="STATS.json...")
-@click.option("-o", "--output", required=True, metavar="ALL.json", help="The merged statistics file.")
+@cli.command("merge-stats", short_help="Merge statistics saved from shards.")
+@click.argument("files", nargs=-1, required=True, metavar="STATS.json...", type=PATH)
+@click.option("-o", "--output", required=True, metavar="ALL.json", type=PATH, help="The merged statistics file.")
 @click.option("--force", "-f", is_flag=True, help="Replace an existing output.")
 def merge_stats(files, output, force):
     """Merge statistics saved from shards into one file, as if measured in one run.
@@ -587,26 +629,28 @@ def merge_stats(files, output, force):
         normcli stats part2.npy --save b.json
         normcli merge-stats a.json b.json -o all.json
     """
-    from normcli import statsfile
+    from normcli import render, statsfile
 
     from normcli.sinks import check_target
 
     check_target(output, files, force, folder=False)  # onto one of its own inputs: refused even with --force
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
     statsfile.write(output, merged, force=force, inputs=files)
-    click.echo(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> {output}")
+    click.echo(render.for_stream(f"merged {len(files)} files: {int(merged.moments.count.sum()):,} values -> "
+                                 f"{output}", sys.stdout))
 
 
 # -- the tutorial -----------------------------------------------------------------------
-@cli.command()
-@click.argument("output", metavar="OUT")
+@cli.command(short_help="Write the tutorial's synthetic dataset.")
+@click.argument("output", metavar="OUT", type=PATH, callback=_refuse_terminal)
 @click.option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Images.")
 @click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Height and width.")
 @click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--force", "-f", is_flag=True, help="Replace an existing output.")
 def sample(output, samples, size, channels, seed, force):
-    """Write the tutorial's dataset: N×size×size×channels, normal signal plus noise (mean 26, var 306).
+    """Write the tutorial's dataset: N images of SIZE x SIZE x CHANNELS, normal signal plus noise
+    (mean 26, var 306).
 
     A .npy/.npz file gets float64; a folder gets one float32 TIFF per image (values include negatives).
 
@@ -615,6 +659,7 @@ def sample(output, samples, size, channels, seed, force):
         normcli sample data.npy
         normcli sample images/ -n 100
     """
+    from normcli import render
     from normcli.layout import Layout
     from normcli.sinks import output_kind, write_array
     from normcli.sources import check_tutorial_size, tutorial_dataset
@@ -625,13 +670,14 @@ def sample(output, samples, size, channels, seed, force):
     if kind == "folder":
         data = data.astype("float32")
     written = write_array(output, data, force=force, layout=Layout("NHWC"))
-    click.echo(written, err=output == "-")
+    click.echo(render.for_stream(written, sys.stderr if output == "-" else sys.stdout), err=output == "-")
 
 
-@cli.command()
+@cli.command(short_help="Replay the batch-normalization tutorial.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the dataset.")
 @click.option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, help="Histogram bins.")
-def demo(seed, bins):
+@ascii_option
+def demo(seed, bins, ascii_only):
     """Replay the batch-normalization tutorial on its synthetic dataset.
 
     Min-max normalization and standardization of the whole set, then batch norm of the first
@@ -644,7 +690,7 @@ def demo(seed, bins):
     """
     from normcli.demo import run_demo
 
-    printer = _printer(False)
+    printer = _printer(False, ascii_only)
     for step in run_demo(seed=seed, bins=bins):
         printer.line()
         printer.line(step.title, style="bold underline")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial, reduce
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -43,21 +44,31 @@ class Stats:
     scope: str
     moments: Moments
     histograms: Histograms | None
+    names: list[str] | None = None  # at sample scope: each sample's file (see sample_files)
 
 
-Progress = Callable[[int], None]  # told how many samples were just read
+class Progress(Protocol):
+    """What the passes tell a progress display (render.ProgressDisplay is the terminal's)."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A pass named `name` ("measuring", "writing", ...) over `total` samples begins."""
+
+    def advance(self, samples: int, nbytes: int = 0) -> None:
+        """The current pass has finished `samples` more samples (`nbytes` bytes in memory)."""
 
 
-def _run(engine: Engine | None, work: Callable, items: Sequence, progress: Progress | None, *,
-         sizes: Sequence[int] | None = None) -> Iterator:
+def _run(engine: Engine | None, work: Callable, items: Sequence, progress: Progress | None, phase: str, *,
+         sizes: Sequence[int] | None = None, sample_bytes: int = 0) -> Iterator:
     """work over every item (a block, unless `sizes` gives each item's samples) on `engine`
-    (threads when None), results in order."""
+    (threads when None), results in order; the progress display hears of each pass by name."""
     engine = engine or ThreadEngine()
     sizes = sizes if sizes is not None else [item.count for item in items]
+    if progress is not None:
+        progress.phase(phase, sum(sizes))
     for size, result in zip(sizes, engine.map(work, items)):
-        if progress is not None:
-            progress(size)
         yield result
+        if progress is not None:  # counted once the caller has merged (or written) it
+            progress.advance(size, size * sample_bytes)
 
 
 def _fold(total, value, combine=HistogramCounts.merge):
@@ -72,12 +83,6 @@ def check_scope(dataset: Dataset, scope: Scope | str) -> None:
     if scope.nested and not dataset.uniform:
         raise InputError(f"--per {scope.name} needs samples of one size, but these images differ in size; "
                          "use --per channel, global or sample", dataset.inputs[0])
-
-
-def measure_passes(dataset: Dataset, scope, bins: int, hist_range=None) -> int:
-    """How many times `measure` reads the data."""
-    scope = as_scope(scope)
-    return 1 if not bins or _histograms_in_first_pass(dataset.dtype, scope, hist_range) else 2
 
 
 def _histograms_in_first_pass(dtype, scope: Scope, hist_range) -> bool:
@@ -146,7 +151,8 @@ def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=Non
         rows = 1 if scope.one_histogram or scope.per_sample else scope.keys(dataset.layout, dataset.sample_shape, 0)
         edges = histogram_edges(np.full(rows, hist_range[0]), np.full(rows, hist_range[1]), bins)
     task = MeasureTask(scope, dataset.layout, ignore_nan, first_pass_bins, edges)
-    stats, counts = reduce(_merge_pairs, _run(engine, partial(measure_work, task), blocks, progress))
+    stats, counts = reduce(_merge_pairs, _run(engine, partial(measure_work, task), blocks, progress, "measuring",
+                                              sample_bytes=_sample_bytes(dataset)))
     moments = checked(stats, dataset.locate, ignore_nan=ignore_nan)
     histograms = None
     if bins:
@@ -158,15 +164,36 @@ def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=Non
         else:
             edges = edges_for(scope, moments.min, moments.max, bins, hist_range)
             work = partial(histogram_work, HistogramTask(scope, dataset.layout, edges))
-            counts = reduce(HistogramCounts.merge, _run(engine, work, blocks, progress))
+            counts = reduce(HistogramCounts.merge, _run(engine, work, blocks, progress, "histograms",
+                                                        sample_bytes=_sample_bytes(dataset)))
             histograms = Histograms(counts.counts, edges)
     return _stats(dataset, scope, moments, histograms)
+
+
+def _sample_bytes(dataset: Dataset) -> int:
+    """About how many bytes one sample holds in memory (for the progress display's rate)."""
+    return int(np.prod([d or 1 for d in dataset.sample_shape], dtype=np.int64)) * dataset.dtype.itemsize
 
 
 def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtype=None, samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
                  dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope.name,
-                 moments, histograms)
+                 moments, histograms, sample_files(dataset) if scope.per_sample else None)
+
+
+def sample_files(dataset: Dataset) -> list[str] | None:
+    """Each sample's file, for per-sample rows: an image in a folder, its path inside (under the
+    folder's name when several inputs are given); any other input, its path as given. None for a
+    single array input, whose sample index says it all."""
+    names = dataset.sample_names()
+    if len(dataset.inputs) == 1 and names and names[0] is None:
+        return None
+    start = 0
+    for name, count in zip(dataset.inputs, (part.n_samples for part in dataset.parts)):
+        if not Path(name).is_dir():
+            names[start:start + count] = [name] * count
+        start += count
+    return names
 
 
 # -- transforms ---------------------------------------------------------------
@@ -543,7 +570,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     units = plan.units(dataset)
     fit = partial(fit_work, FitTask(scope, dataset.layout, ignore_nan, plan.fitter()))
     before_stats = None
-    for stats, fitted in _run(engine, fit, units, progress):
+    for stats, fitted in _run(engine, fit, units, progress, "fitting", sample_bytes=_sample_bytes(dataset)):
         before_stats = _fold(before_stats, stats, merge)
         plan.add_fit(fitted)
     if before_stats.nonfinite.first is not None:  # a position in the passes' order: name the input's sample
@@ -573,7 +600,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         items = [(unit, plan.keeps(unit)) for unit in units]
         before_counts = after_counts = after_stats = None
         clipped = 0
-        for applied in _run(engine, partial(apply_work, task), items, progress, sizes=[u.count for u in units]):
+        for applied in _run(engine, partial(apply_work, task), items, progress, "writing",
+                            sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset)):
             before_counts = _fold(before_counts, applied.before_counts)
             if not applied.written:
                 continue

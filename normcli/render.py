@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +53,11 @@ def _columns(stats, ddof: int) -> dict:
     return columns
 
 
+def sample_files(stats) -> list[str] | None:
+    """The file of each per-sample row (None for other scopes, or one array input, whose index says it)."""
+    return stats.names if stats.scope == "sample" else None
+
+
 def stats_rows(stats, ddof: int = 0) -> list[dict]:
     columns = _columns(stats, ddof)
     shaped = {name: json_values(values, stats.scope, stats.layout, stats.sample_shape)
@@ -58,8 +66,10 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
     if stats.scope == "pixel":
         rows.append({"key": "pixel", **shaped})
     else:
+        files = sample_files(stats)
         for k, key in enumerate(row_keys(stats)):
-            rows.append({"key": key, **{name: shaped[name][k] for name in columns}})
+            file = {"file": files[k]} if files is not None else {}
+            rows.append({"key": key, **file, **{name: shaped[name][k] for name in columns}})
     if stats.histograms is not None:
         for k, row in enumerate(rows):
             row["histogram"] = {"edges": _clean(stats.histograms.edges[k].tolist()),
@@ -78,7 +88,8 @@ def stats_csv(stats, ddof: int = 0) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     named = _columns(stats, ddof)
-    writer.writerow(["key", *named])
+    files = sample_files(stats)
+    writer.writerow(["key", *(["file"] if files is not None else []), *named])
     m = stats.moments
     columns = list(named.values())
     if stats.scope == "pixel":
@@ -89,7 +100,8 @@ def stats_csv(stats, ddof: int = 0) -> str:
     else:
         keys = row_keys(stats)
     for k, key in enumerate(keys):
-        writer.writerow([key, *(_csv_value(c[k].item()) for c in columns)])
+        file = [files[k]] if files is not None else []
+        writer.writerow([key, *file, *(_csv_value(c[k].item()) for c in columns)])
     return out.getvalue()
 
 
@@ -111,102 +123,325 @@ def torchvision_line(stats, ddof: int = 0) -> str:
 
 
 # -- terminal ---------------------------------------------------------------------
-def fmt(value) -> str:
+# What the terminal report prints beyond ASCII, and its plain spelling (--ascii, or an output
+# whose encoding cannot hold it, e.g. PYTHONIOENCODING=ascii or a C locale).
+_PLAIN = str.maketrans({"×": "x", "…": "...", "–": "-", "—": "-", "≈": "~", "≤": "<=", "≥": ">=",
+                        "γ": "gamma", "β": "beta", "ε": "eps", "μ": "mu", "σ": "sigma", "²": "^2"})
+_UNICODE_SAMPLE = "×…–≈γβεμσ²" + _BLOCKS
+
+
+def plain_text(text: str) -> str:
+    """`text` in ASCII: the report's own symbols spelled out, anything else (a file name) as '?'."""
+    return text.translate(_PLAIN).encode("ascii", "replace").decode("ascii")
+
+
+def needs_ascii(stream) -> bool:
+    """Whether `stream`'s encoding cannot print the report's Unicode symbols and blocks."""
+    try:
+        _UNICODE_SAMPLE.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return True
+    return False
+
+
+def fmt(value, digits: int = 6) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
-    return f"{value:.6g}"
+    return f"{value:.{digits}g}"
 
 
 def shape_text(shape) -> str:
     return "×".join("?" if d is None else str(d) for d in shape) or "scalar"
 
 
-def _range_text(values: np.ndarray) -> str:
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return "-"
-    return f"{fmt(finite.min().item())} … {fmt(finite.max().item())}"
+def inputs_text(inputs) -> str:
+    """The inputs for a header: all of a few, else a count and their common folder (JSON lists them all)."""
+    inputs = list(inputs)
+    if len(inputs) <= 3:
+        return ", ".join(inputs)
+    parents = {os.path.dirname(name) for name in inputs}
+    if len(parents) == 1 and "" not in parents:
+        return f"{len(inputs):,} files from {parents.pop()}{os.sep}"
+    return f"{inputs[0]}, {inputs[1]} and {len(inputs) - 2:,} more"
 
 
-def histogram_lines(counts: np.ndarray, width: int, height: int = HISTOGRAM_HEIGHT) -> list[str]:
-    """A column chart of `counts`, `height` lines tall, each bin as wide as `width` allows."""
+# -- tables: columns sized to their cells, shrunk until they fit the terminal -----------
+@dataclass
+class TextTable:
+    header: list[str]
+    rows: list[list[str]]
+    left: int = 1  # how many leading columns are text (left-aligned); the rest are numbers
+    note: str = ""  # what was left out to fit, if anything
+    more: int = 0  # rows left out (a last line says how many; it does not widen the columns)
+
+    def widths(self) -> list[int]:
+        return [max(len(cell) for cell in column) for column in zip(self.header, *self.rows)]
+
+    def width(self) -> int:
+        widths = self.widths()
+        return sum(widths) + _GAP * (len(widths) - 1)
+
+    def lines(self) -> list[str]:
+        widths = self.widths()
+        lines = [(" " * _GAP).join(cell.ljust(w) if i < self.left else cell.rjust(w)
+                                   for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+                 for cells in (self.header, *self.rows)]
+        return lines + ([f"… {self.more:,} more rows (all of them: --format csv or json)"] if self.more else [])
+
+
+_GAP = 2
+_MIN_FILE_WIDTH = 12
+
+
+def _clip_left(text: str, width: int) -> str:
+    """The end of a path that fits `width` (the file name is the part that tells images apart)."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) -> TextTable:
+    """The stats table in at most `width` columns: six significant digits, else four, else
+    without std (the square root of var), else without count too; long file names keep their end.
+    The pixel scope shows the lowest and the highest value of each statistic over its positions."""
+    named = _columns(stats, ddof)
+    files = sample_files(stats)
+    keys = row_keys(stats)
+    shown = range(min(len(keys), max_rows))
+    for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
+        columns = {name: values for name, values in named.items() if name not in dropped}
+        if stats.scope == "pixel":
+            rows = [[which, *(fmt(_finite_extreme(c, pick), digits) for c in columns.values())]
+                    for which, pick in (("lowest", np.min), ("highest", np.max))]
+        else:
+            rows = [[keys[k], *([files[k]] if files is not None else []),
+                     *(fmt(c[k].item(), digits) for c in columns.values())] for k in shown]
+        left = 2 if files is not None else 1
+        table = TextTable(["key", *(["file"] if files is not None else []), *columns], rows, left,
+                          f"({' and '.join(dropped)} left out to fit: see --format json)" if dropped else "")
+        if files is not None:
+            _fit_file_column(table, width)
+        if table.width() <= width:
+            break
+    if stats.scope != "pixel":
+        table.more = len(keys) - len(shown)
+    return table
+
+
+def _fit_file_column(table: TextTable, width: int) -> None:
+    """Shorten the file column (column 1) to what the other columns leave, not below a readable minimum."""
+    room = max(_MIN_FILE_WIDTH, width - (table.width() - table.widths()[1]))
+    for row in table.rows:
+        row[1] = _clip_left(row[1], room)
+
+
+def _finite_extreme(values: np.ndarray, pick):
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    return pick(finite).item() if finite.size else None
+
+
+# -- histograms ---------------------------------------------------------------------
+def display_counts(counts: np.ndarray, columns: int) -> np.ndarray:
+    """`counts` merged into runs of neighbouring bins so that at most `columns` remain (for
+    display only). A run length that divides the bins is preferred (every bar then covers as many
+    bins, so bars compare), unless it would cost more than a quarter of the bars; otherwise the
+    last bar covers fewer bins."""
     bins = len(counts)
-    per_bin = max(1, width // max(bins, 1))
-    top = counts.max() if len(counts) and counts.max() > 0 else 1
-    eighths = np.ceil(counts / top * height * 8).astype(int)
+    if bins <= columns:
+        return counts
+    run = -(-bins // columns)
+    run = next((r for r in range(run, (4 * run + 2) // 3) if bins % r == 0), run)
+    return np.add.reduceat(counts, np.arange(0, bins, run))
+
+
+def histogram_chart(counts: np.ndarray, edges: np.ndarray, width: int, *, ascii: bool = False,
+                    height: int = HISTOGRAM_HEIGHT) -> tuple[str, list[str]]:
+    """A column chart of a histogram in at most `width` columns: a caption (bins, values, the
+    tallest bar's count), `height` lines of bars, and an axis with the low, middle and high edges."""
+    shown = display_counts(np.asarray(counts), max(width, 1))
+    per_bar = max(1, width // max(len(shown), 1))
+    top = int(shown.max()) if len(shown) else 0
+    caption = f"{len(counts)} bins" + (f" shown as {len(shown)}" if len(shown) < len(counts) else "")
+    caption += f", {int(np.sum(counts)):,} values, tallest bar {top:,}"
+    eighths = np.ceil(shown / max(top, 1) * height * 8).astype(int)
     lines = []
     for level in range(height - 1, -1, -1):
         cells = np.clip(eighths - level * 8, 0, 8)
-        lines.append("".join(_BLOCKS[c] * per_bin for c in cells).rstrip())
-    return lines
+        if ascii:  # a full '#' from half a cell up, '.' below, so that a small bin still shows
+            text = "".join(("#" if c >= 4 else "." if c > 0 and level == 0 else " ") * per_bar for c in cells)
+        else:
+            text = "".join(_BLOCKS[c] * per_bar for c in cells)
+        lines.append(text.rstrip())
+    lines.append(_axis(edges, per_bar * len(shown)))
+    return caption, lines
+
+
+def _axis(edges: np.ndarray, width: int) -> str:
+    """The low edge under the first bar, the high edge ending under the last, the middle edge
+    centred under its own position when there is room."""
+    low, high = fmt(float(edges[0]), 4), fmt(float(edges[-1]), 4)
+    axis = [" "] * max(width, len(low) + len(high) + 1)
+    axis[:len(low)] = low
+    axis[len(axis) - len(high):] = high
+    bins = len(edges) - 1
+    if bins >= 2:
+        middle = fmt(float(edges[bins // 2]), 4)
+        start = round(bins // 2 / bins * width) - len(middle) // 2
+        if start >= len(low) + 2 and start + len(middle) <= len(axis) - len(high) - 2:
+            axis[start:start + len(middle)] = middle
+    return "".join(axis)
 
 
 class Printer:
-    """Writes reports to a rich console (colour follows the terminal and NO_COLOR)."""
+    """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
+    within the console's width, in plain ASCII when asked or when the output cannot encode more."""
 
-    def __init__(self, stderr: bool = False):
+    def __init__(self, stderr: bool = False, ascii: bool = False):
+        import sys
+
         from rich.console import Console
 
-        # soft_wrap: long lines are left to the terminal, so piped reports keep one record a line.
-        self.console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+        self.ascii = ascii or needs_ascii(sys.stderr if stderr else sys.stdout)
+        # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
+        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
+        self.width = self.console.width
 
     def line(self, text: str = "", style: str | None = None) -> None:
-        self.console.print(text, style=style, markup=False)
+        """One line of text, or a paragraph wrapped at word boundaries to the console's width."""
+        for paragraph in text.split("\n"):
+            lines = textwrap.wrap(paragraph, self.width, break_on_hyphens=False,
+                                  subsequent_indent=" " * (len(paragraph) - len(paragraph.lstrip())))
+            for part in lines or [""]:
+                self.console.print(plain_text(part) if self.ascii else part, style=style, markup=False)
+
+    def _table(self, table: TextTable) -> None:
+        header, *rows = table.lines()
+        self.line(header, style="bold")
+        for row in rows:
+            self.line(row)
+        if table.note:
+            self.line(table.note, style="dim")
 
     def stats(self, stats, ddof: int = 0, title: str | None = None) -> None:
-        from rich.table import Table
-
         if title:
             self.line(title, style="bold")
         samples = f"{stats.samples:,} sample" + ("" if stats.samples == 1 else "s")
-        self.line(f"{', '.join(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}, "
-                  f"{stats.dtype}, {stats.layout}, per {stats.scope}", style="dim")
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        named = _columns(stats, ddof)
-        table.add_column("key", justify="left")
-        for name in named:
-            table.add_column(name, justify="right")
-        columns = named.values()
-        if stats.scope == "pixel":
-            table.add_row(f"pixel ({len(stats.moments):,})", *(_range_text(c) for c in columns))
-        else:
-            keys = row_keys(stats)
-            for k in range(min(len(keys), MAX_TABLE_ROWS)):
-                table.add_row(keys[k], *(fmt(c[k].item()) for c in columns))
-            if len(keys) > MAX_TABLE_ROWS:
-                table.add_row(f"… {len(keys) - MAX_TABLE_ROWS:,} more", *[""] * len(named))
-        self.console.print(table)
+        scope = f"per pixel ({len(stats.moments):,} positions)" if stats.scope == "pixel" else f"per {stats.scope}"
+        self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}, "
+                  f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
+        self._table(stats_table(stats, ddof, self.width))
         if stats.histograms is not None:
             self.histograms(stats)
 
     def histograms(self, stats) -> None:
         keys = row_keys(stats)
-        width = max(20, self.console.width - 2)
         shown = min(len(keys), MAX_HISTOGRAMS)
         for k in range(shown):
             counts, edges = stats.histograms.counts[k], stats.histograms.edges[k]
             label = "all values" if stats.scope == "pixel" else f"{stats.scope} {keys[k]}"
-            self.line(f"  {label}: {len(counts)} bins, {fmt(float(edges[0]))} to {fmt(float(edges[-1]))}, "
-                      f"{int(counts.sum()):,} values", style="dim")
-            for text in histogram_lines(counts, width - 2):
+            caption, lines = histogram_chart(counts, edges, self.width - 4, ascii=self.ascii)
+            self.line(f"  {label}: {caption}", style="dim")
+            for text in lines[:-1]:
                 self.line("  " + text, style="cyan")
+            self.line("  " + lines[-1], style="dim")
         if len(keys) > shown:
             self.line(f"  (histograms of {len(keys) - shown:,} more rows in --format json)", style="dim")
 
     def batches(self, batches, limit: int = 8) -> None:
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
-        for name in ("batch", "size", "mean before", "var before", "mean after", "var after"):
-            table.add_column(name, justify="right")
-        for b in batches[:limit]:
-            table.add_row(str(b.index), str(b.size), *(fmt(v) for v in
-                                                       (b.mean_before, b.var_before, b.mean_after, b.var_after)))
+        names = ("mean before", "var before", "mean after", "var after")
+        rows = [[str(b.index), str(b.size), *(fmt(v) for v in (b.mean_before, b.var_before, b.mean_after,
+                                                                 b.var_after))] for b in batches[:limit]]
         if len(batches) > limit:
             rest = batches[limit:]
-            table.add_row(f"{limit}–{len(batches) - 1}", f"{sum(b.size for b in rest):,}",
-                          *(_range_text(np.array([getattr(b, a) for b in rest]))
-                            for a in ("mean_before", "var_before", "mean_after", "var_after")))
-        self.console.print(table)
+            rows.append([f"{limit}–{len(batches) - 1}", f"{sum(b.size for b in rest):,}",
+                         *(_range_text(np.array([getattr(b, a) for b in rest]))
+                           for a in ("mean_before", "var_before", "mean_after", "var_after"))])
+        self._table(TextTable(["batch", "size", *names], rows, left=0))
+
+
+def _range_text(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return "-"
+    return f"{fmt(finite.min().item(), 4)}…{fmt(finite.max().item(), 4)}"
+
+
+# -- progress -------------------------------------------------------------------------
+class ProgressDisplay:
+    """Progress of named passes on stderr, for passes.py's `Progress` interface:
+
+    phase(name, total)       a new pass over `total` samples begins (its own bar, count, rate, ETA)
+    advance(samples, nbytes) that many samples (of that many bytes in memory) were read
+
+    Nothing is drawn before `delay` seconds have passed, so quick runs show no bar at all.
+    Make one only when stderr is a terminal and the report is not --quiet (see `progress_display`).
+    """
+
+    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+        from rich.table import Column
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                elapsed = task.elapsed or 0
+                if elapsed <= 0:
+                    return Text("")
+                rate = f"{task.completed / elapsed:,.0f}/s"
+                if task.fields.get("nbytes"):
+                    rate += f" {task.fields['nbytes'] / elapsed / 1e6:,.1f} MB/s"
+                return Text(rate, style="progress.data.speed")
+
+        class AsciiBar(ProgressColumn):
+            def render(self, task, width: int = 20):
+                done = round(width * (task.percentage or 0) / 100)
+                return Text("[" + "#" * done + "-" * (width - done) + "]", style="bar.complete")
+
+        # About 70 columns in all, so that a bar never wraps in an 80-column terminal.
+        bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
+        self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
+                                  Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
+                                  console=Console(stderr=True), transient=True, get_time=clock,
+                                  redirect_stdout=False)  # stdout may carry the .npy data
+        self._delay = delay
+        self._began: float | None = None
+        self._task = None
+        self.visible = False
+
+    def phase(self, name: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.stop_task(self._task)
+        if self._began is None:
+            self._began = self._progress.get_time()
+        self._task = self._progress.add_task(name, total=total, nbytes=0)
+
+    def advance(self, samples: int, nbytes: int = 0) -> None:
+        task = self._progress.tasks[-1]
+        self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes)
+        if task.finished:
+            self._progress.stop_task(self._task)  # its rate stays that of the pass, not of what follows
+        if not self.visible and self._progress.get_time() - self._began >= self._delay:
+            self.visible = True
+            self._progress.start()
+
+    def close(self) -> None:
+        if self.visible:
+            self._progress.stop()
+
+
+def progress_display(*, quiet: bool, ascii: bool = False):
+    """A ProgressDisplay when stderr is a terminal and the run is not quiet, else None (no bar)."""
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        return None
+    return ProgressDisplay(ascii=ascii or needs_ascii(sys.stderr))
+
+
+
+
+def for_stream(text: str, stream) -> str:
+    """`text` as `stream` can print it (plain ASCII when its encoding holds no more)."""
+    return plain_text(text) if needs_ascii(stream) else text

@@ -48,13 +48,39 @@ def test_command_docstring_has_an_example_block(name):
         assert words[0] == "normcli" and words[1] in cli.commands, line
 
 
+@pytest.mark.parametrize("width", [80, 100])
 @pytest.mark.parametrize("name", COMMANDS)
-def test_help_shows_the_examples_unwrapped(name):
-    result = CliRunner().invoke(cli, [name, "--help"], terminal_width=100)
+def test_help_shows_the_examples_unwrapped(name, width):
+    result = CliRunner().invoke(cli, [name, "--help"], terminal_width=width)
     assert result.exit_code == 0, result.stderr
     assert "Example:" in result.stdout
     for line in example_lines(cli.commands[name].help):
-        assert line in result.stdout  # \b keeps Click from re-wrapping the example lines
+        # \b keeps Click from re-wrapping the example lines, and they fit the width as printed
+        assert any(shown.strip() == line and len(shown) <= width for shown in result.stdout.splitlines()), line
+
+
+@pytest.mark.parametrize("args", [[], *([name] for name in COMMANDS)], ids=lambda a: a[0] if a else "normcli")
+def test_help_fits_80_columns(args):
+    result = CliRunner().invoke(cli, [*args, "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    result.stdout.encode("ascii")  # so that an ASCII-only terminal can show it
+
+
+def test_every_command_summary_is_whole_at_80_columns():
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=80)
+    listed = result.stdout.split("Commands:")[1].split("\n\n")[0].splitlines()
+    summaries = {line.split()[0]: line.split(None, 1)[1] for line in listed if line.strip()}
+    assert set(summaries) == set(COMMANDS)
+    for name, summary in summaries.items():
+        assert not summary.endswith("..."), f"{name}: {summary}"
+        assert summary == cli.commands[name].short_help
+
+
+def test_help_says_how_to_turn_on_completion():
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=80)
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_NORMCLI_COMPLETE={shell}_source normcli" in result.stdout
 
 
 def readme_command_lines() -> list[str]:
