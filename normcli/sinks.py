@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from normcli.errors import OutputError, UsageMismatch
+from normcli.images import write_image
 from normcli.layout import Layout
 
 INTEGER_DTYPES = ("uint8", "uint16")
@@ -222,22 +223,7 @@ class Sink:
         if ext == "npy":
             np.save(path, sample, allow_pickle=False)
             return
-        image = self.layout.image(sample)
-        if ext == "tiff":
-            import tifffile
-
-            channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
-            tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
-                             photometric="rgb" if channels in (3, 4) else "minisblack",
-                             planarconfig="contig" if channels > 1 else None)
-        elif image.dtype == np.uint16 and image.shape[-1] > 1:
-            from normcli.png16 import write_png16
-
-            write_png16(path, image)
-        else:
-            import imageio.v3 as iio
-
-            iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+        write_image(path, self.layout.image(sample), ext)
 
     def commit(self) -> None:
         if self.written != self.shape[0]:

@@ -20,12 +20,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
+from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, convert_channels, decode,
+                            list_images, read_header)
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.parallel import ordered_map
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-_IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
-MODES = {"gray": 1, "rgb": 3, "rgba": 4}
 # Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
 CHUNK_BYTES = 4 << 20
 
@@ -118,34 +117,13 @@ class ArrayPart:
             return self._fill(f, np.empty(self.sample_shape, dtype=self.file_dtype))
 
 
-@dataclass
-class ImageHeader:
-    path: Path
-    relpath: str
-    height: int
-    width: int
-    channels: int
-    dtype: np.dtype
-
-
 class ImagePart:
     """An image folder (read recursively, sorted by relative path) or a single image file."""
 
     def __init__(self, name: str, mode: str | None):
-        root = Path(name)
-        if root.is_dir():
-            files = sorted(
-                (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                key=lambda p: p.relative_to(root).as_posix(),
-            )
-            if not files:
-                raise InputError(f"folder holds no images ({_IMAGE_TYPES})", name)
-            relpaths = [p.relative_to(root).as_posix() for p in files]
-        else:
-            files, relpaths = [root], [root.name]
         self.name = name
         self.mode = mode
-        self.headers = list(ordered_map(_read_header, zip(files, relpaths)))
+        self.headers = list(ordered_map(read_header, list_images(name)))
         self.n_samples = len(self.headers)
         first = self.headers[0]
         for header in self.headers[1:]:
@@ -169,124 +147,13 @@ class ImagePart:
         self.ndim = 4
 
     def decode(self, header: ImageHeader) -> np.ndarray:
-        image = _decode(header)
+        image = decode(header)
         if self.mode:
             image = convert_channels(image, MODES[self.mode])
         return image
 
     def sample(self, index: int) -> np.ndarray:
         return self.decode(self.headers[index])
-
-
-def _read_header(item) -> ImageHeader:
-    path, relpath = item
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                shape, axes = page.shape, page.axes
-                dtype = page.dtype
-            height, width = shape[axes.index("Y")], shape[axes.index("X")]
-            channels = shape[axes.index("S")] if "S" in axes else 1
-            return ImageHeader(path, relpath, height, width, channels, np.dtype(dtype))
-        from PIL import Image
-
-        with Image.open(path) as im:
-            mode, (width, height) = im.mode, im.size
-            has_transparency = "transparency" in im.info
-        from normcli.png16 import png16_channels
-
-        channels16 = png16_channels(path)
-        if channels16:
-            channels, dtype = channels16, np.dtype(np.uint16)
-        else:
-            channels, dtype = _pil_channels_dtype(mode, has_transparency)
-        return ImageHeader(path, relpath, height, width, channels, dtype)
-    except InputError:
-        raise
-    except Exception as exc:  # every decoder has its own errors; the user needs the file
-        raise InputError(f"cannot read image: {exc}", str(path)) from None
-
-
-# Pillow mode -> (channels, dtype) as normcli decodes it.
-_PIL_MODES = {
-    "1": (1, np.uint8), "L": (1, np.uint8), "LA": (2, np.uint8), "RGB": (3, np.uint8),
-    "RGBA": (4, np.uint8), "CMYK": (3, np.uint8), "YCbCr": (3, np.uint8), "PA": (4, np.uint8),
-    "I;16": (1, np.uint16), "I;16L": (1, np.uint16), "I;16B": (1, np.uint16),
-    "I": (1, np.int32), "F": (1, np.float32),
-}
-
-
-def _pil_channels_dtype(mode: str, has_transparency: bool):
-    if mode == "P":
-        return (4 if has_transparency else 3), np.dtype(np.uint8)
-    if mode not in _PIL_MODES:
-        raise InputError(f"unsupported image mode {mode}")
-    channels, dtype = _PIL_MODES[mode]
-    return channels, np.dtype(dtype)
-
-
-def _decode(header: ImageHeader) -> np.ndarray:
-    """One image as (H, W, C) in its own dtype; 16-bit stays 16-bit."""
-    path = header.path
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                image, axes = page.asarray(), page.axes
-            if "S" in axes and axes.index("S") < axes.index("Y"):
-                image = np.moveaxis(image, axes.index("S"), -1)
-        elif header.dtype == np.uint16 and header.channels > 1:
-            from normcli import png16
-
-            image = png16.read_png16(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.seek(0)
-                if im.mode == "P":
-                    im = im.convert("RGBA" if header.channels == 4 else "RGB")
-                elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
-                    im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
-                image = np.asarray(im)
-            if image.dtype.byteorder not in "=|":
-                image = image.astype(image.dtype.newbyteorder("="))
-    except Exception as exc:
-        raise InputError(f"cannot decode image: {exc}", str(path)) from None
-    image = image.reshape(image.shape[0], image.shape[1], -1)
-    if image.shape[:2] != (header.height, header.width):
-        raise InputError("image changed size while being read", str(path))
-    return image
-
-
-def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Gray/gray+alpha/RGB/RGBA (H, W, C) to 1, 3 or 4 channels, keeping the dtype.
-
-    Gray uses ITU-R 601-2 luma, as Pillow and ImageMagick do; alpha added is opaque.
-    """
-    have = image.shape[-1]
-    if have == channels:
-        return image
-    color = image[..., :3] if have >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    alpha = image[..., -1:] if have in (2, 4) else None
-    if channels == 1:
-        if have <= 2:
-            return image[..., :1]
-        luma = color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        if image.dtype.kind in "ui":
-            luma = np.rint(luma)
-        return luma.astype(image.dtype)[..., None]
-    if channels == 3:
-        return np.ascontiguousarray(color)
-    if alpha is None:
-        opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1
-        alpha = np.full(image.shape[:2] + (1,), opaque, dtype=image.dtype)
-    return np.concatenate([color, alpha], axis=-1)
 
 
 @dataclass
@@ -511,7 +378,7 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
     if suffix == ".npy":
         return ArrayPart(name, name)
     raise InputError(
-        f"unknown input type; give a .npy or .npz file, an image ({_IMAGE_TYPES}), a folder of images, "
+        f"unknown input type; give a .npy or .npz file, an image ({IMAGE_TYPES}), a folder of images, "
         "or - for stdin", name)
 
 
