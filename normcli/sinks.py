@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from normcli.errors import OutputError, UsageMismatch
-from normcli.images import write_image
+from normcli.errors import OutputError, StatsFileError, UsageMismatch
+from normcli.images import output_name, write_image
 from normcli.layout import Layout
 
 INTEGER_DTYPES = ("uint8", "uint16")
-# Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
+# Values this close outside the encoding's range (as a fraction of it) are rounding, not data:
+# clamped silently for integer outputs.
 TOLERANCE = 1e-6
 
 
@@ -54,6 +55,15 @@ class OutputSpec:
     kind: str
     dtype: np.dtype
     ext: str | None = None
+    # An 8/16-bit output stores round(value * scale): the integer maximum ([0, 1] onto the full range)
+    # or 1 (values already within the integers' range); chosen by choose_encoding before writing.
+    scale: int | None = None
+
+    def encoding(self) -> dict | None:
+        """How an integer output encodes its values, for the --save-stats file (None: a float output)."""
+        if self.dtype.name not in INTEGER_DTYPES:
+            return None
+        return {"dtype": self.dtype.name, "scale": int(self.scale or np.iinfo(self.dtype).max)}
 
 
 def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool) -> OutputSpec:
@@ -75,13 +85,13 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
     if ext == "png" and dataset.channels not in (1, 2, 3, 4):
         raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
     _check_unique_names(dataset.sample_names(), ext, target)
-    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
+    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext)
 
 
 def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
     """A sample's file in an output folder: its image path with the new type, else its zero-padded index."""
     if name:
-        return Path(name).with_suffix(f".{ext}").as_posix()
+        return output_name(name, ext)
     return f"{index:0{max(6, len(str(max(samples - 1, 0))))}d}.{ext}"
 
 
@@ -105,9 +115,14 @@ def _default_ext(dataset) -> str:
     return "png"
 
 
-def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
+def _default_folder_dtype(ext: str, dataset) -> str:
+    """Images keep their bit depth: PNG outputs are 16-bit for 16-bit inputs, else 8-bit; TIFF outputs of
+    8/16-bit TIFF inputs stay 8/16-bit; any other TIFF output (arrays, float images, --ext tiff) is float32."""
     if ext == "png":
-        return "uint16" if input_dtype == np.uint16 else "uint8"
+        return "uint16" if dataset.dtype == np.uint16 else "uint8"
+    suffixes = dataset.image_suffixes
+    if suffixes and suffixes <= {".tif", ".tiff"} and dataset.dtype.name in INTEGER_DTYPES:
+        return dataset.dtype.name
     return "float32"
 
 
@@ -136,28 +151,59 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
         raise OutputError("exists and is of another kind (file vs folder); remove it first", target)
 
 
-def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
-    """Refuse, before writing, values an integer output cannot hold (unless --clip)."""
-    if spec.dtype.name not in INTEGER_DTYPES or clip:
+def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
+    """Decide, before writing, how an 8/16-bit output stores the predicted range [low, high]:
+    values that reach 2 or more without going negative are stored as those integers (0..255,
+    0..65535); any other values map [0, 1] onto the full integer range. Values outside the chosen
+    encoding's range are refused, or clipped to it with --clip. (Between 1 and 2 nothing is guessed:
+    as integers they would leave only the levels 0 and 1.)"""
+    if spec.dtype.name not in INTEGER_DTYPES:
         return
-    if low < -TOLERANCE or high > 1 + TOLERANCE:
-        what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
-        raise OutputError(
-            f"the output spans [{low:.4g}, {high:.4g}], but {what} holds only [0, 1] mapped onto integers; "
-            "write .npy/.npz, --ext tiff or --ext npy (float), or pass --clip", spec.target)
+    top = np.iinfo(spec.dtype).max
+    integers = high >= 2 and low >= -TOLERANCE * top
+    spec.scale = 1 if integers else top
+    limit = top if integers else 1  # the encoding's range in values: [0, limit]
+    if clip or (low >= -TOLERANCE * limit and high <= limit * (1 + TOLERANCE)):
+        return
+    what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
+    floats = "--dtype float32" if spec.ext == "tiff" or spec.kind != "folder" else "--ext tiff, --ext npy or .npy"
+    raise OutputError(
+        f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] (mapped onto 0..{top}) or "
+        f"0..{top} as integers; write floats ({floats}), or pass --clip", spec.target)
 
 
-def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str) -> tuple[np.ndarray, int]:
-    """[0, 1] onto the integer range of `dtype`; returns the integers and how many were clipped."""
+def input_scale(encoding, input_dtype: np.dtype, path: str) -> int | None:
+    """The scale an input of `input_dtype` was written with, from a --save-stats file's `encoding`
+    (None: no encoding saved, or float inputs, which are taken as the values they hold)."""
+    if encoding is None or np.dtype(input_dtype).kind == "f":
+        return None
+    try:
+        dtype, scale = np.dtype(encoding["dtype"]), encoding["scale"]
+        if dtype.name not in INTEGER_DTYPES or scale not in (1, np.iinfo(dtype).max):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise StatsFileError(f"malformed encoding {encoding!r}; expected {{\"dtype\": \"uint8\" or \"uint16\", "
+                             "\"scale\": 1 or the integer maximum}", path) from None
+    if dtype != input_dtype:
+        raise StatsFileError(f"its outputs were written as {dtype.name}, but these inputs are {np.dtype(input_dtype).name}; "
+                             "give the files it wrote", path)
+    return scale
+
+
+def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str,
+                scale: int | None = None) -> tuple[np.ndarray, int]:
+    """round(values * scale) as `dtype` (scale: the integer maximum, [0, 1] onto the full range, by
+    default; or 1); returns the integers and how many values were clipped to the encoding's range."""
     if np.isnan(values).any():
         raise OutputError(f"NaN cannot be stored as {dtype.name}; write a float output", target)
-    outside = (values < -TOLERANCE) | (values > 1 + TOLERANCE)
+    top = np.iinfo(dtype).max
+    limit = top / (scale or top)  # the encoding's range in values: [0, 1] or [0, top]
+    outside = (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
     clipped = int(outside.sum())
     if clipped and not clip:
-        raise OutputError(f"{clipped} values fall outside [0, 1] and cannot be stored as {dtype.name}; "
+        raise OutputError(f"{clipped} values fall outside [0, {limit:g}] and cannot be stored as {dtype.name}; "
                           "write a float output or pass --clip", target)
-    top = np.iinfo(dtype).max
-    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype), clipped
+    return np.rint(np.clip(values, 0.0, limit) * (scale or top)).astype(dtype), clipped
 
 
 class Sink:
@@ -199,7 +245,7 @@ class Sink:
 
     def _encode(self, values: np.ndarray) -> np.ndarray:
         if self.spec.dtype.name in INTEGER_DTYPES:
-            encoded, clipped = to_integers(values, self.spec.dtype, self.clip, self.spec.target)
+            encoded, clipped = to_integers(values, self.spec.dtype, self.clip, self.spec.target, self.spec.scale)
             self.clipped += clipped
             return encoded
         return values.astype(self.spec.dtype, copy=False)

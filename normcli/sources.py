@@ -20,8 +20,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
-from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, convert_channels, decode,
-                            list_images, read_header)
+from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, ReadOptions, convert_channels,
+                            decode, list_images, read_header)
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.parallel import ordered_map
 
@@ -120,21 +120,28 @@ class ArrayPart:
 class ImagePart:
     """An image folder (read recursively, sorted by relative path) or a single image file."""
 
-    def __init__(self, name: str, mode: str | None):
+    def __init__(self, name: str, mode: str | None, options: ReadOptions = ReadOptions()):
         self.name = name
         self.mode = mode
-        self.headers = list(ordered_map(read_header, list_images(name)))
+        self.headers = [header for headers in ordered_map(lambda item: read_header(item, options),
+                                                          list_images(name, options))
+                        for header in headers]
         self.n_samples = len(self.headers)
         first = self.headers[0]
         for header in self.headers[1:]:
             if header.dtype != first.dtype:
                 raise InputError(
-                    f"images differ in bit depth: {first.relpath} is {first.dtype}, "
-                    f"{header.relpath} is {header.dtype}; convert them to one depth", name)
+                    f"images differ in bit depth: {first.name} is {first.dtype}, "
+                    f"{header.name} is {header.dtype}; convert them to one depth", name)
             if mode is None and header.channels != first.channels:
                 raise InputError(
-                    f"images differ in channels: {first.relpath} has {first.channels}, "
-                    f"{header.relpath} has {header.channels}; use --mode gray|rgb|rgba to convert", name)
+                    f"images differ in channels: {first.name} has {first.channels}, "
+                    f"{header.name} has {header.channels}; use --mode gray|rgb|rgba to convert", name)
+            if mode is None and header.alpha != first.alpha:
+                with_alpha, without = (header, first) if header.alpha else (first, header)
+                raise InputError(
+                    f"{with_alpha.name} has alpha, {without.name} has {without.channels} colour channels; "
+                    "use --mode rgb or rgba to convert", name)
         self.dtype = first.dtype
         channels = MODES[mode] if mode else first.channels
         heights = {h.height for h in self.headers}
@@ -145,6 +152,12 @@ class ImagePart:
             channels,
         )
         self.ndim = 4
+
+    @property
+    def alpha_channel(self) -> int | None:
+        """The index of the alpha channel (the last), None when the images carry none."""
+        alpha = self.mode == "rgba" if self.mode else self.headers[0].alpha
+        return self.sample_shape[-1] - 1 if alpha else None
 
     def decode(self, header: ImageHeader) -> np.ndarray:
         image = decode(header)
@@ -178,6 +191,18 @@ class Dataset:
     @property
     def channels(self) -> int:
         return self.layout.channels(self.sample_shape)
+
+    @property
+    def alpha_channel(self) -> int | None:
+        """The channel that holds alpha (image inputs with LA, RGBA, PA, P with transparency, or 2/4-channel
+        TIFF with alpha extrasamples; --mode rgba): the last. None for arrays, images without alpha, or
+        inputs that disagree."""
+        channels = {getattr(part, "alpha_channel", None) for part in self.parts}
+        return channels.pop() if len(channels) == 1 else None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha_channel is not None
 
     @property
     def uniform(self) -> bool:
@@ -249,7 +274,7 @@ class Dataset:
         names: list[str | None] = []
         for part in self.parts:
             if isinstance(part, ImagePart):
-                names.extend(_qualified(self, part, header.relpath) for header in part.headers)
+                names.extend(_qualified(self, part, header.name) for header in part.headers)
             else:
                 names.extend([None] * part.n_samples)
         return names
@@ -260,7 +285,7 @@ class Dataset:
             part, local = self._locate(int(index))
             if not isinstance(part, ImagePart):
                 return None
-            names.append(_qualified(self, part, part.headers[local].relpath))
+            names.append(_qualified(self, part, part.headers[local].name))
         return names
 
     def _sample(self, index: int) -> np.ndarray:
@@ -270,7 +295,7 @@ class Dataset:
     def locate(self, index: int) -> tuple[str, int]:
         """The input holding global sample `index`, and the name of that sample within it."""
         part, local = self._locate(index)
-        return part.name, (part.headers[local].relpath if isinstance(part, ImagePart) else local)
+        return part.name, (part.headers[local].name if isinstance(part, ImagePart) else local)
 
     def _locate(self, index: int):
         for part in self.parts:
@@ -327,11 +352,12 @@ def _take_front(pending: list[Chunk], count: int):
     return Chunk(data, pending[0].start, names if len(names) == count else None), rest
 
 
-def _qualified(dataset: Dataset, part: ImagePart, relpath: str) -> str:
-    """An image's output name: its relative path, under its input's name when there are several."""
+def _qualified(dataset: Dataset, part: ImagePart, name: str) -> str:
+    """A sample's output name: its name in its input (relative path, #frame), under its input's name
+    when there are several inputs and it comes from a folder."""
     if len(dataset.parts) == 1 or not Path(part.name).is_dir():
-        return relpath if Path(part.name).is_dir() else Path(part.name).name
-    return f"{Path(part.name).name}/{relpath}"
+        return name
+    return f"{Path(part.name).name}/{name}"
 
 
 def _image_chunks(part: ImagePart, start: int, max_bytes: int) -> Iterator[Chunk]:
@@ -347,7 +373,7 @@ def _image_chunks(part: ImagePart, start: int, max_bytes: int) -> Iterator[Chunk
             offset += len(run)
             run, names, run_bytes = [], [], 0
         run.append(image)
-        names.append(header.relpath)
+        names.append(header.name)
         run_bytes += image.nbytes
     if run:
         yield Chunk(np.stack(run), offset, names)
@@ -362,7 +388,7 @@ def _spool_stdin() -> str:
     return path
 
 
-def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
+def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], images: ReadOptions):
     if name == "-":
         path = _spool_stdin()
         spools.append(path)
@@ -372,7 +398,7 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
         raise InputError("no such file or folder", name)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix in IMAGE_EXTENSIONS:
-        return ImagePart(name, mode)
+        return ImagePart(name, mode, images)
     if suffix == ".npz":
         return ArrayPart(name, name, _npz_member(name, key))
     if suffix == ".npy":
@@ -399,11 +425,12 @@ def _npz_member(name: str, key: str | None) -> str:
 
 
 def open_dataset(inputs: Sequence[str], *, layout: str | None = None, key: str | None = None,
-                 mode: str | None = None) -> Dataset:
-    """Open `inputs` as one dataset, checking that their shapes, layouts and types agree."""
+                 mode: str | None = None, images: ReadOptions = ReadOptions()) -> Dataset:
+    """Open `inputs` as one dataset, checking that their shapes, layouts and types agree; `images`
+    says how image inputs are read (frames, pixel limit, hidden and excluded files)."""
     spools: list[str] = []
     try:
-        parts = [_open_part(name, key, mode, spools) for name in inputs]
+        parts = [_open_part(name, key, mode, spools, images) for name in inputs]
         dataset = _combine(parts, layout, key)
     except BaseException:
         for spool in spools:
