@@ -51,6 +51,7 @@ class ImageHeader:
     orientation: int = 1  # EXIF orientation, 1 to 8 (1: as stored)
     frame: int | None = None  # the frame within a multi-frame file read with --frames all
     frames: int = 1
+    page: int = 0  # what to decode: the TIFF page or Pillow frame index within the file
 
     @property
     def name(self) -> str:
@@ -106,11 +107,11 @@ def read_header(item: tuple[Path, str], options: ReadOptions = ReadOptions()) ->
     if options.frames != "all":
         frames = frames[:1]
     headers = []
-    for index, (height, width, channels, dtype, alpha, orientation) in enumerate(frames):
+    for index, (page, height, width, channels, dtype, alpha, orientation) in enumerate(frames):
         if orientation in (5, 6, 7, 8):  # a quarter turn: displayed with height and width swapped
             height, width = width, height
         headers.append(ImageHeader(path, relpath, height, width, channels, np.dtype(dtype), alpha, orientation,
-                                   index if len(frames) > 1 else None, len(frames)))
+                                   index if len(frames) > 1 else None, len(frames), page))
     return headers
 
 
@@ -124,12 +125,12 @@ def _check_pixels(path: Path, height: int, width: int, channels: int, dtype, max
 
 
 def _tiff_frames(path: Path, max_pixels: int) -> list[tuple]:
-    """(height, width, channels, dtype, alpha, orientation) of each full-resolution page."""
+    """(page index, height, width, channels, dtype, alpha, orientation) of each full-resolution page."""
     import tifffile
 
     frames = []
     with tifffile.TiffFile(path) as tif:
-        for page in tif.pages:
+        for index, page in enumerate(tif.pages):
             if page.is_reduced:  # a thumbnail or pyramid level, not an image of its own
                 continue
             shape, axes = page.shape, page.axes
@@ -139,12 +140,12 @@ def _tiff_frames(path: Path, max_pixels: int) -> list[tuple]:
                      and extrasamples[-1] in _TIFF_ALPHA_EXTRASAMPLES)
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
             _check_pixels(path, height, width, channels, page.dtype, max_pixels)
-            frames.append((height, width, channels, page.dtype, alpha, _orientation(page.tags.valueof(274))))
+            frames.append((index, height, width, channels, page.dtype, alpha, _orientation(page.tags.valueof(274))))
     return frames
 
 
 def _pillow_frames(path: Path, max_pixels: int) -> list[tuple]:
-    """(height, width, channels, dtype, alpha, orientation) of each frame Pillow sees."""
+    """(frame index, height, width, channels, dtype, alpha, orientation) of each frame Pillow sees."""
     from normcli.png16 import png16_channels
 
     Image = _pillow()
@@ -157,12 +158,16 @@ def _pillow_frames(path: Path, max_pixels: int) -> list[tuple]:
         exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
         orientation = _orientation(exif.get(EXIF_ORIENTATION))
         frames = []
-        for index in range(getattr(im, "n_frames", 1)):
+        n_frames = getattr(im, "n_frames", 1)
+        if channels16 and n_frames > 1:
+            raise InputError("an animated 16-bit colour PNG; normcli reads 16-bit colour PNGs as stills only",
+                             str(path))
+        for index in range(n_frames):
             if index and not channels16:
                 im.seek(index)  # a GIF's later frames may change mode (P, then RGB or RGBA)
                 channels, dtype = _pil_channels_dtype(im)
             alpha = im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and channels == 4) or channels16 in (2, 4)
-            frames.append((im.height, im.width, channels, dtype, alpha, orientation))
+            frames.append((index, im.height, im.width, channels, dtype, alpha, orientation))
     return frames
 
 
@@ -201,13 +206,12 @@ def _pil_channels_dtype(im):
 def decode(header: ImageHeader) -> np.ndarray:
     """One sample as (H, W, C) in its own dtype, as displayed; 16-bit stays 16-bit."""
     path = header.path
-    frame = header.frame or 0
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                page = [p for p in tif.pages if not p.is_reduced][frame]
+                page = tif.pages[header.page]
                 image, axes = page.asarray(), page.axes
             if "S" in axes and axes.index("S") < axes.index("Y"):
                 image = np.moveaxis(image, axes.index("S"), -1)
@@ -217,7 +221,7 @@ def decode(header: ImageHeader) -> np.ndarray:
             image = png16.read_png16(path)
         else:
             with _pillow().open(path) as im:
-                im.seek(frame)
+                im.seek(header.page)
                 if im.mode == "P":
                     im = im.convert("RGBA" if header.channels == 4 else "RGB")
                 elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
@@ -282,7 +286,9 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
 def output_name(name: str, ext: str) -> str:
     """A sample's file in an output folder, from its name: the suffix becomes `ext`'s unless it
     already names that type (`.tif` and `.TIFF` stay), and a frame `anim.gif#03` becomes `anim_03.png`."""
-    path, _, frame = name.partition("#")
+    path, _, frame = name.rpartition("#")
+    if not (frame.isdigit() and Path(path).suffix.lower() in IMAGE_EXTENSIONS):  # not a frame: `a#1.png`
+        path, frame = name, ""
     stem, suffix = Path(path).with_suffix(""), Path(path).suffix
     if frame:
         return f"{stem.as_posix()}_{frame}.{ext}"
@@ -290,18 +296,19 @@ def output_name(name: str, ext: str) -> str:
     return f"{stem.as_posix()}{suffix if same_type else '.' + ext}"
 
 
-def write_image(path, image: np.ndarray, ext: str) -> None:
+def write_image(path, image: np.ndarray, ext: str, *, alpha: bool = False) -> None:
     """Encode one (H, W, C) image as `ext` (png or tiff) in its own dtype, with no orientation tag
-    (the pixels are already as displayed)."""
+    (the pixels are already as displayed). `alpha`: the last channel is alpha (a PNG's 2 and 4
+    channels always are); TIFF says which, where tifffile alone would call any 4th channel alpha."""
     if ext == "tiff":
         import tifffile
 
         channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
-        # 2 and 4 channels are gray+alpha and RGB+alpha, as in a PNG (tifffile tags only the RGB one).
         tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
                          photometric="rgb" if channels in (3, 4) else "minisblack",
                          planarconfig="contig" if channels > 1 else None,
-                         extrasamples=("unassalpha",) if channels in (2, 4) else None)
+                         extrasamples=(["unassalpha"] if alpha and channels in (2, 4)
+                                       else ["unspecified"] if channels == 4 else None))
     elif image.dtype == np.uint16 and image.shape[-1] > 1:
         from normcli.png16 import write_png16
 

@@ -58,6 +58,7 @@ class OutputSpec:
     # An 8/16-bit output stores round(value * scale): the integer maximum ([0, 1] onto the full range)
     # or 1 (values already within the integers' range); chosen by choose_encoding before writing.
     scale: int | None = None
+    alpha: bool = False  # the last channel is alpha (image inputs that carry it), tagged so in TIFF outputs
 
     def encoding(self) -> dict | None:
         """How an integer output encodes its values, for the --save-stats file (None: a float output)."""
@@ -85,7 +86,8 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
     if ext == "png" and dataset.channels not in (1, 2, 3, 4):
         raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
     _check_unique_names(dataset.sample_names(), ext, target)
-    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext)
+    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext,
+                      alpha=dataset.has_alpha)
 
 
 def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
@@ -269,7 +271,7 @@ class Sink:
         if ext == "npy":
             np.save(path, sample, allow_pickle=False)
             return
-        write_image(path, self.layout.image(sample), ext)
+        write_image(path, self.layout.image(sample), ext, alpha=self.spec.alpha)
 
     def commit(self) -> None:
         if self.written != self.shape[0]:

@@ -159,6 +159,10 @@ class ImagePart:
         alpha = self.mode == "rgba" if self.mode else self.headers[0].alpha
         return self.sample_shape[-1] - 1 if alpha else None
 
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha_channel is not None
+
     def decode(self, header: ImageHeader) -> np.ndarray:
         image = decode(header)
         if self.mode:

@@ -175,6 +175,12 @@ def test_frames_all_writes_one_file_per_frame_inside_the_output(chdir, rng):
         assert_nearest(np.asarray(Image.open(chdir / "out" / f"anim_{index}.png")), numerator[index], span)
 
 
+def test_a_hash_in_a_real_file_name_is_not_a_frame(chdir, rng):
+    write_image(chdir / "in" / "take#2.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    run_cli("normalize", "in", "-o", "out", "-q")
+    assert [p.name for p in (chdir / "out").iterdir()] == ["take#2.png"]
+
+
 def test_frame_output_names_that_collide_are_refused_before_work(chdir, rng):
     animated_gif(chdir / "in" / "anim.gif", 2, rng)
     write_image(chdir / "in" / "anim_1.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
@@ -207,6 +213,13 @@ def test_max_pixels_applies_to_every_decoder(chdir, rng, name):
     run_cli("stats", name, "--max-pixels", 0)
 
 
+def test_the_help_states_the_default_limit():
+    assert f"{DEFAULT_MAX_PIXELS}" in run_cli("stats", "--help").stdout
+    pillows = subprocess.run([sys.executable, "-c", "from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"],
+                             capture_output=True, text=True, check=True)  # a fresh process: normcli lifts it
+    assert int(pillows.stdout) == DEFAULT_MAX_PIXELS
+
+
 # ------------------------------------------------------------------------------ alpha
 def alpha_cases(tmp_path, rng):
     """(path, alpha channel index or None) for each way an image can carry alpha, or not."""
@@ -233,7 +246,7 @@ def test_alpha_channel_of_each_kind_of_image(tmp_path, rng):
     for name, alpha in alpha_cases(tmp_path, rng).items():
         with open_dataset([str(tmp_path / name)]) as dataset:
             assert (dataset.alpha_channel, dataset.has_alpha) == (alpha, alpha is not None), name
-            assert dataset.parts[0].alpha_channel == alpha
+            assert (dataset.parts[0].alpha_channel, dataset.parts[0].has_alpha) == (alpha, alpha is not None)
         for mode, want in (("rgba", 3), ("rgb", None), ("gray", None)):
             with open_dataset([str(tmp_path / name)], mode=mode) as dataset:
                 assert dataset.alpha_channel == want, (name, mode)
@@ -259,6 +272,11 @@ def test_alpha_survives_a_tiff_output(chdir, rng):
     run_cli("normalize", "in", "-o", "out", "--ext", "tiff", "-q")
     with open_dataset([str(chdir / "out")]) as dataset:
         assert dataset.alpha_channel == 1
+    for channels in (2, 4):  # arrays have no alpha, and their TIFFs say so
+        np.save(chdir / f"x{channels}.npy", rng.random((2, 3, 4, channels)))
+        run_cli("normalize", f"x{channels}.npy", "-o", f"x{channels}", "-q")
+        with open_dataset([str(chdir / f"x{channels}")]) as dataset:
+            assert dataset.alpha_channel is None
 
 
 # ------------------------------------------------------------------------------ every format
