@@ -158,7 +158,8 @@ def _pillow_frames(path: Path, max_pixels: int) -> list[tuple]:
         exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
         orientation = _orientation(exif.get(EXIF_ORIENTATION))
         frames = []
-        n_frames = getattr(im, "n_frames", 1)
+        # A camera's MPO .jpg holds previews or depth after the photo: its other images are not frames.
+        n_frames = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)
         if channels16 and n_frames > 1:
             raise InputError("an animated 16-bit colour PNG; normcli reads 16-bit colour PNGs as stills only",
                              str(path))

@@ -139,6 +139,17 @@ def test_frames_first_and_all(tmp_path, rng):
         np.testing.assert_array_equal(got, frame)
 
 
+def test_a_camera_mpo_jpeg_is_one_photo_not_frames(tmp_path, rgb):
+    photo, preview = Image.fromarray(rgb), Image.fromarray(rgb[::2, ::2])
+    photo.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[preview], quality=95)
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        want = pillow_hwc(im.convert("RGB"))
+    names, samples, _ = read([tmp_path / "camera.jpg"])
+    assert names == ["camera.jpg"]
+    np.testing.assert_array_equal(samples[0], want)
+
+
 def test_frame_numbers_are_zero_padded_so_they_sort(tmp_path, rng):
     animated_gif(tmp_path / "anim.gif", 12, rng)
     names = read([tmp_path / "anim.gif"], images={"frames": "all"})[0]
