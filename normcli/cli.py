@@ -100,7 +100,7 @@ def input_options(fn):
 
 def _read_option(ctx: click.Context, param: click.Parameter, value) -> None:
     """Image-reading options travel in ctx.meta to _open, so commands need no parameter for them."""
-    ctx.meta[f"normcli.read.{param.name}"] = value
+    ctx.meta.setdefault("normcli.read", {})[param.name] = value
 
 
 image_read_options = (
@@ -157,10 +157,8 @@ def _open(inputs, layout, key, mode):
     from normcli.images import ReadOptions
     from normcli.sources import open_dataset
 
-    meta = click.get_current_context().meta
-    read = {name: meta.get(f"normcli.read.{name}") for name in ("frames", "max_pixels", "include_hidden", "exclude")}
-    options = ReadOptions(read["frames"], ReadOptions.max_pixels if read["max_pixels"] is None else read["max_pixels"],
-                          bool(read["include_hidden"]), tuple(read["exclude"] or ()))
+    given = click.get_current_context().meta.get("normcli.read", {})
+    options = ReadOptions(**{name: value for name, value in given.items() if value is not None})
     return open_dataset(inputs, layout=layout, key=key, mode=mode, images=options)
 
 
@@ -325,7 +323,7 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
 
 
 def _input_scale(saved, path, dataset, inverse: bool):
-    """With --inverse: what the inputs' integers were multiplied by when they were written (saved)."""
+    """With --inverse: the scale the inputs' integers were written with, as the saved file records it."""
     from normcli.sinks import input_scale
 
     return input_scale(saved.extra.get("encoding"), dataset.dtype, path) if inverse else None

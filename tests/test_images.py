@@ -13,11 +13,14 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageOps
 
 from conftest import run_cli, write_image
 from normcli.errors import InputError
-from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, list_images
+from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, convert_channels, list_images, orient
 from normcli.sources import open_dataset
 
 ORIENTATION = 0x0112
@@ -526,3 +529,29 @@ def test_real_process_refuses_an_animated_gif_then_reads_its_frames(tmp_path, rn
     read_all = subprocess.run(command + ["--frames", "all"], capture_output=True, text=True, env=env)
     assert read_all.returncode == 0, read_all.stderr
     assert json.loads(read_all.stdout)["samples"] == 3
+
+
+def test_a_malformed_encoding_in_the_statistics_file_is_refused(png_folder, chdir):
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    doc = json.loads((chdir / "s.json").read_text())
+    doc["encoding"] = {"dtype": "uint8", "scale": 7}
+    (chdir / "s.json").write_text(json.dumps(doc))
+    result = run_cli("normalize", "out", "-o", "back", "--inverse", "--stats-from", "s.json", ok=False)
+    assert result.exit_code == 1 and "malformed encoding" in result.stderr and "s.json" in result.stderr
+
+
+# ------------------------------------------------------------------------------ kernels against Pillow
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 7), st.integers(1, 7), st.sampled_from([1, 3, 4]))),
+       st.integers(1, 8))
+def test_orient_equals_exif_transpose(image, orientation):
+    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    im.getexif()[ORIENTATION] = orientation
+    np.testing.assert_array_equal(orient(image, orientation), pillow_hwc(ImageOps.exif_transpose(im)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16), st.sampled_from([3, 4]))))
+def test_gray_kernel_equals_pillow_on_any_pixels(image):
+    want = np.asarray(Image.fromarray(image).convert("L"))[..., None]
+    np.testing.assert_array_equal(convert_channels(image, 1), want)
