@@ -555,3 +555,11 @@ def test_orient_equals_exif_transpose(image, orientation):
 def test_gray_kernel_equals_pillow_on_any_pixels(image):
     want = np.asarray(Image.fromarray(image).convert("L"))[..., None]
     np.testing.assert_array_equal(convert_channels(image, 1), want)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "broken.jpg", quality=95, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    with Image.open(tmp_path / "broken.jpg") as im:
+        want = pillow_hwc(im)
+    np.testing.assert_array_equal(read([tmp_path / "broken.jpg"])[1][0], want)
