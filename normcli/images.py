@@ -9,6 +9,8 @@ Nothing here knows about datasets or chunks: sources.py builds on it.
 from __future__ import annotations
 
 import fnmatch
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,22 +222,92 @@ def decode(header: ImageHeader) -> np.ndarray:
             from normcli import png16
 
             image = png16.read_png16(path)
+        elif header.frame is not None:
+            image = _frame_reader(path).frame(header.page)
         else:
             with _pillow().open(path) as im:
-                im.seek(header.page)
-                if im.mode == "P":
-                    im = im.convert("RGBA" if header.channels == 4 else "RGB")
-                elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
-                    im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
-                image = np.asarray(im)
-            if image.dtype.byteorder not in "=|":
-                image = image.astype(image.dtype.newbyteorder("="))
+                image = _pillow_array(im)
     except Exception as exc:
         raise InputError(f"cannot decode image: {exc}", str(path)) from None
     image = orient(image.reshape(image.shape[0], image.shape[1], -1), header.orientation)
     if image.shape != (header.height, header.width, header.channels):
         raise InputError("image changed size while being read", str(path))
     return image
+
+
+def _pillow_array(im) -> np.ndarray:
+    """The current frame of a Pillow image in the channels its header promised (_pil_channels_dtype)."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
+        im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
+    image = np.asarray(im)
+    return image.astype(image.dtype.newbyteorder("=")) if image.dtype.byteorder not in "=|" else image
+
+
+class _FrameReader:
+    """One multi-frame file (GIF, APNG, WebP) held open and read forward. Pillow builds each frame
+    on the ones before it, so seeking to frame k from a fresh open costs k frames: read in order,
+    each frame costs one. Frames passed on the way to a later one (the threads ask slightly out of
+    order) are kept, up to a few, until asked for."""
+
+    KEPT = 16
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.image = None
+        self.given = False  # whether the current frame was handed out already
+        self.passed: dict[int, np.ndarray] = {}
+
+    def frame(self, index: int) -> np.ndarray:
+        with self.lock:
+            if index in self.passed:
+                return self.passed.pop(index)
+            if self.image is None or self.image.tell() > index:
+                self.close()
+                self.image = _pillow().open(self.path)
+                self.given = False
+            while self.image.tell() < index:
+                if not self.given and len(self.passed) < self.KEPT:
+                    self.passed[self.image.tell()] = _pillow_array(self.image)
+                self.image.seek(self.image.tell() + 1)
+                self.given = False
+            self.given = True
+            return _pillow_array(self.image)
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+        self.passed.clear()
+
+
+_READERS: OrderedDict[tuple, _FrameReader] = OrderedDict()  # the files being read, most recent last
+_READERS_LOCK = threading.Lock()
+_OPEN_READERS = 4
+
+
+def _frame_reader(path: Path) -> _FrameReader:
+    """The reader of `path` as it is now on disk (a rewritten file gets a new one)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _READERS_LOCK:
+        reader = _READERS.pop(key, None) or _FrameReader(path)
+        _READERS[key] = reader
+        while len(_READERS) > _OPEN_READERS:
+            _READERS.popitem(last=False)[1].close()
+    return reader
+
+
+def close_frame_readers() -> None:
+    """Close the multi-frame files held open for reading (a reader asked again opens its file again)."""
+    with _READERS_LOCK:
+        readers = list(_READERS.values())
+        _READERS.clear()
+    for reader in readers:
+        with reader.lock:
+            reader.close()
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:

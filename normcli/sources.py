@@ -20,8 +20,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
-from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, ReadOptions, convert_channels,
-                            decode, list_images, read_header)
+from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, ReadOptions, close_frame_readers,
+                            convert_channels, decode, list_images, read_header)
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.parallel import ordered_map
 
@@ -312,6 +312,7 @@ class Dataset:
         return data if data.dtype == self.dtype else data.astype(self.dtype)
 
     def close(self) -> None:
+        close_frame_readers()
         for spool in self._spools:
             try:
                 os.unlink(spool)

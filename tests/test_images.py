@@ -153,6 +153,18 @@ def test_a_camera_mpo_jpeg_is_one_photo_not_frames(tmp_path, rgb):
     np.testing.assert_array_equal(samples[0], want)
 
 
+def test_frames_asked_in_any_order_are_the_frames(tmp_path, rng):
+    """Frames are read forward from an open file; asked backwards, skipping or twice, they stay right."""
+    path = animated_gif(tmp_path / "anim.gif", 24, rng)
+    want = pillow_frames(path, "RGB")
+    order = [5, 3, 4, 23, 0, 0, 22, 1, *range(24)] + list(rng.permutation(24))
+    with open_dataset([str(path)], images=ReadOptions(frames="all")) as dataset:
+        for index in order:
+            np.testing.assert_array_equal(dataset.take([index])[0], want[index], err_msg=str(index))
+        np.testing.assert_array_equal(np.concatenate([c.data for c in dataset.chunks(max_bytes=1)]),
+                                      np.stack(want))
+
+
 def test_frame_numbers_are_zero_padded_so_they_sort(tmp_path, rng):
     animated_gif(tmp_path / "anim.gif", 12, rng)
     names = read([tmp_path / "anim.gif"], images={"frames": "all"})[0]
@@ -316,7 +328,8 @@ def test_every_format_reads_as_pillow_decodes_it(tmp_path, rng):
         got = read([tmp_path / name])[1][0]
         np.testing.assert_array_equal(got, want, err_msg=name)
         if name == "cmyk.jpg":
-            assert Image.open(tmp_path / name).mode == "CMYK"
+            with Image.open(tmp_path / name) as saved:
+                assert saved.mode == "CMYK"
 
 
 def test_16bit_and_float_files_keep_their_values(tmp_path, rng):
