@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,18 @@ class ReadOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     include_hidden: bool = False
     exclude: tuple[str, ...] = ()
+
+
+class _Frame(NamedTuple):
+    """What a file's header says about one of its frames (as stored, before orientation)."""
+
+    page: int  # the TIFF page or Pillow frame index
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+    alpha: bool
+    orientation: int
 
 
 @dataclass(frozen=True)
@@ -94,26 +107,26 @@ def read_header(item: tuple[Path, str], options: ReadOptions = ReadOptions()) ->
     """The samples of one image file (one, or one per frame with --frames all), from its header
     alone: nothing is decoded, so the pixel limit is checked before any large allocation."""
     path, relpath = item
+    every = options.frames == "all"
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            frames = _tiff_frames(path, options.max_pixels)
+            count, frames = _tiff_frames(path, options.max_pixels, every)
         else:
-            frames = _pillow_frames(path, options.max_pixels)
+            count, frames = _pillow_frames(path, options.max_pixels, every)
     except InputError:
         raise
     except Exception as exc:  # every decoder has its own errors; the user needs the file
         raise InputError(f"cannot read image: {exc}", str(path)) from None
-    if len(frames) > 1 and options.frames is None:
-        raise InputError(f"holds {len(frames)} frames; read the first with --frames first, "
+    if count > 1 and options.frames is None:
+        raise InputError(f"holds {count} frames; read the first with --frames first, "
                          "or each as a sample with --frames all", str(path))
-    if options.frames != "all":
-        frames = frames[:1]
     headers = []
-    for index, (page, height, width, channels, dtype, alpha, orientation) in enumerate(frames):
-        if orientation in (5, 6, 7, 8):  # a quarter turn: displayed with height and width swapped
+    for index, frame in enumerate(frames):
+        height, width = frame.height, frame.width
+        if frame.orientation in (5, 6, 7, 8):  # a quarter turn: displayed with height and width swapped
             height, width = width, height
-        headers.append(ImageHeader(path, relpath, height, width, channels, np.dtype(dtype), alpha, orientation,
-                                   index if len(frames) > 1 else None, len(frames), page))
+        headers.append(ImageHeader(path, relpath, height, width, frame.channels, np.dtype(frame.dtype), frame.alpha,
+                                   frame.orientation, index if len(frames) > 1 else None, len(frames), frame.page))
     return headers
 
 
@@ -126,28 +139,31 @@ def _check_pixels(path: Path, height: int, width: int, channels: int, dtype, max
                          "(0: no limit)", str(path))
 
 
-def _tiff_frames(path: Path, max_pixels: int) -> list[tuple]:
-    """(page index, height, width, channels, dtype, alpha, orientation) of each full-resolution page."""
+def _tiff_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_Frame]]:
+    """How many full-resolution pages the file holds, and the first (`every`: each) of them."""
     import tifffile
 
-    frames = []
+    frames, count = [], 0
     with tifffile.TiffFile(path) as tif:
         for index, page in enumerate(tif.pages):
             if page.is_reduced:  # a thumbnail or pyramid level, not an image of its own
                 continue
+            count += 1
+            if frames and not every:
+                continue
             shape, axes = page.shape, page.axes
             channels = shape[axes.index("S")] if "S" in axes else 1
             extrasamples = tuple(page.extrasamples or ())
-            alpha = (channels in (2, 4) and bool(extrasamples)
-                     and extrasamples[-1] in _TIFF_ALPHA_EXTRASAMPLES)
+            alpha = channels in (2, 4) and bool(extrasamples) and extrasamples[-1] in _TIFF_ALPHA_EXTRASAMPLES
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
             _check_pixels(path, height, width, channels, page.dtype, max_pixels)
-            frames.append((index, height, width, channels, page.dtype, alpha, _orientation(page.tags.valueof(274))))
-    return frames
+            frames.append(_Frame(index, height, width, channels, page.dtype, alpha,
+                                 _orientation(page.tags.valueof(274))))
+    return count, frames
 
 
-def _pillow_frames(path: Path, max_pixels: int) -> list[tuple]:
-    """(frame index, height, width, channels, dtype, alpha, orientation) of each frame Pillow sees."""
+def _pillow_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_Frame]]:
+    """How many frames Pillow sees in the file, and the first (`every`: each) of them."""
     from normcli.png16 import png16_channels
 
     Image = _pillow()
@@ -159,19 +175,19 @@ def _pillow_frames(path: Path, max_pixels: int) -> list[tuple]:
         # an eXIf chunk before the pixels counts, as in most files.
         exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
         orientation = _orientation(exif.get(EXIF_ORIENTATION))
-        frames = []
         # A camera's MPO .jpg holds previews or depth after the photo: its other images are not frames.
-        n_frames = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)
-        if channels16 and n_frames > 1:
+        count = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)
+        if channels16 and count > 1:
             raise InputError("an animated 16-bit colour PNG; normcli reads 16-bit colour PNGs as stills only",
                              str(path))
-        for index in range(n_frames):
-            if index and not channels16:
+        frames = []
+        for index in range(count if every else 1):
+            if index:
                 im.seek(index)  # a GIF's later frames may change mode (P, then RGB or RGBA)
                 channels, dtype = _pil_channels_dtype(im)
             alpha = im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and channels == 4) or channels16 in (2, 4)
-            frames.append((index, im.height, im.width, channels, dtype, alpha, orientation))
-    return frames
+            frames.append(_Frame(index, im.height, im.width, channels, dtype, alpha, orientation))
+    return count, frames
 
 
 def _pillow():
