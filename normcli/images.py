@@ -22,7 +22,6 @@ from normcli.errors import InputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
 MODES = {"gray": 1, "rgb": 3, "rgba": 4}
-FRAME_CHOICES = ("first", "all")
 # Pillow's own default (Image.MAX_IMAGE_PIXELS: a quarter GiB of 24-bit pixels), applied here to every
 # decoder, tifffile and the 16-bit PNG reader included.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
