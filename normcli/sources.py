@@ -7,6 +7,7 @@ relative path, their headers read first, and decoded on every core in order.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -123,9 +124,8 @@ class ImagePart:
     def __init__(self, name: str, mode: str | None, options: ReadOptions = ReadOptions()):
         self.name = name
         self.mode = mode
-        self.headers = [header for headers in ordered_map(lambda item: read_header(item, options),
-                                                          list_images(name, options))
-                        for header in headers]
+        read = functools.partial(read_header, options=options)  # picklable, for any engine
+        self.headers = [header for headers in ordered_map(read, list_images(name, options)) for header in headers]
         self.n_samples = len(self.headers)
         first = self.headers[0]
         for header in self.headers[1:]:
