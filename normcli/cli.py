@@ -322,11 +322,12 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
     return dataset, saved, saved.per
 
 
-def _input_scale(saved, path, dataset, inverse: bool):
-    """With --inverse: the scale the inputs' integers were written with, as the saved file records it."""
+def _input_scale(saved, path, dataset, inverse: bool, out_range=None):
+    """With --inverse: the scale the inputs' integers were written with, as the saved file records it
+    (or, for a file without a record, inferred from a normalize range within [0, 1])."""
     from normcli.sinks import input_scale
 
-    return input_scale(saved.extra.get("encoding"), dataset.dtype, path) if inverse else None
+    return input_scale(saved.extra.get("encoding"), dataset.dtype, path, out_range) if inverse else None
 
 
 @cli.command()
@@ -355,7 +356,7 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
     with dataset:
         plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
                          inverse=inverse, clip=out_range if clip and not inverse else None,
-                         input_scale=_input_scale(saved, stats_from, dataset, inverse))
+                         input_scale=_input_scale(saved, stats_from, dataset, inverse, out_range))
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ignore_nan=ignore_nan, save_stats=save_stats,
                        title="inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]")

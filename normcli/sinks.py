@@ -174,10 +174,15 @@ def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool) -> No
         f"0..{top} as integers; write floats ({floats}), or pass --clip", spec.target)
 
 
-def input_scale(encoding, input_dtype: np.dtype, path: str) -> int | None:
-    """The scale an input of `input_dtype` was written with, from a --save-stats file's `encoding`
-    (None: no encoding saved, or float inputs, which are taken as the values they hold)."""
-    if encoding is None or np.dtype(input_dtype).kind == "f":
+def input_scale(encoding, input_dtype: np.dtype, path: str, out_range=None) -> int | None:
+    """The scale an input of `input_dtype` was written with, from a --save-stats file's `encoding`.
+    Without one, 8/16-bit inputs of a normalize whose `out_range` lies within [0, 1] can only have been
+    written as [0, 1] onto the full range; otherwise (and for float inputs) None: taken as they are."""
+    input_dtype = np.dtype(input_dtype)
+    if encoding is None and out_range is not None and input_dtype.name in INTEGER_DTYPES \
+            and 0 <= min(out_range) and max(out_range) <= 1:
+        return int(np.iinfo(input_dtype).max)
+    if encoding is None or input_dtype.kind == "f":
         return None
     try:
         dtype, scale = np.dtype(encoding["dtype"]), encoding["scale"]
@@ -187,7 +192,7 @@ def input_scale(encoding, input_dtype: np.dtype, path: str) -> int | None:
         raise StatsFileError(f"malformed encoding {encoding!r}; expected {{\"dtype\": \"uint8\" or \"uint16\", "
                              "\"scale\": 1 or the integer maximum}", path) from None
     if dtype != input_dtype:
-        raise StatsFileError(f"its outputs were written as {dtype.name}, but these inputs are {np.dtype(input_dtype).name}; "
+        raise StatsFileError(f"its outputs were written as {dtype.name}, but these inputs are {input_dtype.name}; "
                              "give the files it wrote", path)
     return scale
 

@@ -497,6 +497,16 @@ def test_png_outputs_invert_through_their_own_files(png_folder, chdir, out_range
     assert np.abs(pngs(chdir / "back").astype(np.int64) - x).max() <= max(1, np.ceil(step / 2))
 
 
+def test_without_a_recorded_encoding_a_unit_range_is_inferred(png_folder, chdir):
+    """A statistics file from before encodings were recorded: 8-bit outputs of a [0, 1] normalize."""
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    doc = json.loads((chdir / "s.json").read_text())
+    del doc["encoding"]
+    (chdir / "s.json").write_text(json.dumps(doc))
+    run_cli("normalize", "out", "-o", "back", "--inverse", "--stats-from", "s.json", "-q")
+    assert np.abs(pngs(chdir / "back").astype(np.int64) - pngs(png_folder)).max() <= 1
+
+
 def test_16bit_png_outputs_invert_exactly(chdir, rng):
     image = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
     write_image(chdir / "in" / "a.png", image)
