@@ -181,9 +181,30 @@ def input_options(fn):
                      help="Convert images to this many channels."),
         click.option("--ignore-nan", is_flag=True,
                      help="Leave NaN and inf out of the statistics (transforms pass them through)."),
+        *image_read_options,
     )):
         fn = option(fn)
     return fn
+
+
+def _read_option(ctx: click.Context, param: click.Parameter, value) -> None:
+    """Image-reading options travel in ctx.meta to _open, so commands need no parameter for them."""
+    ctx.meta.setdefault("normcli.read", {})[param.name] = value
+
+
+image_read_options = (
+    click.option("--frames", type=click.Choice(("first", "all")), expose_value=False, callback=_read_option,
+                 help="Multi-frame files (GIF, APNG, WebP, multi-page TIFF): the first frame only, or every "
+                      "frame as a sample FILE#N [default: refuse them]."),
+    click.option("--max-pixels", type=click.IntRange(min=0), metavar="N", expose_value=False,
+                 callback=_read_option,
+                 help="Refuse images with more pixels (width x height) than this, before decoding; 0: no limit "
+                      "[default: 89478485, Pillow's]."),
+    click.option("--include-hidden", is_flag=True, expose_value=False, callback=_read_option,
+                 help="Also read dot-files and dot-folders inside input folders."),
+    click.option("--exclude", metavar="GLOB", multiple=True, expose_value=False, callback=_read_option,
+                 help="Leave out images whose path inside the folder matches GLOB (fnmatch; repeatable)."),
+)
 
 
 def scope_option(default: str, choices=SCOPES):
@@ -265,9 +286,12 @@ def _engine():
 
 
 def _open(inputs, layout, key, mode):
+    from normcli.images import ReadOptions
     from normcli.sources import open_dataset
 
-    return open_dataset(inputs, layout=layout, key=key, mode=mode)
+    given = click.get_current_context().meta.get("normcli.read", {})
+    options = ReadOptions(**{name: value for name, value in given.items() if value is not None})
+    return open_dataset(inputs, layout=layout, key=key, mode=mode, images=options)
 
 
 def _printer(to_stderr: bool, ascii_only: bool = False):
@@ -374,12 +398,13 @@ def _run_transform(dataset, plan, *, output, dtype, ext, clip, force, bins, fmt,
                            ignore_nan=ignore_nan, report=not quiet, engine=engine, progress=progress,
                            outputs=outputs)
         if save_stats:
-            statsfile.write(save_stats, _stats_file(result.before, ddof, plan.saved_extra()),
+            encoding = {"encoding": result.encoding} if result.encoding else {}
+            statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
                             force=force, inputs=dataset.inputs, outputs=outputs)
         outputs.commit()
     if result.clipped:
-        warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside [0, 1] and were clipped to fit "
-                                     "the 8/16-bit output"))
+        warnings.warn(NormcliWarning(f"{result.clipped:,} values fell outside what the 8/16-bit output holds "
+                                     "and were clipped to fit"))
     if quiet:
         return
     to_stderr = output == "-"
@@ -444,6 +469,14 @@ def _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse,
     return dataset, saved, saved.per
 
 
+def _input_scale(saved, path, dataset, inverse: bool, out_range=None):
+    """With --inverse: the scale the inputs' integers were written with, as the saved file records it
+    (or, for a file without a record, inferred from a normalize range within [0, 1])."""
+    from normcli.sinks import input_scale
+
+    return input_scale(saved.extra.get("encoding"), dataset.dtype, path, out_range) if inverse else None
+
+
 @cli.command(short_help="Min-max scale to a range (default [0, 1]).")
 @input_options
 @output_options
@@ -470,7 +503,8 @@ def normalize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip, f
     dataset, saved, scope = _fit_inputs(inputs, layout, key, mode, per, save_stats, stats_from, inverse, "global")
     with dataset:
         plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
-                         inverse=inverse, clip=out_range if clip and not inverse else None)
+                         inverse=inverse, clip=out_range if clip and not inverse else None,
+                         input_scale=_input_scale(saved, stats_from, dataset, inverse, out_range))
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, save_stats=save_stats,
                        title="inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]")
@@ -506,7 +540,8 @@ def standardize(inputs, layout, key, mode, ignore_nan, output, dtype, ext, clip,
     ddof = saved.ddof if saved is not None else ddof or 0
     with dataset:
         plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps),
-                         fitted=saved.moments if saved else None, inverse=inverse)
+                         fitted=saved.moments if saved else None, inverse=inverse,
+                         input_scale=_input_scale(saved, stats_from, dataset, inverse))
         _run_transform(dataset, plan, output=output, dtype=dtype, ext=ext, clip=clip, force=force, bins=bins,
                        fmt=fmt, quiet=quiet, ascii_only=ascii_only, ignore_nan=ignore_nan, save_stats=save_stats, ddof=ddof,
                        title="inverse z-score" if inverse else "z-score")

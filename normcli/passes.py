@@ -258,8 +258,11 @@ class ScalePlan(Plan):
     and batchnorm --eval (a fixed map from saved running statistics)."""
 
     def __init__(self, scope, make_affine: Callable[[Moments], Affine], *, fitted: Moments | None = None,
-                 inverse: bool = False, clip: tuple[float, float] | None = None):
+                 inverse: bool = False, clip: tuple[float, float] | None = None, input_scale: int | None = None):
+        """`input_scale`: the inputs are integers that stand for value * input_scale (an 8/16-bit
+        output of normcli, read back for --inverse): divided by it before the map."""
         self.scope = as_scope(scope)
+        self.input_scale = input_scale
         self.make_affine = make_affine
         self.fitted = fitted
         self.inverse = inverse
@@ -269,6 +272,9 @@ class ScalePlan(Plan):
     def finish(self, before: Moments):
         affine = self.make_affine(self.fitted if self.fitted is not None else before)
         self.affine = affine.inverse() if self.inverse else affine
+        if self.input_scale:  # map(x / s) = (x - shift * s) * (scale / s) + offset
+            s = self.input_scale
+            self.affine = Affine(self.affine.shift * s, self.affine.scale / s, self.affine.offset)
         low, high = self.affine.bounds(before.min, before.max)
         if self.clip is not None:
             low, high = np.clip(low, *self.clip), np.clip(high, *self.clip)
@@ -549,6 +555,7 @@ class TransformResult:
     plan: Plan
     clipped: int  # values clipped to fit an 8/16-bit output
     written: str = ""  # what was written, as the closing report line says it
+    encoding: dict | None = None  # how an 8/16-bit output stores its values (OutputSpec.encoding)
 
 
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
@@ -581,13 +588,14 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
     if finite.size:
-        sinks.check_range(spec, finite.min(), finite.max(), clip)
+        sinks.choose_encoding(spec, finite.min(), finite.max(), clip)
         _check_float_range(spec, finite.min(), finite.max())
         _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
     samples = plan.samples if plan.samples is not None else dataset.n_samples
 
-    # Float outputs are measured as written; integer ones as the floats they encode.
-    work_dtype = np.dtype(np.float64 if spec.dtype == np.float64 else np.float32)
+    # Float outputs are measured as written; integer ones as the floats they encode, in float64 so that
+    # each integer is round(exact value * scale).
+    work_dtype = np.dtype(np.float64 if spec.dtype == np.float64 or spec.encoding() else np.float32)
     before_edges = after_edges = None
     if bins:
         before_edges = edges_for(scope, before.min, before.max, bins)
@@ -622,4 +630,4 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         after_result = _stats(dataset, scope, after_stats.aggregate(),
                               Histograms(after_counts.counts, after_edges) if bins else None,
                               dtype=spec.dtype, samples=samples)
-    return TransformResult(before_result, after_result, plan, clipped, sink.describe())
+    return TransformResult(before_result, after_result, plan, clipped, sink.describe(), spec.encoding())

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from normcli.errors import OutputError, UsageMismatch, from_os_error
+from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
+from normcli.images import output_name, write_image
 from normcli.layout import Layout
 from normcli.sources import IMAGE_EXTENSIONS
 
 INTEGER_DTYPES = ("uint8", "uint16")
-# Values this close outside [0, 1] are rounding, not data: clamped silently for integer outputs.
+# Values this close outside the encoding's range (as a fraction of it) are rounding, not data:
+# clamped silently for integer outputs.
 TOLERANCE = 1e-6
 
 
@@ -142,6 +144,16 @@ class OutputSpec:
     kind: str
     dtype: np.dtype
     ext: str | None = None
+    # An 8/16-bit output stores round(value * scale): the integer maximum ([0, 1] onto the full range)
+    # or 1 (values already within the integers' range); chosen by choose_encoding before writing.
+    scale: int | None = None
+    alpha: bool = False  # the last channel is alpha (image inputs that carry it), tagged so in TIFF outputs
+
+    def encoding(self) -> dict | None:
+        """How an integer output encodes its values, for the --save-stats file (None: a float output)."""
+        if self.dtype.name not in INTEGER_DTYPES:
+            return None
+        return {"dtype": self.dtype.name, "scale": int(self.scale or np.iinfo(self.dtype).max)}
 
     def describe(self, samples: int, key: str | None = None) -> str:
         """The closing report line: what was written, e.g. 'wrote 1,000 PNG files to out/'."""
@@ -197,7 +209,8 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
     if kind == "image":
         check_target(target, dataset.inputs, force, folder=False)
         ext = _IMAGE_SUFFIXES[Path(target).suffix.lower()]
-        return OutputSpec(target, kind, np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
+        return OutputSpec(target, kind, np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext,
+                          alpha=dataset.has_alpha)
     if kind != "folder":
         if kind != "stdout":
             check_target(target, dataset.inputs, force)
@@ -213,13 +226,14 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
         raise UsageMismatch(f"PNG holds 1 to 4 channels, these samples have {dataset.channels}; use --ext tiff or npy")
     writes = _check_names(dataset.sample_names(), ext, target)
     check_target(target, dataset.inputs, force, folder=True, writes=writes)
-    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset.dtype)), ext)
+    return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext,
+                      alpha=dataset.has_alpha)
 
 
 def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
     """A sample's file in an output folder: its image path with the new type, else its zero-padded index."""
     if name:
-        return Path(name).with_suffix(f".{ext}").as_posix()
+        return output_name(name, ext)
     return f"{index:0{max(6, len(str(max(samples - 1, 0))))}d}.{ext}"
 
 
@@ -267,9 +281,14 @@ def _default_ext(dataset) -> str:
     return "png"
 
 
-def _default_folder_dtype(ext: str, input_dtype: np.dtype) -> str:
+def _default_folder_dtype(ext: str, dataset) -> str:
+    """Images keep their bit depth: PNG outputs are 16-bit for 16-bit inputs, else 8-bit; TIFF outputs of
+    8/16-bit TIFF inputs stay 8/16-bit; any other TIFF output (arrays, float images, --ext tiff) is float32."""
     if ext == "png":
-        return "uint16" if input_dtype == np.uint16 else "uint8"
+        return "uint16" if dataset.dtype == np.uint16 else "uint8"
+    suffixes = dataset.image_suffixes
+    if suffixes and suffixes <= {".tif", ".tiff"} and dataset.dtype.name in INTEGER_DTYPES:
+        return dataset.dtype.name
     return "float32"
 
 
@@ -299,28 +318,66 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
                               "them; remove it or write elsewhere", target)
 
 
-def check_range(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
-    """Refuse, before writing, values an integer output cannot hold (unless --clip)."""
-    if spec.dtype.name not in INTEGER_DTYPES or clip:
+def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
+    """Decide, before writing, how an 8/16-bit output stores the predicted range [low, high]:
+    values that reach 2 or more without going negative are stored as those integers (0..255,
+    0..65535); any other values map [0, 1] onto the full integer range. Values outside the chosen
+    encoding's range are refused, or clipped to it with --clip. (Between 1 and 2 nothing is guessed:
+    as integers they would leave only the levels 0 and 1.)"""
+    if spec.dtype.name not in INTEGER_DTYPES:
         return
-    if low < -TOLERANCE or high > 1 + TOLERANCE:
-        what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.ext else spec.dtype.name
-        raise OutputError(
-            f"the output spans [{low:.4g}, {high:.4g}], but {what} holds only [0, 1] mapped onto integers; "
-            "write .npy/.npz, --ext tiff or --ext npy (float), or pass --clip", spec.target)
+    top = np.iinfo(spec.dtype).max
+    integers = high >= 2 and low >= -TOLERANCE * top
+    spec.scale = 1 if integers else top
+    limit = top if integers else 1  # the encoding's range in values: [0, limit]
+    if clip or (low >= -TOLERANCE * limit and high <= limit * (1 + TOLERANCE)):
+        return
+    what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
+    floats = "--dtype float32" if spec.ext == "tiff" or spec.kind != "folder" else "--ext tiff, --ext npy or .npy"
+    raise OutputError(
+        f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] (mapped onto 0..{top}) or "
+        f"0..{top} as integers; write floats ({floats}), or pass --clip", spec.target)
 
 
-def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str) -> tuple[np.ndarray, int]:
-    """[0, 1] onto the integer range of `dtype`; returns the integers and how many were clipped."""
+
+
+def input_scale(encoding, input_dtype: np.dtype, path: str, out_range=None) -> int | None:
+    """The scale an input of `input_dtype` was written with, from a --save-stats file's `encoding`.
+    Without one, 8/16-bit inputs of a normalize whose `out_range` lies within [0, 1] can only have been
+    written as [0, 1] onto the full range; otherwise (and for float inputs) None: taken as they are."""
+    input_dtype = np.dtype(input_dtype)
+    if encoding is None and out_range is not None and input_dtype.name in INTEGER_DTYPES \
+            and 0 <= min(out_range) and max(out_range) <= 1:
+        return int(np.iinfo(input_dtype).max)
+    if encoding is None or input_dtype.kind == "f":
+        return None
+    try:
+        dtype, scale = np.dtype(encoding["dtype"]), encoding["scale"]
+        if dtype.name not in INTEGER_DTYPES or scale not in (1, np.iinfo(dtype).max):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise StatsFileError(f"malformed encoding {encoding!r}; expected {{\"dtype\": \"uint8\" or \"uint16\", "
+                             "\"scale\": 1 or the integer maximum}", path) from None
+    if dtype != input_dtype:
+        raise StatsFileError(f"its outputs were written as {dtype.name}, but these inputs are {input_dtype.name}; "
+                             "give the files it wrote", path)
+    return scale
+
+
+def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str,
+                scale: int | None = None) -> tuple[np.ndarray, int]:
+    """round(values * scale) as `dtype` (scale: the integer maximum, [0, 1] onto the full range, by
+    default; or 1); returns the integers and how many values were clipped to the encoding's range."""
     if np.isnan(values).any():
         raise OutputError(f"NaN cannot be stored as {dtype.name}; write a float output", target)
-    outside = (values < -TOLERANCE) | (values > 1 + TOLERANCE)
+    top = np.iinfo(dtype).max
+    limit = top / (scale or top)  # the encoding's range in values: [0, 1] or [0, top]
+    outside = (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
     clipped = int(outside.sum())
     if clipped and not clip:
-        raise OutputError(f"{clipped} values fall outside [0, 1] and cannot be stored as {dtype.name}; "
+        raise OutputError(f"{clipped} values fall outside [0, {limit:g}] and cannot be stored as {dtype.name}; "
                           "write a float output or pass --clip", target)
-    top = np.iinfo(dtype).max
-    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype), clipped
+    return np.rint(np.clip(values, 0.0, limit) * (scale or top)).astype(dtype), clipped
 
 
 def _naming_target(method):
@@ -343,11 +400,12 @@ class Encoder:
     dtype: np.dtype
     clip: bool
     target: str
+    scale: int | None = None  # integer outputs: stored = round(value * scale) (see choose_encoding)
 
     def encode(self, values: np.ndarray) -> tuple[np.ndarray, int]:
         """The stored values and how many were clipped to fit."""
         if self.dtype.name in INTEGER_DTYPES:
-            return to_integers(values, self.dtype, self.clip, self.target)
+            return to_integers(values, self.dtype, self.clip, self.target, self.scale)
         return values.astype(self.dtype, copy=False), 0
 
 
@@ -392,6 +450,7 @@ class FolderWriter(Encoder):
     layout: Layout = Layout("NHWC")
     samples: int = 0
     single_file: bool = False
+    alpha: bool = False  # the last channel is alpha: tagged so in TIFF outputs
 
     @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None) -> None:
@@ -402,31 +461,11 @@ class FolderWriter(Encoder):
                 relative = relative_name(names[i] if names else None, start + i, self.ext, self.samples)
                 path = inside(self.folder, relative, self.target)
                 path.parent.mkdir(parents=True, exist_ok=True)
-            write_sample_file(path, sample, self.ext, self.layout)
-
-
-def write_sample_file(path: Path, sample: np.ndarray, ext: str, layout: Layout) -> None:
-    """One sample as a .npy, TIFF or PNG file (16-bit colour PNGs through normcli's own codec)."""
-    if ext == "npy":
-        with open(path, "wb") as f:  # np.save would add .npy to a temporary's name
-            np.save(f, sample, allow_pickle=False)
-        return
-    image = layout.image(sample)
-    if ext == "tiff":
-        import tifffile
-
-        channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
-        tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
-                         photometric="rgb" if channels in (3, 4) else "minisblack",
-                         planarconfig="contig" if channels > 1 else None)
-    elif image.dtype == np.uint16 and image.shape[-1] > 1:
-        from normcli.png16 import write_png16
-
-        write_png16(path, image)
-    else:
-        import imageio.v3 as iio
-
-        iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+            if self.ext == "npy":
+                with open(path, "wb") as f:  # np.save would add .npy to a temporary's name
+                    np.save(f, sample, allow_pickle=False)
+            else:
+                write_image(path, self.layout.image(sample), self.ext, alpha=self.alpha)
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -461,10 +500,11 @@ class Sink:
         if spec.kind == "stdout":
             self._stream = stdout or sys.stdout.buffer
             self._stream.write(_npy_header(dtype, self.shape))
-            self.writer = StreamWriter(dtype, clip, target)
+            self.writer = StreamWriter(dtype, clip, target, spec.scale)
         elif spec.kind in ("folder", "image"):
             folder = self._outputs.stage(target, folder=spec.kind == "folder")
-            self.writer = FolderWriter(dtype, clip, target, folder, spec.ext, layout, samples, spec.kind == "image")
+            self.writer = FolderWriter(dtype, clip, target, spec.scale, folder=folder, ext=spec.ext, layout=layout,
+                                       samples=samples, single_file=spec.kind == "image", alpha=spec.alpha)
         else:
             self._staged = self._outputs.stage(target)
             path = self._staged
@@ -476,7 +516,8 @@ class Sink:
             with open(path, "r+b") as f:
                 f.write(header)
                 f.truncate(len(header) + samples * sample_bytes)
-            self.writer = NpyWriter(dtype, clip, target, path, len(header), sample_bytes)
+            self.writer = NpyWriter(dtype, clip, target, spec.scale, path=path, data_offset=len(header),
+                                    sample_bytes=sample_bytes)
 
     @property
     def target(self) -> str:

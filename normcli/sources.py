@@ -23,12 +23,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch, from_os_error
+from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, ReadOptions, close_frame_readers,
+                            convert_channels, decode, list_images, read_header)
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.engine import ordered_map
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-_IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
-MODES = {"gray": 1, "rgb": 3, "rgba": 4}
 # Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
 CHUNK_BYTES = 4 << 20
 # A Fortran-order .npz member cannot be read by samples (zip members are not seekable), so it is
@@ -163,45 +162,30 @@ def check_array_header(shape: tuple, fortran_order: bool, dtype: np.dtype, avail
                          "(np.ascontiguousarray) or as .npy", name)
 
 
-@dataclass
-class ImageHeader:
-    path: Path
-    relpath: str
-    height: int
-    width: int
-    channels: int
-    dtype: np.dtype
-
-
 class ImagePart:
     """An image folder (read recursively, sorted by relative path) or a single image file."""
 
-    def __init__(self, name: str, mode: str | None):
-        root = Path(name)
-        if root.is_dir():
-            files = sorted(
-                (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                key=lambda p: p.relative_to(root).as_posix(),
-            )
-            if not files:
-                raise InputError(f"folder holds no images ({_IMAGE_TYPES})", name)
-            relpaths = [p.relative_to(root).as_posix() for p in files]
-        else:
-            files, relpaths = [root], [root.name]
+    def __init__(self, name: str, mode: str | None, options: ReadOptions = ReadOptions()):
         self.name = name
         self.mode = mode
-        self.headers = list(ordered_map(_read_header, zip(files, relpaths)))
+        read = functools.partial(read_header, options=options)  # picklable, for any engine
+        self.headers = [header for headers in ordered_map(read, list_images(name, options)) for header in headers]
         self.n_samples = len(self.headers)
         first = self.headers[0]
         for header in self.headers[1:]:
             if header.dtype != first.dtype:
                 raise InputError(
-                    f"images differ in bit depth: {first.relpath} is {first.dtype}, "
-                    f"{header.relpath} is {header.dtype}; convert them to one depth", name)
+                    f"images differ in bit depth: {first.name} is {first.dtype}, "
+                    f"{header.name} is {header.dtype}; convert them to one depth", name)
             if mode is None and header.channels != first.channels:
                 raise InputError(
-                    f"images differ in channels: {first.relpath} has {first.channels}, "
-                    f"{header.relpath} has {header.channels}; use --mode gray|rgb|rgba to convert", name)
+                    f"images differ in channels: {first.name} has {first.channels}, "
+                    f"{header.name} has {header.channels}; use --mode gray|rgb|rgba to convert", name)
+            if mode is None and header.alpha != first.alpha:
+                with_alpha, without = (header, first) if header.alpha else (first, header)
+                raise InputError(
+                    f"{with_alpha.name} has alpha, {without.name} has {without.channels} colour channels; "
+                    "use --mode rgb or rgba to convert", name)
         self.dtype = first.dtype
         channels = MODES[mode] if mode else first.channels
         heights = {h.height for h in self.headers}
@@ -218,122 +202,21 @@ class ImagePart:
         """A picklable function of one header to its decoded image (what a block needs to read)."""
         return functools.partial(decode_image, mode=self.mode)
 
+    @property
+    def alpha_channel(self) -> int | None:
+        """The index of the alpha channel (the last), None when the images carry none."""
+        alpha = self.mode == "rgba" if self.mode else self.headers[0].alpha
+        return self.sample_shape[-1] - 1 if alpha else None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha_channel is not None
+
 
 def decode_image(header: "ImageHeader", *, mode: str | None) -> np.ndarray:
     """One image as (H, W, C) in its own dtype, converted to `mode`'s channels if given."""
-    image = _decode(header)
+    image = decode(header)
     return convert_channels(image, MODES[mode]) if mode else image
-
-
-def _read_header(item) -> ImageHeader:
-    path, relpath = item
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                shape, axes = page.shape, page.axes
-                dtype = page.dtype
-            height, width = shape[axes.index("Y")], shape[axes.index("X")]
-            channels = shape[axes.index("S")] if "S" in axes else 1
-            return ImageHeader(path, relpath, height, width, channels, np.dtype(dtype))
-        from PIL import Image
-
-        with Image.open(path) as im:
-            mode, (width, height) = im.mode, im.size
-            has_transparency = "transparency" in im.info
-        from normcli.png16 import png16_channels
-
-        channels16 = png16_channels(path)
-        if channels16:
-            channels, dtype = channels16, np.dtype(np.uint16)
-        else:
-            channels, dtype = _pil_channels_dtype(mode, has_transparency)
-        return ImageHeader(path, relpath, height, width, channels, dtype)
-    except InputError:
-        raise
-    except Exception as exc:  # every decoder has its own errors; the user needs the file
-        raise InputError(f"cannot read image: {exc}", str(path)) from None
-
-
-# Pillow mode -> (channels, dtype) as normcli decodes it.
-_PIL_MODES = {
-    "1": (1, np.uint8), "L": (1, np.uint8), "LA": (2, np.uint8), "RGB": (3, np.uint8),
-    "RGBA": (4, np.uint8), "CMYK": (3, np.uint8), "YCbCr": (3, np.uint8), "PA": (4, np.uint8),
-    "I;16": (1, np.uint16), "I;16L": (1, np.uint16), "I;16B": (1, np.uint16),
-    "I": (1, np.int32), "F": (1, np.float32),
-}
-
-
-def _pil_channels_dtype(mode: str, has_transparency: bool):
-    if mode == "P":
-        return (4 if has_transparency else 3), np.dtype(np.uint8)
-    if mode not in _PIL_MODES:
-        raise InputError(f"unsupported image mode {mode}")
-    channels, dtype = _PIL_MODES[mode]
-    return channels, np.dtype(dtype)
-
-
-def _decode(header: ImageHeader) -> np.ndarray:
-    """One image as (H, W, C) in its own dtype; 16-bit stays 16-bit."""
-    path = header.path
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                image, axes = page.asarray(), page.axes
-            if "S" in axes and axes.index("S") < axes.index("Y"):
-                image = np.moveaxis(image, axes.index("S"), -1)
-        elif header.dtype == np.uint16 and header.channels > 1:
-            from normcli import png16
-
-            image = png16.read_png16(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.seek(0)
-                if im.mode == "P":
-                    im = im.convert("RGBA" if header.channels == 4 else "RGB")
-                elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
-                    im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
-                image = np.asarray(im)
-            if image.dtype.byteorder not in "=|":
-                image = image.astype(image.dtype.newbyteorder("="))
-    except Exception as exc:
-        raise InputError(f"cannot decode image: {exc}", str(path)) from None
-    image = image.reshape(image.shape[0], image.shape[1], -1)
-    if image.shape[:2] != (header.height, header.width):
-        raise InputError("image changed size while being read", str(path))
-    return image
-
-
-def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Gray/gray+alpha/RGB/RGBA (H, W, C) to 1, 3 or 4 channels, keeping the dtype.
-
-    Gray uses ITU-R 601-2 luma, as Pillow and ImageMagick do; alpha added is opaque.
-    """
-    have = image.shape[-1]
-    if have == channels:
-        return image
-    color = image[..., :3] if have >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    alpha = image[..., -1:] if have in (2, 4) else None
-    if channels == 1:
-        if have <= 2:
-            return image[..., :1]
-        luma = color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        if image.dtype.kind in "ui":
-            luma = np.rint(luma)
-        return luma.astype(image.dtype)[..., None]
-    if channels == 3:
-        return np.ascontiguousarray(color)
-    if alpha is None:
-        opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1
-        alpha = np.full(image.shape[:2] + (1,), opaque, dtype=image.dtype)
-    return np.concatenate([color, alpha], axis=-1)
 
 
 # -- blocks: what any thread, process or cluster worker reads by itself ----------------------
@@ -446,6 +329,18 @@ class Dataset:
         return self.layout.channels(self.sample_shape)
 
     @property
+    def alpha_channel(self) -> int | None:
+        """The channel that holds alpha (image inputs with LA, RGBA, PA, P with transparency, or 2/4-channel
+        TIFF with alpha extrasamples; --mode rgba): the last. None for arrays, images without alpha, or
+        inputs that disagree."""
+        channels = {getattr(part, "alpha_channel", None) for part in self.parts}
+        return channels.pop() if len(channels) == 1 else None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha_channel is not None
+
+    @property
     def uniform(self) -> bool:
         """Whether every sample has the same shape (needed by `pixel` and single-array outputs)."""
         return None not in self.sample_shape
@@ -515,7 +410,7 @@ class Dataset:
         """The output names of an image input's files (worked out once: it stats the input)."""
         key = id(part)
         if key not in self._names:
-            self._names[key] = [_qualified(self, part, header.relpath) for header in part.headers]
+            self._names[key] = [_qualified(self, part, header.name) for header in part.headers]
         return self._names[key]
 
     def _block(self, pieces: list, start: int) -> "Block":
@@ -544,7 +439,7 @@ class Dataset:
     def locate(self, index: int) -> tuple[str, int]:
         """The input holding global sample `index`, and the name of that sample within it."""
         part, local = self._locate(index)
-        return part.name, (part.headers[local].relpath if isinstance(part, ImagePart) else local)
+        return part.name, (part.headers[local].name if isinstance(part, ImagePart) else local)
 
     def _locate(self, index: int):
         for part in self.parts:
@@ -554,6 +449,7 @@ class Dataset:
         raise IndexError(index)
 
     def close(self) -> None:
+        close_frame_readers()
         for spool in self._spools:
             try:
                 os.unlink(spool)
@@ -568,13 +464,14 @@ class Dataset:
         self.close()
 
 
-def _qualified(dataset: Dataset, part: ImagePart, relpath: str) -> str:
-    """An image's output name: its relative path, under its input folder's name when there are several
-    (the resolved name: `.` and `..` name the folder they stand for, never a step out of the output)."""
+def _qualified(dataset: Dataset, part: ImagePart, name: str) -> str:
+    """A sample's output name: its name in its input (relative path, #frame), under its input
+    folder's name when there are several inputs (the resolved name: `.` and `..` name the folder
+    they stand for, never a step out of the output)."""
     if len(dataset.parts) == 1 or not Path(part.name).is_dir():
-        return relpath if Path(part.name).is_dir() else Path(part.name).name
+        return name
     folder = Path(part.name).resolve().name  # empty for /
-    return f"{folder}/{relpath}" if folder else relpath
+    return f"{folder}/{name}" if folder else name
 
 
 def _spool_stdin() -> str:
@@ -595,7 +492,7 @@ def _spool_stdin() -> str:
     return path
 
 
-def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
+def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], images: ReadOptions):
     if name == "-":
         path = _spool_stdin()
         spools.append(path)
@@ -605,13 +502,13 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str]):
         raise InputError("no such file or folder", name)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix in IMAGE_EXTENSIONS:
-        return ImagePart(name, mode)
+        return ImagePart(name, mode, images)
     if suffix == ".npz":
         return ArrayPart(name, name, _npz_member(name, key))
     if suffix == ".npy":
         return ArrayPart(name, name)
     raise InputError(
-        f"unknown input type; give a .npy or .npz file, an image ({_IMAGE_TYPES}), a folder of images, "
+        f"unknown input type; give a .npy or .npz file, an image ({IMAGE_TYPES}), a folder of images, "
         "or - for stdin", name)
 
 
@@ -632,11 +529,12 @@ def _npz_member(name: str, key: str | None) -> str:
 
 
 def open_dataset(inputs: Sequence[str], *, layout: str | None = None, key: str | None = None,
-                 mode: str | None = None) -> Dataset:
-    """Open `inputs` as one dataset, checking that their shapes, layouts and types agree."""
+                 mode: str | None = None, images: ReadOptions = ReadOptions()) -> Dataset:
+    """Open `inputs` as one dataset, checking that their shapes, layouts and types agree; `images`
+    says how image inputs are read (frames, pixel limit, hidden and excluded files)."""
     spools: list[str] = []
     try:
-        parts = [_open_part(name, key, mode, spools) for name in inputs]
+        parts = [_open_part(name, key, mode, spools, images) for name in inputs]
         dataset = _combine(parts, layout, key)
     except BaseException:
         for spool in spools:

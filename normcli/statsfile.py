@@ -34,7 +34,8 @@ class StatsFile:
     moments: Moments
     ddof: int = 0
     inputs: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)  # batchnorm: running_mean, running_var, momentum, batches
+    # batchnorm: running_mean, running_var, momentum, batches; 8/16-bit outputs: encoding
+    extra: dict = field(default_factory=dict)
 
     def shaped(self, values: np.ndarray) -> list:
         """Per-key values as nested lists shaped like the scope (JSON null for NaN and inf)."""
@@ -104,7 +105,7 @@ def read(path: str) -> StatsFile:
             _flat(doc["var"], keys, "var")  # derived from m2, but a file of the wrong length is a damaged one
         extra = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape)
                  for name in _EXTRA_ARRAYS if name in doc}
-        for name in ("momentum", "batches"):
+        for name in ("momentum", "batches", "encoding"):
             if name in doc:
                 extra[name] = doc[name]
         _check_values(arrays, extra)

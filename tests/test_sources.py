@@ -58,8 +58,12 @@ def npy_bytes(array) -> bytes:
 
 
 def luma(image: np.ndarray) -> np.ndarray:
-    """The contract's gray: ITU-R 601-2 luma of the RGB channels, rounded, in the input's dtype."""
-    return np.rint(image[..., :3].astype(np.float64) @ LUMA).astype(image.dtype)[..., None]
+    """The README's gray: Pillow's convert('L') for 8 bits; for 16 bits its fixed-point ITU-R 601-2
+    luma (R*19595 + G*38470 + B*7471 + 32768) >> 16, in Python integers."""
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("L"))[..., None]
+    r, g, b = (image[..., i].astype(object) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 32768) // 65536).astype(image.dtype)[..., None]
 
 
 # ----------------------------------------------------------------------------- .npy
@@ -592,6 +596,8 @@ def test_gray_mode_rounds_the_luma(tmp_path):
     np.testing.assert_array_equal(got, want)
     truncated = np.floor(rgb.astype(np.float64) @ LUMA).astype(np.uint8)[..., None]
     assert (want != truncated).any()  # the test tells rounding from truncation
+    rounded = np.rint(rgb.astype(np.float64) @ LUMA).astype(np.uint8)[..., None]
+    assert (want != rounded).any()  # and Pillow's fixed point from float luma rounded
 
 
 @pytest.mark.parametrize("mode", ["gray", "rgba"])

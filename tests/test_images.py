@@ -1,0 +1,588 @@
+"""Real image files made here with Pillow, imageio and tifffile, read by normcli and checked value by
+value against those libraries: EXIF orientation, frames, the pixel limit, alpha, hidden files,
+gray conversion, every format; outputs (bit depth, suffix, integer encodings) opened again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image, ImageOps
+
+from conftest import run_cli, write_image
+from normcli.errors import InputError
+from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, convert_channels, list_images, orient
+from normcli.sources import open_dataset
+
+ORIENTATION = 0x0112
+
+
+def read(inputs, **kw) -> tuple[list[str], list[np.ndarray], object]:
+    """Every sample of `inputs` with its name, one at a time (images may differ in size)."""
+    images = ReadOptions(**kw.pop("images", {}))
+    with open_dataset([str(i) for i in inputs], images=images, **kw) as dataset:
+        names = dataset.sample_names()
+        samples = [dataset.take([i])[0] for i in range(dataset.n_samples)]
+    return names, samples, dataset
+
+
+def pillow_hwc(im: Image.Image) -> np.ndarray:
+    array = np.asarray(im)
+    return array.reshape(array.shape[0], array.shape[1], -1)
+
+
+def jpeg_with_orientation(path: Path, rgb: np.ndarray, orientation: int | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ORIENTATION] = orientation
+    Image.fromarray(rgb).save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def assert_nearest(written: np.ndarray, numerator: np.ndarray, denominator: int) -> None:
+    """Each written integer is a nearest integer to the exact rational numerator / denominator
+    (either neighbour at an exact tie, where float evaluation order decides), in exact int64."""
+    written, numerator = np.asarray(written).astype(np.int64), np.asarray(numerator).astype(np.int64)
+    assert written.shape == numerator.shape
+    error = np.abs(2 * written * denominator - 2 * numerator)
+    assert (error <= denominator).all(), f"{int((error > denominator).sum())} values off by more than half a step"
+
+
+def minmax_numerator(x: np.ndarray, low: int, high: int, top: int = 1) -> tuple[np.ndarray, int]:
+    """normalize --range low high of integers x, times `top`, as numerator / denominator."""
+    x = x.astype(np.int64)
+    span = int(x.max() - x.min())
+    return ((x - x.min()) * (high - low) + low * span) * top, span
+
+
+@pytest.fixture
+def rgb(rng):
+    """A 6×10 RGB image: not square, so a quarter turn shows in the shape."""
+    return rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------ EXIF orientation
+@pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_jpeg_is_read_as_exif_transpose_shows_it(tmp_path, rgb, orientation):
+    path = jpeg_with_orientation(tmp_path / "in" / "photo.jpg", rgb, orientation)
+    with Image.open(path) as im:
+        want = pillow_hwc(ImageOps.exif_transpose(im))
+    with open_dataset([str(tmp_path / "in")]) as dataset:
+        assert dataset.sample_shape == want.shape  # the header knows the displayed size before decoding
+        got = dataset.take([0])[0]
+    np.testing.assert_array_equal(got, want)
+    if orientation in (5, 6, 7, 8):
+        assert want.shape[:2] == rgb.shape[1::-1]
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 7])
+def test_tiff_orientation_tag_is_applied_too(tmp_path, rgb, orientation):
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", extratags=[(274, "H", 1, orientation, False)])
+    with Image.open(path) as im:
+        want = pillow_hwc(ImageOps.exif_transpose(im))
+    np.testing.assert_array_equal(read([path])[1][0], want)
+
+
+def test_oriented_jpeg_output_displays_like_the_input_and_has_no_orientation_tag(chdir, rgb):
+    jpeg_with_orientation(chdir / "in" / "photo.jpg", rgb, 6)
+    run_cli("normalize", "in", "-o", "out", "-q")
+    with Image.open(chdir / "out" / "photo.png") as im:
+        assert ORIENTATION not in im.getexif()
+        written = pillow_hwc(im)
+    with Image.open(chdir / "in" / "photo.jpg") as im:
+        shown = pillow_hwc(ImageOps.exif_transpose(im))
+    assert_nearest(written, *minmax_numerator(shown, 0, 1, 255))
+
+
+# ------------------------------------------------------------------------------ frames
+def animated_gif(path: Path, frames: int, rng) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).quantize(16) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0, disposal=1)
+    return path
+
+
+def pillow_frames(path: Path, mode: str) -> list[np.ndarray]:
+    frames = []
+    with Image.open(path) as im:
+        for index in range(im.n_frames):
+            im.seek(index)
+            frames.append(pillow_hwc(im.convert(mode)))
+    return frames
+
+
+def test_multi_frame_gif_is_refused_by_default_naming_frames_and_option(tmp_path, rng):
+    path = animated_gif(tmp_path / "in" / "anim.gif", 4, rng)
+    with pytest.raises(InputError) as info:
+        open_dataset([str(tmp_path / "in")])
+    message = str(info.value)
+    assert "4 frames" in message and "--frames" in message and str(path) in message and "\n" not in message
+
+
+def test_frames_first_and_all(tmp_path, rng):
+    path = animated_gif(tmp_path / "in" / "anim.gif", 4, rng)
+    want = pillow_frames(path, "RGB")
+    names, samples, _ = read([tmp_path / "in"], images={"frames": "first"})
+    assert names == ["anim.gif"]
+    np.testing.assert_array_equal(samples[0], want[0])
+    names, samples, _ = read([tmp_path / "in"], images={"frames": "all"})
+    assert names == [f"anim.gif#{i}" for i in range(4)]
+    for got, frame in zip(samples, want):
+        np.testing.assert_array_equal(got, frame)
+
+
+def test_a_camera_mpo_jpeg_is_one_photo_not_frames(tmp_path, rgb):
+    photo, preview = Image.fromarray(rgb), Image.fromarray(rgb[::2, ::2])
+    photo.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[preview], quality=95)
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        want = pillow_hwc(im.convert("RGB"))
+    names, samples, _ = read([tmp_path / "camera.jpg"])
+    assert names == ["camera.jpg"]
+    np.testing.assert_array_equal(samples[0], want)
+
+
+def test_frames_asked_in_any_order_are_the_frames(tmp_path, rng):
+    """Frames are read forward from an open file; asked backwards, skipping or twice, they stay right."""
+    path = animated_gif(tmp_path / "anim.gif", 24, rng)
+    want = pillow_frames(path, "RGB")
+    order = [5, 3, 4, 23, 0, 0, 22, 1, *range(24)] + list(rng.permutation(24))
+    with open_dataset([str(path)], images=ReadOptions(frames="all")) as dataset:
+        for index in order:
+            np.testing.assert_array_equal(dataset.take([index])[0], want[index], err_msg=str(index))
+        np.testing.assert_array_equal(np.concatenate([c.data for c in dataset.chunks(max_bytes=1)]),
+                                      np.stack(want))
+
+
+def test_frame_numbers_are_zero_padded_so_they_sort(tmp_path, rng):
+    animated_gif(tmp_path / "anim.gif", 12, rng)
+    names = read([tmp_path / "anim.gif"], images={"frames": "all"})[0]
+    assert names == [f"anim.gif#{i:02d}" for i in range(12)] == sorted(names)
+
+
+def test_multi_page_tiff_and_apng_frames(tmp_path, rng):
+    pages = rng.integers(0, 65536, (3, 4, 5), dtype=np.uint16)
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tif:
+        for page in pages:
+            tif.write(page)
+    apng = [rng.integers(0, 256, (4, 5, 4), dtype=np.uint8) for _ in range(3)]
+    Image.fromarray(apng[0]).save(tmp_path / "a.png", save_all=True,
+                                  append_images=[Image.fromarray(a) for a in apng[1:]])
+    for path, want in ((tmp_path / "stack.tif", pages[..., None]), (tmp_path / "a.png", apng)):
+        with pytest.raises(InputError, match="3 frames"):
+            open_dataset([str(path)])
+        names, samples, _ = read([path], images={"frames": "all"})
+        assert names == [f"{path.name}#{i}" for i in range(3)]
+        for got, frame in zip(samples, want):
+            np.testing.assert_array_equal(got, frame)
+
+
+def test_frames_all_writes_one_file_per_frame_inside_the_output(chdir, rng):
+    path = animated_gif(chdir / "in" / "anim.gif", 3, rng)
+    write_image(chdir / "in" / "still.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    result = run_cli("normalize", "in", "-o", "out", "--frames", "all", "--format", "json", "--bins", "0")
+    assert json.loads(result.stdout)["before"]["samples"] == 4
+    assert sorted(p.name for p in (chdir / "out").iterdir()) == ["anim_0.png", "anim_1.png", "anim_2.png",
+                                                                 "still.png"]
+    frames = np.stack(pillow_frames(path, "RGB") + [np.asarray(Image.open(chdir / "in" / "still.png"))])
+    numerator, span = minmax_numerator(frames, 0, 1, 255)
+    for index in range(3):
+        assert_nearest(np.asarray(Image.open(chdir / "out" / f"anim_{index}.png")), numerator[index], span)
+
+
+def test_a_hash_in_a_real_file_name_is_not_a_frame(chdir, rng):
+    write_image(chdir / "in" / "take#2.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    run_cli("normalize", "in", "-o", "out", "-q")
+    assert [p.name for p in (chdir / "out").iterdir()] == ["take#2.png"]
+
+
+def test_frame_output_names_that_collide_are_refused_before_work(chdir, rng):
+    animated_gif(chdir / "in" / "anim.gif", 2, rng)
+    write_image(chdir / "in" / "anim_1.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    result = run_cli("normalize", "in", "-o", "out", "--frames", "all", ok=False)
+    assert result.exit_code == 1 and "anim_1.png" in result.stderr and not (chdir / "out").exists()
+
+
+# ------------------------------------------------------------------------------ the pixel limit
+def test_a_small_tiff_of_a_huge_image_is_refused_before_decoding(tmp_path):
+    """20480×20480 zeros in tiles: a fraction of a MB on disk, 400 MB decoded."""
+    path = tmp_path / "bomb.tif"
+    tile = np.zeros((1024, 1024), np.uint8)
+    tifffile.imwrite(path, (tile for _ in range(400)), shape=(20480, 20480), dtype=np.uint8, tile=(1024, 1024),
+                     compression="zlib")
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(InputError) as info:
+        open_dataset([str(path)])
+    message = str(info.value)
+    assert "--max-pixels" in message and str(path) in message and f"{DEFAULT_MAX_PIXELS:,}" in message
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.tif", "x.jpg", "x16.png"])
+def test_max_pixels_applies_to_every_decoder(chdir, rng, name):
+    image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    write_image(chdir / name, image.astype(np.uint16) * 257 if name == "x16.png" else image)
+    result = run_cli("stats", name, "--max-pixels", 19, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "--max-pixels" in result.stderr and name in result.stderr
+    run_cli("stats", name, "--max-pixels", 20)
+    run_cli("stats", name, "--max-pixels", 0)
+
+
+def test_the_help_states_the_default_limit():
+    assert f"{DEFAULT_MAX_PIXELS}" in run_cli("stats", "--help").stdout
+    pillows = subprocess.run([sys.executable, "-c", "from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"],
+                             capture_output=True, text=True, check=True)  # a fresh process: normcli lifts it
+    assert int(pillows.stdout) == DEFAULT_MAX_PIXELS
+
+
+# ------------------------------------------------------------------------------ alpha
+def alpha_cases(tmp_path, rng):
+    """(path, alpha channel index or None) for each way an image can carry alpha, or not."""
+    gray = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    color = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    cases = {}
+    for name, array in {"la.png": np.dstack([gray, gray]), "rgba.png": np.dstack([color, gray]),
+                        "rgb.png": color, "gray.png": gray, "rgba.webp": np.dstack([color, gray])}.items():
+        Image.fromarray(array).save(tmp_path / name, **({"lossless": True} if name.endswith("webp") else {}))
+        cases[name] = {2: 1, 4: 3}.get(array.shape[-1] if array.ndim == 3 else 1)
+    palette = Image.fromarray(color).quantize(8)
+    palette.save(tmp_path / "p.png")
+    palette.save(tmp_path / "p_transparent.png", transparency=0)
+    cases.update({"p.png": None, "p_transparent.png": 3})
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([gray, gray]), photometric="minisblack", planarconfig="contig",
+                     extrasamples=["assocalpha"])
+    tifffile.imwrite(tmp_path / "rgba.tif", np.dstack([color, gray]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "two.tif", np.dstack([gray, gray]), photometric="minisblack", planarconfig="contig")
+    cases.update({"la.tif": 1, "rgba.tif": 3, "two.tif": None})
+    return cases
+
+
+def test_alpha_channel_of_each_kind_of_image(tmp_path, rng):
+    for name, alpha in alpha_cases(tmp_path, rng).items():
+        with open_dataset([str(tmp_path / name)]) as dataset:
+            assert (dataset.alpha_channel, dataset.has_alpha) == (alpha, alpha is not None), name
+            assert (dataset.parts[0].alpha_channel, dataset.parts[0].has_alpha) == (alpha, alpha is not None)
+        for mode, want in (("rgba", 3), ("rgb", None), ("gray", None)):
+            with open_dataset([str(tmp_path / name)], mode=mode) as dataset:
+                assert dataset.alpha_channel == want, (name, mode)
+
+
+def test_arrays_have_no_alpha_and_images_that_disagree_are_refused(tmp_path, rng):
+    np.save(tmp_path / "x.npy", rng.normal(size=(2, 3, 3, 4)))
+    with open_dataset([str(tmp_path / "x.npy")]) as dataset:
+        assert dataset.alpha_channel is None and not dataset.has_alpha
+    gray = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    (tmp_path / "mixed").mkdir()
+    tifffile.imwrite(tmp_path / "mixed" / "a.tif", np.dstack([gray, gray]), photometric="minisblack",
+                     planarconfig="contig", extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "mixed" / "b.tif", np.dstack([gray, gray]), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(InputError, match="a.tif has alpha.*--mode"):
+        open_dataset([str(tmp_path / "mixed")])
+
+
+def test_alpha_survives_a_tiff_output(chdir, rng):
+    gray = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    write_image(chdir / "in" / "la.png", np.dstack([gray, gray]))
+    run_cli("normalize", "in", "-o", "out", "--ext", "tiff", "-q")
+    with open_dataset([str(chdir / "out")]) as dataset:
+        assert dataset.alpha_channel == 1
+    for channels in (2, 4):  # arrays have no alpha, and their TIFFs say so
+        np.save(chdir / f"x{channels}.npy", rng.random((2, 3, 4, channels)))
+        run_cli("normalize", f"x{channels}.npy", "-o", f"x{channels}", "-q")
+        with open_dataset([str(chdir / f"x{channels}")]) as dataset:
+            assert dataset.alpha_channel is None
+
+
+# ------------------------------------------------------------------------------ every format
+def test_every_format_reads_as_pillow_decodes_it(tmp_path, rng):
+    color = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    gray = color[..., 0]
+    files = {
+        "cmyk.jpg": (Image.fromarray(color).convert("CMYK"), "RGB"),
+        "p.png": (Image.fromarray(color).quantize(12), "RGB"),
+        "pt.png": (Image.fromarray(color).quantize(12), "RGBA"),
+        "la.png": (Image.fromarray(np.dstack([gray, color[..., 1]])), "LA"),
+        "rgb.bmp": (Image.fromarray(color), "RGB"),
+        "rgb.webp": (Image.fromarray(color), "RGB"),
+        "lossy.webp": (Image.fromarray(color), "RGB"),
+        "one_bit.png": (Image.fromarray(gray > 127), "L"),
+        "gray.gif": (Image.fromarray(gray), "RGB"),  # a palette image, as every GIF
+    }
+    for name, (im, mode) in files.items():
+        options = {"lossless": True} if name == "rgb.webp" else {"transparency": 3} if name == "pt.png" else {}
+        im.save(tmp_path / name, **options)
+        with Image.open(tmp_path / name) as saved:
+            want = pillow_hwc(saved.convert(mode))
+        got = read([tmp_path / name])[1][0]
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        if name == "cmyk.jpg":
+            with Image.open(tmp_path / name) as saved:
+                assert saved.mode == "CMYK"
+
+
+def test_16bit_and_float_files_keep_their_values(tmp_path, rng):
+    u16 = rng.integers(0, 65536, (5, 6), dtype=np.uint16)
+    f32 = rng.normal(size=(5, 6, 3)).astype(np.float32)
+    iio.imwrite(tmp_path / "g16.png", u16)
+    tifffile.imwrite(tmp_path / "f.tif", f32, photometric="rgb")
+    tifffile.imwrite(tmp_path / "g16.tif", u16)
+    for name, want in (("g16.png", u16[..., None]), ("f.tif", f32), ("g16.tif", u16[..., None])):
+        got = read([tmp_path / name])[1][0]
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+# ------------------------------------------------------------------------------ hidden files, --exclude
+@pytest.fixture
+def junk_tree(tmp_path, rng) -> Path:
+    root = tmp_path / "data"
+    for name in ("a.png", "b/c.png", "b/d.jpg", ".hidden.png", ".ipynb_checkpoints/a-checkpoint.png"):
+        write_image(root / name, rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07AppleDouble junk")  # macOS resource fork, not a PNG
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    return root
+
+
+def test_hidden_files_and_folders_are_skipped_by_default(junk_tree):
+    assert [rel for _, rel in list_images(str(junk_tree))] == ["a.png", "b/c.png", "b/d.jpg"]
+    assert read([junk_tree])[0] == ["a.png", "b/c.png", "b/d.jpg"]
+
+
+def test_include_hidden_reads_them(junk_tree):
+    (junk_tree / "._a.png").unlink()
+    names = [rel for _, rel in list_images(str(junk_tree), ReadOptions(include_hidden=True))]
+    assert names == [".hidden.png", ".ipynb_checkpoints/a-checkpoint.png", "a.png", "b/c.png", "b/d.jpg"]
+
+
+def test_a_hidden_file_named_on_the_command_line_is_read(junk_tree):
+    assert read([junk_tree / ".hidden.png"])[0] == [".hidden.png"]
+
+
+@pytest.mark.parametrize("globs, names", [
+    (("*.jpg",), ["a.png", "b/c.png"]),
+    (("b/*",), ["a.png"]),
+    (("b/*", "a.*"), None),
+    (("B/*",), ["a.png", "b/c.png", "b/d.jpg"]),  # case-sensitive
+    (("*c.png",), ["a.png", "b/d.jpg"]),  # * crosses folders, as in fnmatch
+])
+def test_exclude_globs_match_the_relative_path(junk_tree, globs, names):
+    if names is None:
+        with pytest.raises(InputError, match="holds no images.*6 hidden or --exclude'd"):
+            list_images(str(junk_tree), ReadOptions(exclude=globs))
+        return
+    assert [rel for _, rel in list_images(str(junk_tree), ReadOptions(exclude=globs))] == names
+
+
+def test_exclude_and_include_hidden_through_the_cli(chdir, junk_tree):
+    result = run_cli("stats", junk_tree, "--per", "sample", "--format", "json", "--exclude", "*.jpg",
+                     "--exclude", "b/*")
+    assert json.loads(result.stdout)["samples"] == 1
+    result = run_cli("stats", junk_tree, "--include-hidden", ok=False)  # ._a.png is junk, and now read
+    assert result.exit_code == 1 and "._a.png" in result.stderr
+
+
+# ------------------------------------------------------------------------------ gray
+@pytest.mark.parametrize("channels", [3, 4])
+def test_gray_is_pillow_convert_l_exactly(tmp_path, rng, channels):
+    """Random pixels plus every value on the gray axis and each single channel alone."""
+    values = np.arange(256, dtype=np.uint8)
+    special = np.concatenate([np.stack([values] * 3, -1)] + [np.eye(3, dtype=np.uint8)[i] * values[:, None]
+                                                            for i in range(3)])
+    image = np.concatenate([rng.integers(0, 256, (200 * 256 - len(special), 3), dtype=np.uint8), special])
+    image = image.reshape(200, 256, 3)
+    if channels == 4:
+        image = np.dstack([image, rng.integers(0, 256, (200, 256), dtype=np.uint8)])
+    write_image(tmp_path / "c" / "x.png", image)
+    want = np.asarray(Image.fromarray(image).convert("L"))[..., None]
+    with open_dataset([str(tmp_path / "c")], mode="gray") as dataset:
+        np.testing.assert_array_equal(dataset.take([0])[0], want)
+    float_luma = np.rint(image[..., :3] @ np.array([0.299, 0.587, 0.114]))[..., None]
+    assert (float_luma != want).any()  # the reference tells Pillow's fixed point from float luma
+
+
+def test_gray_of_16bit_and_float_images(tmp_path, rng):
+    u16 = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    f32 = rng.random((5, 6, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "u16.tif", u16, photometric="rgb")
+    tifffile.imwrite(tmp_path / "f32.tif", f32, photometric="rgb")
+    r, g, b = (u16[..., i].astype(object) for i in range(3))
+    want16 = ((r * 19595 + g * 38470 + b * 7471 + 32768) // 65536).astype(np.uint16)[..., None]
+    np.testing.assert_array_equal(read([tmp_path / "u16.tif"], mode="gray")[1][0], want16)
+    want32 = (f32.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.float32)[..., None]
+    np.testing.assert_array_equal(read([tmp_path / "f32.tif"], mode="gray")[1][0], want32)
+
+
+# ------------------------------------------------------------------------------ outputs: depth, suffix
+def test_16bit_tiff_stays_a_16bit_tif_rounded_from_float64(chdir, rng):
+    image = rng.integers(0, 65536, (200, 250), dtype=np.uint16)
+    (chdir / "in").mkdir()
+    tifffile.imwrite(chdir / "in" / "scan.tif", image)
+    write_image(chdir / "in" / "b.tiff", rng.integers(0, 65536, (200, 250), dtype=np.uint16))
+    run_cli("normalize", "in", "-o", "out", "-q")
+    assert sorted(p.name for p in (chdir / "out").iterdir()) == ["b.tiff", "scan.tif"]
+    written = tifffile.imread(chdir / "out" / "scan.tif")
+    assert written.dtype == np.uint16
+    both = np.stack([image, tifffile.imread(chdir / "in" / "b.tiff")])
+    numerator, span = minmax_numerator(both, 0, 1, 65535)
+    assert_nearest(written, numerator[0], span)
+
+
+def test_8bit_tiff_stays_8bit_and_jpeg_becomes_png(chdir, rng):
+    (chdir / "t").mkdir()
+    tifffile.imwrite(chdir / "t" / "a.TIF", rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), photometric="rgb")
+    run_cli("normalize", "t", "-o", "t_out", "-q")
+    assert tifffile.imread(chdir / "t_out" / "a.TIF").dtype == np.uint8
+    jpeg_with_orientation(chdir / "j" / "a.jpeg", rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), None)
+    run_cli("normalize", "j", "-o", "j_out", "-q")
+    assert [p.name for p in (chdir / "j_out").iterdir()] == ["a.png"]
+    run_cli("normalize", "j", "-o", "j_tif", "--ext", "tiff", "-q")  # --ext tiff on other images: float32
+    assert tifffile.imread(chdir / "j_tif" / "a.tiff").dtype == np.float32
+
+
+def test_standardized_16bit_tiff_into_16bit_is_refused_naming_float32(chdir, rng):
+    (chdir / "in").mkdir()
+    tifffile.imwrite(chdir / "in" / "a.tif", rng.integers(0, 65536, (4, 5), dtype=np.uint16))
+    result = run_cli("standardize", "in", "-o", "out", ok=False)
+    assert result.exit_code == 1 and "--dtype float32" in result.stderr and "--clip" in result.stderr
+    run_cli("standardize", "in", "-o", "out", "--dtype", "float32", "-q")
+    assert tifffile.imread(chdir / "out" / "a.tif").dtype == np.float32
+
+
+# ------------------------------------------------------------------------------ integer encodings
+@pytest.fixture
+def png_folder(chdir, rng):
+    for index in range(3):
+        write_image(chdir / "in" / f"{index}.png", rng.integers(5, 240, (6, 7, 3), dtype=np.uint8))
+    return chdir / "in"
+
+
+def pngs(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])
+
+
+def test_range_0_255_is_written_as_those_integers(png_folder, chdir):
+    run_cli("normalize", "in", "-o", "out", "--range", 0, 255, "--save-stats", "s.json", "-q")
+    x = pngs(png_folder)
+    assert_nearest(pngs(chdir / "out"), *minmax_numerator(x, 0, 255))
+    assert json.loads((chdir / "s.json").read_text())["encoding"] == {"dtype": "uint8", "scale": 1}
+    run_cli("normalize", "in", "-o", "u8.npy", "--range", 0, 200, "--dtype", "uint8", "-q")
+    assert_nearest(np.load("u8.npy"), *minmax_numerator(x, 0, 200))
+
+
+def test_unit_range_keeps_the_full_integer_mapping_and_records_it(png_folder, chdir):
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    assert_nearest(pngs(chdir / "out"), *minmax_numerator(pngs(png_folder), 0, 1, 255))
+    assert json.loads((chdir / "s.json").read_text())["encoding"] == {"dtype": "uint8", "scale": 255}
+
+
+@pytest.mark.parametrize("out_range", [(0, 1), (0, 255), (10, 90)])
+def test_png_outputs_invert_through_their_own_files(png_folder, chdir, out_range):
+    run_cli("normalize", "in", "-o", "out", "--range", *out_range, "--save-stats", "s.json", "-q")
+    # The range is the command's own (as when fitting); the encoding comes from the file.
+    run_cli("normalize", "out", "-o", "back", "--range", *out_range, "--inverse", "--stats-from", "s.json", "-q")
+    x = pngs(png_folder).astype(np.int64)
+    step = (x.max() - x.min()) / (out_range[1] - out_range[0]) * (1 if out_range[1] > 1 else 1 / 255)
+    assert np.abs(pngs(chdir / "back").astype(np.int64) - x).max() <= max(1, np.ceil(step / 2))
+
+
+def test_without_a_recorded_encoding_a_unit_range_is_inferred(png_folder, chdir):
+    """A statistics file from before encodings were recorded: 8-bit outputs of a [0, 1] normalize."""
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    doc = json.loads((chdir / "s.json").read_text())
+    del doc["encoding"]
+    (chdir / "s.json").write_text(json.dumps(doc))
+    run_cli("normalize", "out", "-o", "back", "--inverse", "--stats-from", "s.json", "-q")
+    assert np.abs(pngs(chdir / "back").astype(np.int64) - pngs(png_folder)).max() <= 1
+
+
+def test_16bit_png_outputs_invert_exactly(chdir, rng):
+    image = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    write_image(chdir / "in" / "a.png", image)
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    run_cli("normalize", "out", "-o", "back.npy", "--dtype", "float64", "--inverse", "--stats-from", "s.json", "-q")
+    np.testing.assert_allclose(np.load("back.npy")[0], image, rtol=0, atol=0.5)
+
+
+def test_encoding_of_other_integers_is_refused(png_folder, chdir):
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    run_cli("normalize", "out", "-o", "out16", "--dtype", "uint16", "-q")
+    result = run_cli("normalize", "out16", "-o", "back", "--inverse", "--stats-from", "s.json", ok=False)
+    assert result.exit_code == 1 and "uint8" in result.stderr and "s.json" in result.stderr
+
+
+@pytest.mark.parametrize("out_range, clip, want", [
+    ((-5, 300), False, None),  # fits neither [0, 1] nor 0..255
+    ((0, 1.5), False, None),  # as integers only 0 and 1: not guessed
+    ((0, 300), True, (0, 300, 255)),  # integers, clipped to 0..255
+    ((-1, 1), True, (-1, 1, 1)),  # [0, 1] onto 0..255, clipped to [0, 1]
+])
+def test_clip_clips_to_the_encodings_range(png_folder, chdir, out_range, clip, want):
+    args = ["normalize", "in", "-o", "out", "--range", *out_range, "-q"] + (["--clip"] if clip else [])
+    if want is None:
+        result = run_cli(*args, ok=False)
+        assert result.exit_code == 1 and "--clip" in result.stderr and not (chdir / "out").exists()
+        return
+    run_cli(*args)
+    low, high, limit = want
+    numerator, span = minmax_numerator(pngs(png_folder), low, high, 255 // limit)
+    assert_nearest(pngs(chdir / "out"), np.clip(numerator, 0, 255 * span), span)
+
+
+# ------------------------------------------------------------------------------ a real process
+def test_real_process_refuses_an_animated_gif_then_reads_its_frames(tmp_path, rng):
+    animated_gif(tmp_path / "in" / "anim.gif", 3, rng)
+    env_path = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "normcli", "stats", str(tmp_path / "in"), "--format", "json", "--bins", "0"]
+    env = {"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}
+    refused = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: holds 3 frames") and refused.stderr.count("\n") == 1
+    read_all = subprocess.run(command + ["--frames", "all"], capture_output=True, text=True, env=env)
+    assert read_all.returncode == 0, read_all.stderr
+    assert json.loads(read_all.stdout)["samples"] == 3
+
+
+def test_a_malformed_encoding_in_the_statistics_file_is_refused(png_folder, chdir):
+    run_cli("normalize", "in", "-o", "out", "--save-stats", "s.json", "-q")
+    doc = json.loads((chdir / "s.json").read_text())
+    doc["encoding"] = {"dtype": "uint8", "scale": 7}
+    (chdir / "s.json").write_text(json.dumps(doc))
+    result = run_cli("normalize", "out", "-o", "back", "--inverse", "--stats-from", "s.json", ok=False)
+    assert result.exit_code == 1 and "malformed encoding" in result.stderr and "s.json" in result.stderr
+
+
+# ------------------------------------------------------------------------------ kernels against Pillow
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 7), st.integers(1, 7), st.sampled_from([1, 3, 4]))),
+       st.integers(1, 8))
+def test_orient_equals_exif_transpose(image, orientation):
+    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    im.getexif()[ORIENTATION] = orientation
+    np.testing.assert_array_equal(orient(image, orientation), pillow_hwc(ImageOps.exif_transpose(im)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16), st.sampled_from([3, 4]))))
+def test_gray_kernel_equals_pillow_on_any_pixels(image):
+    want = np.asarray(Image.fromarray(image).convert("L"))[..., None]
+    np.testing.assert_array_equal(convert_channels(image, 1), want)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "broken.jpg", quality=95, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    with Image.open(tmp_path / "broken.jpg") as im:
+        want = pillow_hwc(im)
+    np.testing.assert_array_equal(read([tmp_path / "broken.jpg"])[1][0], want)
