@@ -200,6 +200,8 @@ image_read_options = (
                  callback=_read_option,
                  help="Refuse images with more pixels (width x height) than this, before decoding; 0: no limit "
                       "[default: 89478485, Pillow's]."),
+    click.option("--include-alpha", is_flag=True, expose_value=False, callback=_read_option,
+                 help="Measure and transform alpha as a channel [default: pass it through unchanged]."),
     click.option("--include-hidden", is_flag=True, expose_value=False, callback=_read_option,
                  help="Also read dot-files and dot-folders inside input folders."),
     click.option("--exclude", metavar="GLOB", multiple=True, expose_value=False, callback=_read_option,

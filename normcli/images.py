@@ -37,6 +37,7 @@ class ReadOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     include_hidden: bool = False
     exclude: tuple[str, ...] = ()
+    include_alpha: bool = False  # measure and transform alpha as a channel, instead of passing it through
 
 
 class _Frame(NamedTuple):

@@ -45,6 +45,7 @@ class Stats:
     moments: Moments
     histograms: Histograms | None
     names: list[str] | None = None  # at sample scope: each sample's file (see sample_files)
+    alpha_passed: bool = False  # images whose alpha channel is left out of the statistics
 
 
 class Progress(Protocol):
@@ -178,7 +179,7 @@ def _sample_bytes(dataset: Dataset) -> int:
 def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtype=None, samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
                  dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope.name,
-                 moments, histograms, sample_files(dataset) if scope.per_sample else None)
+                 moments, histograms, sample_files(dataset) if scope.per_sample else None, dataset.alpha_passed)
 
 
 def sample_files(dataset: Dataset) -> list[str] | None:
@@ -487,6 +488,7 @@ class ApplyTask:
     report: bool
     before_edges: np.ndarray | None
     after_edges: np.ndarray | None
+    alpha_factor: float = 1.0  # passed-through alpha: written as alpha * alpha_factor (see _alpha_factor)
 
 
 @dataclass(frozen=True)
@@ -515,6 +517,8 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
                    if task.report else None)
     after_counts = (count_block(out, task.scope, task.layout, _rows(task.after_edges, task.scope, chunk),
                                 clamp=True, first_sample=chunk.start) if task.after_edges is not None else None)
+    if chunk.alpha is not None:
+        out = np.concatenate([out, (chunk.alpha * task.alpha_factor).astype(out.dtype)], axis=-1)
     encoded, clipped = task.writer.encode(out)
     data = None
     if task.writer.positional:
@@ -522,6 +526,17 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
     else:
         data = encoded
     return Applied(before_counts, after_stats, after_counts, summary, clipped, len(out), data)
+
+
+def _alpha_factor(spec, input_dtype: np.dtype) -> float:
+    """What passed-through alpha is multiplied by to come out as the same opacity: an 8/16-bit output
+    stores it on its own integer range (the same values when the bit depth is kept); a float output
+    holds the input's alpha values as they are."""
+    if spec.dtype.kind != "u":
+        return 1.0
+    top = np.iinfo(spec.dtype).max
+    input_top = np.iinfo(input_dtype).max if input_dtype.kind in "ui" else 1.0
+    return top / (input_top * (spec.scale or top))
 
 
 def _rows(edges: np.ndarray, scope: Scope, chunk: Chunk) -> np.ndarray:
@@ -600,11 +615,11 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     if bins:
         before_edges = edges_for(scope, before.min, before.max, bins)
         after_edges = edges_for(scope, low, high, bins)
-    sink = sinks.Sink(spec, dataset.layout, dataset.sample_shape, samples, key=dataset.key, clip=clip,
+    sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, key=dataset.key, clip=clip,
                       outputs=outputs)
     try:
         task = ApplyTask(scope, dataset.layout, plan.applier(), sink.writer, work_dtype, ignore_nan, report,
-                         before_edges, after_edges)
+                         before_edges, after_edges, _alpha_factor(spec, dataset.dtype))
         items = [(unit, plan.keeps(unit)) for unit in units]
         before_counts = after_counts = after_stats = None
         clipped = 0

@@ -78,9 +78,12 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
 
 
 def stats_json(stats, ddof: int = 0) -> dict:
+    """The report for programs; `sample_shape` counts the channels measured (images whose alpha is
+    passed through say so with "alpha": "passed through")."""
+    alpha = {"alpha": "passed through"} if stats.alpha_passed else {}
     return {"inputs": list(stats.inputs), "samples": stats.samples,
             "sample_shape": list(stats.sample_shape), "dtype": stats.dtype, "layout": stats.layout,
-            "per": stats.scope, "rows": stats_rows(stats, ddof)}
+            "per": stats.scope, **alpha, "rows": stats_rows(stats, ddof)}
 
 
 def stats_csv(stats, ddof: int = 0) -> str:
@@ -327,7 +330,8 @@ class Printer:
             self.line(title, style="bold")
         samples = f"{stats.samples:,} sample" + ("" if stats.samples == 1 else "s")
         scope = f"per pixel ({len(stats.moments):,} positions)" if stats.scope == "pixel" else f"per {stats.scope}"
-        self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}, "
+        alpha = ", alpha passed through" if stats.alpha_passed else ""
+        self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
         self._table(stats_table(stats, ddof, self.width))
         if stats.histograms is not None:

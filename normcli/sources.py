@@ -39,11 +39,13 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, Ru
 
 @dataclass
 class Chunk:
-    """Consecutive samples: `data` is shaped (n, *sample_shape); `names` are image paths."""
+    """Consecutive samples: `data` is shaped (n, *sample_shape); `names` are image paths; `alpha`
+    the alpha channel (n, H, W, 1) of images whose alpha is passed through, not measured."""
 
     data: np.ndarray
     start: int
     names: list[str] | None = None
+    alpha: np.ndarray | None = None
 
 
 class ArrayPart:
@@ -267,6 +269,7 @@ class Block:
     pieces: tuple
     start: int
     dtype: np.dtype
+    split_alpha: bool = False  # the last channel is alpha, passed through: read apart from the data
 
     @property
     def count(self) -> int:
@@ -285,7 +288,10 @@ class Block:
         if len({a.shape[1:] for a in arrays}) > 1:
             raise InputError("images of different sizes cannot form one batch; resize them first")
         data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        return Chunk(data if data.dtype == self.dtype else data.astype(self.dtype), self.start, self.names)
+        alpha = None
+        if self.split_alpha:
+            data, alpha = np.ascontiguousarray(data[..., :-1]), data[..., -1:]
+        return Chunk(data if data.dtype == self.dtype else data.astype(self.dtype), self.start, self.names, alpha)
 
 
 def _same_size_runs(headers: list, max_bytes: int, itemsize: int) -> Iterator[list[int]]:
@@ -315,6 +321,9 @@ class Dataset:
     key: str | None = None
     _spools: list[str] = field(default_factory=list)
     _names: dict = field(default_factory=dict, repr=False)
+    # Alpha is not a colour: unless asked to include it, the statistics and transforms cover the
+    # colour channels (sample_shape) and alpha goes through unchanged (output_shape has it back).
+    alpha_passed: bool = False
 
     @property
     def inputs(self) -> list[str]:
@@ -335,6 +344,13 @@ class Dataset:
         inputs that disagree."""
         channels = {getattr(part, "alpha_channel", None) for part in self.parts}
         return channels.pop() if len(channels) == 1 else None
+
+    @property
+    def output_shape(self) -> tuple:
+        """The shape of one output sample: the measured channels, and alpha where it is passed through."""
+        if not self.alpha_passed:
+            return self.sample_shape
+        return (*self.sample_shape[:-1], self.sample_shape[-1] + 1)
 
     @property
     def has_alpha(self) -> bool:
@@ -414,7 +430,7 @@ class Dataset:
         return self._names[key]
 
     def _block(self, pieces: list, start: int) -> "Block":
-        return Block(tuple(pieces), start, self.dtype)
+        return Block(tuple(pieces), start, self.dtype, self.alpha_passed)
 
     def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
         """Every block read in order, here (for tests and small tools; passes read on their engine)."""
@@ -541,6 +557,9 @@ def open_dataset(inputs: Sequence[str], *, layout: str | None = None, key: str |
             os.unlink(spool)
         raise
     dataset._spools = spools
+    if dataset.has_alpha and not images.include_alpha:
+        dataset.alpha_passed = True
+        dataset.sample_shape = (*dataset.sample_shape[:-1], dataset.sample_shape[-1] - 1)
     return dataset
 
 

@@ -21,14 +21,16 @@ from PIL import Image, ImageOps
 from conftest import run_cli, write_image
 from normcli.errors import InputError
 from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, convert_channels, list_images, orient
+from normcli.png16 import read_png16
 from normcli.sources import open_dataset
 
 ORIENTATION = 0x0112
 
 
 def read(inputs, **kw) -> tuple[list[str], list[np.ndarray], object]:
-    """Every sample of `inputs` with its name, one at a time (images may differ in size)."""
-    images = ReadOptions(**kw.pop("images", {}))
+    """Every sample of `inputs` with its name, one at a time (images may differ in size), every
+    channel as decoded (alpha included, not set apart for passing through)."""
+    images = ReadOptions(**{"include_alpha": True, **kw.pop("images", {})})
     with open_dataset([str(i) for i in inputs], images=images, **kw) as dataset:
         names = dataset.sample_names()
         samples = [dataset.take([i])[0] for i in range(dataset.n_samples)]
@@ -586,3 +588,60 @@ def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path, rgb):
     with Image.open(tmp_path / "broken.jpg") as im:
         want = pillow_hwc(im)
     np.testing.assert_array_equal(read([tmp_path / "broken.jpg"])[1][0], want)
+
+
+# -- alpha is not a colour ------------------------------------------------------------------------
+@pytest.fixture
+def rgba_pngs(tmp_path, rng):
+    """Three RGBA PNGs: the first opaque, the others with alpha of every kind."""
+    folder = tmp_path / "rgba"
+    images = []
+    for i in range(3):
+        image = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+        if i == 0:
+            image[..., 3] = 255
+        images.append(image)
+        write_image(folder / f"{i}.png", image)
+    return folder, np.stack(images)
+
+
+def test_statistics_cover_the_colour_channels_and_say_alpha_is_passed(rgba_pngs):
+    folder, images = rgba_pngs
+    doc = json.loads(run_cli("stats", folder, "--format", "json").stdout)
+    assert doc["alpha"] == "passed through" and doc["sample_shape"] == [6, 5, 3]
+    assert [row["mean"] for row in doc["rows"]] == [images[..., c].mean() for c in range(3)]
+    table = run_cli("stats", folder, "--bins", "0").stdout
+    assert "alpha passed through" in " ".join(table.split()[:20])  # in the header, however it wraps
+    included = json.loads(run_cli("stats", folder, "--format", "json", "--include-alpha").stdout)
+    assert "alpha" not in included and included["sample_shape"] == [6, 5, 4]
+    assert included["rows"][3]["mean"] == images[..., 3].mean()
+
+
+@pytest.mark.parametrize("dtype,top", [(None, 255), ("uint16", 65535)])
+def test_normalize_passes_alpha_through_unchanged(rgba_pngs, tmp_path, dtype, top):
+    folder, images = rgba_pngs
+    out = tmp_path / "out"
+    run_cli("normalize", folder, "-o", out, "--per", "channel", "-q", *(["--dtype", dtype] if dtype else []))
+    colour = images[..., :3].astype(np.float64)
+    low, high = colour.min(axis=(0, 1, 2)), colour.max(axis=(0, 1, 2))
+    for i, image in enumerate(images):
+        with Image.open(out / f"{i}.png") as im:
+            got = pillow_hwc(im) if top == 255 else read_png16(out / f"{i}.png")
+        np.testing.assert_array_equal(got[..., 3], np.rint(image[..., 3] / 255 * top))  # the same opacity
+        np.testing.assert_array_equal(got[..., :3], np.rint((image[..., :3] - low) / (high - low) * top))
+
+
+def test_include_alpha_normalizes_it_like_a_channel(rgba_pngs, tmp_path):
+    folder, images = rgba_pngs
+    run_cli("normalize", folder, "-o", tmp_path / "out", "--per", "channel", "-q", "--include-alpha")
+    alpha = images[..., 3].astype(np.float64)
+    with Image.open(tmp_path / "out" / "1.png") as im:
+        got = pillow_hwc(im)[..., 3]
+    np.testing.assert_array_equal(got, np.rint((alpha[1] - alpha.min()) / (alpha.max() - alpha.min()) * 255))
+
+
+def test_gray_with_alpha_measures_one_channel(tmp_path, rng):
+    image = rng.integers(0, 256, (4, 4, 2), dtype=np.uint8)
+    Image.fromarray(image, "LA").save(tmp_path / "la.png")
+    doc = json.loads(run_cli("stats", tmp_path / "la.png", "--format", "json").stdout)
+    assert len(doc["rows"]) == 1 and doc["rows"][0]["mean"] == image[..., 0].mean()

@@ -22,7 +22,10 @@ from conftest import write_image
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
 from normcli.passes import measure
 from normcli.png16 import png16_channels, write_png16
+from normcli.images import ReadOptions
 from normcli.sources import open_dataset
+
+EVERY_CHANNEL = ReadOptions(include_alpha=True)  # decoding tests: alpha as decoded, not set apart
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -410,7 +413,7 @@ def test_8bit_png_keeps_its_channels(tmp_path, channels):
     images = [rng.integers(0, 256, (5, 7, channels) if channels > 1 else (5, 7), dtype=np.uint8) for _ in range(3)]
     for i, image in enumerate(images):
         write_image(tmp_path / "png" / f"{i}.png", image)
-    with open_dataset([str(tmp_path / "png")]) as dataset:
+    with open_dataset([str(tmp_path / "png")], images=EVERY_CHANNEL) as dataset:
         assert dataset.sample_shape == (5, 7, channels) and dataset.dtype == np.uint8
         assert dataset.layout.name == "NHWC"
         got = read_all(dataset)[1]
@@ -437,7 +440,7 @@ def test_16bit_color_png_keeps_16_bits(tmp_path, channels):
     (tmp_path / "c16").mkdir()
     for i, image in enumerate(images):
         write_png16(tmp_path / "c16" / f"{i}.png", image)
-    with open_dataset([str(tmp_path / "c16")]) as dataset:
+    with open_dataset([str(tmp_path / "c16")], images=EVERY_CHANNEL) as dataset:
         assert dataset.dtype == np.uint16 and dataset.sample_shape == (4, 6, channels)
         got = read_all(dataset)[1]
     np.testing.assert_array_equal(got, np.stack(images))
@@ -576,7 +579,7 @@ def expected_conversion(image: np.ndarray, mode: str) -> np.ndarray:
 @pytest.mark.parametrize("mode, channels", [("gray", 1), ("rgb", 3), ("rgba", 4)])
 def test_mode_converts_every_image(mixed_channels, mode, channels):
     root, images = mixed_channels
-    with open_dataset([str(root)], mode=mode) as dataset:
+    with open_dataset([str(root)], mode=mode, images=EVERY_CHANNEL) as dataset:
         assert dataset.sample_shape == (5, 6, channels) and dataset.dtype == np.uint8
         chunks, got = read_all(dataset)
     names = [n for c in chunks for n in c.names]
@@ -605,7 +608,7 @@ def test_mode_on_16bit_color(tmp_path, mode):
     image = np.random.default_rng(12).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
     (tmp_path / "c").mkdir()
     write_png16(tmp_path / "c" / "x.png", image)
-    with open_dataset([str(tmp_path / "c")], mode=mode) as dataset:
+    with open_dataset([str(tmp_path / "c")], mode=mode, images=EVERY_CHANNEL) as dataset:
         assert dataset.dtype == np.uint16
         got = read_all(dataset)[1][0]
     np.testing.assert_array_equal(got, expected_conversion(image, mode))
