@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import Layout
 
 MAX_TABLE_ROWS = 12
@@ -25,23 +26,6 @@ def row_keys(stats) -> list[str]:
     if stats.scope == "pixel":
         return ["pixel"]
     return [str(k) for k in range(len(stats.moments))]
-
-
-def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
-    """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
-    NaN and inf (a key without values) become null."""
-    values = np.asarray(values)
-    if scope == "pixel":
-        values = Layout(layout).to_sample(values, sample_shape)
-    return _clean(values.tolist())
-
-
-def _clean(value):
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _columns(stats, ddof: int) -> dict:
@@ -72,7 +56,7 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
             rows.append({"key": key, **file, **{name: shaped[name][k] for name in columns}})
     if stats.histograms is not None:
         for k, row in enumerate(rows):
-            row["histogram"] = {"edges": _clean(stats.histograms.edges[k].tolist()),
+            row["histogram"] = {"edges": finite_or_null(stats.histograms.edges[k].tolist()),
                                 "counts": stats.histograms.counts[k].tolist()}
     return rows
 
