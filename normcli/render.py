@@ -122,10 +122,10 @@ def plain_text(text: str) -> str:
     return text.translate(_PLAIN).encode("ascii", "replace").decode("ascii")
 
 
-def needs_ascii(stream) -> bool:
-    """Whether `stream`'s encoding cannot print the report's Unicode symbols and blocks."""
+def needs_ascii(encoding: str | None) -> bool:
+    """Whether a stream in `encoding` cannot print the report's Unicode symbols and blocks."""
     try:
-        _UNICODE_SAMPLE.encode(getattr(stream, "encoding", None) or "ascii")
+        _UNICODE_SAMPLE.encode(encoding or "ascii")
     except (UnicodeEncodeError, LookupError):
         return True
     return False
@@ -283,12 +283,10 @@ class Printer:
     """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
     within the console's width, in plain ASCII when asked or when the output cannot encode more."""
 
-    def __init__(self, stderr: bool = False, ascii: bool = False):
-        import sys
-
+    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8"):
         from rich.console import Console
 
-        self.ascii = ascii or needs_ascii(sys.stderr if stderr else sys.stdout)
+        self.ascii = ascii or needs_ascii(encoding)
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
         self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
         self.width = self.console.width
@@ -419,17 +417,14 @@ class ProgressDisplay:
             self._progress.stop()
 
 
-def progress_display(*, quiet: bool, ascii: bool = False):
-    """A ProgressDisplay when stderr is a terminal and the run is not quiet, else None (no bar)."""
-    import sys
-
-    if quiet or not sys.stderr.isatty():
+def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encoding: str | None = "utf-8"):
+    """A ProgressDisplay when stderr is a `terminal` and the run is not quiet, else None (no bar);
+    `encoding`: stderr's."""
+    if quiet or not terminal:
         return None
-    return ProgressDisplay(ascii=ascii or needs_ascii(sys.stderr))
+    return ProgressDisplay(ascii=ascii or needs_ascii(encoding))
 
 
-
-
-def for_stream(text: str, stream) -> str:
-    """`text` as `stream` can print it (plain ASCII when its encoding holds no more)."""
-    return plain_text(text) if needs_ascii(stream) else text
+def for_stream(text: str, encoding: str | None) -> str:
+    """`text` as a stream in `encoding` can print it (plain ASCII when it holds no more)."""
+    return plain_text(text) if needs_ascii(encoding) else text
