@@ -139,6 +139,44 @@ def test_stdin_to_stdout(x):
     assert doc["output"] == "-"
 
 
+class Terminal(io.BytesIO):
+    def isatty(self):
+        return True
+
+
+def test_streams_handed_in_are_the_ones_read_and_written(x):
+    """The command reads `-` from the Environment's stdin and writes `-o -` to its stdout, not sys's."""
+    from normcli.run import Environment
+
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    stdout = io.BytesIO()
+    env = Environment(stdin=io.BytesIO(buffer.getvalue()), stdout=stdout)
+    result = CliRunner().invoke(cli, ["standardize", "-", "-o", "-", "--quiet"], obj=env, input=b"")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == b""
+    np.testing.assert_allclose(np.load(io.BytesIO(stdout.getvalue())), ref_standardize(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args", [["standardize", "x.npy", "-o", "-"], ["sample", "-", "-n", "2"]])
+def test_binary_output_is_refused_when_the_handed_in_stdout_is_a_terminal(x, args):
+    from normcli.run import Environment
+
+    stdout = Terminal()
+    result = CliRunner().invoke(cli, args, obj=Environment(stdout=stdout, stdout_isatty=True))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: refusing to write .npy data to a terminal")
+    assert stdout.getvalue() == b""
+
+
+def test_stdin_a_terminal_handed_in_is_refused(x):
+    from normcli.run import Environment
+
+    result = CliRunner().invoke(cli, ["stats", "-"], obj=Environment(stdin=Terminal()))
+    assert result.exit_code == 1
+    assert result.stderr == "error: '-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in (-)\n"
+
+
 # -- reports ------------------------------------------------------------------------------
 @pytest.mark.parametrize("command, options", [
     ("normalize", ["--per", "channel"]), ("standardize", []), ("groupnorm", ["-g", "2"]),
