@@ -340,14 +340,31 @@ def _stats_file(result, ddof: int, extra: dict | None = None):
 
 def run_transform(params: TransformParams, inputs: Inputs, output: Output, report: Report, engine: EngineOptions,
                   env: Environment, progress=None) -> TransformRun:
-    """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, write -o and
-    --save-stats together, and measure before and after."""
+    """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, and measure
+    before and after; -o and --save-stats appear together, or neither does."""
+    from normcli import statsfile
+    from normcli.passes import transform
+    from normcli.sinks import Outputs
+
     params.check()
+    save_stats = params.fit.save_stats
     dataset, saved, scope = _fit_inputs(inputs, params, env)
     with dataset:
         plan, title, ddof = params.plan(dataset, saved, scope, output, inputs.ignore_nan)
-        return _transform(dataset, plan, title, ddof, params.fit.save_stats, output, report, engine, env, progress,
-                          inputs.ignore_nan)
+        if save_stats:
+            _check_save_stats(save_stats, output, dataset.inputs)
+        with engine.open() as running, Outputs() as outputs:
+            result = transform(dataset, plan, output.target, dtype=output.dtype, ext=output.ext, clip=output.clip,
+                               force=output.force, bins=report.bins, ignore_nan=inputs.ignore_nan,
+                               report=not report.quiet, engine=running, progress=progress, outputs=outputs,
+                               stdout=env.stdout)
+            if save_stats:
+                encoding = {"encoding": result.encoding} if result.encoding else {}
+                statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
+                                force=output.force, inputs=dataset.inputs, outputs=outputs)
+            outputs.commit()
+    return TransformRun(result.before, result.after, ddof, title, list(dataset.inputs), result.written,
+                        result.clipped, getattr(plan, "batches", None), save_stats)
 
 
 def _fit_inputs(inputs: Inputs, params, env: Environment):
@@ -376,35 +393,17 @@ def _fit_inputs(inputs: Inputs, params, env: Environment):
     return dataset, saved, saved.per
 
 
-def _transform(dataset, plan, title: str, ddof: int, save_stats: str | None, output: Output, report: Report,
-               engine: EngineOptions, env: Environment, progress, ignore_nan: bool) -> TransformRun:
-    """Run both passes into the output, then save the fitted statistics; they commit together."""
+def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
+    """Before any work, so that a bad --save-stats cannot leave the output written."""
     from pathlib import Path
 
-    from normcli import statsfile
-    from normcli.passes import transform
-    from normcli.sinks import Outputs, check_target
+    from normcli.sinks import check_target
 
-    target = output.target
-    if save_stats:
-        # Checked before any work, so that a bad --save-stats cannot leave the output written.
-        if target != "-" and Path(save_stats).resolve() == Path(target).resolve():
-            raise UsageMismatch("--save-stats and -o name the same file")
-        if target != "-" and Path(target).resolve() in Path(save_stats).resolve().parents:
-            raise UsageMismatch("--save-stats lies inside the -o folder, which this run replaces; save it beside")
-        check_target(save_stats, dataset.inputs, output.force, folder=False)
-    # The output and the --save-stats file commit together, or neither appears.
-    with engine.open() as running, Outputs() as outputs:
-        result = transform(dataset, plan, target, dtype=output.dtype, ext=output.ext, clip=output.clip,
-                           force=output.force, bins=report.bins, ignore_nan=ignore_nan, report=not report.quiet,
-                           engine=running, progress=progress, outputs=outputs, stdout=env.stdout)
-        if save_stats:
-            encoding = {"encoding": result.encoding} if result.encoding else {}
-            statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
-                            force=output.force, inputs=dataset.inputs, outputs=outputs)
-        outputs.commit()
-    return TransformRun(result.before, result.after, ddof, title, list(dataset.inputs), result.written,
-                        result.clipped, getattr(plan, "batches", None), save_stats)
+    if not output.to_stdout and Path(save_stats).resolve() == Path(output.target).resolve():
+        raise UsageMismatch("--save-stats and -o name the same file")
+    if not output.to_stdout and Path(output.target).resolve() in Path(save_stats).resolve().parents:
+        raise UsageMismatch("--save-stats lies inside the -o folder, which this run replaces; save it beside")
+    check_target(save_stats, inputs, output.force, folder=False)
 
 
 def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRun:
