@@ -289,6 +289,8 @@ def build_cases(data: Path, scratch: Path, engines: bool) -> list[Case]:
 
     stats = ("stats", str(f32))
     cases = [
+        Case("help", "`normcli --help` (start-up)", ("--help",),
+             (Baseline("`python -c 'import numpy, click, rich'`", (PY, "-c", "import numpy, click, rich"), None),)),
         Case("f32-global-bins0", "`stats --per global --bins 0`", (*stats, "--per", "global", "--bins", "0"),
              (target(kernel["global"], 1.1), cat, numpy_load["global"], sklearn["global"]), "json"),
         Case("f32-channel-bins0", "`stats --per channel --bins 0`", (*stats, "--per", "channel", "--bins", "0"),
@@ -328,7 +330,7 @@ def build_cases(data: Path, scratch: Path, engines: bool) -> list[Case]:
         threads = {}
         for engine in ("threads", "processes", "dask"):
             for name, args, check, output in (
-                    ("stats", (*stats, "--per", "global"), "json", None),
+                    ("stats", (*stats, "--per", "global", "--format", "json"), "json", None),
                     ("standardize", ("standardize", str(f32), "-o", str(out), "--quiet"), "z", out)):
                 full = (*args, "--engine", engine)
                 if engine == "threads":
@@ -337,7 +339,8 @@ def build_cases(data: Path, scratch: Path, engines: bool) -> list[Case]:
                     continue
                 ratio = 1.5 if engine == "dask" else 1.0 if name == "stats" else None
                 base = threads[name]
-                cases.append(Case(f"engine-{engine}-{name}", f"`{name}` (1 GiB) `--engine {engine}`", full,
+                cases.append(Case(f"engine-{engine}-{name}", f"`{' '.join(args[:1] + args[2:])}` `--engine {engine}`"
+                                  .replace(str(out), "out.npy"), full,
                                   (Baseline(base.name, base.cmd, ratio, base.compare, base.clean),), check, output,
                                   (out,) if output else ()))
     return cases

@@ -4,7 +4,8 @@
 
 Each thread takes half the rows, reads them with readinto, and sums deviations from one shift
 (the first row, so a large offset cannot cancel), their squares, the min and the max. numpy
-releases the GIL in all of these, so the threads share both cores. Prints
+releases the GIL in all of these, so the threads share both cores (einsum, not BLAS's dot, whose
+own threads would oversubscribe them). Prints
 {"mean": [...], "var": [...], "min": [...], "max": [...]} (one value per channel, or one).
 """
 
@@ -29,7 +30,7 @@ def moments(path, start, stop, dtype, channels, shift):
             xc = x[:, c]
             d = np.subtract(xc, shift[c], dtype=np.float64)
             s[c] += d.sum()
-            q[c] += d @ d
+            q[c] += np.einsum("i,i->", d, d)  # not d @ d: BLAS would start threads of its own
             lo[c], hi[c] = min(lo[c], xc.min()), max(hi[c], xc.max())
     return n, s, q, lo, hi
 
