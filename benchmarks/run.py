@@ -11,13 +11,19 @@ max RSS (GNU time, else os.wait4) and the summed RSS of its process tree sampled
 workers count); both count file pages a process maps. normcli's numbers are checked against each
 baseline's (mean/var, or the output arrays/images): a wrong result is never "met".
 
-The baselines are scripts in benchmarks/baselines/, each runnable by itself. normcli runs from this
+The cases (ids for --only): help, f32-global-bins0, f32-channel-bins0, f32-global-bins30, u8-channel,
+standardize-fit, standardize-stats-from, standardize-report, dir-{jpeg,png}-{torchvision,stats},
+dir-png-normalize, and engine-{processes,dask}-{stats,standardize} against --engine threads, which
+run only once `normcli stats --help` mentions --engine. The DataLoader baseline is skipped without
+torch, mogrify without ImageMagick. The table (markdown, for the README) goes to stdout, progress to
+stderr. The baselines are scripts in benchmarks/baselines/, each runnable by itself. normcli runs from this
 checkout (PYTHONPATH = the repository root) with the Python running this script.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -334,7 +340,7 @@ def build_cases(data: Path, scratch: Path, engines: bool) -> list[Case]:
                     ("standardize", ("standardize", str(f32), "-o", str(out), "--quiet"), "z", out)):
                 full = (*args, "--engine", engine)
                 if engine == "threads":
-                    threads[name] = Baseline(f"normcli --engine threads", (*NORMCLI, *full), None, check == "json",
+                    threads[name] = Baseline("normcli --engine threads", (*NORMCLI, *full), None, check == "json",
                                              (out,) if output else ())
                     continue
                 ratio = 1.5 if engine == "dask" else 1.0 if name == "stats" else None
@@ -399,9 +405,7 @@ def main() -> None:
     cases = [c for c in build_cases(data, scratch, engines) if not args.only or re.search(args.only, c.id)]
     if not cases:
         sys.exit(f"no case matches {args.only!r}")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         cases = [Case(c.id, c.label, c.args, tuple(b for b in c.baselines if "torch" not in b.name), c.check,
                       c.output, c.clean) for c in cases]
         print("torch is not installed: the DataLoader baseline is skipped", file=sys.stderr)
@@ -423,10 +427,11 @@ def main() -> None:
              f"best of {args.repeat} (of 3 for commands over {LONG_RUN_S} s), each command its own process, warm cache; "
              f"peak RSS: the command's own max RSS ({'GNU time' if GNU_TIME else 'os.wait4'}) or its process tree's sampled sum, whichever is larger",
              f"{load()} before"]
+    load_line = len(notes) - 1
     if not engines:
         notes.append("engines: `normcli stats --help` has no --engine yet: the engine cases are skipped")
     if os.getloadavg()[0] > 1.5:
-        notes.append(f"WARNING: the load average is above 1.5: other work shares the machine")
+        notes.append("WARNING: the load average is above 1.5: other work shares the machine")
     for line in notes:
         print(line, file=sys.stderr)
 
@@ -467,7 +472,7 @@ def main() -> None:
                 met = "yes" if ok else "**NO**" + (" (wrong result)" if wrong else "")
             rows.append(f"| {case.label} | {ours.seconds:.2f} | {base.name} | {theirs.seconds:.2f} | {ratio:.2f}× | "
                         f"{goal} | {met} | {ours.rss_mib:.0f} / {theirs.rss_mib:.0f} |")
-    notes[-1] += f", {load()} after"
+    notes[load_line] += f", {load()} after"
 
     table = ["| case | normcli s | baseline | baseline s | ratio | target | met? | peak RSS MiB normcli / baseline |",
              "|---|---:|---|---:|---:|---|---|---:|", *rows]
