@@ -24,6 +24,30 @@ ENGINES = ("threads", "processes", "dask")
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
 
+_MALLOC_KEEP = 256 << 20  # bytes of freed memory glibc may keep (far above a few blocks in flight)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed block buffers for the next block instead of handing them back.
+
+    Worker threads allocate from arenas of their own, which glibc shrinks (madvise) whenever a
+    block's arrays are freed, so every block paid for page faults that zero its memory again: a
+    1 GiB standardize spent 2.5 s of system time on it, 0.6 s with this. Peak memory is unchanged
+    (it is what a few blocks in flight need). A no-op where glibc's mallopt is missing.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_TRIM_THRESHOLD, _MALLOC_KEEP)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; arrays below it come from the (kept) heap
+
+
 def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> Iterator:
     """fn over items through `submit(fn, item) -> future`, results in input order, at most
     `ahead` in flight (so memory stays bounded however many items there are)."""
@@ -79,6 +103,10 @@ class ThreadEngine(Engine):
 
     name = "threads"
 
+    def __init__(self, workers: int | None = None):
+        super().__init__(workers)
+        keep_freed_memory()
+
     def map(self, work, items):
         return ordered_map(work, items, workers=self.workers)
 
@@ -100,7 +128,7 @@ class ProcessEngine(Engine):
             # forkserver: no fork of a process that may hold threads; the server imports normcli once
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=keep_freed_memory)
         return _in_order(self._pool.submit, work, items, 2 * self.workers)
 
     def close(self) -> None:
