@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch
@@ -62,6 +63,20 @@ def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> It
     finally:
         for future in pending:
             future.cancel()
+
+
+def _run_batch(work: Callable, batch: list) -> list:
+    """work over several items in one task (a process or a cluster worker)."""
+    return [work(item) for item in batch]
+
+
+def _batched(submit: Callable, work: Callable, items: Sequence, workers: int) -> Iterator:
+    """work over items as tasks of several items each, results in order, one per item: a task to
+    another process costs about a millisecond, so each should carry a few blocks' work."""
+    per_task = max(1, min(16, len(items) // (8 * workers)))
+    batches = [list(items[i:i + per_task]) for i in range(0, len(items), per_task)]
+    for results in _in_order(submit, partial(_run_batch, work), batches, 2 * workers):
+        yield from results
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFAULT_WORKERS) -> Iterator[R]:
@@ -129,7 +144,7 @@ class ProcessEngine(Engine):
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=keep_freed_memory)
-        return _in_order(self._pool.submit, work, items, 2 * self.workers)
+        return _batched(self._pool.submit, work, items, self.workers)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -171,8 +186,8 @@ class DaskEngine(Engine):
         self.address = self._client.scheduler.address
 
     def map(self, work, items):
-        ahead = 2 * max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
-        return _in_order(lambda fn, item: self._client.submit(fn, item, pure=False), work, items, ahead)
+        workers = max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
+        return _batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, workers)
 
     def describe(self) -> str:
         workers = len(self._client.scheduler_info().get("workers", {}))
