@@ -1,63 +1,63 @@
-"""Time normcli against the plain numpy / scikit-learn / imageio / cp recipes it replaces.
+"""Time normcli against the tools and recipes it replaces, side by side in one run.
 
-    /work/venv/bin/python benchmarks/run.py [--size-gib 1.0] [--keep]
+    python benchmarks/run.py [--small] [--repeat 5] [--only PATTERN] [--data DIR] [--markdown FILE]
 
-Generates its data in benchmarks/data/ (gitignored; reused when it already has the right shape,
-deleted afterwards unless --keep): a float32 (N, 64, 64, 1) normal array, a uint8 (N, 64, 64, 3)
-array, both of --size-gib, and 300 random-ish 256x256 RGB PNGs. Every command runs as its own
-process, 3 times (`normcli --help` 10 times), each run after a sync, once the page cache was
-warmed by reading each file; the table shows the best wall time and the largest peak RSS. Peak
-RSS comes from GNU time -v ("Maximum resident set size", i.e. wait4's ru_maxrss) when
-/usr/bin/time exists, else from os.wait4 directly; either way it counts file pages the process
-maps (np.load(mmap_mode="r")) as well as its own memory. normcli's mean/var are checked against
-each baseline that prints them (a loud MISMATCH line if they differ by more than 1e-6 relative).
+Makes its data in --data (default benchmarks/data, or benchmarks/data-small with --small; reused when
+present): a float32 and a uint8 (N, 64, 64, 3) .npy of 1 GiB each (64 MiB with --small), and 2,000
+JPEGs and 2,000 PNGs of 256x256 RGB photo-like content (200 with --small). Every command runs as its
+own process after an `os.sync()`, on a warm page cache, --repeat times (3 at most for a command whose
+first run took over 30 s); a row shows the best wall time. Peak RSS is the larger of the process's own
+max RSS (GNU time, else os.wait4) and the summed RSS of its process tree sampled every 20 ms (pools and DataLoader
+workers count); both count file pages a process maps. normcli's numbers are checked against each
+baseline's (mean/var, or the output arrays/images): a wrong result is never "met".
+
+The cases (ids for --only): help, f32-global-bins0, f32-channel-bins0, f32-global-bins30, u8-channel,
+standardize-fit, standardize-stats-from, standardize-report, dir-{jpeg,png}-{torchvision,stats},
+dir-png-normalize, and engine-{processes,dask}-{stats,standardize} against --engine threads, which
+run only once `normcli stats --help` mentions --engine. The DataLoader baseline is skipped without
+torch, mogrify without ImageMagick. The table (markdown, for the README) goes to stdout, progress to
+stderr. The baselines are scripts in benchmarks/baselines/, each runnable by itself. normcli runs from this
+checkout (PYTHONPATH = the repository root) with the Python running this script.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from functools import cache
+from dataclasses import dataclass, field
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent / "data"
-NORMCLI = str(Path(sys.executable).parent / "normcli")
-GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BASELINES = HERE / "baselines"
 PY = sys.executable
-RTOL = 1e-6
-N_PNGS, PNG_SIZE = 300, 256
-
-# The baselines, each run as `python -c RECIPE FILE`; those that can print {"mean": [...], "var": [...]}.
-NAIVE_GLOBAL = """import sys, json, numpy as np
-a = np.load(sys.argv[1]); m = a.mean(dtype=np.float64); v = a.var(dtype=np.float64)
-print(json.dumps({"mean": [float(m)], "var": [float(v)]}))"""
-NAIVE_CHANNEL = """import sys, json, numpy as np
-a = np.load(sys.argv[1]); m = a.mean(axis=(0, 1, 2), dtype=np.float64); v = a.var(axis=(0, 1, 2), dtype=np.float64)
-print(json.dumps({"mean": m.tolist(), "var": v.tolist()}))"""
-SKLEARN_GLOBAL = """import sys, json, numpy as np
-from sklearn.preprocessing import StandardScaler
-a = np.load(sys.argv[1], mmap_mode="r"); s = StandardScaler()
-for i in range(0, len(a), 1024): s.partial_fit(a[i:i + 1024].reshape(-1, 1))
-print(json.dumps({"mean": s.mean_.tolist(), "var": s.var_.tolist()}))"""
-IMAGEIO_LOOP = """import sys, json, pathlib, numpy as np, imageio.v3 as iio
-s = s2 = np.zeros(3, np.uint64); n = 0
-for p in sorted(pathlib.Path(sys.argv[1]).glob("*.png")):
-    a = iio.imread(p); s = s + a.sum(axis=(0, 1), dtype=np.uint64)
-    s2 = s2 + (a.astype(np.uint64) ** 2).sum(axis=(0, 1)); n += a.shape[0] * a.shape[1]
-s, s2 = [int(x) for x in s], [int(x) for x in s2]  # exact: var = (n s2 - s^2) / n^2
-print(json.dumps({"mean": [x / n for x in s], "var": [(n * q - x * x) / n / n for x, q in zip(s, s2)]}))"""
+NORMCLI = (PY, "-m", "normcli")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+MAX_RSS_MIB = 128  # issue 14: peak RSS on every normcli case
+LONG_RUN_S = 30  # commands slower than this on their first run are repeated 3 times at most
+RTOL = 1e-6  # mean/var against a float64 baseline
+TORCHVISION_TOL = 1e-3  # the Normalize(...) line prints 4 decimals
+Z_TOL = 1e-5  # standardized outputs against the numpy script's, in units of one std
+LEVEL_TOL = 1  # 8-bit outputs against Pillow's, in levels
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+IMAGE_SIZE = 256
 
 
-# -- data ------------------------------------------------------------------------------------------
+# -- data ----------------------------------------------------------------------------------------------
 def make_npy(path: Path, shape: tuple, fill) -> None:
     """Write `fill(rng, n_samples)` blocks into a .npy of `shape`, unless one of that shape is there."""
     if path.exists() and np.load(path, mmap_mode="r").shape == shape:
@@ -65,158 +65,422 @@ def make_npy(path: Path, shape: tuple, fill) -> None:
     print(f"writing {path.name} {shape} ...", file=sys.stderr)
     rng = np.random.default_rng(0)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=fill(rng, 1).dtype, shape=shape)
-    for i in range(0, shape[0], 4096):
-        out[i:i + 4096] = fill(rng, len(out[i:i + 4096]))
+    for i in range(0, shape[0], 2048):
+        out[i : i + 2048] = fill(rng, len(out[i : i + 2048]))
     out.flush()
     del out
 
 
-def make_pngs(folder: Path) -> None:
-    """N_PNGS RGB PNGs: smooth gradients plus noise (compress like photos, not like pure noise)."""
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == N_PNGS:
-        return
+def photo(seed: int) -> np.ndarray:
+    """A 256x256 RGB uint8 image that compresses like a photo: a colour gradient, 1/f texture shared by
+    the channels (natural images have a ~1/f amplitude spectrum), a little colour texture and sensor noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1 : IMAGE_SIZE * 1j, 0:1 : IMAGE_SIZE * 1j]
+    colours = rng.uniform(40, 215, (3, 3))
+    base = colours[:, 0, None, None] + (colours[:, 1, None, None] - colours[:, 0, None, None]) * x \
+        + (colours[:, 2, None, None] - colours[:, 0, None, None]) * y * 0.5
+    freq = np.fft.fftfreq(IMAGE_SIZE)
+    radius = np.hypot(freq[:, None], freq[None, :])
+    radius[0, 0] = np.inf
+    texture = np.fft.ifft2(np.fft.fft2(rng.standard_normal((4, IMAGE_SIZE, IMAGE_SIZE))) / radius).real
+    texture /= texture.std(axis=(1, 2), keepdims=True)
+    image = base + 28 * texture[:1] + 6 * texture[1:] + rng.normal(0, 2, (3, IMAGE_SIZE, IMAGE_SIZE))
+    return np.clip(np.rint(np.moveaxis(image, 0, -1)), 0, 255).astype(np.uint8)
+
+
+def save_photo(job: tuple[int, Path, Path]) -> None:
     from PIL import Image
 
-    print(f"writing {N_PNGS} PNGs ...", file=sys.stderr)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    y, x = np.mgrid[0:1:PNG_SIZE * 1j, 0:1:PNG_SIZE * 1j]
-    for i in range(N_PNGS):
-        f = rng.uniform(-2, 2, (3, 2))
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        image = 127.5 + 100 * np.sin(2 * np.pi * (f[:, :1, None] * y + f[:, 1:, None] * x) + phase[:, None, None])
-        image = np.moveaxis(image, 0, -1) + rng.normal(0, 12, (PNG_SIZE, PNG_SIZE, 3))
-        Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    seed, jpeg, png = job
+    image = Image.fromarray(photo(seed))
+    image.save(jpeg, quality=90)
+    image.save(png)
+
+
+def make_images(jpegs: Path, pngs: Path, count: int) -> None:
+    """`count` JPEGs and the same images as PNGs, unless both folders already hold that many."""
+    if all(d.is_dir() and len(list(d.iterdir())) == count for d in (jpegs, pngs)):
+        return
+    print(f"writing {count} JPEGs and {count} PNGs ...", file=sys.stderr)
+    for folder in (jpegs, pngs):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    with Pool(2) as pool:
+        pool.map(save_photo, [(i, jpegs / f"{i:05d}.jpg", pngs / f"{i:05d}.png") for i in range(count)], 16)
 
 
 def warm(path: Path) -> None:
     """Read every file once so the timings see a warm page cache."""
-    for p in [path] if path.is_file() else sorted(path.iterdir()):
-        with open(p, "rb") as f:
-            while f.read(16 << 20):
-                pass
+    for p in [path] if path.is_file() else sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                while f.read(16 << 20):
+                    pass
 
 
-# -- measuring ---------------------------------------------------------------------------------------
-@cache
-def measure(cmd: tuple, repeat: int = 3) -> tuple[float, float, str]:
-    """Run `cmd` `repeat` times as its own process: (best wall seconds, max peak RSS MiB, last stdout)."""
-    best, rss_kib = float("inf"), 0
-    for _ in range(repeat):
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
-                tempfile.NamedTemporaryFile("r") as report:
-            wrapped = [GNU_TIME, "-v", "-o", report.name, *cmd] if GNU_TIME else list(cmd)
-            os.sync()  # no write-back of an earlier run's output competes with this one
-            start = time.perf_counter()
-            proc = subprocess.Popen(wrapped, stdout=out, stderr=err)
-            _, status, usage = os.wait4(proc.pid, 0)
-            best = min(best, time.perf_counter() - start)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if GNU_TIME:
-                line = next(l for l in report.read().splitlines() if "Maximum resident set size" in l)
-                rss_kib = max(rss_kib, int(line.rsplit(":", 1)[1]))
-            else:
-                rss_kib = max(rss_kib, usage.ru_maxrss)  # KiB on Linux
-            out.seek(0)
-            err.seek(0)
-            if proc.returncode != 0:
-                sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()}")
-            stdout = out.read()
-    return best, rss_kib / 1024, stdout
+def size_mib(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
 
 
-def check(case: str, normcli_out: str, baseline_out: str, baseline: str) -> None:
-    """normcli's JSON mean/var against the baseline's, each within RTOL relative."""
-    rows = json.loads(normcli_out)["rows"]
-    ours = {"mean": [r["mean"] for r in rows], "var": [r["var"] for r in rows]}
-    theirs = json.loads(baseline_out)
+# -- measuring -----------------------------------------------------------------------------------------
+def tree_rss_kib(pid: int, *, skip_root: bool = False) -> int:
+    """Summed resident set of `pid` (unless `skip_root`) and all its descendants, now."""
+    total, stack = 0, [str(pid)]
+    while stack:
+        p = stack.pop()
+        try:
+            if p != str(pid) or not skip_root:
+                with open(f"/proc/{p}/statm") as f:
+                    total += int(f.read().split()[1]) * PAGE_KIB
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack += f.read().split()
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+@dataclass
+class Timing:
+    seconds: float  # best wall time
+    rss_mib: float  # largest peak RSS over the runs
+    stdout: str  # of the last run
+    runs: int
+
+
+def run_once(cmd: tuple, clean: tuple[Path, ...]) -> tuple[float, int, str]:
+    """One run of `cmd`: (wall seconds, peak RSS KiB, stdout); exits on failure.
+
+    The command runs under GNU time when it exists: a child forked from this (large) process would
+    report this process's RSS as its own ru_maxrss, which exec does not reset.
+    """
+    for path in clean:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    os.sync()  # no write-back of an earlier run's output competes with this one
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        wrapped = (GNU_TIME, "-f", "%M", "-o", report.name, *cmd) if GNU_TIME else cmd
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=out, stderr=err, env=ENV)
+        peak, done = [0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], tree_rss_kib(proc.pid, skip_root=bool(GNU_TIME)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd[:12]))}\n{err.read()[-3000:]}")
+        own = int(report.read().split()[-1]) if GNU_TIME else usage.ru_maxrss
+        return seconds, max(peak[0], own), out.read()
+
+
+TIMINGS: dict[tuple, Timing] = {}
+
+
+def measure(cmd: tuple, repeat: int, clean: tuple[Path, ...] = ()) -> Timing:
+    """Best of `repeat` runs of `cmd` (each as its own process), measured once per run of this script."""
+    if cmd not in TIMINGS:
+        best, rss, stdout = run_once(cmd, clean)
+        runs = min(repeat, 3) if best > LONG_RUN_S else repeat
+        for _ in range(runs - 1):
+            seconds, kib, stdout = run_once(cmd, clean)
+            best, rss = min(best, seconds), max(rss, kib)
+        TIMINGS[cmd] = Timing(best, rss / 1024, stdout, runs)
+    return TIMINGS[cmd]
+
+
+# -- checking the numbers ----------------------------------------------------------------------------
+def moments_of_report(stdout: str) -> dict:
+    """{"mean": [...], "var": [...]} of a normcli --format json report."""
+    rows = json.loads(stdout)["rows"]
+    return {"mean": [r["mean"] for r in rows], "var": [r["var"] for r in rows]}
+
+
+def moments_of_torchvision(stdout: str) -> dict:
+    """{"mean", "var"} in 0..255 units of a `Normalize(mean=(...), std=(...))` line."""
+    found = re.search(r"mean=\(([^)]*)\),\s*std=\(([^)]*)\)", stdout)
+    mean, std = (np.array([float(v) for v in g.split(",") if v.strip()]) for g in found.groups())
+    return {"mean": (mean * 255).tolist(), "var": ((std * 255) ** 2).tolist()}
+
+
+def relative_difference(ours: dict, theirs: dict) -> float:
+    """Largest relative difference of mean and var, inf when the shapes differ."""
+    worst = 0.0
     for stat in ("mean", "var"):
-        a, b = np.array(ours[stat]), np.array(theirs[stat])
-        err = np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)) if a.shape == b.shape else np.inf
-        if not err <= RTOL:
-            print(f"!!! MISMATCH in {case}: {stat} normcli {a.tolist()} vs {baseline} {b.tolist()} "
-                  f"(rel err {err:.2e} > {RTOL:g}) !!!")
-        else:
-            print(f"  check {stat} vs {baseline}: rel err {err:.1e}", file=sys.stderr)
+        a, b = np.asarray(ours[stat], float), np.asarray(theirs[stat], float)
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))))
+    return worst
 
 
-def machine() -> str:
+def array_difference(path: Path, reference: Path) -> float:
+    """Largest absolute difference of two .npy arrays of one shape, read 16 MiB at a time."""
+    a, b = np.load(path, mmap_mode="r"), np.load(reference, mmap_mode="r")
+    if a.shape != b.shape:
+        return float("inf")
+    a, b = a.reshape(-1), b.reshape(-1)
+    step = 4 << 20
+    return max(float(np.max(np.abs(a[i : i + step] - b[i : i + step].astype(np.float64)))) for i in range(0, len(a), step))
+
+
+def image_difference(folder: Path, reference: Path) -> float:
+    """Largest difference, in levels, between same-named images of two folders (inf if the lists differ)."""
+    from PIL import Image
+
+    ours, theirs = sorted(p.relative_to(folder) for p in folder.rglob("*.png")), \
+        sorted(p.relative_to(reference) for p in reference.rglob("*.png"))
+    if not ours or ours != theirs:
+        return float("inf")
+    return max(float(np.max(np.abs(np.asarray(Image.open(folder / p), np.int16)
+                                   - np.asarray(Image.open(reference / p), np.int16)))) for p in ours)
+
+
+# -- the cases -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    cmd: tuple
+    max_ratio: float | None  # the target on normcli / baseline; None: shown for reference
+    compare: bool = False  # prints {"mean", "var"} to check normcli's against
+    clean: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str  # what --only matches
+    label: str  # the table's first column
+    args: tuple  # normcli's arguments
+    baselines: tuple[Baseline, ...]
+    check: str | None = None  # "json": rerun with --format json; "torchvision"; "z": output vs reference; "png"
+    output: Path | None = None
+    clean: tuple[Path, ...] = field(default=())
+
+
+def script(name: str, *args) -> tuple:
+    return (PY, str(BASELINES / name), *map(str, args))
+
+
+def build_cases(data: Path, scratch: Path, engines: bool) -> list[Case]:
+    f32, u8, jpegs, pngs = data / "f32_rgb.npy", data / "u8_rgb.npy", data / "jpegs", data / "pngs"
+    out, copy, saved = scratch / "out.npy", scratch / "copy.npy", scratch / "s.json"
+    kernel = {per: Baseline(f"careful kernel ({per})", script("careful_kernel.py", f32, per), None, True)
+              for per in ("global", "channel")}
+    cat = Baseline("`cat` > /dev/null", ("sh", "-c", f"cat '{f32}' > /dev/null"), None)
+    cp = Baseline("`cp`", ("cp", str(f32), str(copy)), None, clean=(copy,))
+    numpy_load = {per: Baseline(f"np.load + mean/var ({per})", script("numpy_load.py", f32, per), None, True)
+                  for per in ("global", "channel")}
+    sklearn = {per: Baseline(f"StandardScaler.partial_fit ({per})", script("sklearn_partial_fit.py", f32, per),
+                             None, True) for per in ("global", "channel")}
+    two_pass = Baseline("numpy 2-pass script", script("numpy_standardize.py", f32, scratch / "np_z.npy"), None,
+                        clean=(scratch / "np_z.npy",))
+
+    def target(base: Baseline, ratio: float) -> Baseline:
+        return Baseline(base.name, base.cmd, ratio, base.compare, base.clean)
+
+    def folder_baselines(folder: Path, decode_ratio: float) -> tuple[Baseline, ...]:
+        return (Baseline("Pillow decode pool (2 proc)", script("pil_decode_pool.py", folder), decode_ratio),
+                Baseline("PIL.ImageStat (2 proc)", script("pil_imagestat_pool.py", folder), 1.0, True),
+                Baseline("torch Dataset + DataLoader(2)", script("torch_dataloader.py", folder), 1.0, True))
+
+    stats = ("stats", str(f32))
+    cases = [
+        Case("help", "`normcli --help` (start-up)", ("--help",),
+             (Baseline("`python -c 'import numpy, click, rich'`", (PY, "-c", "import numpy, click, rich"), None),)),
+        Case("f32-global-bins0", "`stats --per global --bins 0`", (*stats, "--per", "global", "--bins", "0"),
+             (target(kernel["global"], 1.1), cat, numpy_load["global"], sklearn["global"]), "json"),
+        Case("f32-channel-bins0", "`stats --per channel --bins 0`", (*stats, "--per", "channel", "--bins", "0"),
+             (target(kernel["channel"], 1.1), numpy_load["channel"], sklearn["channel"]), "json"),
+        Case("f32-global-bins30", "`stats --per global` (30 bins)", (*stats, "--per", "global"),
+             (target(kernel["global"], 2.0),), "json"),
+        Case("u8-channel", "`stats` uint8 RGB per channel", ("stats", str(u8), "--per", "channel"),
+             (Baseline("np.bincount per channel, 1 MiB chunks", script("bincount_channels.py", u8), 0.5, True),),
+             "json"),
+        Case("standardize-fit", "`standardize -o out.npy --quiet`", ("standardize", str(f32), "-o", str(out), "--quiet"),
+             (target(cp, 2.5), two_pass), "z", out, (out,)),
+        Case("standardize-stats-from", "`standardize --stats-from s.json -o out.npy --quiet`",
+             ("standardize", str(f32), "--stats-from", str(saved), "-o", str(out), "--quiet"),
+             (target(cp, 1.5),), "z", out, (out,)),
+        Case("standardize-report", "`standardize -o out.npy` (default report)", ("standardize", str(f32), "-o", str(out)),
+             (target(cp, 3.0),), "z", out, (out,)),
+    ]
+    for kind, folder in (("JPEG", jpegs), ("PNG", pngs)):
+        n = len(list(folder.iterdir()))
+        cases += [
+            Case(f"dir-{kind.lower()}-torchvision", f"`stats DIR --format torchvision`, {n} {kind}s",
+                 ("stats", str(folder), "--format", "torchvision"), folder_baselines(folder, 1.2), "torchvision"),
+            Case(f"dir-{kind.lower()}-stats", f"`stats DIR` (default, histograms), {n} {kind}s", ("stats", str(folder)),
+                 folder_baselines(folder, 1.5), "json"),
+        ]
+    normalized, pillow_out, mogrified = scratch / "normcli_png", scratch / "pillow_png", scratch / "mogrify_png"
+    n = len(list(pngs.iterdir()))
+    normalize_baselines = [Baseline("Pillow 2-pass min-max (2 proc)", script("pil_minmax_png.py", pngs, pillow_out), 1.1,
+                                    clean=(pillow_out,))]
+    if shutil.which("mogrify"):
+        normalize_baselines.append(Baseline("`mogrify -normalize` (a copy)",
+                                            ("mogrify", "-normalize", *map(str, sorted(mogrified.glob("*.png")))), None))
+    cases.append(Case("dir-png-normalize", f"`normalize DIR -o OUT --quiet`, {n} PNGs → PNGs",
+                      ("normalize", str(pngs), "-o", str(normalized), "--quiet"), tuple(normalize_baselines), "png",
+                      normalized, (normalized,)))
+    if engines:
+        threads = {}
+        for engine in ("threads", "processes", "dask"):
+            for name, args, check, output in (
+                    ("stats", (*stats, "--per", "global", "--format", "json"), "json", None),
+                    ("standardize", ("standardize", str(f32), "-o", str(out), "--quiet"), "z", out)):
+                full = (*args, "--engine", engine)
+                if engine == "threads":
+                    threads[name] = Baseline("normcli --engine threads", (*NORMCLI, *full), None, check == "json",
+                                             (out,) if output else ())
+                    continue
+                ratio = 1.5 if engine == "dask" else 1.0 if name == "stats" else None
+                base = threads[name]
+                cases.append(Case(f"engine-{engine}-{name}", f"`{' '.join(args[:1] + args[2:])}` `--engine {engine}`"
+                                  .replace(str(out), "out.npy"), full,
+                                  (Baseline(base.name, base.cmd, ratio, base.compare, base.clean),), check, output,
+                                  (out,) if output else ()))
+    return cases
+
+
+# -- reporting -----------------------------------------------------------------------------------------
+def machine(data: Path) -> str:
+    import PIL
+
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     ram = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20
-    rss = "GNU time -v max RSS" if GNU_TIME else "os.wait4 ru_maxrss"
-    return (f"machine: {cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM; Python {platform.python_version()}, "
-            f"numpy {np.__version__}; load average {os.getloadavg()[0]:.2f}; "
-            f"peak RSS from {rss} (counts mapped file pages)")
-
-
-# -- the cases ---------------------------------------------------------------------------------------
-def cases(f32: Path, u8: Path, pngs: Path):
-    """(case, normcli cmd, baseline name, baseline cmd, max ratio or None, max seconds or None,
-    max RSS MiB or None, compare mean/var?)."""
-    stats = (NORMCLI, "stats", "--format", "json")
-    out, copy = str(DATA / "out.npy"), str(DATA / "copy.npy")
-    rows = [
-        ("stats f32 global --bins 0", (*stats, str(f32), "--per", "global", "--bins", "0"),
-         "np.load + mean/var", (PY, "-c", NAIVE_GLOBAL, str(f32)), 0.4, None, 200, True),
-        ("stats f32 global (30 bins)", (*stats, str(f32), "--per", "global"),
-         "np.load + mean/var", (PY, "-c", NAIVE_GLOBAL, str(f32)), 0.4, None, 200, True),
-        ("stats u8 RGB per channel", (*stats, str(u8), "--per", "channel"),
-         "np.load + mean/var axis=(0,1,2)", (PY, "-c", NAIVE_CHANNEL, str(u8)), 0.5, None, 200, True),
-        ("standardize f32 -> .npy", (NORMCLI, "standardize", str(f32), "-o", out, "--force", "--quiet"),
-         "cp", ("cp", str(f32), copy), 2.0, None, 200, False),
-        ("stats 300 PNGs per channel", (*stats, str(pngs), "--per", "channel"),
-         "imageio loop, uint64 sums", (PY, "-c", IMAGEIO_LOOP, str(pngs)), 0.7, None, None, True),
-        ("normcli --help (best of 10)", (NORMCLI, "--help"),
-         "import numpy, click, rich", (PY, "-c", "import numpy, click, rich"), None, 0.3, None, False),
-    ]
     try:
-        import sklearn  # noqa: F401
+        import torch
 
-        rows.insert(2, ("stats f32 global --bins 0", rows[0][1], "StandardScaler.partial_fit (mmap)",
-                        (PY, "-c", SKLEARN_GLOBAL, str(f32)), None, None, None, True))
+        extra = f", torch {torch.__version__}"
     except ImportError:
-        pass
-    return rows
+        extra = ", no torch"
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "?"
+    return (f"machine: {cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, Linux {platform.release()}; "
+            f"Python {platform.python_version()}, numpy {np.__version__}, Pillow {PIL.__version__}{extra}; "
+            f"normcli at {commit}")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gib", type=float, default=1.0, help="size of each .npy file [default: 1.0]")
-    parser.add_argument("--keep", action="store_true", help="keep benchmarks/data/ afterwards")
+    parser.add_argument("--small", action="store_true", help="64 MiB arrays and 200 images, to check the script")
+    parser.add_argument("--data", type=Path, help="data folder [default: benchmarks/data or data-small]")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per command, best taken [default: 5]")
+    parser.add_argument("--only", metavar="PATTERN", help="run the cases whose id matches this regex "
+                                                         "(ids: f32-global-bins0, dir-png-normalize, engine-dask-stats, ...)")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
 
-    DATA.mkdir(exist_ok=True)
-    f32, u8, pngs = DATA / "big_f32.npy", DATA / "u8_rgb.npy", DATA / "pngs"
-    nbytes = args.size_gib * 2**30
-    make_npy(f32, (int(np.ceil(nbytes / (64 * 64 * 4))), 64, 64, 1),
-             lambda rng, n: rng.standard_normal((n, 64, 64, 1), np.float32) * np.float32(17.5) + np.float32(26))
-    make_npy(u8, (int(np.ceil(nbytes / (64 * 64 * 3))), 64, 64, 3),
-             lambda rng, n: rng.integers(0, 256, (n, 64, 64, 3), np.uint8))
-    make_pngs(pngs)
-    for path in (f32, u8, pngs):
+    data = args.data or HERE / ("data-small" if args.small else "data")
+    data.mkdir(parents=True, exist_ok=True)
+    scratch = data / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    nbytes, n_images = (64 << 20, 200) if args.small else (1 << 30, 2000)
+    f32, u8, jpegs, pngs = data / "f32_rgb.npy", data / "u8_rgb.npy", data / "jpegs", data / "pngs"
+    sample = 64 * 64 * 3
+    make_npy(f32, (nbytes // (sample * 4), 64, 64, 3), lambda rng, n: (
+        rng.standard_normal((n, 64, 64, 3), np.float32) * np.float32(17.5) + np.array([26, 36, 46], np.float32)))
+    make_npy(u8, (nbytes // sample, 64, 64, 3), lambda rng, n: rng.integers(0, 256, (n, 64, 64, 3), np.uint8))
+    make_images(jpegs, pngs, n_images)
+    if shutil.which("mogrify"):
+        shutil.copytree(pngs, scratch / "mogrify_png")
+
+    help_text = subprocess.run([*NORMCLI, "stats", "--help"], capture_output=True, text=True, env=ENV).stdout
+    engines = "--engine" in help_text
+    cases = [c for c in build_cases(data, scratch, engines) if not args.only or re.search(args.only, c.id)]
+    if not cases:
+        sys.exit(f"no case matches {args.only!r}")
+    if importlib.util.find_spec("torch") is None:
+        cases = [Case(c.id, c.label, c.args, tuple(b for b in c.baselines if "torch" not in b.name), c.check,
+                      c.output, c.clean) for c in cases]
+        print("torch is not installed: the DataLoader baseline is skipped", file=sys.stderr)
+
+    needs_z = any(c.check == "z" for c in cases)
+    if needs_z or any("stats-from" in c.id for c in cases):
+        subprocess.run([*NORMCLI, "stats", str(f32), "--per", "global", "--bins", "0", "--save",
+                        str(scratch / "s.json"), "--quiet"], check=True, env=ENV)
+    reference_z = scratch / "reference_z.npy"
+    if needs_z:
+        subprocess.run(script("numpy_standardize.py", f32, reference_z), check=True)
+    for path in (f32, u8, jpegs, pngs):
         warm(path)
 
-    print(machine())
-    print(f"data: {f32.name} {f32.stat().st_size / 2**30:.2f} GiB, {u8.name} {u8.stat().st_size / 2**30:.2f} GiB, "
-          f"{N_PNGS} PNGs {PNG_SIZE}x{PNG_SIZE} RGB {sum(p.stat().st_size for p in pngs.iterdir()) / 2**20:.0f} MiB\n")
-    print("| case | normcli s | baseline | baseline s | ratio | target | normcli peak RSS MiB | baseline RSS MiB | met? |")
-    print("|---|---:|---|---:|---:|---|---:|---:|---|")
-    for case, ours, name, theirs, max_ratio, max_s, max_rss, compare in cases(f32, u8, pngs):
-        print(f"  timing: {case} vs {name} ...", file=sys.stderr)
-        repeat = 3 if max_s is None else 10
-        t, rss, out = measure(ours, repeat)
-        bt, brss, bout = measure(theirs, repeat)
-        target = " ".join(filter(None, [max_ratio and f"≤ {max_ratio:g}×", max_s and f"≤ {max_s * 1000:g} ms",
-                                        max_rss and f"≤ {max_rss} MiB"])) or "(reference)"
-        met = ((max_ratio is None or t / bt <= max_ratio) and (max_s is None or t <= max_s)
-               and (max_rss is None or rss <= max_rss))
-        print(f"| {case} | {t:.3f} | {name} | {bt:.3f} | {t / bt:.2f} | {target} | {rss:.0f} | {brss:.0f} | "
-              f"{'—' if target == '(reference)' else 'yes' if met else '**NO**'} |")
-        if compare:
-            check(case, out, bout, name)
+    notes = [machine(data),
+             f"data: {f32.name} {size_mib(f32):.0f} MiB, {u8.name} {size_mib(u8):.0f} MiB, both (N, 64, 64, 3); "
+             f"{n_images} JPEGs {size_mib(jpegs):.0f} MiB and {n_images} PNGs {size_mib(pngs):.0f} MiB, "
+             f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB",
+             f"best of {args.repeat} (of 3 for commands over {LONG_RUN_S} s), each command its own process, warm cache; "
+             f"peak RSS: the command's own max RSS ({'GNU time' if GNU_TIME else 'os.wait4'}) or its process tree's sampled sum, whichever is larger",
+             f"{load()} before"]
+    load_line = len(notes) - 1
+    if not engines:
+        notes.append("engines: `normcli stats --help` has no --engine yet: the engine cases are skipped")
+    if os.getloadavg()[0] > 1.5:
+        notes.append("WARNING: the load average is above 1.5: other work shares the machine")
+    for line in notes:
+        print(line, file=sys.stderr)
 
-    if not args.keep:
-        shutil.rmtree(DATA)
+    rows, checks = [], []
+    for case in cases:
+        print(f"{case.id}: {load()}", file=sys.stderr)
+        ours = measure((*NORMCLI, *case.args), args.repeat, case.clean)
+        if case.check == "json":
+            ours_moments = moments_of_report(run_once((*NORMCLI, *case.args, "--format", "json"), case.clean)[2])
+        elif case.check == "torchvision":
+            ours_moments = moments_of_torchvision(ours.stdout)
+        else:
+            ours_moments = None
+        checked = []  # (what, difference, tolerance)
+        if case.check == "z":  # the last timed run's output is still there
+            checked.append(("output vs the numpy 2-pass script's, max |Δ| in std", array_difference(case.output, reference_z), Z_TOL))
+        timings = []
+        for base in case.baselines:
+            print(f"  {base.name}", file=sys.stderr)
+            timings.append(measure(base.cmd, args.repeat, base.clean))
+            if case.check == "png" and "Pillow" in base.name:
+                checked.append((f"images vs {base.name}'s, max |Δ| in levels",
+                                image_difference(case.output, scratch / "pillow_png"), LEVEL_TOL))
+            if base.compare and ours_moments is not None:
+                checked.append((f"mean/var vs {base.name}, max rel diff",
+                                relative_difference(ours_moments, json.loads(timings[-1].stdout)),
+                                TORCHVISION_TOL if case.check == "torchvision" else RTOL))
+        wrong = any(not diff <= tol for _, diff, tol in checked)
+        checks += [f"{case.id}: {what} {diff:.1e} (≤ {tol:g}) {'ok' if diff <= tol else 'WRONG'}"
+                   for what, diff, tol in checked]
+        for base, theirs in zip(case.baselines, timings):
+            ratio = ours.seconds / theirs.seconds
+            if base.max_ratio is None:
+                goal, met = "—", "—"
+            else:
+                goal = (f"≤ {base.max_ratio:g}×" if base.max_ratio != 1 else "< 1×") + f", ≤ {MAX_RSS_MIB} MiB"
+                ok = ratio <= base.max_ratio and ours.rss_mib <= MAX_RSS_MIB and not wrong
+                met = "yes" if ok else "**NO**" + (" (wrong result)" if wrong else "")
+            rows.append(f"| {case.label} | {ours.seconds:.2f} | {base.name} | {theirs.seconds:.2f} | {ratio:.2f}× | "
+                        f"{goal} | {met} | {ours.rss_mib:.0f} / {theirs.rss_mib:.0f} |")
+    notes[load_line] += f", {load()} after"
+
+    table = ["| case | normcli s | baseline | baseline s | ratio | target | met? | peak RSS MiB normcli / baseline |",
+             "|---|---:|---|---:|---:|---|---|---:|", *rows]
+    report = "\n".join([*table, "", *(f"- {line}" for line in notes), "", "Checks:", *(f"- {c}" for c in checks)])
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":

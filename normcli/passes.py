@@ -24,7 +24,8 @@ from normcli.errors import InputError, NormcliWarning, OutputError, StatsFileErr
 from normcli.histograms import (HistogramCounts, Histograms, count_block, edges_for, histogram_edges,
                                 histograms_from_counts)
 from normcli.layout import Layout
-from normcli.moments import BlockStats, Moments, checked, counts_values, measure_block, merge
+from normcli.moments import (BlockStats, Moments, NonFinite, checked, counts_values, measure_block, merge,
+                             nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
@@ -489,6 +490,7 @@ class ApplyTask:
     before_edges: np.ndarray | None
     after_edges: np.ndarray | None
     alpha_factor: float = 1.0  # passed-through alpha: written as alpha * alpha_factor (see _alpha_factor)
+    check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
 
 
 @dataclass(frozen=True)
@@ -500,6 +502,7 @@ class Applied:
     clipped: int
     written: int
     data: np.ndarray | None  # for outputs written in order by the driver
+    nonfinite: NonFinite = NonFinite()  # with check_finite: what the block held (it was not written)
 
 
 def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
@@ -509,8 +512,13 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
                                  first_sample=chunk.start) if task.before_edges is not None else None)
     if not keep:
         return Applied(before_counts, None, None, None, 0, 0, None)
+    if task.check_finite and not np.isfinite(chunk.data).all():
+        found = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start).nonfinite
+        return Applied(before_counts, None, None, None, 0, 0, None, found)
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
+    if task.check_finite and not np.isfinite(out).all():
+        raise OutputError(f"the output overflows {task.writer.dtype.name}; pass --dtype float64", task.writer.target)
     if task.ignore_nan:
         np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
     after_stats = (measure_block(out, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
@@ -563,9 +571,22 @@ def _warn_if_too_coarse(out_dtype: np.dtype, low: float, high: float) -> None:
             f"coarse for their spread of {high - low:.3g}; pass --dtype float64 to keep the input's precision"))
 
 
+def _fit_pass(dataset: Dataset, plan: Plan, units: list[Block], ignore_nan: bool, engine, progress) -> Moments:
+    """Pass 1: the input's moments at the plan's scope, and the plan's fit."""
+    fit = partial(fit_work, FitTask(plan.scope, dataset.layout, ignore_nan, plan.fitter()))
+    before_stats = None
+    for stats, fitted in _run(engine, fit, units, progress, "fitting", sample_bytes=_sample_bytes(dataset)):
+        before_stats = _fold(before_stats, stats, merge)
+        plan.add_fit(fitted)
+    if before_stats.nonfinite.first is not None:  # a position in the passes' order: name the input's sample
+        found = replace(before_stats.nonfinite, first=plan.original_index(before_stats.nonfinite.first))
+        before_stats = replace(before_stats, nonfinite=found)
+    return checked(before_stats, dataset.locate, ignore_nan=ignore_nan)
+
+
 @dataclass
 class TransformResult:
-    before: Stats
+    before: Stats | None  # None when no pass measured the input (saved statistics applied, no report)
     after: Stats | None
     plan: Plan
     clipped: int  # values clipped to fit an 8/16-bit output
@@ -590,15 +611,13 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     scope = plan.scope
     check_scope(dataset, scope)
     units = plan.units(dataset)
-    fit = partial(fit_work, FitTask(scope, dataset.layout, ignore_nan, plan.fitter()))
-    before_stats = None
-    for stats, fitted in _run(engine, fit, units, progress, "fitting", sample_bytes=_sample_bytes(dataset)):
-        before_stats = _fold(before_stats, stats, merge)
-        plan.add_fit(fitted)
-    if before_stats.nonfinite.first is not None:  # a position in the passes' order: name the input's sample
-        found = replace(before_stats.nonfinite, first=plan.original_index(before_stats.nonfinite.first))
-        before_stats = replace(before_stats, nonfinite=found)
-    before = checked(before_stats, dataset.locate, ignore_nan=ignore_nan)
+    # Applying saved statistics to a float output without a report needs nothing from a pass 1:
+    # NaN/inf are then looked for while writing.
+    one_pass = not report and spec.dtype.kind == "f" and getattr(plan, "fitted", None) is not None
+    if one_pass:
+        before = plan.fitted
+    else:
+        before = _fit_pass(dataset, plan, units, ignore_nan, engine, progress)
     low, high = plan.finish(before)
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
@@ -619,13 +638,16 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                       outputs=outputs, stdout=stdout)
     try:
         task = ApplyTask(scope, dataset.layout, plan.applier(), sink.writer, work_dtype, ignore_nan, report,
-                         before_edges, after_edges, _alpha_factor(spec, dataset.dtype))
+                         before_edges, after_edges, _alpha_factor(spec, dataset.dtype),
+                         check_finite=one_pass and not ignore_nan)
         items = [(unit, plan.keeps(unit)) for unit in units]
         before_counts = after_counts = after_stats = None
         clipped = 0
+        nonfinite = NonFinite()
         for applied in _run(engine, partial(apply_work, task), items, progress, "writing",
                             sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset)):
             before_counts = _fold(before_counts, applied.before_counts)
+            nonfinite = nonfinite.merge(applied.nonfinite)
             if not applied.written:
                 continue
             if applied.data is not None:
@@ -635,10 +657,14 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
             plan.add_applied(applied.summary)
             after_stats = _fold(after_stats, applied.after_stats, merge)
             after_counts = _fold(after_counts, applied.after_counts)
+        if nonfinite.total:
+            raise nonfinite_error(replace(nonfinite, first=plan.original_index(nonfinite.first)), dataset.locate)
         sink.commit()
     except BaseException:
         sink.discard()
         raise
+    if one_pass:
+        return TransformResult(None, None, plan, clipped, sink.describe(), spec.encoding())
     before_result = _stats(dataset, scope, before, Histograms(before_counts.counts, before_edges) if bins else None)
     after_result = None
     if report:

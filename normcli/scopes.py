@@ -8,11 +8,14 @@ data. Adding a scope is adding one value here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the module imports without numpy, so that --help can list the scopes quickly
+    import numpy as np
 
-from normcli.layout import Layout
+    from normcli.layout import Layout
 
 SAMPLES, POSITIONS, CHANNELS = 0, 1, 2  # the axes of Layout.npc's view
 
@@ -48,27 +51,23 @@ class Scope:
 
     def keys_of(self, npc_shape) -> int:
         """How many keys a (samples, positions, channels) array has."""
-        return int(np.prod([npc_shape[a] for a in range(3) if a not in self.reduced], dtype=np.int64))
+        return math.prod(npc_shape[a] for a in range(3) if a not in self.reduced)
 
     def keys(self, layout: Layout, sample_shape, n_samples: int) -> int:
         """How many keys (rows of statistics) a dataset has."""
         channels = layout.channels(sample_shape)
-        positions = 1 if POSITIONS in self.reduced else int(np.prod(sample_shape, dtype=np.int64)) // channels
+        positions = 1 if POSITIONS in self.reduced else math.prod(sample_shape) // channels
         return self.keys_of((n_samples, positions, channels))
 
     def values_per_key(self, npc_shape) -> int:
         """How many values each key has in a (samples, positions, channels) array."""
-        return int(np.prod([npc_shape[a] for a in self.reduced], dtype=np.int64))
+        return math.prod(npc_shape[a] for a in self.reduced)
 
     def broadcast(self, values: np.ndarray, npc_shape) -> np.ndarray:
         """Per-key values shaped to broadcast against a (samples, positions, channels) array."""
-        return np.asarray(values).reshape([1 if a in self.reduced else npc_shape[a] for a in range(3)])
+        import numpy as np
 
-    def keyed(self, v: np.ndarray) -> np.ndarray:
-        """A (samples, positions, channels) array as (values per key, keys): a view where possible."""
-        kept = [a for a in range(3) if a not in self.reduced]
-        moved = np.moveaxis(v, kept, range(3 - len(kept), 3)) if kept else v
-        return moved.reshape(self.values_per_key(v.shape), self.keys_of(v.shape))
+        return np.asarray(values).reshape([1 if a in self.reduced else npc_shape[a] for a in range(3)])
 
     def row_labels(self, keys: int, first: int = 0) -> list[str]:
         if self.label is not None:

@@ -514,9 +514,10 @@ class Sink:
                 self._private.append(path)
             header = _npy_header(dtype, self.shape)
             sample_bytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
+            # Only the header: blocks extend the file as they land (ext4 flushes a file that was
+            # truncated each time it is closed, which made every block's write cost 4x).
             with open(path, "r+b") as f:
                 f.write(header)
-                f.truncate(len(header) + samples * sample_bytes)
             self.writer = NpyWriter(dtype, clip, target, spec.scale, path=path, data_offset=len(header),
                                     sample_bytes=sample_bytes)
 

@@ -28,7 +28,7 @@ from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.engine import ordered_map
 
 # Measured on 2 cores (benchmarks/): larger chunks fall out of cache, smaller ones pay overhead.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 # A Fortran-order .npz member cannot be read by samples (zip members are not seekable), so it is
 # read whole: up to this size, else refused with a hint.
 FORTRAN_NPZ_MAX_BYTES = 256 << 20

@@ -486,3 +486,27 @@ def test_an_output_beyond_float32_is_refused_before_writing(tmp_path, rng):
     run("batchnorm", tmp_path / "d.npy", "-o", tmp_path / "bn64.npy", "-b", "3", "--gamma", "3e38", "--dtype",
         "float64", "-q")
     assert np.isfinite(np.load(tmp_path / "bn64.npy")).all()
+
+
+def test_saved_statistics_applied_without_a_report_read_the_input_once(tmp_path, rng, monkeypatch):
+    """standardize --stats-from -q: one pass (blocks read once), the same output as two, and NaN
+    still refused with the sample that holds it, nothing written."""
+    from normcli.sources import Block
+
+    x = rng.normal(3.0, 2.0, (40, 5, 4))
+    np.save(tmp_path / "x.npy", x)
+    run("standardize", tmp_path / "x.npy", "-o", tmp_path / "two.npy", "--save-stats", tmp_path / "s.json", "-q")
+    reads = []
+    original = Block.read
+    monkeypatch.setattr(Block, "read", lambda self: reads.append(self.start) or original(self))
+    run("standardize", tmp_path / "x.npy", "-o", tmp_path / "one.npy", "--stats-from", tmp_path / "s.json", "-q")
+    assert sorted(reads) == sorted(set(reads))  # every block once
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+    x[7, 1, 2] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    result = run("standardize", tmp_path / "nan.npy", "-o", tmp_path / "nan_z.npy", "--stats-from",
+                 tmp_path / "s.json", "-q", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == "error: the input holds 1 NaN value, first in sample 7; use --ignore-nan to leave them " \
+                            f"out ({tmp_path / 'nan.npy'})\n"
+    assert not (tmp_path / "nan_z.npy").exists()

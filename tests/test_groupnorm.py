@@ -157,3 +157,21 @@ def test_chunking_does_not_change_the_result(tmp_path, nchw, affine, monkeypatch
     chunked, result = run_gn(tmp_path, x, 2, gamma, beta, layout="NHWC", dtype="float64")
     np.testing.assert_array_equal(chunked, whole)
     assert result.after.moments.count.sum() == x.size
+
+
+def test_far_from_zero_the_group_moments_are_exact(tmp_path, rng):
+    """1e9 + noise of std 1, images of 64x64: each group's mean and variance are the shifted, exact
+    ones of every other command, so the output is what exact arithmetic gives to float64's
+    resolution at 1e9 (the naive group mean was off by ~1e-3 std here)."""
+    from fractions import Fraction
+
+    x = 1e9 + rng.normal(0.0, 1.0, (2, 128, 128, 3))  # NHWC, instance norm
+    out, _ = run_gn(tmp_path, x, 3, np.ones(3), np.zeros(3), eps=0.0, dtype="float64")
+    for n in range(2):
+        for c in range(3):
+            values = [Fraction(float(v)) for v in x[n, ..., c].reshape(-1)]
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / len(values)
+            want = (x[n, :2, :2, c] - float(mean)) / np.sqrt(float(var))
+            # float(mean) is within half of 1e9's spacing (1.2e-7): so is each output
+            assert np.abs(out[n, :2, :2, c] - want).max() <= 2.5e-7
