@@ -197,9 +197,8 @@ def force_option(help: str = "Replace an existing output."):
     return click.option("--force", "-f", is_flag=True, help=help)
 
 
-input_options = _packed("inputs", lambda inputs, exclude, **given: run.Inputs(tuple(inputs), exclude=tuple(exclude),
-                                                                             **given), (
-    click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=PATH),
+input_options = _packed("inputs", run.Inputs, (
+    click.argument("paths", nargs=-1, required=True, metavar="INPUT...", type=PATH),
     click.option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False),
                  help="Axis names of array inputs [default: NHWC for 4-D, NHW 3-D, NC 2-D, N 1-D]."),
     click.option("--key", help="Array to read from .npz inputs [default: their only array]."),
@@ -258,8 +257,8 @@ def report_options(formats=("table", "json")):
     ))
 
 
-output_options = _packed("output", lambda output, **given: run.Output(output, **given), (
-    click.option("-o", "--output", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
+output_options = _packed("output", run.Output, (
+    click.option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
                  help="Output: .npy, .npz, - (a .npy stream on stdout) or a folder."),
     click.option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")),
                  help="Output dtype [default: float32; image folders keep the input's bit depth]."),

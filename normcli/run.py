@@ -64,7 +64,7 @@ class Inputs:
         from normcli.sources import open_dataset
 
         given = {"frames": self.frames, "max_pixels": self.max_pixels, "include_alpha": self.include_alpha,
-                 "include_hidden": self.include_hidden, "exclude": tuple(self.exclude)}
+                 "include_hidden": self.include_hidden, "exclude": self.exclude}
         read = ReadOptions(**{name: value for name, value in given.items() if value is not None})
         return open_dataset(self.paths, layout=layout or self.layout, key=self.key, mode=self.mode, images=read,
                             stdin=env.stdin)
