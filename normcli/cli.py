@@ -147,15 +147,15 @@ class FiniteFloat(click.ParamType):
 
 
 class Numbers(click.ParamType):
-    """One finite number or a comma-separated list of them (e.g. one per channel)."""
+    """One finite number or a comma-separated list of them (e.g. one per channel), as a tuple."""
 
     name = "numbers"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, list):
+        if isinstance(value, tuple):
             return value
         finite = FiniteFloat()
-        return [finite.convert(v, param, ctx) for v in str(value).split(",")]
+        return tuple(finite.convert(v, param, ctx) for v in str(value).split(","))
 
 
 class Momentum(click.ParamType):
@@ -439,12 +439,17 @@ def standardize(inputs, output, per, ddof, eps, fit, report, engine):
     _transform(run.StandardizeParams(per, ddof, eps, fit), inputs, output, report, engine)
 
 
-def _numbers(value):
-    return None if value is None else tuple(value)
+def affine_options(gamma_help: str):
+    """--gamma, --beta and --eps of batch and group norm."""
+    return (
+        click.option("--gamma", type=Numbers(), metavar="G", help=gamma_help),
+        click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0]."),
+        click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance."),
+    )
 
 
-def _batch_params(gamma, beta, save_stats, stats_from, **given) -> run.BatchParams:
-    return run.BatchParams(gamma=_numbers(gamma), beta=_numbers(beta), fit=run.Fit(save_stats, stats_from), **given)
+def _batch_params(save_stats, stats_from, **given) -> run.BatchParams:
+    return run.BatchParams(fit=run.Fit(save_stats, stats_from), **given)
 
 
 @cli.command(short_help="Batch-normalize each mini-batch (training mode).")
@@ -453,10 +458,7 @@ def _batch_params(gamma, beta, save_stats, stats_from, **given) -> run.BatchPara
 @_packed("params", _batch_params, (
     click.option("--batch-size", "-b", type=click.IntRange(min=1), required=True, help="Samples per mini-batch."),
     scope_option("channel", ("channel", "global", "pixel")),
-    click.option("--gamma", type=Numbers(), metavar="G",
-                 help="Scale: one number or one per channel, comma-separated [default: 1]."),
-    click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0]."),
-    click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance."),
+    *affine_options("Scale: one number or one per channel, comma-separated [default: 1]."),
     click.option("--momentum", type=Momentum(), default="0.1", show_default=True,
                  help="Running-statistics momentum, or 'cumulative' for the cumulative average."),
     click.option("--drop-last", is_flag=True, help="Leave out a last batch shorter than --batch-size."),
@@ -486,12 +488,10 @@ def batchnorm(inputs, output, params, report, engine):
 @cli.command(short_help="Group/layer/instance norm per sample.")
 @input_options
 @output_options
-@_packed("params", lambda gamma, beta, **given: run.GroupParams(gamma=_numbers(gamma), beta=_numbers(beta), **given), (
+@_packed("params", run.GroupParams, (
     click.option("--groups", "-g", type=click.IntRange(min=1), required=True,
                  help="Groups of channels (1: layer norm; the channel count: instance norm)."),
-    click.option("--gamma", type=Numbers(), metavar="G", help="Scale: one number or one per channel [default: 1]."),
-    click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0]."),
-    click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance."),
+    *affine_options("Scale: one number or one per channel [default: 1]."),
 ))
 @report_options()
 @engine_options

@@ -254,7 +254,7 @@ def _gamma_beta(gamma, beta, keys: int):
     values = []
     for value, default, name in ((gamma, 1.0, "--gamma"), (beta, 0.0, "--beta")):
         try:
-            values.append(per_key(default if value is None else list(value), keys, name))
+            values.append(per_key(default if value is None else value, keys, name))
         except ValueError as exc:
             raise BadOption(str(exc), name) from None
     return values
