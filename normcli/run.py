@@ -123,6 +123,8 @@ class Fit:
 
 @dataclass(frozen=True)
 class StatsParams:
+    """stats' own options (--save-stats and its --force included)."""
+
     per: str | None = None
     hist_range: tuple[float, float] | None = None
     ddof: int = 0
@@ -130,8 +132,13 @@ class StatsParams:
     force: bool = False
 
 
+# Each transform's own options. run_transform calls check() before anything is opened, then
+# plan(dataset, saved, scope, output, ignore_nan) -> (passes.Plan, report title, ddof to report and save);
+# `fit` holds --save-stats / --stats-from, `default_per` the scope without --per.
 @dataclass(frozen=True)
 class NormalizeParams:
+    """normalize: min-max to --range."""
+
     per: str | None = None
     out_range: tuple[float, float] = (0.0, 1.0)
     fit: Fit = Fit()
@@ -155,6 +162,8 @@ class NormalizeParams:
 
 @dataclass(frozen=True)
 class StandardizeParams:
+    """standardize: z-score with --ddof and --eps."""
+
     per: str | None = None
     ddof: int | None = None  # None: 0, or the saved file's
     eps: float = 0.0
@@ -180,6 +189,8 @@ class StandardizeParams:
 
 @dataclass(frozen=True)
 class BatchParams:
+    """batchnorm: training mode over mini-batches, or --eval with saved running statistics."""
+
     batch_size: int
     per: str | None = None
     gamma: tuple[float, ...] | None = None
@@ -222,6 +233,8 @@ class BatchParams:
 
 @dataclass(frozen=True)
 class GroupParams:
+    """groupnorm: per sample over groups of channels (never fitted or saved)."""
+
     groups: int
     gamma: tuple[float, ...] | None = None
     beta: tuple[float, ...] | None = None
@@ -419,6 +432,8 @@ def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRu
 
 @dataclass(frozen=True)
 class SampleParams:
+    """sample: the tutorial's dataset."""
+
     samples: int = 1000
     size: int = 32
     channels: int = 1
