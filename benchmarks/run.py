@@ -456,8 +456,9 @@ def main() -> None:
                 checked.append((f"images vs {base.name}'s, max |Δ| in levels",
                                 image_difference(case.output, scratch / "pillow_png"), LEVEL_TOL))
             if base.compare and ours_moments is not None:
-                checked.append((f"mean/var vs {base.name}, max rel diff",
-                                relative_difference(ours_moments, json.loads(timings[-1].stdout)),
+                theirs = json.loads(timings[-1].stdout)  # a baseline's {"mean", "var"}, or normcli's own report
+                theirs = moments_of_report(timings[-1].stdout) if "rows" in theirs else theirs
+                checked.append((f"mean/var vs {base.name}, max rel diff", relative_difference(ours_moments, theirs),
                                 TORCHVISION_TOL if case.check == "torchvision" else RTOL))
         wrong = any(not diff <= tol for _, diff, tol in checked)
         checks += [f"{case.id}: {what} {diff:.1e} (≤ {tol:g}) {'ok' if diff <= tol else 'WRONG'}"

@@ -154,8 +154,9 @@ class ProcessEngine(Engine):
 
 class DaskEngine(Engine):
     """A dask.distributed cluster: the scheduler at `scheduler` (tcp://host:port), the one named
-    in `scheduler_file`, or a local cluster of `workers` processes. Workers read their blocks
-    and write their outputs themselves, so inputs and outputs must be on a filesystem they share."""
+    in `scheduler_file`, or a local cluster (one worker of `workers` threads in this process).
+    Workers read their blocks and write their outputs themselves, so inputs and outputs must be
+    on a filesystem they share."""
 
     name = "dask"
 
@@ -175,9 +176,14 @@ class DaskEngine(Engine):
                 self._client = Client(scheduler_file=scheduler_file, timeout="10s")
             else:
                 import logging
+                import warnings
 
-                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=logging.ERROR)
+                # One worker of `workers` threads in this process: it starts in milliseconds, where
+                # worker processes take seconds (for those, start a cluster and give --scheduler).
+                with warnings.catch_warnings():  # e.g. "Port 8787 is already in use": not the user's concern
+                    warnings.simplefilter("ignore")
+                    self._cluster = LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
+                                                 dashboard_address=None, silence_logs=logging.ERROR)
                 self._client = Client(self._cluster)
         except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
             if self._cluster is not None:
