@@ -49,6 +49,14 @@ class UsageMismatch(NormcliError):
     exit_code = ExitCode.USAGE
 
 
+class BadOption(UsageMismatch):
+    """One option's value that does not fit the others or the data: a usage error naming the option."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
 class NormcliWarning(UserWarning):
     """Something the user should know that does not stop the run (printed as `warning: ...`)."""
 

@@ -597,14 +597,14 @@ class TransformResult:
 def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = None, ext: str | None = None,
               clip: bool = False, force: bool = False, bins: int = DEFAULT_BINS, ignore_nan: bool = False,
               report: bool = True, engine: Engine | None = None, progress: Progress | None = None,
-              outputs: sinks.Outputs | None = None) -> TransformResult:
+              outputs: sinks.Outputs | None = None, stdout=None) -> TransformResult:
     """Run `plan` over `dataset` into `output`, which appears only if everything succeeded.
 
     Pass 1: the input's moments and the plan's fit. The output's predicted range is then
     checked against what the output can hold, before anything is written. Pass 2: apply,
     write, and (unless `report` is off: then `after` is None) measure the input's histograms
     and the output's statistics. With `outputs` (the run's sinks.Outputs), the output is staged
-    there and appears when they commit.
+    there and appears when they commit. `stdout`: the binary stream an output `-` is written to.
     """
     bins = bins if report else 0
     spec = sinks.plan_output(output, dataset=dataset, dtype=dtype, ext=ext, force=force)
@@ -635,7 +635,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         before_edges = edges_for(scope, before.min, before.max, bins)
         after_edges = edges_for(scope, low, high, bins)
     sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, key=dataset.key, clip=clip,
-                      outputs=outputs)
+                      outputs=outputs, stdout=stdout)
     try:
         task = ApplyTask(scope, dataset.layout, plan.applier(), sink.writer, work_dtype, ignore_nan, report,
                          before_edges, after_edges, _alpha_factor(spec, dataset.dtype),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import Layout
 
 MAX_TABLE_ROWS = 12
@@ -25,23 +26,6 @@ def row_keys(stats) -> list[str]:
     if stats.scope == "pixel":
         return ["pixel"]
     return [str(k) for k in range(len(stats.moments))]
-
-
-def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
-    """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
-    NaN and inf (a key without values) become null."""
-    values = np.asarray(values)
-    if scope == "pixel":
-        values = Layout(layout).to_sample(values, sample_shape)
-    return _clean(values.tolist())
-
-
-def _clean(value):
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _columns(stats, ddof: int) -> dict:
@@ -72,7 +56,7 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
             rows.append({"key": key, **file, **{name: shaped[name][k] for name in columns}})
     if stats.histograms is not None:
         for k, row in enumerate(rows):
-            row["histogram"] = {"edges": _clean(stats.histograms.edges[k].tolist()),
+            row["histogram"] = {"edges": finite_or_null(stats.histograms.edges[k].tolist()),
                                 "counts": stats.histograms.counts[k].tolist()}
     return rows
 
@@ -138,10 +122,10 @@ def plain_text(text: str) -> str:
     return text.translate(_PLAIN).encode("ascii", "replace").decode("ascii")
 
 
-def needs_ascii(stream) -> bool:
-    """Whether `stream`'s encoding cannot print the report's Unicode symbols and blocks."""
+def needs_ascii(encoding: str | None) -> bool:
+    """Whether a stream in `encoding` cannot print the report's Unicode symbols and blocks."""
     try:
-        _UNICODE_SAMPLE.encode(getattr(stream, "encoding", None) or "ascii")
+        _UNICODE_SAMPLE.encode(encoding or "ascii")
     except (UnicodeEncodeError, LookupError):
         return True
     return False
@@ -299,12 +283,10 @@ class Printer:
     """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
     within the console's width, in plain ASCII when asked or when the output cannot encode more."""
 
-    def __init__(self, stderr: bool = False, ascii: bool = False):
-        import sys
-
+    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8"):
         from rich.console import Console
 
-        self.ascii = ascii or needs_ascii(sys.stderr if stderr else sys.stdout)
+        self.ascii = ascii or needs_ascii(encoding)
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
         self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
         self.width = self.console.width
@@ -435,17 +417,14 @@ class ProgressDisplay:
             self._progress.stop()
 
 
-def progress_display(*, quiet: bool, ascii: bool = False):
-    """A ProgressDisplay when stderr is a terminal and the run is not quiet, else None (no bar)."""
-    import sys
-
-    if quiet or not sys.stderr.isatty():
+def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encoding: str | None = "utf-8"):
+    """A ProgressDisplay when stderr is a `terminal` and the run is not quiet, else None (no bar);
+    `encoding`: stderr's."""
+    if quiet or not terminal:
         return None
-    return ProgressDisplay(ascii=ascii or needs_ascii(sys.stderr))
+    return ProgressDisplay(ascii=ascii or needs_ascii(encoding))
 
 
-
-
-def for_stream(text: str, stream) -> str:
-    """`text` as `stream` can print it (plain ASCII when its encoding holds no more)."""
-    return plain_text(text) if needs_ascii(stream) else text
+def for_stream(text: str, encoding: str | None) -> str:
+    """`text` as a stream in `encoding` can print it (plain ASCII when it holds no more)."""
+    return plain_text(text) if needs_ascii(encoding) else text

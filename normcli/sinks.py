@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -498,7 +497,9 @@ class Sink:
         self._stream = None
         target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
-            self._stream = stdout or sys.stdout.buffer
+            if stdout is None:
+                raise OutputError("no stdout stream was handed in to write the .npy stream to", target)
+            self._stream = stdout
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target, spec.scale)
         elif spec.kind in ("folder", "image"):
@@ -560,9 +561,9 @@ class Sink:
         self._private.clear()
 
 
-def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) -> str:
+def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout, stdout=None) -> str:
     """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks; returns
-    what was written (the closing report line)."""
+    what was written (the closing report line). `stdout`: the binary stream `-` writes to."""
     kind = output_kind(target)
     spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
     if kind == "folder":
@@ -570,7 +571,7 @@ def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout) 
                      writes={relative_name(None, i, "tiff", len(array)) for i in range(len(array))})
     elif kind != "stdout":
         check_target(target, [], force)
-    sink = Sink(spec, layout, array.shape[1:], len(array))
+    sink = Sink(spec, layout, array.shape[1:], len(array), stdout=stdout)
     try:
         encoded, _ = sink.writer.encode(array)
         if sink.writer.positional:

@@ -11,14 +11,13 @@ import functools
 import math
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -490,8 +489,9 @@ def _qualified(dataset: Dataset, part: ImagePart, name: str) -> str:
     return f"{folder}/{name}" if folder else name
 
 
-def _spool_stdin() -> str:
-    if sys.stdin is None or sys.stdin.isatty():
+def _spool_stdin(stdin: BinaryIO | None) -> str:
+    """`stdin` (a binary stream) copied to a temporary .npy file, which can be read by position."""
+    if stdin is None or stdin.isatty():
         raise InputError("'-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in", "-")
     try:
         fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
@@ -499,7 +499,7 @@ def _spool_stdin() -> str:
         raise from_os_error(error, tempfile.gettempdir(), InputError) from None
     try:
         with os.fdopen(fd, "wb") as spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            shutil.copyfileobj(stdin, spool, 1 << 20)
     except BaseException as error:  # a full disk, Ctrl-C, SIGTERM: the spool never outlives the run
         os.unlink(path)
         if isinstance(error, OSError):
@@ -508,9 +508,10 @@ def _spool_stdin() -> str:
     return path
 
 
-def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], images: ReadOptions):
+def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], images: ReadOptions,
+               stdin: BinaryIO | None):
     if name == "-":
-        path = _spool_stdin()
+        path = _spool_stdin(stdin)
         spools.append(path)
         return ArrayPart("-", path)
     path = Path(name)
@@ -545,12 +546,14 @@ def _npz_member(name: str, key: str | None) -> str:
 
 
 def open_dataset(inputs: Sequence[str], *, layout: str | None = None, key: str | None = None,
-                 mode: str | None = None, images: ReadOptions = ReadOptions()) -> Dataset:
+                 mode: str | None = None, images: ReadOptions = ReadOptions(),
+                 stdin: BinaryIO | None = None) -> Dataset:
     """Open `inputs` as one dataset, checking that their shapes, layouts and types agree; `images`
-    says how image inputs are read (frames, pixel limit, hidden and excluded files)."""
+    says how image inputs are read (frames, pixel limit, hidden and excluded files); `stdin` is the
+    binary stream an input `-` reads (run.Environment.stdin)."""
     spools: list[str] = []
     try:
-        parts = [_open_part(name, key, mode, spools, images) for name in inputs]
+        parts = [_open_part(name, key, mode, spools, images, stdin) for name in inputs]
         dataset = _combine(parts, layout, key)
     except BaseException:
         for spool in spools:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
+from normcli.jsonvalues import json_values
 from normcli.layout import LAYOUTS, Layout
 from normcli.moments import Moments
 from normcli.scopes import FITTABLE, SCOPES
@@ -39,8 +40,6 @@ class StatsFile:
 
     def shaped(self, values: np.ndarray) -> list:
         """Per-key values as nested lists shaped like the scope (JSON null for NaN and inf)."""
-        from normcli.render import json_values
-
         return json_values(values, self.per, self.layout, self.sample_shape)
 
     def to_json(self) -> dict:

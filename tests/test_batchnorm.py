@@ -3,8 +3,6 @@ against torch.nn.BatchNorm2d / BatchNorm1d and a float64 numpy reference that ne
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,8 @@ from normcli.passes import BatchPlan, ScalePlan, transform
 from normcli.sources import open_dataset
 from normcli.transforms import zscore
 
-_names = itertools.count()
+from helpers import fresh_path, ref_batchnorm, save
+
 # Axes each scope reduces in a batch, in the array's own axis order.
 AXES = {
     "NHWC": {"global": (0, 1, 2, 3), "channel": (0, 1, 2), "pixel": (0,)},
@@ -23,16 +22,10 @@ AXES = {
 }
 
 
-def save(folder, array) -> str:
-    path = folder / f"in{next(_names)}.npy"
-    np.save(path, array)
-    return str(path)
-
-
 def run_bn(folder, x, scope, batch_size, gamma=None, beta=None, eps=1e-5, *, layout=None, dtype=None,
            momentum=0.1, drop_last=False, order=None, ignore_nan=False, inputs=None):
     """Batch-normalize `x`; returns (output, plan). gamma/beta default to 1/0 per key."""
-    out = folder / f"bn{next(_names)}.npy"
+    out = fresh_path(folder, "bn", ".npy")
     with open_dataset(inputs or [save(folder, x)], layout=layout) as dataset:
         from normcli.scopes import SCOPES
 
@@ -43,28 +36,6 @@ def run_bn(folder, x, scope, batch_size, gamma=None, beta=None, eps=1e-5, *, lay
                          order=order, ignore_nan=ignore_nan)
         transform(dataset, plan, str(out), dtype=dtype, bins=0, ignore_nan=ignore_nan)
     return np.load(out), plan
-
-
-def ref_batchnorm(x, axes, batch_size, gamma, beta, eps, momentum=0.1, drop_last=False, nan=False):
-    """float64 numpy: each batch by its own biased variance; PyTorch's running statistics
-    (start 0 / 1, unbiased batch variance, momentum or the cumulative average when None)."""
-    x = x.astype(np.float64)
-    outs, running_mean, running_var, batches = [], 0.0, 1.0, 0
-    mean_fn, var_fn = (np.nanmean, np.nanvar) if nan else (np.mean, np.var)
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
-        if drop_last and len(batch) < batch_size:
-            break
-        mean = mean_fn(batch, axis=axes, keepdims=True)
-        var = var_fn(batch, axis=axes, keepdims=True)
-        out = (batch - mean) / np.sqrt(var + eps) * gamma + beta
-        outs.append(np.where(np.isfinite(batch), out, batch) if nan else out)
-        count = np.isfinite(batch).sum(axis=axes, keepdims=True) if nan else batch.size // mean.size
-        batches += 1
-        factor = 1.0 / batches if momentum is None else momentum
-        running_mean = (1 - factor) * running_mean + factor * mean
-        running_var = (1 - factor) * running_var + factor * var * count / (count - 1)
-    return np.concatenate(outs), np.reshape(running_mean, -1), np.reshape(running_var, -1)
 
 
 def torch_batchnorm(torch, module, batches_nchw):
@@ -225,7 +196,7 @@ def test_equals_float64_numpy_reference(tmp_path, rng, momentum, layout, scope, 
     beta = rng.normal(0.0, 1.0, keyed_shape)
     y, plan = run_bn(tmp_path, x, scope, 6, gamma.reshape(-1), beta.reshape(-1), 1e-3, layout=layout,
                      dtype="float64", momentum=momentum, drop_last=drop_last)
-    expected, running_mean, running_var = ref_batchnorm(x, axes, 6, gamma, beta, 1e-3, momentum, drop_last)
+    expected, running_mean, running_var, _ = ref_batchnorm(x, axes, 6, gamma, beta, 1e-3, momentum, drop_last)
     assert y.shape == expected.shape == ((18 if drop_last else 23), *shape[1:])
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(plan.running.mean, running_mean, rtol=1e-12, atol=1e-13)
@@ -238,7 +209,7 @@ def test_batches_span_several_input_files(tmp_path, images, affine):
     parts = [save(tmp_path, images[:5]), save(tmp_path, images[5:11]), save(tmp_path, images[11:])]
     several, plan = run_bn(tmp_path, None, "channel", 8, gamma, beta, dtype="float64", inputs=parts)
     np.testing.assert_array_equal(several, one)
-    expected, _, _ = ref_batchnorm(images, (0, 1, 2), 8, gamma, beta, 1e-5)
+    expected = ref_batchnorm(images, (0, 1, 2), 8, gamma, beta, 1e-5)[0]
     np.testing.assert_allclose(several, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -246,14 +217,14 @@ def test_shuffled_order_batches_the_permuted_samples(tmp_path, images, affine):
     gamma, beta = affine
     order = np.random.default_rng(7).permutation(len(images))
     y, _ = run_bn(tmp_path, images, "channel", 8, gamma, beta, dtype="float64", order=order)
-    expected, _, _ = ref_batchnorm(images[order], (0, 1, 2), 8, gamma, beta, 1e-5)
+    expected = ref_batchnorm(images[order], (0, 1, 2), 8, gamma, beta, 1e-5)[0]
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_integer_images(tmp_path, rng):
     x = rng.integers(0, 256, (10, 6, 5, 3), dtype=np.uint8)
     y, plan = run_bn(tmp_path, x, "channel", 4, dtype="float64", momentum=None)
-    expected, running_mean, running_var = ref_batchnorm(x, (0, 1, 2), 4, 1.0, 0.0, 1e-5, None)
+    expected, running_mean, running_var, _ = ref_batchnorm(x, (0, 1, 2), 4, 1.0, 0.0, 1e-5, None)
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(plan.running.mean, running_mean, rtol=1e-13)
     np.testing.assert_allclose(plan.running.var, running_var, rtol=1e-13)
@@ -275,7 +246,7 @@ def test_ignore_nan_leaves_nonfinite_out_of_batch_statistics(tmp_path, images, r
     x[1, 0, 0, 0], x[9, 2, 1, 1], x[17, 4, 3, 2] = np.nan, np.inf, -np.inf
     bad = ~np.isfinite(x)
     y, plan = run_bn(tmp_path, x, "channel", 8, dtype="float64", ignore_nan=True)
-    expected, running_mean, running_var = ref_batchnorm(np.where(bad, np.nan, x), (0, 1, 2), 8, 1.0, 0.0, 1e-5,
+    expected, running_mean, running_var, _ = ref_batchnorm(np.where(bad, np.nan, x), (0, 1, 2), 8, 1.0, 0.0, 1e-5,
                                                         nan=True)
     np.testing.assert_array_equal(y[bad], x[bad])
     np.testing.assert_allclose(y[~bad], expected[~bad], rtol=1e-12, atol=1e-12)
@@ -317,14 +288,14 @@ def test_a_batch_with_one_value_per_key_is_a_usage_error(tmp_path, rng, layout, 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in tmp_path.glob("in*.npy"))
     # --drop-last leaves the lone sample out and the rest works.
     y, _ = run_bn(tmp_path, x, scope, 4, layout=layout, dtype="float64", drop_last=True)
-    expected, _, _ = ref_batchnorm(x, AXES[layout][scope], 4, 1.0, 0.0, 1e-5, drop_last=True)
+    expected = ref_batchnorm(x, AXES[layout][scope], 4, 1.0, 0.0, 1e-5, drop_last=True)[0]
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_a_one_sample_batch_with_several_positions_is_fine_per_channel(tmp_path, rng):
     x = rng.normal(size=(9, 3, 2, 2))  # last batch: one image, still 6 values per channel
     y, _ = run_bn(tmp_path, x, "channel", 4, dtype="float64")
-    expected, _, _ = ref_batchnorm(x, (0, 1, 2), 4, 1.0, 0.0, 1e-5)
+    expected = ref_batchnorm(x, (0, 1, 2), 4, 1.0, 0.0, 1e-5)[0]
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -335,5 +306,5 @@ def test_ignore_nan_inf_passes_through_a_negative_gamma_unchanged(tmp_path, imag
     gamma, beta = np.array([-1.5, 1.0, -0.5]), np.array([0.25, 0.0, -1.0])
     y, _ = run_bn(tmp_path, x, "channel", 8, gamma, beta, dtype="float64", ignore_nan=True)
     np.testing.assert_array_equal(y[bad], x[bad])
-    expected, _, _ = ref_batchnorm(np.where(bad, np.nan, x), (0, 1, 2), 8, gamma, beta, 1e-5, nan=True)
+    expected = ref_batchnorm(np.where(bad, np.nan, x), (0, 1, 2), 8, gamma, beta, 1e-5, nan=True)[0]
     np.testing.assert_allclose(y[~bad], expected[~bad], rtol=1e-12, atol=1e-12)

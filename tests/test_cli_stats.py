@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli as run, write_image
+from helpers import reference_rows
 
 REPORT_KEYS = {"inputs", "samples", "sample_shape", "dtype", "layout", "per", "rows"}
 ROW_KEYS = {"key", "count", "mean", "std", "var", "min", "max"}
@@ -41,17 +42,10 @@ def nhwc(chdir):
 
 
 # -- reference statistics ---------------------------------------------------------
-def reference_rows(x: np.ndarray, per: str, layout: str = "NHWC"):
-    """(keys, [values of each key]) of an array, by plain numpy indexing."""
-    channel_axis = {"NHWC": x.ndim - 1, "NCHW": 1}[layout]
-    if per == "global":
-        return ["all"], [x.ravel()]
-    if per == "channel":
-        return ([str(c) for c in range(x.shape[channel_axis])],
-                [np.take(x, c, axis=channel_axis).ravel() for c in range(x.shape[channel_axis])])
-    if per == "sample":
-        return [str(i) for i in range(len(x))], [x[i].ravel() for i in range(len(x))]
-    raise ValueError(per)
+def keyed_rows(x: np.ndarray, per: str, layout: str = "NHWC"):
+    """(the report's row keys, [values of each key])."""
+    rows = reference_rows(x, layout, per)
+    return (["all"] if per == "global" else [str(k) for k in range(len(rows))]), rows
 
 
 def assert_row_matches(row, values, ddof=0, bins=30, hist_range=None):
@@ -79,7 +73,7 @@ def test_table_has_header_rows_and_histograms(nhwc):
     for part in ("x.npy", f"{len(nhwc)} samples", "5×4×3", "float64", "NHWC", "per channel"):
         assert part in header
     assert re.search(r"^key\s+count\s+mean\s+std\s+var\s+min\s+max\s*$", out, re.M)
-    keys, values = reference_rows(nhwc, "channel")
+    keys, values = keyed_rows(nhwc, "channel")
     for key, v in zip(keys, values):
         line = next(line for line in out.splitlines() if line.split()[:1] == [key])
         cells = line.split()
@@ -109,7 +103,7 @@ def test_json_rows_match_numpy(nhwc, per):
     assert doc["dtype"] == "float64"
     assert doc["layout"] == "NHWC"
     assert doc["per"] == per
-    keys, values = reference_rows(nhwc, per)
+    keys, values = keyed_rows(nhwc, per)
     assert [row["key"] for row in doc["rows"]] == keys
     for row, v in zip(doc["rows"], values):
         assert set(row) == ROW_KEYS | {"histogram"}
@@ -146,7 +140,7 @@ def test_json_nchw_layout_channels_and_pixel_shape(chdir):
     np.save("c.npy", x)
     doc = json.loads(run("stats", "c.npy", "--layout", "NCHW", "--format", "json").stdout)
     assert doc["layout"] == "NCHW"
-    keys, values = reference_rows(x, "channel", "NCHW")
+    keys, values = keyed_rows(x, "channel", "NCHW")
     assert [r["key"] for r in doc["rows"]] == keys
     for row, v in zip(doc["rows"], values):
         assert_row_matches(row, v)
@@ -170,7 +164,7 @@ def test_json_bins_0_has_no_histogram_key(nhwc):
 def test_json_range_sets_histogram_edges(nhwc, bins):
     lo, hi = 0.0, 12.0  # cuts channel 0 (mean 10) and leaves channel 2 (mean 100) out entirely
     doc = json.loads(run("stats", "x.npy", "--range", lo, hi, "--bins", bins, "--format", "json").stdout)
-    _, values = reference_rows(nhwc, "channel")
+    _, values = keyed_rows(nhwc, "channel")
     for row, v in zip(doc["rows"], values):
         assert_row_matches(row, v, bins=bins, hist_range=(lo, hi))
     assert sum(doc["rows"][2]["histogram"]["counts"]) == 0
@@ -187,7 +181,7 @@ def test_json_integer_input_is_exact(chdir):
     np.save("u8.npy", x)
     doc = json.loads(run("stats", "u8.npy", "--per", "channel", "--format", "json").stdout)
     assert doc["dtype"] == "uint8"
-    for row, v in zip(doc["rows"], reference_rows(x, "channel")[1]):
+    for row, v in zip(doc["rows"], keyed_rows(x, "channel")[1]):
         assert_row_matches(row, v)
 
 
@@ -197,7 +191,7 @@ def test_csv_matches_numpy(nhwc, per):
     out = run("stats", "x.npy", "--per", per, "--format", "csv").stdout
     table = list(csv.reader(io.StringIO(out)))
     assert table[0] == ["key", "count", "mean", "std", "var", "min", "max"]
-    keys, values = reference_rows(nhwc, per)
+    keys, values = keyed_rows(nhwc, per)
     assert [r[0] for r in table[1:]] == keys
     for r, v in zip(table[1:], values):
         assert int(r[1]) == v.size
@@ -250,7 +244,7 @@ def test_torchvision_uint16_scales_by_65535(chdir):
 
 def test_torchvision_float_is_not_scaled(nhwc):
     mean, std = parse_normalize(run("stats", "x.npy", "--format", "torchvision").stdout)
-    _, values = reference_rows(nhwc, "channel")
+    _, values = keyed_rows(nhwc, "channel")
     np.testing.assert_allclose(mean, [v.mean() for v in values], atol=5.1e-5)
     np.testing.assert_allclose(std, [v.std() for v in values], atol=5.1e-5)
 

@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import run_cli as run, write_image
+from helpers import ref_batchnorm, ref_groupnorm
 from normcli.cli import cli
 
 EPS = 1e-5  # batchnorm / groupnorm default
+PER_CHANNEL = (0, 1, 2)  # the axes batch norm reduces, per channel of NHWC data
 
 
 @pytest.fixture
@@ -41,31 +43,6 @@ def ref_standardize(x, per="global", ddof=0, eps=0.0):
     return (x - x.mean(axis=a, keepdims=True)) / np.sqrt(x.var(axis=a, ddof=ddof, keepdims=True) + eps)
 
 
-def ref_batchnorm(x, batch, gamma=1.0, beta=0.0, eps=EPS, momentum=0.1, drop_last=False):
-    """Training-mode batch norm per channel, with PyTorch's running statistics."""
-    c = x.shape[-1]
-    out, running_mean, running_var, batches = [], np.zeros(c), np.ones(c), 0
-    for start in range(0, len(x), batch):
-        b = x[start:start + batch]
-        if drop_last and len(b) < batch:
-            break
-        flat = b.reshape(-1, c)
-        mean, var = flat.mean(axis=0), flat.var(axis=0)
-        out.append((b - mean) / np.sqrt(var + eps) * gamma + beta)
-        running_mean = (1 - momentum) * running_mean + momentum * mean
-        running_var = (1 - momentum) * running_var + momentum * flat.var(axis=0, ddof=1)
-        batches += 1
-    return np.concatenate(out), running_mean, running_var, batches
-
-
-def ref_groupnorm(x, groups, gamma=1.0, beta=0.0, eps=EPS):
-    n, h, w, c = x.shape
-    g = x.reshape(n, h * w, groups, c // groups)
-    mean = g.mean(axis=(1, 3), keepdims=True)
-    var = g.var(axis=(1, 3), keepdims=True)
-    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * gamma + beta
-
-
 TRANSFORMS = {
     "normalize": ([], lambda x: ref_normalize(x)),
     "normalize-channel-range": (["--per", "channel", "--range", "-1", "1"],
@@ -77,14 +54,14 @@ TRANSFORMS = {
     "standardize-sample": (["--per", "sample"], lambda x: ref_standardize(x, "sample")),
     "standardize-pixel-ddof1": (["--per", "pixel", "--ddof", "1"], lambda x: ref_standardize(x, "pixel", 1)),
     "standardize-eps": (["--eps", "0.5"], lambda x: ref_standardize(x, eps=0.5)),
-    "batchnorm": (["-b", "3"], lambda x: ref_batchnorm(x, 3)[0]),
+    "batchnorm": (["-b", "3"], lambda x: ref_batchnorm(x, PER_CHANNEL, 3)[0]),
     "batchnorm-gamma-beta": (["--batch-size", "4", "--gamma", "1,2,3,4", "--beta", "0.5"],
-                             lambda x: ref_batchnorm(x, 4, np.array([1.0, 2, 3, 4]), 0.5)[0]),
-    "batchnorm-drop-last": (["-b", "3", "--drop-last"], lambda x: ref_batchnorm(x, 3, drop_last=True)[0]),
-    "groupnorm-1": (["--groups", "1"], lambda x: ref_groupnorm(x, 1)),
+                             lambda x: ref_batchnorm(x, PER_CHANNEL, 4, np.array([1.0, 2, 3, 4]), 0.5)[0]),
+    "batchnorm-drop-last": (["-b", "3", "--drop-last"], lambda x: ref_batchnorm(x, PER_CHANNEL, 3, drop_last=True)[0]),
+    "groupnorm-1": (["--groups", "1"], lambda x: ref_groupnorm(x, 1, channel_axis=-1)),
     "groupnorm-2": (["-g", "2", "--gamma", "2", "--beta", "0,1,2,3"],
-                    lambda x: ref_groupnorm(x, 2, 2.0, np.array([0.0, 1, 2, 3]))),
-    "groupnorm-4": (["-g", "4", "--eps", "0"], lambda x: ref_groupnorm(x, 4, eps=0.0)),
+                    lambda x: ref_groupnorm(x, 2, 2.0, np.array([0.0, 1, 2, 3]), channel_axis=-1)),
+    "groupnorm-4": (["-g", "4", "--eps", "0"], lambda x: ref_groupnorm(x, 4, eps=0.0, channel_axis=-1)),
 }
 
 
@@ -123,8 +100,8 @@ def test_transform_to_npy_matches_numpy(x, name):
 @pytest.mark.parametrize("command, options, reference", [
     ("normalize", [], lambda x: ref_normalize(x)),
     ("standardize", ["--per", "channel"], lambda x: ref_standardize(x, "channel")),
-    ("batchnorm", ["-b", "3"], lambda x: ref_batchnorm(x, 3)[0]),
-    ("groupnorm", ["-g", "2"], lambda x: ref_groupnorm(x, 2)),
+    ("batchnorm", ["-b", "3"], lambda x: ref_batchnorm(x, PER_CHANNEL, 3)[0]),
+    ("groupnorm", ["-g", "2"], lambda x: ref_groupnorm(x, 2, channel_axis=-1)),
 ])
 @pytest.mark.parametrize("kind", ["npz", "folder", "stdout"])
 def test_transform_output_kinds(x, command, options, reference, kind):
@@ -160,6 +137,44 @@ def test_stdin_to_stdout(x):
     np.testing.assert_allclose(out, ref_normalize(x), rtol=1e-6, atol=1e-6)
     doc = json.loads(result.stderr)
     assert doc["output"] == "-"
+
+
+class Terminal(io.BytesIO):
+    def isatty(self):
+        return True
+
+
+def test_streams_handed_in_are_the_ones_read_and_written(x):
+    """The command reads `-` from the Environment's stdin and writes `-o -` to its stdout, not sys's."""
+    from normcli.run import Environment
+
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    stdout = io.BytesIO()
+    env = Environment(stdin=io.BytesIO(buffer.getvalue()), stdout=stdout)
+    result = CliRunner().invoke(cli, ["standardize", "-", "-o", "-", "--quiet"], obj=env, input=b"")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == b""
+    np.testing.assert_allclose(np.load(io.BytesIO(stdout.getvalue())), ref_standardize(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args", [["standardize", "x.npy", "-o", "-"], ["sample", "-", "-n", "2"]])
+def test_binary_output_is_refused_when_the_handed_in_stdout_is_a_terminal(x, args):
+    from normcli.run import Environment
+
+    stdout = Terminal()
+    result = CliRunner().invoke(cli, args, obj=Environment(stdout=stdout, stdout_isatty=True))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: refusing to write .npy data to a terminal")
+    assert stdout.getvalue() == b""
+
+
+def test_stdin_a_terminal_handed_in_is_refused(x):
+    from normcli.run import Environment
+
+    result = CliRunner().invoke(cli, ["stats", "-"], obj=Environment(stdin=Terminal()))
+    assert result.exit_code == 1
+    assert result.stderr == "error: '-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in (-)\n"
 
 
 # -- reports ------------------------------------------------------------------------------
@@ -290,7 +305,7 @@ def test_batchnorm_save_stats_has_running_statistics(x, momentum):
     run("batchnorm", "x.npy", "-o", "bn.npy", "-b", "3", "--save-stats", "bn.json", "-q", *options)
     saved = json.load(open("bn.json"))
     assert {"running_mean", "running_var", "momentum", "batches"} <= set(saved)
-    out, running_mean, running_var, batches = ref_batchnorm(x, 3, momentum=m)
+    out, running_mean, running_var, batches = ref_batchnorm(x, PER_CHANNEL, 3, momentum=m)
     np.testing.assert_allclose(np.load("bn.npy"), out, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(saved["running_mean"], running_mean, rtol=1e-12)
     np.testing.assert_allclose(saved["running_var"], running_var, rtol=1e-12)
@@ -325,7 +340,7 @@ def test_batchnorm_eval_uses_running_statistics(x):
     np.save("test.npy", test)
     run("batchnorm", "test.npy", "-o", "eval.npy", "-b", "4", "--eval", "--stats-from", "bn.json", "-q",
         "--gamma", "2", "--beta", "-1")
-    _, running_mean, running_var, _ = ref_batchnorm(x, 4)
+    _, running_mean, running_var, _ = ref_batchnorm(x, PER_CHANNEL, 4)
     np.testing.assert_allclose(saved["running_mean"], running_mean, rtol=1e-12)
     expected = (test - running_mean) / np.sqrt(running_var + EPS) * 2 - 1
     np.testing.assert_allclose(np.load("eval.npy"), expected, rtol=1e-5, atol=1e-5)

@@ -98,3 +98,28 @@ def test_readme_command_lines_name_existing_commands():
         if words[1:2] in (["--help"], ["-h"], ["--version"]):
             continue
         assert options and options[0] in cli.commands, f"README line names no existing command: {line}"
+
+
+def choices(name: str) -> dict[str, tuple]:
+    """The choices of option `name` in every command that has it, by command."""
+    found = {}
+    for command in cli.commands.values():
+        for param in command.params:
+            if param.name == name:
+                found[command.name] = tuple(param.type.choices)
+    return found
+
+
+def test_the_cli_choices_are_the_core_registries():
+    """cli.py spells the choices out (so that --help starts without numpy): they must stay the core's."""
+    from normcli.engine import ENGINES
+    from normcli.images import MODES
+    from normcli.layout import LAYOUTS
+    from normcli.scopes import SCOPES
+
+    per = choices("per")
+    assert per["stats"] == per["normalize"] == per["standardize"] == tuple(SCOPES)
+    assert set(per["batchnorm"]) < set(SCOPES)
+    for name, registry in (("layout", LAYOUTS), ("engine", ENGINES), ("mode", tuple(MODES))):
+        found = choices(name)
+        assert found and set(found.values()) == {tuple(registry)}, name

@@ -3,7 +3,6 @@ reference: groups 1 (layer norm), a divisor of C, and C (instance norm), NHWC an
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -11,34 +10,17 @@ import pytest
 from normcli.passes import GroupPlan, transform
 from normcli.sources import Dataset, open_dataset
 
-_names = itertools.count()
+from helpers import fresh_path, ref_groupnorm, save
+
 C = 6
 
 
-def save(folder, array) -> str:
-    path = folder / f"in{next(_names)}.npy"
-    np.save(path, array)
-    return str(path)
-
-
 def run_gn(folder, x, groups, gamma, beta, eps=1e-5, *, layout=None, dtype=None):
-    out = folder / f"gn{next(_names)}.npy"
+    out = fresh_path(folder, "gn", ".npy")
     with open_dataset([save(folder, x)], layout=layout) as dataset:
         result = transform(dataset, GroupPlan(groups, np.asarray(gamma, np.float64), np.asarray(beta, np.float64),
                                               eps), str(out), dtype=dtype, bins=0)
     return np.load(out), result
-
-
-def ref_groupnorm_nchw(x, groups, gamma, beta, eps):
-    """float64 numpy on (N, C, *spatial): statistics per sample over each group's channels and positions."""
-    x = x.astype(np.float64)
-    n, c = x.shape[:2]
-    grouped = x.reshape(n, groups, -1)
-    mean = grouped.mean(axis=2, keepdims=True)
-    var = grouped.var(axis=2, keepdims=True)
-    normed = ((grouped - mean) / np.sqrt(var + eps)).reshape(x.shape)
-    affine_shape = (1, c) + (1,) * (x.ndim - 2)
-    return normed * np.reshape(gamma, affine_shape) + np.reshape(beta, affine_shape)
 
 
 @pytest.fixture
@@ -127,7 +109,7 @@ def test_equals_float64_numpy_reference(tmp_path, nchw, affine, groups, layout, 
     x = nchw.astype(np.float64)
     y, result = run_gn(tmp_path, x if layout == "NCHW" else to_nhwc(x), groups, gamma, beta, eps, layout=layout,
                        dtype="float64")
-    expected = ref_groupnorm_nchw(x, groups, gamma, beta, eps)
+    expected = ref_groupnorm(x, groups, gamma, beta, eps)
     np.testing.assert_allclose(y, expected if layout == "NCHW" else to_nhwc(expected), rtol=1e-12, atol=1e-12)
     # The report is per channel: the output's per-channel statistics.
     per_channel = expected.transpose(1, 0, 2, 3).reshape(C, -1)
@@ -152,7 +134,7 @@ def test_group_statistics_are_per_sample_and_group(tmp_path, nchw):
 def test_single_channel_nhw_layer_norm(tmp_path, rng):
     x = rng.normal(10.0, 3.0, (7, 6, 5))
     y, _ = run_gn(tmp_path, x, 1, [2.0], [0.5], layout="NHW", dtype="float64")
-    expected = ref_groupnorm_nchw(x[:, None], 1, [2.0], [0.5], 1e-5)[:, 0]
+    expected = ref_groupnorm(x[:, None], 1, [2.0], [0.5], 1e-5)[:, 0]
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -163,7 +145,7 @@ def test_constant_group_gives_beta_not_nan(tmp_path, nchw, affine):
     y, _ = run_gn(tmp_path, x, 3, gamma, beta, layout="NCHW", dtype="float64")
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y[2, 0:2], np.broadcast_to(beta[0:2, None, None], (2, 4, 5)), atol=1e-12)
-    np.testing.assert_allclose(y, ref_groupnorm_nchw(x, 3, gamma, beta, 1e-5), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, ref_groupnorm(x, 3, gamma, beta, 1e-5), rtol=1e-12, atol=1e-12)
 
 
 def test_chunking_does_not_change_the_result(tmp_path, nchw, affine, monkeypatch):

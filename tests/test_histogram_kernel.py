@@ -23,19 +23,15 @@ from normcli.layout import Layout
 from normcli.histograms import count_block, histogram_edges
 from normcli.scopes import SCOPES
 
+from helpers import reference_rows
+
 FLOATS = (np.float16, np.float32, np.float64)
 SHAPES = {"NHWC": (3, 4, 5, 3), "NCHW": (3, 2, 4, 5), "NHW": (4, 3, 5), "NC": (12, 4), "N": (37,)}
 
 
-def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
-    """The values of every key of `scope` (pixel scope keeps one histogram of all values)."""
-    n = x.shape[0]
-    if scope in ("global", "pixel") or "C" not in layout and scope == "channel":
-        return [x.reshape(-1)]
-    if scope == "sample":
-        return list(x.reshape(n, -1))
-    axis = layout.index("C")
-    return list(np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1))
+def histogram_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
+    """The values of each histogram of `scope` (the pixel scope keeps one histogram of all values)."""
+    return [x.reshape(-1)] if scope == "pixel" else reference_rows(x, layout, scope)
 
 
 @contextlib.contextmanager
@@ -62,7 +58,7 @@ def check(x: np.ndarray, layout: str, scope: str, edges: np.ndarray, *, clamp=Fa
         got = np.concatenate([counts(x[:split], edges[:split]), counts(x[split:], edges[split:])])
     else:
         got = counts(x, edges)
-    want = numpy_counts(reference_rows(x, layout, scope), edges, clamp)
+    want = numpy_counts(histogram_rows(x, layout, scope), edges, clamp)
     assert got.dtype == want.dtype and got.shape == want.shape
     bad = np.flatnonzero((got != want).any(axis=1))
     assert bad.size == 0, f"key {bad[0]}: got {got[bad[0]].tolist()}, want {want[bad[0]].tolist()}"
@@ -120,7 +116,7 @@ def cases(draw):
             x[rng.integers(n)] = dtype(value)
     x = x.reshape(shape)
     scope = draw(st.sampled_from(tuple(SCOPES) if "C" in layout else ("global", "sample", "pixel")))
-    rows = reference_rows(x, layout, scope)
+    rows = histogram_rows(x, layout, scope)
     if draw(st.booleans()):  # an explicit range (--range): values outside it are left out
         low, high = np.full(len(rows), low), np.full(len(rows), high)
     else:  # each key's [min, max] over its finite values, (v - 0.5, v + 0.5) for a constant key
@@ -206,7 +202,7 @@ def test_real_sizes_with_default_tunables(layout, scope, shape, bins, data):
     x = {"normal": lambda: rng.standard_normal(n), "integers": lambda: rng.integers(0, 256, n),
          "offset": lambda: 1e9 + 1e3 * rng.standard_normal(n)}[data]().astype(np.float32).reshape(shape)
     x.reshape(-1)[rng.integers(n, size=5)] = [np.nan, np.inf, -np.inf, 1e30, -1e30]
-    rows = reference_rows(x, layout, scope)
+    rows = histogram_rows(x, layout, scope)
     finite = [r[np.isfinite(r) & (np.abs(r) < 1e29)] for r in rows]
     edges = histogram_edges([f.min() for f in finite], [f.max() for f in finite], bins)
     check(x, layout, scope, edges)

@@ -30,7 +30,8 @@ from normcli.scopes import SCOPES as SCOPE_VALUES
 from normcli.passes import measure
 from normcli.sources import Dataset, open_dataset
 
-SCOPES = ("global", "channel", "sample", "pixel")
+from helpers import SCOPES, reference_rows
+
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
 INT_DTYPES = (np.uint8, np.uint16, np.int16)
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -39,21 +40,6 @@ EPS = np.finfo(np.float64).eps
 
 
 # ----------------------------------------------------------------------------- references
-def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
-    """The values of every key of `scope`, in the key order of the result (pixel: sample order)."""
-    n = x.shape[0]
-    if scope == "global":
-        return [x.reshape(-1)]
-    if scope == "sample":
-        return list(x.reshape(n, -1))
-    if scope == "pixel":
-        return list(x.reshape(n, -1).T)
-    if "C" not in layout:
-        return [x.reshape(-1)]
-    axis = layout.index("C")
-    return list(np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1))
-
-
 def as_keys(values: np.ndarray, layout: str, scope: str, sample_shape) -> np.ndarray:
     """normcli's per-key values in reference_rows order (pixel keys back in sample order)."""
     if scope == "pixel":

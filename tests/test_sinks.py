@@ -18,13 +18,8 @@ from normcli.passes import ScalePlan, transform
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
-_names = itertools.count()
+from helpers import save
 
-
-def save(folder: Path, array: np.ndarray, name: str | None = None) -> str:
-    path = folder / (name or f"in{next(_names)}.npy")
-    np.save(path, array)
-    return str(path)
 
 
 def linear_plan(scale: float, offset: float = 0.0) -> ScalePlan:
@@ -127,9 +122,10 @@ def test_npz_output_of_an_npy_input_is_called_data(tmp_path, array):
         np.testing.assert_array_equal(archive["data"], (array * 0.5).astype(np.float32))
 
 
-def test_stdout_output_is_a_npy_stream(tmp_path, array, capsysbinary):
-    run([save(tmp_path, array)], linear_plan(-1.0, 3.0), "-", dtype="float64")
-    y = np.load(io.BytesIO(capsysbinary.readouterr().out), allow_pickle=False)
+def test_stdout_output_is_a_npy_stream(tmp_path, array):
+    stdout = io.BytesIO()
+    run([save(tmp_path, array)], linear_plan(-1.0, 3.0), "-", dtype="float64", stdout=stdout)
+    y = np.load(io.BytesIO(stdout.getvalue()), allow_pickle=False)
     np.testing.assert_array_equal(y, 3.0 - array)
 
 

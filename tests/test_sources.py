@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -45,13 +44,11 @@ def check_chunk_starts(chunks):
     return start
 
 
-class FakeStdin:
-    def __init__(self, data: bytes, tty: bool = False):
-        self.buffer = io.BytesIO(data)
-        self._tty = tty
+class TerminalStdin(io.BytesIO):
+    """A stdin that is a terminal."""
 
     def isatty(self):
-        return self._tty
+        return True
 
 
 def npy_bytes(array) -> bytes:
@@ -348,9 +345,8 @@ def test_no_warning_when_the_layout_is_named_or_unambiguous(tmp_path, shape, lay
 # ----------------------------------------------------------------------------- stdin
 def test_stdin_reads_an_npy_stream(tmp_path, monkeypatch):
     x = np.random.default_rng(3).normal(size=(9, 4, 4, 1)).astype(">f4")
-    monkeypatch.setattr(sys, "stdin", FakeStdin(npy_bytes(x)))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    dataset = open_dataset(["-"])
+    dataset = open_dataset(["-"], stdin=io.BytesIO(npy_bytes(x)))
     assert dataset.inputs == ["-"] and dataset.n_samples == 9 and dataset.layout.name == "NHWC"
     chunks, got = read_all(dataset, 100)
     np.testing.assert_array_equal(got, x)
@@ -360,27 +356,25 @@ def test_stdin_reads_an_npy_stream(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the spool is gone
 
 
-def test_stdin_terminal_is_an_input_error(monkeypatch):
-    monkeypatch.setattr(sys, "stdin", FakeStdin(b"", tty=True))
+@pytest.mark.parametrize("stdin", [TerminalStdin(), None], ids=["terminal", "closed"])
+def test_stdin_terminal_is_an_input_error(stdin):
     with pytest.raises(InputError, match="stdin is a terminal") as info:
-        open_dataset(["-"])
+        open_dataset(["-"], stdin=stdin)
     assert str(info.value).endswith("(-)")
 
 
-def test_stdin_with_a_file_after_it(tmp_path, monkeypatch):
+def test_stdin_with_a_file_after_it(tmp_path):
     a = np.arange(6, dtype=np.float64).reshape(3, 2)
     b = -np.arange(4, dtype=np.float64).reshape(2, 2)
     np.save(tmp_path / "b.npy", b)
-    monkeypatch.setattr(sys, "stdin", FakeStdin(npy_bytes(a)))
-    with open_dataset(["-", str(tmp_path / "b.npy")]) as dataset:
+    with open_dataset(["-", str(tmp_path / "b.npy")], stdin=io.BytesIO(npy_bytes(a))) as dataset:
         np.testing.assert_array_equal(read_all(dataset)[1], np.concatenate([a, b]))
 
 
 def test_stdin_garbage_is_an_input_error_and_leaves_no_spool(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", FakeStdin(b"definitely not npy"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     with pytest.raises(InputError, match="not a .npy array"):
-        open_dataset(["-"])
+        open_dataset(["-"], stdin=io.BytesIO(b"definitely not npy"))
     assert list(tmp_path.iterdir()) == []
 
 

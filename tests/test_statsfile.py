@@ -4,7 +4,6 @@ merging shards (Chan et al.) against one run over everything."""
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import numpy as np
@@ -18,13 +17,8 @@ from normcli.sources import open_dataset
 from normcli.statsfile import StatsFile
 from normcli.transforms import zscore
 
-_names = itertools.count()
+from helpers import fresh_path, save
 
-
-def save(folder, array) -> str:
-    path = folder / f"in{next(_names)}.npy"
-    np.save(path, array)
-    return str(path)
 
 
 def fitted(folder, x, scope, *, layout=None, ddof=0, ignore_nan=False, extra=None) -> StatsFile:
@@ -35,7 +29,7 @@ def fitted(folder, x, scope, *, layout=None, ddof=0, ignore_nan=False, extra=Non
 
 
 def write_read(folder, stats: StatsFile):
-    path = str(folder / f"stats{next(_names)}.json")
+    path = str(fresh_path(folder, "stats", ".json"))
     statsfile.write(path, stats)
     return path, statsfile.read(path)
 

@@ -290,14 +290,10 @@ def test_each_pass_is_named_and_counts_its_samples_and_bytes(tmp_path, data):
         assert progress.phases == [["fitting", n, n, array.nbytes], ["writing", n, n, array.nbytes]]
 
 
-def test_no_progress_bar_when_quiet_or_in_a_pipe(monkeypatch):
-    import io
-
-    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe, not a terminal
-    assert render.progress_display(quiet=False) is None
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert render.progress_display(quiet=True) is None
-    assert isinstance(render.progress_display(quiet=False), render.ProgressDisplay)
+def test_no_progress_bar_when_quiet_or_in_a_pipe():
+    assert render.progress_display(quiet=False, terminal=False) is None  # a pipe
+    assert render.progress_display(quiet=True, terminal=True) is None
+    assert isinstance(render.progress_display(quiet=False, terminal=True), render.ProgressDisplay)
 
 
 def test_no_bar_until_the_work_has_taken_half_a_second():

@@ -7,7 +7,6 @@ axes a scope names in the array's own layout (never through normcli's layout hel
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,7 +22,8 @@ from normcli.passes import ScalePlan, measure, transform
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
-SCOPES = ("global", "channel", "sample", "pixel")
+from helpers import SCOPES, fresh_path, save
+
 # Axes each scope reduces, written per layout in the array's own axis order.
 AXES = {
     "NHWC": {"global": (0, 1, 2, 3), "channel": (0, 1, 2), "sample": (1, 2, 3), "pixel": (0,)},
@@ -35,7 +35,6 @@ AXES = {
 AXES["N"]["sample"] = ()  # each 1-D sample is one value
 F32_TOL = 1e-5
 F64_TOL = 1e-12
-_names = itertools.count()
 
 
 # ----------------------------------------------------------------------------- references
@@ -58,15 +57,9 @@ def ref_normalize(x, axes, low=0.0, high=1.0):
 
 
 # ----------------------------------------------------------------------------- helpers
-def save(folder: Path, array: np.ndarray) -> str:
-    path = folder / f"in{next(_names)}.npy"
-    np.save(path, array)
-    return str(path)
-
-
 def run(folder: Path, x: np.ndarray, plan: ScalePlan, *, layout=None, dtype=None, ignore_nan=False, **kw):
     """Transform `x` (saved as .npy) with `plan`; returns (output array, TransformResult)."""
-    out = folder / f"out{next(_names)}.npy"
+    out = fresh_path(folder, "out", ".npy")
     with open_dataset([save(folder, x)], layout=layout) as dataset:
         result = transform(dataset, plan, str(out), dtype=dtype, bins=0, ignore_nan=ignore_nan, **kw)
     return np.load(out), result

@@ -1,0 +1,27 @@
+"""Statistics as JSON values, shared by the saved-statistics file and the JSON reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from normcli.layout import Layout
+
+
+def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
+    """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
+    NaN and inf (a key without values) become null."""
+    values = np.asarray(values)
+    if scope == "pixel":
+        values = Layout(layout).to_sample(values, sample_shape)
+    return finite_or_null(values.tolist())
+
+
+def finite_or_null(value):
+    """`value` (a number or nested lists of them) with NaN and inf as None, which JSON writes as null."""
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,461 @@
+"""One entry point per command, and the option objects they take.
+
+cli.py parses options into these frozen values, calls one `run_*` function and hands the
+result to render.py. Everything between (opening the dataset, checking the outputs before
+any work, building plans, applying saved statistics, committing the outputs together, the
+engine) happens here. Light at import: the numerical modules load inside the entry points,
+so that `normcli --help` starts without numpy.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from normcli.errors import BadOption, NormcliWarning, StatsFileError, UsageMismatch
+
+
+# -- the process's streams -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Environment:
+    """The streams a run reads and writes, handed in (as httpie's Environment) so that nothing
+    below reads sys.stdin or writes sys.stdout itself; tests give their own."""
+
+    stdin: BinaryIO | None = None  # where `-` as an input reads its .npy stream (None: none open)
+    stdout: BinaryIO | None = None  # where `-o -` writes its .npy stream
+    stdout_isatty: bool = False
+    stderr_isatty: bool = False
+    stdout_encoding: str = "utf-8"  # what the reports on stdout and stderr can print
+    stderr_encoding: str = "utf-8"
+
+    @classmethod
+    def from_sys(cls) -> "Environment":
+        """This process's own streams (as they are now: Click's test runner replaces them)."""
+        return cls(stdin=getattr(sys.stdin, "buffer", None), stdout=sys.stdout.buffer,
+                   stdout_isatty=sys.stdout.isatty(), stderr_isatty=sys.stderr.isatty(),
+                   stdout_encoding=getattr(sys.stdout, "encoding", None) or "ascii",
+                   stderr_encoding=getattr(sys.stderr, "encoding", None) or "ascii")
+
+    def encoding(self, stderr: bool) -> str:
+        return self.stderr_encoding if stderr else self.stdout_encoding
+
+
+# -- option objects ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Inputs:
+    """INPUT... and how to read them."""
+
+    paths: tuple[str, ...]
+    layout: str | None = None
+    key: str | None = None
+    mode: str | None = None
+    ignore_nan: bool = False
+    frames: str | None = None
+    max_pixels: int | None = None  # None: images.py's default
+    include_alpha: bool = False
+    include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def open(self, env: Environment, layout: str | None = None):
+        """The inputs as one Dataset (`layout`: instead of --layout, e.g. a statistics file's)."""
+        from normcli.images import ReadOptions
+        from normcli.sources import open_dataset
+
+        given = {"frames": self.frames, "max_pixels": self.max_pixels, "include_alpha": self.include_alpha,
+                 "include_hidden": self.include_hidden, "exclude": self.exclude}
+        read = ReadOptions(**{name: value for name, value in given.items() if value is not None})
+        return open_dataset(self.paths, layout=layout or self.layout, key=self.key, mode=self.mode, images=read,
+                            stdin=env.stdin)
+
+
+@dataclass(frozen=True)
+class Output:
+    """-o and how it is written."""
+
+    target: str
+    dtype: str | None = None
+    ext: str | None = None
+    clip: bool = False
+    force: bool = False
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.target == "-"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What is shown, and how."""
+
+    bins: int = 30
+    fmt: str = "table"
+    quiet: bool = False
+    ascii_only: bool = False
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where the work runs (engine.open_engine's arguments)."""
+
+    engine: str = "threads"
+    workers: int | None = None
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+
+    def open(self):
+        """The engine, as a context manager that shuts it down."""
+        from normcli.engine import open_engine
+
+        return open_engine(self.engine, workers=self.workers, scheduler=self.scheduler,
+                           scheduler_file=self.scheduler_file)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """--save-stats / --stats-from / --inverse: fit and save, or apply saved statistics."""
+
+    save_stats: str | None = None
+    stats_from: str | None = None
+    inverse: bool = False
+
+
+@dataclass(frozen=True)
+class StatsParams:
+    """stats' own options (--save-stats and its --force included)."""
+
+    per: str | None = None
+    hist_range: tuple[float, float] | None = None
+    ddof: int = 0
+    save: str | None = None
+    force: bool = False
+
+
+# Each transform's own options. run_transform calls check() before anything is opened, then
+# plan(dataset, saved, scope, output, ignore_nan) -> (passes.Plan, report title, ddof to report and save);
+# `fit` holds --save-stats / --stats-from, `default_per` the scope without --per.
+@dataclass(frozen=True)
+class NormalizeParams:
+    """normalize: min-max to --range."""
+
+    per: str | None = None
+    out_range: tuple[float, float] = (0.0, 1.0)
+    fit: Fit = Fit()
+    default_per = "global"
+
+    def check(self) -> None:
+        if not self.out_range[0] < self.out_range[1]:
+            raise BadOption("LO must be below HI", "--range")
+
+    def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
+        from normcli.passes import ScalePlan
+        from normcli.transforms import minmax
+
+        out_range, inverse = self.out_range, self.fit.inverse
+        plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
+                         inverse=inverse, clip=out_range if output.clip and not inverse else None,
+                         input_scale=_input_scale(saved, self.fit, dataset, out_range))
+        title = "inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]"
+        return plan, title, 0
+
+
+@dataclass(frozen=True)
+class StandardizeParams:
+    """standardize: z-score with --ddof and --eps."""
+
+    per: str | None = None
+    ddof: int | None = None  # None: 0, or the saved file's
+    eps: float = 0.0
+    fit: Fit = Fit()
+    default_per = "global"
+
+    def check(self) -> None:
+        pass
+
+    def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
+        from normcli.passes import ScalePlan
+        from normcli.transforms import zscore
+
+        if saved is not None and self.ddof is not None and self.ddof != saved.ddof:
+            raise UsageMismatch(f"--ddof {self.ddof} contradicts {self.fit.stats_from}, which was fitted with "
+                                f"ddof {saved.ddof}")
+        ddof = saved.ddof if saved is not None else self.ddof or 0
+        eps = self.eps
+        plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps), fitted=saved.moments if saved else None,
+                         inverse=self.fit.inverse, input_scale=_input_scale(saved, self.fit, dataset))
+        return plan, "inverse z-score" if self.fit.inverse else "z-score", ddof
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """batchnorm: training mode over mini-batches, or --eval with saved running statistics."""
+
+    batch_size: int
+    per: str | None = None
+    gamma: tuple[float, ...] | None = None
+    beta: tuple[float, ...] | None = None
+    eps: float = 1e-5
+    momentum: float | None = 0.1  # None: the cumulative average
+    drop_last: bool = False
+    shuffle: bool = False
+    seed: int = 0
+    eval_mode: bool = False
+    fit: Fit = Fit()
+    default_per = "channel"
+
+    def check(self) -> None:
+        if self.eval_mode != bool(self.fit.stats_from):
+            raise UsageMismatch("--eval and --stats-from go together: inference uses saved running statistics")
+
+    def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
+        from normcli.passes import BatchPlan, check_scope, eval_plan
+        from normcli.scopes import scope as as_scope
+
+        check_scope(dataset, scope)
+        keys = as_scope(scope).keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
+        gammas, betas = _gamma_beta(self.gamma, self.beta, keys)
+        if saved is not None:
+            plan = eval_plan(saved, self.fit.stats_from, scope, gammas, betas, self.eps)
+            return plan, "batch norm (eval, running statistics)", 0
+        order = None
+        if self.shuffle:
+            from normcli.sources import shuffled_order
+
+            order = shuffled_order(dataset.n_samples, self.seed)
+        plan = BatchPlan(dataset, scope, self.batch_size, gammas, betas, self.eps, momentum=self.momentum,
+                         drop_last=self.drop_last, order=order, ignore_nan=ignore_nan)
+        if plan.samples == 0:
+            raise UsageMismatch(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
+                                f"--batch-size {self.batch_size}")
+        return plan, f"batch norm, batches of {self.batch_size}", 0
+
+
+@dataclass(frozen=True)
+class GroupParams:
+    """groupnorm: per sample over groups of channels (never fitted or saved)."""
+
+    groups: int
+    gamma: tuple[float, ...] | None = None
+    beta: tuple[float, ...] | None = None
+    eps: float = 1e-5
+    per = None
+    fit = Fit()
+    default_per = None
+
+    def check(self) -> None:
+        pass
+
+    def plan(self, dataset, saved, scope, output: Output, ignore_nan: bool):
+        from normcli.passes import GroupPlan
+
+        channels = dataset.channels
+        if channels % self.groups:
+            raise BadOption(f"{self.groups} does not divide the {channels} channels", "--groups")
+        gammas, betas = _gamma_beta(self.gamma, self.beta, channels)
+        plan = GroupPlan(self.groups, gammas, betas, self.eps, ignore_nan=ignore_nan)
+        return plan, f"group norm, {self.groups} groups", 0
+
+
+TransformParams = NormalizeParams | StandardizeParams | BatchParams | GroupParams
+
+
+def _gamma_beta(gamma, beta, keys: int):
+    """--gamma and --beta, one per key (a single number stands for every key)."""
+    from normcli.transforms import per_key
+
+    values = []
+    for value, default, name in ((gamma, 1.0, "--gamma"), (beta, 0.0, "--beta")):
+        try:
+            values.append(per_key(default if value is None else value, keys, name))
+        except ValueError as exc:
+            raise BadOption(str(exc), name) from None
+    return values
+
+
+def _input_scale(saved, fit: Fit, dataset, out_range=None):
+    """With --inverse: the scale the inputs' integers were written with, as the saved file records it
+    (or, for a file without a record, inferred from a normalize range within [0, 1])."""
+    from normcli.sinks import input_scale
+
+    if not fit.inverse:
+        return None
+    return input_scale(saved.extra.get("encoding"), dataset.dtype, fit.stats_from, out_range)
+
+
+# -- results ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatsRun:
+    stats: Any  # passes.Stats
+    ddof: int
+
+
+@dataclass(frozen=True)
+class TransformRun:
+    before: Any  # passes.Stats
+    after: Any  # passes.Stats, or None with --quiet
+    ddof: int
+    title: str
+    inputs: list[str]
+    written: str  # what was written, as the closing line says it
+    clipped: int = 0  # values clipped to fit an 8/16-bit output
+    batches: list | None = None  # batchnorm's per-batch summaries
+    save_stats: str | None = None
+
+    def warn(self) -> None:
+        """What the user should know about the run (called once its progress bar is gone)."""
+        if self.clipped:
+            warnings.warn(NormcliWarning(f"{self.clipped:,} values fell outside what the 8/16-bit output holds "
+                                         "and were clipped to fit"))
+
+    @property
+    def closing_line(self) -> str:
+        return self.written + (f"; statistics to {self.save_stats}" if self.save_stats else "")
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    files: int
+    values: int
+    output: str
+
+
+# -- entry points --------------------------------------------------------------------------
+def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: EngineOptions, env: Environment,
+              progress=None) -> StatsRun:
+    """`normcli stats`: measure, and save the statistics with --save-stats."""
+    from normcli import statsfile
+    from normcli.passes import measure
+    from normcli.sinks import check_target
+
+    if report.fmt == "torchvision" and params.per not in (None, "channel"):
+        raise UsageMismatch("--format torchvision prints per-channel statistics; drop --per")
+    if params.hist_range is not None and not params.hist_range[0] < params.hist_range[1]:
+        raise BadOption("LO must be below HI", "--range")
+    bins = 0 if report.fmt in ("csv", "torchvision") else report.bins
+    with inputs.open(env) as dataset:
+        if params.save:
+            check_target(params.save, dataset.inputs, params.force, folder=False)
+        with engine.open() as running:
+            result = measure(dataset, params.per or "channel", bins=bins, hist_range=params.hist_range,
+                             ignore_nan=inputs.ignore_nan, engine=running, progress=progress)
+    if params.save:
+        statsfile.write(params.save, _stats_file(result, params.ddof), force=params.force, inputs=inputs.paths)
+    return StatsRun(result, params.ddof)
+
+
+def _stats_file(result, ddof: int, extra: dict | None = None):
+    from normcli.statsfile import StatsFile
+
+    return StatsFile(result.scope, result.layout, result.sample_shape, result.moments, ddof,
+                     list(result.inputs), extra or {})
+
+
+def run_transform(params: TransformParams, inputs: Inputs, output: Output, report: Report, engine: EngineOptions,
+                  env: Environment, progress=None) -> TransformRun:
+    """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, and measure
+    before and after; -o and --save-stats appear together, or neither does."""
+    from normcli import statsfile
+    from normcli.passes import transform
+    from normcli.sinks import Outputs
+
+    params.check()
+    save_stats = params.fit.save_stats
+    dataset, saved, scope = _fit_inputs(inputs, params, env)
+    with dataset:
+        plan, title, ddof = params.plan(dataset, saved, scope, output, inputs.ignore_nan)
+        if save_stats:
+            _check_save_stats(save_stats, output, dataset.inputs)
+        with engine.open() as running, Outputs() as outputs:
+            result = transform(dataset, plan, output.target, dtype=output.dtype, ext=output.ext, clip=output.clip,
+                               force=output.force, bins=report.bins, ignore_nan=inputs.ignore_nan,
+                               report=not report.quiet, engine=running, progress=progress, outputs=outputs,
+                               stdout=env.stdout)
+            if save_stats:
+                encoding = {"encoding": result.encoding} if result.encoding else {}
+                statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
+                                force=output.force, inputs=dataset.inputs, outputs=outputs)
+            outputs.commit()
+    return TransformRun(result.before, result.after, ddof, title, list(dataset.inputs), result.written,
+                        result.clipped, getattr(plan, "batches", None), save_stats)
+
+
+def _fit_inputs(inputs: Inputs, params, env: Environment):
+    """Open the data and, with --stats-from, the saved statistics that decide scope and layout."""
+    from normcli import statsfile
+
+    fit = params.fit
+    if fit.save_stats and fit.stats_from:
+        raise UsageMismatch("--save-stats and --stats-from exclude each other: fit, or apply saved statistics")
+    if fit.inverse and not fit.stats_from:
+        raise UsageMismatch("--inverse needs --stats-from: the statistics to map back with")
+    if not fit.stats_from:
+        return inputs.open(env), None, params.per or params.default_per
+    saved = statsfile.read(fit.stats_from)
+    statsfile.check_options(saved, fit.stats_from, per=params.per, layout=inputs.layout)
+    try:
+        dataset = inputs.open(env, layout=saved.layout)
+    except UsageMismatch as error:  # the file's layout, not an option the user gave
+        raise StatsFileError(f"fitted on layout {saved.layout}, which does not fit the data: {error}",
+                             fit.stats_from) from None
+    try:
+        statsfile.check_fits(saved, dataset, fit.stats_from)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset, saved, saved.per
+
+
+def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
+    """Before any work, so that a bad --save-stats cannot leave the output written."""
+    from pathlib import Path
+
+    from normcli.sinks import check_target
+
+    if not output.to_stdout and Path(save_stats).resolve() == Path(output.target).resolve():
+        raise UsageMismatch("--save-stats and -o name the same file")
+    if not output.to_stdout and Path(output.target).resolve() in Path(save_stats).resolve().parents:
+        raise UsageMismatch("--save-stats lies inside the -o folder, which this run replaces; save it beside")
+    check_target(save_stats, inputs, output.force, folder=False)
+
+
+def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRun:
+    """`normcli merge-stats`: statistics saved from shards, merged as if measured in one run."""
+    from normcli import statsfile
+    from normcli.sinks import check_target
+
+    check_target(output, files, force, folder=False)  # onto one of its own inputs: refused even with --force
+    merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
+    statsfile.write(output, merged, force=force, inputs=files)
+    return MergeRun(len(files), int(merged.moments.count.sum()), output)
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """sample: the tutorial's dataset."""
+
+    samples: int = 1000
+    size: int = 32
+    channels: int = 1
+    seed: int = 0
+
+
+def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
+    """`normcli sample`: the tutorial's dataset written to `output`; returns what was written."""
+    from normcli.layout import Layout
+    from normcli.sinks import output_kind, write_array
+    from normcli.sources import check_tutorial_size, tutorial_dataset
+
+    kind = output_kind(output.target)
+    check_tutorial_size(params.samples, params.size, params.channels)
+    data = tutorial_dataset(params.samples, params.size, params.channels, params.seed)
+    if kind == "folder":
+        data = data.astype("float32")
+    return write_array(output.target, data, force=output.force, layout=Layout("NHWC"), stdout=env.stdout)
+
+
+def run_demo(seed: int, bins: int):
+    """`normcli demo`: the tutorial's steps (demo.DemoStep), as they are computed."""
+    from normcli.demo import run_demo as steps
+
+    return steps(seed=seed, bins=bins)

@@ -1,0 +1,78 @@
+"""What several test modules share: writing inputs, and the plain float64 numpy references that
+normcli's results are checked against (each written once, so that every test checks the same thing)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from normcli.scopes import SCOPES as _SCOPES
+
+SCOPES = tuple(_SCOPES)  # the core's registry, in its order
+_names = itertools.count()
+
+
+def save(folder: Path, array: np.ndarray, name: str | None = None) -> str:
+    """`array` as a .npy file in `folder` (a fresh name unless `name` is given); returns its path."""
+    path = Path(folder) / (name or f"in{next(_names)}.npy")
+    np.save(path, array)
+    return str(path)
+
+
+def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
+    """The values of every key of `scope`, in the key order of the result (pixel: sample order)."""
+    n = x.shape[0]
+    if scope == "global":
+        return [x.reshape(-1)]
+    if scope == "sample":
+        return list(x.reshape(n, -1))
+    if scope == "pixel":
+        return list(x.reshape(n, -1).T)
+    if "C" not in layout:
+        return [x.reshape(-1)]
+    axis = layout.index("C")
+    return list(np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1))
+
+
+def ref_batchnorm(x, axes, batch_size, gamma=1.0, beta=0.0, eps=1e-5, momentum=0.1, drop_last=False, nan=False):
+    """Training-mode batch norm in float64 numpy: each batch by its own biased variance over `axes`;
+    PyTorch's running statistics (start 0 / 1, unbiased batch variance, momentum or the cumulative
+    average when None). Returns (output, running mean, running var, batches)."""
+    x = x.astype(np.float64)
+    outs, running_mean, running_var, batches = [], 0.0, 1.0, 0
+    mean_fn, var_fn = (np.nanmean, np.nanvar) if nan else (np.mean, np.var)
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        if drop_last and len(batch) < batch_size:
+            break
+        mean = mean_fn(batch, axis=axes, keepdims=True)
+        var = var_fn(batch, axis=axes, keepdims=True)
+        out = (batch - mean) / np.sqrt(var + eps) * gamma + beta
+        outs.append(np.where(np.isfinite(batch), out, batch) if nan else out)
+        count = np.isfinite(batch).sum(axis=axes, keepdims=True) if nan else batch.size // mean.size
+        batches += 1
+        factor = 1.0 / batches if momentum is None else momentum
+        running_mean = (1 - factor) * running_mean + factor * mean
+        running_var = (1 - factor) * running_var + factor * var * count / (count - 1)
+    return np.concatenate(outs), np.reshape(running_mean, -1), np.reshape(running_var, -1), batches
+
+
+def ref_groupnorm(x, groups, gamma=1.0, beta=0.0, eps=1e-5, *, channel_axis=1):
+    """Group norm in float64 numpy: per sample, over each group's channels and positions; `gamma`
+    and `beta` one number or one per channel."""
+    x = np.moveaxis(x.astype(np.float64), channel_axis, 1)
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, groups, -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    var = grouped.var(axis=2, keepdims=True)
+    normed = ((grouped - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    affine_shape = (1, c) + (1,) * (x.ndim - 2)
+    out = normed * np.broadcast_to(gamma, (c,)).reshape(affine_shape) + np.broadcast_to(beta, (c,)).reshape(affine_shape)
+    return np.moveaxis(out, 1, channel_axis)
+
+
+def fresh_path(folder: Path, stem: str, suffix: str = ".npy") -> Path:
+    """A name in `folder` that no other call has given (`stem` followed by a number)."""
+    return Path(folder) / f"{stem}{next(_names)}{suffix}"
