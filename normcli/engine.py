@@ -173,6 +173,7 @@ class DaskEngine(Engine):
             if scheduler:
                 self._client = Client(scheduler, timeout="10s")
             elif scheduler_file:
+                _wait_for(scheduler_file)
                 self._client = Client(scheduler_file=scheduler_file, timeout="10s")
             else:
                 import logging
@@ -203,6 +204,21 @@ class DaskEngine(Engine):
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+SCHEDULER_FILE_WAIT = 30.0  # seconds: a scheduler started just before may not have written it yet
+
+
+def _wait_for(scheduler_file: str) -> None:
+    """Wait a little for a scheduler file to appear (Dask's client would wait for ever)."""
+    import time
+
+    deadline = time.monotonic() + SCHEDULER_FILE_WAIT
+    while not os.path.exists(scheduler_file):
+        if time.monotonic() > deadline:
+            raise NormcliError(f"no scheduler file after {SCHEDULER_FILE_WAIT:g} s; start `dask scheduler "
+                               "--scheduler-file FILE` first", scheduler_file)
+        time.sleep(0.1)
 
 
 def open_engine(engine: str = "threads", *, workers: int | None = None, scheduler: str | None = None,

@@ -255,3 +255,12 @@ def test_a_worker_killed_mid_run_leaves_a_complete_output_or_none(tmp_path, rng,
         assert stderr.startswith("error: ") and not (tmp_path / "z.npy").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"x.npy", "dask-logs"} |
                                                                ({"z.npy"} if proc.returncode == 0 else set()))
+
+
+def test_a_scheduler_file_that_never_appears_is_one_line(data, monkeypatch):
+    from normcli import engine
+
+    monkeypatch.setattr(engine, "SCHEDULER_FILE_WAIT", 0.3)
+    result = run_cli("stats", data / "far.npy", "--engine", "dask", "--scheduler-file", data / "none.json", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no scheduler file after 0.3 s") and result.stderr.count("\n") == 1
