@@ -29,12 +29,11 @@ def row_keys(stats) -> list[str]:
 
 
 def _columns(stats, ddof: int) -> dict:
-    """Every statistic per key; integer data keep integer extremes."""
+    """Every statistic per key; integer data keep their integer extremes (moments.py measures them in
+    the data's own integer type). An 8/16-bit output's "after" statistics are of the values it
+    encodes, floats."""
     m = stats.moments
-    columns = {"count": m.count, "mean": m.mean, "std": m.std(ddof), "var": m.var(ddof), "min": m.min, "max": m.max}
-    if np.dtype(stats.dtype).kind in "ui" and (m.count > 0).all() and m.min.dtype.kind == "f":
-        columns["min"], columns["max"] = m.min.astype(np.int64), m.max.astype(np.int64)
-    return columns
+    return {"count": m.count, "mean": m.mean, "std": m.std(ddof), "var": m.var(ddof), "min": m.min, "max": m.max}
 
 
 def sample_files(stats) -> list[str] | None:

@@ -510,3 +510,12 @@ def test_saved_statistics_applied_without_a_report_read_the_input_once(tmp_path,
     assert result.stderr == "error: the input holds 1 NaN value, first in sample 7; use --ignore-nan to leave them " \
                             f"out ({tmp_path / 'nan.npy'})\n"
     assert not (tmp_path / "nan_z.npy").exists()
+
+
+def test_the_after_report_of_an_8bit_output_shows_the_values_it_encodes(tmp_path, image_tree):
+    """normalize to PNG: the output encodes [0, 1]; its reported max is 1, not 0.999... cut to an int."""
+    result = run("normalize", image_tree, "-o", tmp_path / "out", "--format", "json", "--bins", "0")
+    after = json.loads(result.stdout)["after"]["rows"][0]
+    assert after["min"] == 0.0 and abs(after["max"] - 1.0) <= 1e-12
+    before = json.loads(result.stdout)["before"]["rows"][0]
+    assert isinstance(before["min"], int) and isinstance(before["max"], int)  # uint8 input: integer extremes
