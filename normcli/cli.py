@@ -16,10 +16,11 @@ import click
 from normcli import __version__, run
 from normcli.errors import BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line
 
-# Spelled out here rather than imported from the core, so that --help starts without numpy.
-SCOPES = ("global", "channel", "sample", "pixel")
+# Scopes and engines come from the core (scopes.py, engine.py: no numpy at import); layouts and
+# modes are spelled out here so that --help starts without numpy (tests/test_docs.py checks them).
+SCOPES = run.SCOPES
+ENGINES = run.ENGINES
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
-ENGINES = ("threads", "processes", "dask")
 MODES = ("gray", "rgb", "rgba")
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
