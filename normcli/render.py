@@ -13,6 +13,7 @@ import numpy as np
 
 from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import Layout
+from normcli.scopes import SCOPES
 
 MAX_TABLE_ROWS = 12
 MAX_HISTOGRAMS = 4
@@ -21,11 +22,8 @@ _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 def row_keys(stats) -> list[str]:
-    if stats.scope == "global":
-        return ["all"]
-    if stats.scope == "pixel":
-        return ["pixel"]
-    return [str(k) for k in range(len(stats.moments))]
+    """The rows' names, as the scope labels them ("all", "pixel", or each key's index)."""
+    return SCOPES[stats.scope].row_labels(len(stats.moments))
 
 
 def _columns(stats, ddof: int) -> dict:

@@ -27,7 +27,6 @@ class Scope:
     name: str
     reduced: tuple[int, ...]
     label: str | None  # the one row's name, or None: rows are numbered by key
-    description: str
 
     @property
     def per_sample(self) -> bool:
@@ -69,16 +68,17 @@ class Scope:
 
         return np.asarray(values).reshape([1 if a in self.reduced else npc_shape[a] for a in range(3)])
 
-    def row_labels(self, keys: int, first: int = 0) -> list[str]:
+    def row_labels(self, keys: int) -> list[str]:
+        """The names of a report's rows: the one row's label, else each key's index."""
         if self.label is not None:
             return [self.label]
-        return [str(k) for k in range(first, first + keys)]
+        return [str(k) for k in range(keys)]
 
 
-GLOBAL = Scope("global", (SAMPLES, POSITIONS, CHANNELS), "all", "every value")
-CHANNEL = Scope("channel", (SAMPLES, POSITIONS), None, "all samples and positions, per channel")
-SAMPLE = Scope("sample", (POSITIONS, CHANNELS), None, "each sample on its own")
-PIXEL = Scope("pixel", (SAMPLES,), "pixel", "each (position, channel) across samples")
+GLOBAL = Scope("global", (SAMPLES, POSITIONS, CHANNELS), "all")  # every value
+CHANNEL = Scope("channel", (SAMPLES, POSITIONS), None)  # all samples and positions, per channel
+SAMPLE = Scope("sample", (POSITIONS, CHANNELS), None)  # each sample on its own
+PIXEL = Scope("pixel", (SAMPLES,), "pixel")  # each (position, channel) across samples
 
 SCOPES: dict[str, Scope] = {s.name: s for s in (GLOBAL, CHANNEL, SAMPLE, PIXEL)}
 FITTABLE = tuple(name for name, s in SCOPES.items() if s.reapplicable)

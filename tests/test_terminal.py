@@ -240,7 +240,6 @@ def test_other_inputs_are_named_as_given_arrays_only_when_there_are_several(tmp_
 
 # -- many inputs ----------------------------------------------------------------------------
 def test_many_inputs_are_summarized_in_headers_and_titles_but_listed_in_json(chdir, data):
-    tmp_path = chdir
     folder = Path("shards")
     folder.mkdir()
     shards = []
