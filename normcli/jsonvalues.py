@@ -7,13 +7,14 @@ import math
 import numpy as np
 
 from normcli.layout import Layout
+from normcli.scopes import SCOPES
 
 
 def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
     """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
     NaN and inf (a key without values) become null."""
     values = np.asarray(values)
-    if scope == "pixel":
+    if SCOPES[scope].nested:
         values = Layout(layout).to_sample(values, sample_shape)
     return finite_or_null(values.tolist())
 

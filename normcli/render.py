@@ -36,7 +36,7 @@ def _columns(stats, ddof: int) -> dict:
 
 def sample_files(stats) -> list[str] | None:
     """The file of each per-sample row (None for other scopes, or one array input, whose index says it)."""
-    return stats.names if stats.scope == "sample" else None
+    return stats.names if SCOPES[stats.scope].per_sample else None
 
 
 def stats_rows(stats, ddof: int = 0) -> list[dict]:
@@ -44,8 +44,8 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
     shaped = {name: json_values(values, stats.scope, stats.layout, stats.sample_shape)
               for name, values in columns.items()}
     rows = []
-    if stats.scope == "pixel":
-        rows.append({"key": "pixel", **shaped})
+    if SCOPES[stats.scope].nested:  # one row whose values are shaped like a sample
+        rows.append({"key": SCOPES[stats.scope].label, **shaped})
     else:
         files = sample_files(stats)
         for k, key in enumerate(row_keys(stats)):
@@ -76,7 +76,7 @@ def stats_csv(stats, ddof: int = 0) -> str:
     writer.writerow(["key", *(["file"] if files is not None else []), *named])
     m = stats.moments
     columns = list(named.values())
-    if stats.scope == "pixel":
+    if SCOPES[stats.scope].nested:
         index = Layout(stats.layout).to_sample(np.arange(len(m)), stats.sample_shape)
         keys = [""] * len(m)
         for position in np.ndindex(index.shape):
@@ -194,7 +194,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
     shown = range(min(len(keys), max_rows))
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
         columns = {name: values for name, values in named.items() if name not in dropped}
-        if stats.scope == "pixel":
+        if SCOPES[stats.scope].nested:
             rows = [[which, *(fmt(_finite_extreme(c, pick), digits) for c in columns.values())]
                     for which, pick in (("lowest", np.min), ("highest", np.max))]
         else:
@@ -207,7 +207,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
             _fit_file_column(table, width)
         if table.width() <= width:
             break
-    if stats.scope != "pixel":
+    if not SCOPES[stats.scope].nested:
         table.more = len(keys) - len(shown)
     return table
 
@@ -308,7 +308,7 @@ class Printer:
         if title:
             self.line(title, style="bold")
         samples = f"{stats.samples:,} sample" + ("" if stats.samples == 1 else "s")
-        scope = f"per pixel ({len(stats.moments):,} positions)" if stats.scope == "pixel" else f"per {stats.scope}"
+        scope = f"per {stats.scope}" + (f" ({len(stats.moments):,} positions)" if SCOPES[stats.scope].nested else "")
         alpha = ", alpha passed through" if stats.alpha_passed else ""
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
@@ -321,7 +321,7 @@ class Printer:
         shown = min(len(keys), MAX_HISTOGRAMS)
         for k in range(shown):
             counts, edges = stats.histograms.counts[k], stats.histograms.edges[k]
-            label = "all values" if stats.scope == "pixel" else f"{stats.scope} {keys[k]}"
+            label = "all values" if SCOPES[stats.scope].one_histogram else f"{stats.scope} {keys[k]}"
             caption, lines = histogram_chart(counts, edges, self.width - 4, ascii=self.ascii)
             self.line(f"  {label}: {caption}", style="dim")
             for text in lines[:-1]:

@@ -159,10 +159,10 @@ def _check_values(arrays: dict, extra: dict) -> None:
 
 
 def _keys(per: str, layout: str, sample_shape, doc) -> int:
-    if per == "sample":
+    if SCOPES[per].per_sample:
         return len(doc["count"])
-    if per == "pixel" and None in sample_shape:
-        raise ValueError("a pixel-scope file needs a fixed sample shape")
+    if SCOPES[per].nested and None in sample_shape:
+        raise ValueError(f"a {per}-scope file needs a fixed sample shape")
     return SCOPES[per].keys(Layout(layout), sample_shape, 0)
 
 
@@ -181,7 +181,7 @@ def _flat(values, keys: int, name: str) -> np.ndarray:
 def _keyed(array: np.ndarray, per: str, layout: str, sample_shape) -> np.ndarray:
     """Pixel-scope arrays are stored shaped like one sample: back into the keys' (position, channel)
     order, which differs from the sample's own order for NCHW (the inverse of StatsFile.shaped)."""
-    if per != "pixel":
+    if not SCOPES[per].nested:
         return array
     return np.ascontiguousarray(Layout(layout).npc(array.reshape(1, *sample_shape))[0]).reshape(-1)
 
@@ -207,9 +207,10 @@ def check_fits(stats: StatsFile, dataset, path: str) -> None:
                              "applied to other data", path)
     if dataset.layout.name != stats.layout:
         raise StatsFileError(f"fitted on layout {stats.layout}, but the data is {dataset.layout.name}", path)
-    if stats.per == "channel" and dataset.channels != len(stats.moments):
+    scope = SCOPES[stats.per]
+    if not scope.nested and scope.keys(dataset.layout, dataset.sample_shape, 0) != len(stats.moments):
         raise StatsFileError(f"fitted on {len(stats.moments)} channels, but the data has {dataset.channels}", path)
-    if stats.per == "pixel" and tuple(stats.sample_shape) != tuple(dataset.sample_shape):
+    if scope.nested and tuple(stats.sample_shape) != tuple(dataset.sample_shape):
         raise StatsFileError(f"fitted on samples of shape {list(stats.sample_shape)}, but the data's are "
                              f"{list(dataset.sample_shape)}", path)
 
@@ -226,7 +227,7 @@ def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
             if getattr(other, attr) != getattr(first, attr):
                 raise StatsFileError(f"{attr} {getattr(other, attr)} differs from {files[0][0]}'s "
                                      f"{getattr(first, attr)}", name)
-        if len(other.moments) != len(merged) or (first.per == "pixel" and other.sample_shape != first.sample_shape):
+        if len(other.moments) != len(merged) or (SCOPES[first.per].nested and other.sample_shape != first.sample_shape):
             raise StatsFileError(f"shape differs from {files[0][0]}'s", name)
         merged = merged.merge(other.moments)
         inputs += other.inputs
