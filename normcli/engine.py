@@ -181,6 +181,7 @@ class DaskEngine(Engine):
 
                 # One worker of `workers` threads in this process: it starts in milliseconds, where
                 # worker processes take seconds (for those, start a cluster and give --scheduler).
+                keep_freed_memory()  # its worker threads are this process's
                 with warnings.catch_warnings():  # e.g. "Port 8787 is already in use": not the user's concern
                     warnings.simplefilter("ignore")
                     self._cluster = LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
