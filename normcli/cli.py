@@ -580,6 +580,9 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
+    # normcli spreads its work over the cores itself: BLAS threads of their own (np.dot in the moments)
+    # would only compete with its workers for them. Set before numpy loads; a user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # SIGTERM unwinds like Ctrl-C, so that every temporary is removed on the way out.
     signal.signal(signal.SIGTERM, _terminate)
     # Click ends a closed pipe (`normcli ... | head`) quietly itself, with exit 1 and no traceback.

@@ -292,7 +292,7 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
     with np.errstate(over="ignore"):
         if len(scope.reduced) == 3 and y.flags.c_contiguous:
             flat = y.reshape(-1)
-            squares = np.atleast_1d(np.einsum("i,i->", flat, flat))
+            squares = np.atleast_1d(np.dot(flat, flat))  # BLAS: 3x einsum (one BLAS thread: see cli.main)
         else:
             squares = keyed_reduce(np.add, np.square(y, out=y), scope)
     if not np.isfinite(squares).all():
