@@ -120,9 +120,6 @@ class FloatMoments:
         count, mean, m2 = chan_merge(self.count, self.mean, self.m2, other.count, moved, other.m2)
         return FloatMoments(count, shift, mean, m2, np.fmin(self.min, other.min), np.fmax(self.max, other.max))
 
-    def concat(self, other: "FloatMoments") -> "FloatMoments":
-        return FloatMoments(*(np.concatenate([a, b]) for a, b in zip(_fields(self), _fields(other))))
-
     def aggregate(self) -> Moments:
         with np.errstate(invalid="ignore"):  # a key with no (finite) values has no mean, as np.nanmean
             mean = np.where(self.count > 0, self.shift + self.mean, np.nan)
@@ -142,9 +139,6 @@ class IntegerSums:
     def merge(self, other: "IntegerSums") -> "IntegerSums":
         return IntegerSums(self.count + other.count, self.s1 + other.s1, self.s2 + other.s2,
                            np.minimum(self.min, other.min), np.maximum(self.max, other.max))
-
-    def concat(self, other: "IntegerSums") -> "IntegerSums":
-        return IntegerSums(*(np.concatenate([a, b]) for a, b in zip(_fields(self), _fields(other))))
 
     def aggregate(self) -> Moments:
         return _moments_from_sums(self.count, self.s1, self.s2, self.min, self.max)
@@ -172,8 +166,9 @@ class ValueCounts:
                                   np.array(high, self.dtype))
 
 
-def _fields(value) -> list:
-    return [getattr(value, name) for name in value.__dataclass_fields__]
+def _concat(a, b):
+    """Per-key values of consecutive samples' keys (FloatMoments or IntegerSums), `a`'s first."""
+    return type(a)(*(np.concatenate([getattr(a, name), getattr(b, name)]) for name in a.__dataclass_fields__))
 
 
 @dataclass(frozen=True)
@@ -206,7 +201,7 @@ def merge(a: BlockStats, b: BlockStats) -> BlockStats:
         a, b = (a, b) if a.first_key < b.first_key else (b, a)
         if a.first_key + a.keys != b.first_key:
             raise ValueError("per-sample statistics merge only with their neighbours")
-        moments = None if a.moments is None or b.moments is None else a.moments.concat(b.moments)
+        moments = None if a.moments is None or b.moments is None else _concat(a.moments, b.moments)
         return BlockStats(moments, nonfinite, a.first_key, a.keys + b.keys, True)
     moments = None if a.moments is None or b.moments is None else a.moments.merge(b.moments)
     return BlockStats(moments, nonfinite, 0, a.keys, False)

@@ -240,6 +240,10 @@ class ArrayPick:
     part: ArrayPart
     indices: tuple[int, ...]
 
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
     def read(self) -> np.ndarray:
         return self.part.read_indices(self.indices)
 
@@ -252,12 +256,19 @@ class ImageRun:
     headers: tuple
     names: tuple[str, ...]
 
+    @property
+    def count(self) -> int:
+        return len(self.headers)
+
     def read(self) -> np.ndarray:
-        images = [self.decode(header) for header in self.headers]
-        if len({image.shape for image in images}) > 1:
-            raise InputError("images of different sizes cannot form one batch; resize them first",
-                             str(self.headers[0].path))
-        return np.stack(images)
+        return _concatenated([self.decode(header)[None] for header in self.headers], str(self.headers[0].path))
+
+
+def _concatenated(arrays: list[np.ndarray], where: str | None = None) -> np.ndarray:
+    """Arrays of samples as one along the sample axis; samples of different sizes are refused."""
+    if len({a.shape[1:] for a in arrays}) > 1:
+        raise InputError("images of different sizes cannot form one batch; resize them first", where)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 @dataclass(frozen=True)
@@ -272,8 +283,7 @@ class Block:
 
     @property
     def count(self) -> int:
-        return sum(len(p.headers) if isinstance(p, ImageRun) else
-                   (p.count if isinstance(p, ArrayRun) else len(p.indices)) for p in self.pieces)
+        return sum(piece.count for piece in self.pieces)
 
     @property
     def names(self) -> list[str] | None:
@@ -283,10 +293,7 @@ class Block:
         return [name for p in self.pieces for name in p.names]
 
     def read(self) -> Chunk:
-        arrays = [piece.read() for piece in self.pieces]
-        if len({a.shape[1:] for a in arrays}) > 1:
-            raise InputError("images of different sizes cannot form one batch; resize them first")
-        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        data = _concatenated([piece.read() for piece in self.pieces])
         alpha = None
         if self.split_alpha:
             data, alpha = np.ascontiguousarray(data[..., :-1]), data[..., -1:]
