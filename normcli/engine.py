@@ -10,6 +10,8 @@ class here and its name to ENGINES.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -100,9 +102,6 @@ class Engine:
     def map(self, work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        return f"{self.name}, {self.workers} workers"
-
     def close(self) -> None:
         pass
 
@@ -168,6 +167,7 @@ class DaskEngine(Engine):
         except ImportError:
             raise NormcliError("--engine dask needs Dask: pip install 'normcli[dask]'") from None
         self._cluster = None
+        self._scratch = None
         where = scheduler or scheduler_file
         try:
             if scheduler:
@@ -182,30 +182,35 @@ class DaskEngine(Engine):
                 # One worker of `workers` threads in this process: it starts in milliseconds, where
                 # worker processes take seconds (for those, start a cluster and give --scheduler).
                 keep_freed_memory()  # its worker threads are this process's
-                with warnings.catch_warnings():  # e.g. "Port 8787 is already in use": not the user's concern
-                    warnings.simplefilter("ignore")
+                # Its scratch folder is ours to remove (Dask leaves dask-scratch-space in $TMPDIR); its
+                # logs stay quiet: a failed task reaches the user as normcli's own one-line error.
+                self._scratch = tempfile.mkdtemp(prefix="normcli-dask-")
+                import dask
+
+                with warnings.catch_warnings(), dask.config.set({"temporary-directory": self._scratch}):
+                    warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": not the user's concern
                     self._cluster = LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
-                                                 dashboard_address=None, silence_logs=logging.ERROR)
+                                                 dashboard_address=None, silence_logs=logging.CRITICAL,
+                                                 local_directory=self._scratch)
                 self._client = Client(self._cluster)
         except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
-            if self._cluster is not None:
-                self._cluster.close()
+            self._close_cluster()
             raise NormcliError(f"cannot reach the Dask scheduler: {exc}", where) from None
-        self.address = self._client.scheduler.address
 
     def map(self, work, items):
         workers = max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
         # A Dask task costs about 5 ms: 64 blocks a task took a 1 GiB pass from 2x to 1.2x the threads'.
         return _batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, workers, most=64)
 
-    def describe(self) -> str:
-        workers = len(self._client.scheduler_info().get("workers", {}))
-        return f"dask at {self.address}, {workers} workers"
-
     def close(self) -> None:
         self._client.close()
+        self._close_cluster()
+
+    def _close_cluster(self) -> None:
         if self._cluster is not None:
             self._cluster.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 SCHEDULER_FILE_WAIT = 30.0  # seconds: a scheduler started just before may not have written it yet

@@ -264,3 +264,24 @@ def test_a_scheduler_file_that_never_appears_is_one_line(data, monkeypatch):
     result = run_cli("stats", data / "far.npy", "--engine", "dask", "--scheduler-file", data / "none.json", ok=False)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: no scheduler file after 0.3 s") and result.stderr.count("\n") == 1
+
+
+def test_a_local_dask_run_that_fails_on_a_worker_is_one_line_and_leaves_tmpdir_empty(tmp_path, rng):
+    """The in-process cluster's scratch folder is removed, and Dask's own log of the failed task is
+    not shown: the user sees normcli's one line."""
+    x = rng.uniform(0.0, 1.0, (20, 4, 4))
+    x[13, 1, 1] = np.nan  # passed through by --ignore-nan, then unstorable as uint8: fails on a worker
+    np.save(tmp_path / "x.npy", x)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    done = subprocess.run([*normcli_command(), "stats", "x.npy", "--engine", "dask", "--bins", "0", "--ignore-nan"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    failed = subprocess.run([*normcli_command(), "normalize", "x.npy", "-o", "u8.npy", "--dtype", "uint8",
+                             "--ignore-nan", "--engine", "dask", "-q"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: NaN cannot be stored as uint8") and failed.stderr.count("\n") == 1
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp", "x.npy"]
