@@ -220,6 +220,8 @@ class Plan:
         return position
 
     def fitter(self):
+        """None, or a picklable object whose fit(chunk, layout, measured) returns what add_fit()
+        merges; `measured` is the chunk's BlockStats at the plan's scope, taken in the same pass."""
         return None
 
     def add_fit(self, partial) -> None:
@@ -298,10 +300,11 @@ class BatchSummary:
 
 def _batch_moments(data: np.ndarray, scope: Scope, layout: Layout, ignore_nan: bool) -> Moments | None:
     """One batch's moments; None for NaN/inf (left to the input's own check, which names the sample)."""
-    stats = measure_block(data, scope, layout, ignore_nan=ignore_nan)
-    if stats.nonfinite.total and not ignore_nan:
-        return None
-    return stats.aggregate()
+    return _usable(measure_block(data, scope, layout, ignore_nan=ignore_nan), ignore_nan)
+
+
+def _usable(stats: BlockStats, ignore_nan: bool) -> Moments | None:
+    return None if stats.nonfinite.total and not ignore_nan else stats.aggregate()
 
 
 def _batch_affine(moments: Moments, size: int, gamma, beta, eps: float) -> Affine:
@@ -319,8 +322,8 @@ class BatchFit:
     scope: Scope
     ignore_nan: bool
 
-    def fit(self, chunk: Chunk, layout: Layout):
-        return (len(chunk.data), _batch_moments(chunk.data, self.scope, layout, self.ignore_nan),
+    def fit(self, chunk: Chunk, layout: Layout, measured: BlockStats):
+        return (len(chunk.data), _usable(measured, self.ignore_nan),
                 _batch_moments(chunk.data, GLOBAL, layout, self.ignore_nan))
 
 
@@ -424,7 +427,7 @@ class GroupMaps:
     def _maps(self, x: np.ndarray):
         return groupnorm_affine(x, self.groups, self.gamma, self.beta, self.eps, self.ignore_nan)
 
-    def fit(self, chunk: Chunk, layout: Layout):
+    def fit(self, chunk: Chunk, layout: Layout, measured: BlockStats):
         x = layout.npc(chunk.data)
         shift, scale, offset = self._maps(x)
         with np.errstate(invalid="ignore"):
@@ -472,7 +475,8 @@ def fit_work(task: FitTask, block: Block):
     chunk = block.read()
     before = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start,
                            ignore_nan=task.ignore_nan)
-    return before, (task.fitter.fit(chunk, task.layout) if task.fitter is not None else None)
+    # the fitter gets the block's statistics at the plan's scope too: batch norm fits by them
+    return before, (task.fitter.fit(chunk, task.layout, before) if task.fitter is not None else None)
 
 
 @dataclass(frozen=True)
