@@ -24,7 +24,7 @@ from functools import reduce
 import numpy as np
 
 from normcli.errors import InputError, NonFiniteError
-from normcli.histograms import SMALL_INTEGERS, all_values, from_zero
+from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
 
@@ -369,14 +369,8 @@ def checked(stats: BlockStats, locate, *, ignore_nan: bool = False) -> Moments:
 
 # -- exact integers -------------------------------------------------------------------
 def _value_counts(v: np.ndarray, scope: Scope) -> np.ndarray:
-    """How often each value occurs, per key: shaped (keys, values).
-
-    One bincount per channel of a strided view measured fastest (numpy's bincount holds the
-    GIL; combined channel codes cost an extra widening pass).
-    """
-    n_values = 1 << (8 * v.dtype.itemsize)
-    columns = [v.reshape(-1)] if len(scope.reduced) == 3 else [v[:, :, c].reshape(-1) for c in range(v.shape[2])]
-    return np.stack([np.bincount(from_zero(c), minlength=n_values) for c in columns])
+    """How often each value occurs, per key: shaped (keys, values)."""
+    return value_counts(v, 1 if len(scope.reduced) == 3 else v.shape[2])
 
 
 _LIMB = 16  # bits: a product of two limbs summed over fewer than 2**32 values fits in uint64

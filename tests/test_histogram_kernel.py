@@ -208,6 +208,24 @@ def test_real_sizes_with_default_tunables(layout, scope, shape, bins, data):
     check(x, layout, scope, edges)
 
 
+@settings(max_examples=200, deadline=None)
+@given(dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16]), samples=st.integers(0, 6),
+       positions=st.integers(1, 40), channels=st.integers(1, 6), together=st.booleans(), step=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_value_counts_equal_a_bincount_per_channel(dtype, samples, positions, channels, together, step, seed):
+    """Pillow's band counts (8-bit, 1-4 channels) and bincount (the rest) count every value from
+    the type's minimum, for contiguous and strided blocks alike."""
+    info = np.iinfo(dtype)
+    v = np.random.default_rng(seed).integers(info.min, info.max + 1, (samples, positions, channels)).astype(dtype)
+    v = v[:, ::step]
+    columns = [v.reshape(-1)] if together else [v[..., c].reshape(-1) for c in range(channels)]
+    expected = np.stack([np.bincount(c.astype(np.int64) - info.min, minlength=info.max - info.min + 1)
+                         for c in columns])
+    got = histograms.value_counts(v, 1 if together else channels)
+    assert got.dtype == np.int64 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
 # ----------------------------------------------------------------------------- timing, by hand
 def _time_measure(threads: int = 1, seconds: float = 2.0) -> None:
     """GB/s of count_block on 4 MiB float32 chunks, np.histogram vs the kernel."""
