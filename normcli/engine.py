@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import partial, reduce
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch
@@ -67,6 +67,19 @@ def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> It
             future.cancel()
 
 
+def runs(items: Sequence[T], workers: int, most: int) -> list[list[T]]:
+    """items cut into consecutive runs of up to `most`, at least 8 runs a worker where there are
+    enough items (so that the workers finish together)."""
+    size = max(1, min(most, len(items) // (8 * workers)))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def fold_run(work: Callable, combine: Callable, run: Sequence):
+    """combine(combine(work(run[0]), work(run[1])), ...): one task's results merged where they
+    were made, so the driver merges one value a run instead of one a block."""
+    return reduce(combine, map(work, run))
+
+
 def _run_batch(work: Callable, batch: list) -> list:
     """work over several items in one task (a process or a cluster worker)."""
     return [work(item) for item in batch]
@@ -75,9 +88,7 @@ def _run_batch(work: Callable, batch: list) -> list:
 def _batched(submit: Callable, work: Callable, items: Sequence, workers: int, most: int) -> Iterator:
     """work over items as tasks of up to `most` items each, results in order, one per item: a task
     to another process or a cluster costs milliseconds, so each should carry several blocks' work."""
-    per_task = max(1, min(most, len(items) // (8 * workers)))
-    batches = [list(items[i:i + per_task]) for i in range(0, len(items), per_task)]
-    for results in _in_order(submit, partial(_run_batch, work), batches, 2 * workers):
+    for results in _in_order(submit, partial(_run_batch, work), runs(items, workers, most), 2 * workers):
         yield from results
 
 
