@@ -177,7 +177,7 @@ def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.
 #    by <= 3.01 U (high - low) + 1.01 U max(|low|, |high|), i.e. by
 #    e_edge = bins (3.01 U + 1.01 U max(|low|, |high|) / (high - low)).
 # An accepted value has idx + margin <= f <= idx + 1 - margin with 0 <= idx < bins (f - trunc(f) is
-# exact by Sterbenz's lemma, and f was capped at bins, where it would be rejected), so t lies in
+# exact by Sterbenz's lemma; values with idx >= bins are rejected), so t lies in
 # [idx + margin - e_fast, idx + 1 - margin + e_fast]. With margin > e_fast + max(e_np, e_edge):
 # 0 < t < bins, so low < v < high and numpy keeps v; numpy's float index is strictly inside
 # (idx, idx + 1), so its trunc is idx; edge idx is below v and edge idx + 1 above it, so neither of
@@ -298,11 +298,12 @@ def float_histogram(values: np.ndarray, low, high, bins: int) -> np.ndarray:
             fb, wb, ib, ok, inside = f[:n], whole[:n], index[:n], flags[:n], flags[n:2 * n]
             np.subtract(block, L, out=fb.reshape(block.shape))
             fb *= s
-            np.minimum(fb, bins, out=fb)  # at or past the last edge: fraction 0, rejected
             np.trunc(fb, out=wb)
-            fb -= wb  # the fraction, exact; <= 0 below the range, NaN for NaN and -inf
+            fb -= wb  # the fraction, exact; <= 0 below the range, NaN for NaN and +-inf
             np.greater_equal(fb, lo, out=ok)
             np.less_equal(fb, hi, out=inside)
+            ok &= inside
+            np.less(wb, bins, out=inside)  # at or past the last edge (np.minimum would cost 5x this)
             ok &= inside
             if not ok.all():
                 bad = np.flatnonzero(np.logical_not(ok, out=inside))
