@@ -486,7 +486,12 @@ def fit_work(task: FitTask, block: Block):
     before = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start,
                            ignore_nan=task.ignore_nan)
     # the fitter gets the block's statistics at the plan's scope too: batch norm fits by them
-    return before, (task.fitter.fit(chunk, task.layout, before) if task.fitter is not None else None)
+    return before, ((task.fitter.fit(chunk, task.layout, before),) if task.fitter is not None else ())
+
+
+def _merge_fits(a, b):
+    """Two consecutive runs' (statistics, fits): the fits stay apart, in order, for add_fit."""
+    return merge(a[0], b[0]), a[1] + b[1]
 
 
 @dataclass(frozen=True)
@@ -509,14 +514,24 @@ class ApplyTask:
 
 @dataclass(frozen=True)
 class Applied:
+    """What pass 2 did with consecutive blocks: what it measured, and the applier's summaries."""
+
     before_counts: HistogramCounts | None
     after_stats: BlockStats | None
     after_counts: HistogramCounts | None
-    summary: object
+    summaries: tuple
     clipped: int
     written: int
     data: np.ndarray | None  # for outputs written in order by the driver
     nonfinite: NonFinite = NonFinite()  # with check_finite: what the block held (it was not written)
+
+    def merge(self, other: "Applied") -> "Applied":
+        """Both runs' (`other` the later), for positional outputs: no data to hand back."""
+        return Applied(_fold(self.before_counts, other.before_counts),
+                       _fold(self.after_stats, other.after_stats, merge),
+                       _fold(self.after_counts, other.after_counts), self.summaries + other.summaries,
+                       self.clipped + other.clipped, self.written + other.written, None,
+                       self.nonfinite.merge(other.nonfinite))
 
 
 def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
@@ -525,10 +540,10 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
     before_counts = (count_block(chunk.data, task.scope, task.layout, _rows(task.before_edges, task.scope, chunk),
                                  first_sample=chunk.start) if task.before_edges is not None else None)
     if not keep:
-        return Applied(before_counts, None, None, None, 0, 0, None)
+        return Applied(before_counts, None, None, (), 0, 0, None)
     if task.check_finite and not np.isfinite(chunk.data).all():
         found = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start).nonfinite
-        return Applied(before_counts, None, None, None, 0, 0, None, found)
+        return Applied(before_counts, None, None, (), 0, 0, None, found)
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
     if task.check_finite and not np.isfinite(out).all():
@@ -547,7 +562,7 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
         task.writer.write(encoded, chunk.start, chunk.names)
     else:
         data = encoded
-    return Applied(before_counts, after_stats, after_counts, summary, clipped, len(out), data)
+    return Applied(before_counts, after_stats, after_counts, (summary,), clipped, len(out), data)
 
 
 def _alpha_factor(spec, input_dtype: np.dtype) -> float:
@@ -589,9 +604,11 @@ def _fit_pass(dataset: Dataset, plan: Plan, units: list[Block], ignore_nan: bool
     """Pass 1: the input's moments at the plan's scope, and the plan's fit."""
     fit = partial(fit_work, FitTask(plan.scope, dataset.layout, ignore_nan, plan.fitter()))
     before_stats = None
-    for stats, fitted in _run(engine, fit, units, progress, "fitting", sample_bytes=_sample_bytes(dataset)):
+    for stats, fits in _run(engine, fit, units, progress, "fitting", sample_bytes=_sample_bytes(dataset),
+                            combine=_merge_fits):
         before_stats = _fold(before_stats, stats, merge)
-        plan.add_fit(fitted)
+        for fitted in fits:
+            plan.add_fit(fitted)
     if before_stats.nonfinite.first is not None:  # a position in the passes' order: name the input's sample
         found = replace(before_stats.nonfinite, first=plan.original_index(before_stats.nonfinite.first))
         before_stats = replace(before_stats, nonfinite=found)
@@ -659,7 +676,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
         clipped = 0
         nonfinite = NonFinite()
         for applied in _run(engine, partial(apply_work, task), items, progress, "writing",
-                            sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset)):
+                            sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset),
+                            combine=Applied.merge if sink.writer.positional else None):
             before_counts = _fold(before_counts, applied.before_counts)
             nonfinite = nonfinite.merge(applied.nonfinite)
             if not applied.written:
@@ -668,7 +686,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                 sink.write_in_order(applied.data)
             sink.written += applied.written
             clipped += applied.clipped
-            plan.add_applied(applied.summary)
+            for summary in applied.summaries:
+                plan.add_applied(summary)
             after_stats = _fold(after_stats, applied.after_stats, merge)
             after_counts = _fold(after_counts, applied.after_counts)
         if nonfinite.total:
