@@ -305,19 +305,10 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
 
 
 def _deviations(v: np.ndarray, scope: Scope, shift: np.ndarray) -> np.ndarray:
-    """v - shift per key, in float64. For channels, the subtraction runs on rows of a few thousand
-    values against the shift repeated along them: numpy's loop over (M, 3) rows against a
-    (3,) shift is about three times slower."""
-    channels = v.shape[2]
-    if scope.reduced != (0, 1) or not v.flags.c_contiguous or channels >= 256:
-        return np.subtract(v, scope.broadcast(shift, v.shape), dtype=np.float64)
+    """v - shift per key, in float64."""
     y = np.empty(v.shape, np.float64)
-    rows, out = v.reshape(-1, channels), y.reshape(-1, channels)
-    per_row = max(1, 4096 // channels)
-    whole = len(rows) // per_row * per_row
-    np.subtract(rows[:whole].reshape(-1, per_row * channels), np.tile(shift, per_row),
-                out=out[:whole].reshape(-1, per_row * channels))
-    np.subtract(rows[whole:], shift, out=out[whole:])
+    for (values, out), (key_shift,) in scope.pieces((v, y), (shift,)):
+        np.subtract(values, key_shift, out=out)
     return y
 
 

@@ -30,9 +30,9 @@ class Affine:
 
     def apply(self, x: np.ndarray, out: np.ndarray, scope: Scope | str, clip: tuple[float, float] | None = None):
         """Write the map of the (samples, positions, channels) view `x` into `out` (same shape)."""
-        scope = as_scope(scope)
-        keyed = (scope.broadcast(a, x.shape) for a in (self.shift, self.scale, self.offset))
-        return apply_broadcast(x, *keyed, out, clip)
+        for (values, into), keyed in as_scope(scope).pieces((x, out), (self.shift, self.scale, self.offset)):
+            apply_broadcast(values, *keyed, into, clip)
+        return out
 
     def rows(self, start: int, count: int) -> "Affine":
         """The keys start..start+count (the sample scope's keys are the samples)."""

@@ -531,3 +531,30 @@ def test_ignore_nan_passes_inf_through_even_with_clip(tmp_path, rng):
     np.testing.assert_array_equal(y[bad], test[bad])  # unchanged: neither clipped nor NaN
     expected = np.clip((test - train.min()) / (train.max() - train.min()), 0.0, 1.0)
     np.testing.assert_allclose(y[~bad], expected[~bad], rtol=0, atol=F64_TOL)
+
+
+@settings(max_examples=150, deadline=None)
+@given(scope=st.sampled_from(SCOPES), samples=st.integers(1, 4), positions=st.integers(1, 3000),
+       channels=st.sampled_from([1, 2, 3, 5, 300]), out_dtype=st.sampled_from([np.float32, np.float64]),
+       transposed=st.booleans(), clip=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_affine_apply_is_the_broadcast_formula_bit_for_bit(scope, samples, positions, channels, out_dtype,
+                                                           transposed, clip, seed):
+    """However a scope cuts the arrays into pieces (rows of repeated per-channel values, remainders,
+    strided views), every value is (x - shift) * scale + offset in float64, stored once."""
+    from normcli.scopes import SCOPES as BY_NAME
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(100, 10, (samples, channels, positions) if transposed else (samples, positions, channels))
+    x = x.astype(np.float32)
+    x = x.transpose(0, 2, 1) if transposed else x
+    s = BY_NAME[scope]
+    keys = s.keys_of(x.shape)
+    affine = Affine(rng.normal(100, 1, keys), rng.normal(0.1, 0.01, keys), rng.normal(0, 1, keys))
+    bounds = (-0.5, 0.5) if clip else None
+    expected = ((x - s.broadcast(affine.shift, x.shape)) * s.broadcast(affine.scale, x.shape)
+                + s.broadcast(affine.offset, x.shape))
+    if bounds:
+        expected = np.clip(expected, *bounds)
+    out = np.full(x.shape, np.nan, out_dtype)
+    affine.apply(x, out, s, bounds)
+    np.testing.assert_array_equal(out, expected.astype(out_dtype))
