@@ -168,7 +168,7 @@ def _pillow_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[
 
     Image = _pillow()
     with Image.open(path) as im:
-        channels16 = png16_channels(path)
+        channels16 = png16_channels(path) if im.format == "PNG" else None
         channels, dtype = (channels16, np.dtype(np.uint16)) if channels16 else _pil_channels_dtype(im)
         _check_pixels(path, im.height, im.width, channels, dtype, max_pixels)  # before any frame is decoded
         # A PNG's EXIF after its pixels would need them decoded (Pillow's getexif loads them): only
