@@ -251,13 +251,39 @@ def decode(header: ImageHeader) -> np.ndarray:
     return image
 
 
-def _pillow_array(im) -> np.ndarray:
+def counts_bands(header: ImageHeader) -> bool:
+    """Whether band_counts() can count this sample: an 8-bit still that Pillow decodes."""
+    return (header.dtype == np.uint8 and header.frame is None
+            and header.path.suffix.lower() not in (".tif", ".tiff"))
+
+
+def band_counts(header: ImageHeader) -> np.ndarray:
+    """How often each value occurs in each channel of the image decode() gives (counts_bands()
+    samples only), shaped (channels, 256): Pillow counts its decoded bands in C, with no array made
+    (the orientation moves pixels, not values)."""
+    try:
+        with _pillow().open(header.path) as im:
+            im = _promised_mode(im)
+            counts = np.array(im.histogram(), np.int64).reshape(-1, 256)
+    except Exception as exc:
+        raise InputError(f"cannot decode image: {exc}", str(header.path)) from None
+    if counts.shape[0] != header.channels or (counts.sum(axis=1) != header.height * header.width).any():
+        raise InputError("image changed size while being read", str(header.path))
+    return counts
+
+
+def _promised_mode(im):
     """The current frame of a Pillow image in the channels its header promised (_pil_channels_dtype)."""
     if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode in ("1", "CMYK", "YCbCr", "PA"):
-        im = im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
-    image = np.asarray(im)
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("1", "CMYK", "YCbCr", "PA"):
+        return im.convert({"1": "L", "PA": "RGBA"}.get(im.mode, "RGB"))
+    return im
+
+
+def _pillow_array(im) -> np.ndarray:
+    """The current frame of a Pillow image as an array, in the channels its header promised."""
+    image = np.asarray(_promised_mode(im))
     return image.astype(image.dtype.newbyteorder("=")) if image.dtype.byteorder not in "=|" else image
 
 

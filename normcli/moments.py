@@ -251,7 +251,7 @@ def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sampl
     keys = scope.keys_of(v.shape)
     first_key = first_sample if scope.per_sample else 0
     if counts_values(v.dtype, scope):
-        return BlockStats(ValueCounts(_value_counts(v, scope), v.dtype), NonFinite(), first_key, keys)
+        return counted(value_counts(v, 1 if len(scope.reduced) == 3 else v.shape[2]), v.dtype, scope)
     if v.dtype.kind in "uib":
         return BlockStats(_integer_sums(v, scope), NonFinite(), first_key, keys, scope.per_sample)
     moments, nonfinite = _float_moments(v, scope, first_sample, ignore_nan)
@@ -359,9 +359,11 @@ def checked(stats: BlockStats, locate, *, ignore_nan: bool = False) -> Moments:
 
 
 # -- exact integers -------------------------------------------------------------------
-def _value_counts(v: np.ndarray, scope: Scope) -> np.ndarray:
-    """How often each value occurs, per key: shaped (keys, values)."""
-    return value_counts(v, 1 if len(scope.reduced) == 3 else v.shape[2])
+def counted(channel_counts: np.ndarray, dtype, scope: Scope) -> BlockStats:
+    """The statistics at a counting scope (counts_values) of values counted per channel, or all
+    together: (channels or 1, values)."""
+    counts = channel_counts.sum(axis=0, keepdims=True) if len(scope.reduced) == 3 else channel_counts
+    return BlockStats(ValueCounts(counts, np.dtype(dtype)), NonFinite(), 0, len(counts))
 
 
 _LIMB = 16  # bits: a product of two limbs summed over fewer than 2**32 values fits in uint64

@@ -24,7 +24,7 @@ from normcli.errors import InputError, NormcliWarning, OutputError, StatsFileErr
 from normcli.histograms import (HistogramCounts, Histograms, count_block, edges_for, histogram_edges,
                                 histograms_from_counts)
 from normcli.layout import Layout
-from normcli.moments import (BlockStats, Moments, NonFinite, checked, counts_values, measure_block, merge,
+from normcli.moments import (BlockStats, Moments, NonFinite, checked, counted, counts_values, measure_block, merge,
                              nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset
@@ -114,7 +114,19 @@ class MeasureTask:
     edges: np.ndarray | None = None
 
 
+def _counted(block: Block, scope: Scope) -> BlockStats | None:
+    """A block's statistics at a counting scope from value counts its images' decoder makes (no
+    arrays), or None: the block is read."""
+    if not counts_values(block.dtype, scope):
+        return None
+    counts = block.band_counts()
+    return None if counts is None else counted(counts, block.dtype, scope)
+
+
 def measure_work(task: MeasureTask, block: Block) -> tuple[BlockStats, HistogramCounts | None]:
+    stats = _counted(block, task.scope)
+    if stats is not None:
+        return stats, None  # the histograms come from the value counts
     chunk = block.read()
     stats = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
     if not task.bins or stats.value_counts is not None:
@@ -482,6 +494,9 @@ class FitTask:
 
 
 def fit_work(task: FitTask, block: Block):
+    stats = _counted(block, task.scope) if task.fitter is None else None
+    if stats is not None:
+        return stats, ()
     chunk = block.read()
     before = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start,
                            ignore_nan=task.ignore_nan)

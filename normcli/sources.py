@@ -23,7 +23,7 @@ import numpy as np
 
 from normcli.errors import InputError, NormcliWarning, UsageMismatch, from_os_error
 from normcli.images import (IMAGE_EXTENSIONS, IMAGE_TYPES, MODES, ImageHeader, ReadOptions, close_frame_readers,
-                            convert_channels, decode, list_images, read_header)
+                            band_counts, convert_channels, counts_bands, decode, list_images, read_header)
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.engine import ordered_map
 
@@ -204,6 +204,12 @@ class ImagePart:
         return functools.partial(decode_image, mode=self.mode)
 
     @property
+    def band_counter(self):
+        """What counts one image's values per channel without decoding it to an array
+        (images.band_counts), where its images need no conversion to a --mode; else None."""
+        return band_counts if self.mode is None else None
+
+    @property
     def alpha_channel(self) -> int | None:
         """The index of the alpha channel (the last), None when the images carry none."""
         alpha = self.mode == "rgba" if self.mode else self.headers[0].alpha
@@ -255,6 +261,7 @@ class ImageRun:
     decode: Callable
     headers: tuple
     names: tuple[str, ...]
+    count_bands: Callable | None = None  # header -> (channels, 256) value counts, for 8-bit stills
 
     @property
     def count(self) -> int:
@@ -291,6 +298,15 @@ class Block:
         if not all(isinstance(p, ImageRun) for p in self.pieces):
             return None
         return [name for p in self.pieces for name in p.names]
+
+    def band_counts(self) -> np.ndarray | None:
+        """How often each value occurs per channel in this block's samples, (channels, 256), counted
+        without arrays where every sample is an 8-bit still image that needs no conversion; else None."""
+        if self.dtype != np.uint8 or not all(isinstance(p, ImageRun) and p.count_bands is not None
+                                             and all(counts_bands(h) for h in p.headers) for p in self.pieces):
+            return None
+        counts = sum(p.count_bands(header) for p in self.pieces for header in p.headers)
+        return counts[:-1] if self.split_alpha else counts
 
     def read(self) -> Chunk:
         data = _concatenated([piece.read() for piece in self.pieces])
@@ -342,6 +358,12 @@ class Dataset:
     @property
     def channels(self) -> int:
         return self.layout.channels(self.sample_shape)
+
+    @property
+    def band_counter(self):
+        """What counts one image's values per channel without decoding it to an array
+        (images.band_counts), where its images need no conversion to a --mode; else None."""
+        return band_counts if self.mode is None else None
 
     @property
     def alpha_channel(self) -> int | None:
@@ -423,7 +445,7 @@ class Dataset:
             names = self._names_in(part)
             # absolute paths: blocks are read by workers that may not share our working directory
             headers = tuple(replace(part.headers[i], path=part.headers[i].path.absolute()) for i in local)
-            return ImageRun(part.decoder, headers, tuple(names[i] for i in local))
+            return ImageRun(part.decoder, headers, tuple(names[i] for i in local), part.band_counter)
         if local == list(range(local[0], local[0] + len(local))):
             return ArrayRun(part, local[0], len(local))
         return ArrayPick(part, tuple(local))

@@ -645,3 +645,53 @@ def test_gray_with_alpha_measures_one_channel(tmp_path, rng):
     Image.fromarray(image, "LA").save(tmp_path / "la.png")
     doc = json.loads(run_cli("stats", tmp_path / "la.png", "--format", "json").stdout)
     assert len(doc["rows"]) == 1 and doc["rows"][0]["mean"] == image[..., 0].mean()
+
+
+# ------------------------------------------------------------------------------ counting without arrays
+def test_band_counts_are_the_counts_of_the_decoded_arrays(tmp_path, rng):
+    """8-bit stills are counted by Pillow without an array (Block.band_counts): for every kind of
+    image, oriented or not, with alpha passed through or measured, the counts are those of the
+    arrays the same blocks read; TIFFs, frames and --mode conversions are read instead."""
+    color = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    gray = color[..., 0]
+    folder = tmp_path / "kinds"
+    folder.mkdir()
+    for name, im in {"rgb.png": Image.fromarray(color), "gray.png": Image.fromarray(gray),
+                     "la.png": Image.fromarray(np.dstack([gray, color[..., 1]])),
+                     "rgba.png": Image.fromarray(np.dstack([color, gray])),
+                     "cmyk.jpg": Image.fromarray(color).convert("CMYK"), "p.png": Image.fromarray(color).quantize(12),
+                     "one_bit.png": Image.fromarray(gray > 127), "rgb.bmp": Image.fromarray(color)}.items():
+        im.save(folder / name)
+    Image.fromarray(color).quantize(12).save(folder / "pt.png", transparency=3)
+    jpeg_with_orientation(folder / "turned.jpg", color, 6)
+    tifffile.imwrite(folder / "rgb.tif", color)
+    for name in sorted(p.name for p in folder.iterdir()):
+        for include_alpha in (False, True):
+            for mode in (None, "rgb"):
+                with open_dataset([str(folder / name)], mode=mode,
+                                  images=ReadOptions(include_alpha=include_alpha)) as dataset:
+                    (block,) = dataset.blocks()
+                    counts = block.band_counts()
+                    if name.endswith(".tif") or mode is not None:
+                        assert counts is None, name
+                        continue
+                    data = block.read().data
+                    expected = np.stack([np.bincount(data[..., c].reshape(-1), minlength=256)
+                                         for c in range(data.shape[-1])])
+                    np.testing.assert_array_equal(counts, expected, err_msg=f"{name} include_alpha={include_alpha}")
+
+
+def test_folder_statistics_counted_without_arrays_equal_the_arrays_statistics(tmp_path, rng):
+    """stats of a folder of 8-bit images: the same JSON whether the blocks are counted by Pillow
+    or read as arrays (forced here by making band_counts decline)."""
+    from unittest import mock
+
+    from normcli.sources import Block
+
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    for per in ("global", "channel"):
+        counted = run_cli("stats", str(tmp_path), "--per", per, "--format", "json").stdout
+        with mock.patch.object(Block, "band_counts", lambda self: None):
+            read = run_cli("stats", str(tmp_path), "--per", per, "--format", "json").stdout
+        assert json.loads(counted) == json.loads(read)
