@@ -9,6 +9,8 @@ Nothing here knows about datasets or chunks: sources.py builds on it.
 from __future__ import annotations
 
 import fnmatch
+import io
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -199,6 +201,21 @@ def _pillow():
     return Image
 
 
+_READ_WHOLE = 32 << 20  # bytes: a still image file up to this size is read into memory before decoding
+
+
+def _open_still(path: Path):
+    """Pillow's image of a file to decode whole. A file of up to _READ_WHOLE bytes is read in one
+    call first: Pillow then parses and decodes from memory, where each of its small reads of the
+    file let go of the GIL and took it back (decoding and counting 2,000 JPEGs on 2 threads:
+    0.83 s -> 0.65 s; about 5% of `stats DIR`)."""
+    Image = _pillow()
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= _READ_WHOLE:
+            return Image.open(io.BytesIO(f.read()))
+    return Image.open(path)
+
+
 def _orientation(value) -> int:
     """An orientation tag's value, 1 to 8; missing, 0 or junk: 1 (as stored), as Pillow and ImageMagick read it."""
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -241,7 +258,7 @@ def decode(header: ImageHeader) -> np.ndarray:
         elif header.frame is not None:
             image = _frame_reader(path).frame(header.page)
         else:
-            with _pillow().open(path) as im:
+            with _open_still(path) as im:
                 image = _pillow_array(im)
     except Exception as exc:
         raise InputError(f"cannot decode image: {exc}", str(path)) from None
@@ -262,7 +279,7 @@ def band_counts(header: ImageHeader) -> np.ndarray:
     samples only), shaped (channels, 256): Pillow counts its decoded bands in C, with no array made
     (the orientation moves pixels, not values)."""
     try:
-        with _pillow().open(header.path) as im:
+        with _open_still(header.path) as im:
             im = _promised_mode(im)
             counts = np.array(im.histogram(), np.int64).reshape(-1, 256)
     except Exception as exc:
