@@ -514,7 +514,10 @@ def reference_histograms(x, layout, scope, bins, hist_range=None):
     out = []
     for row in rows:
         lo, hi = hist_range if hist_range is not None else (row.min(), row.max())
-        counts, edges = np.histogram(row, bins, range=(float(lo), float(hi)))
+        try:
+            counts, edges = np.histogram(row, bins, range=(float(lo), float(hi)))
+        except ValueError:  # numpy gives up on a range too narrow for `bins` edges: normcli widens it by
+            counts, edges = np.histogram(row, bins, range=(float(lo) - 0.5, float(hi) + 0.5))  # 0.5, as for one value
         out.append((counts, edges))
     return out
 
