@@ -369,14 +369,31 @@ def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str,
     default; or 1); returns the integers and how many values were clipped to the encoding's range."""
     if np.isnan(values).any():
         raise OutputError(f"NaN cannot be stored as {dtype.name}; write a float output", target)
-    top = np.iinfo(dtype).max
-    limit = top / (scale or top)  # the encoding's range in values: [0, 1] or [0, top]
-    outside = (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
+    integers, outside = encode_all(values, dtype, scale)
     clipped = int(outside.sum())
+    check_clipped(clipped, clip, dtype, target, scale)
+    return integers, clipped
+
+
+def encode_all(values: np.ndarray, dtype: np.dtype, scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Finite values as integers of `dtype` (see to_integers), those outside the encoding's range
+    clipped to it, and where they were."""
+    limit = _limit(dtype, scale)
+    outside = (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
+    return np.rint(np.clip(values, 0.0, limit) * (scale or np.iinfo(dtype).max)).astype(dtype), outside
+
+
+def check_clipped(clipped: int, clip: bool, dtype: np.dtype, target: str, scale: int | None = None) -> None:
+    """Refuse values that had to be clipped to fit an integer output, unless --clip."""
     if clipped and not clip:
-        raise OutputError(f"{clipped} values fall outside [0, {limit:g}] and cannot be stored as {dtype.name}; "
-                          "write a float output or pass --clip", target)
-    return np.rint(np.clip(values, 0.0, limit) * (scale or top)).astype(dtype), clipped
+        raise OutputError(f"{clipped} values fall outside [0, {_limit(dtype, scale):g}] and cannot be stored as "
+                          f"{dtype.name}; write a float output or pass --clip", target)
+
+
+def _limit(dtype: np.dtype, scale: int | None) -> float:
+    """The encoding's range in values, [0, limit]: [0, 1], or [0, top] when scale is 1."""
+    top = np.iinfo(dtype).max
+    return top / (scale or top)
 
 
 def _naming_target(method):

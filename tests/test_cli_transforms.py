@@ -519,3 +519,57 @@ def test_the_after_report_of_an_8bit_output_shows_the_values_it_encodes(tmp_path
     assert after["min"] == 0.0 and abs(after["max"] - 1.0) <= 1e-12
     before = json.loads(result.stdout)["before"]["rows"][0]
     assert isinstance(before["min"], int) and isinstance(before["max"], int)  # uint8 input: integer extremes
+
+
+# -- 8-bit inputs to integer outputs by table lookup ----------------------------------------------
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("per", ["global", "channel"])
+@pytest.mark.parametrize("case", ["fit", "wider", "narrower"])
+def test_an_8bit_input_looked_up_in_a_table_stores_the_mapped_and_encoded_integers(chdir, rng, layout, per, case):
+    """A quiet normalize of uint8 data into uint8 looks every value up in a table of the map
+    (passes.ValueTable): the same bytes as mapping and encoding each value, with --clip too, and the
+    same refusal without it."""
+    from unittest import mock
+
+    from normcli import passes
+
+    shape = (7, 3, 5, 4) if layout == "NCHW" else (7, 5, 4, 3)
+    x = rng.integers(40, 200, shape).astype(np.uint8)
+    np.save("x.npy", x)
+    # the statistics applied: x's own, a wider range (values inside), a narrower one (values clipped)
+    fit = {"fit": x, "wider": np.array([0, 255], np.uint8).reshape(2, 1, 1, 1) * np.ones(shape[1:], np.uint8),
+           "narrower": x.clip(80, 150)}[case]
+    np.save("fit.npy", fit)
+    run("stats", "fit.npy", "--layout", layout, "--per", per, "--save-stats", "fit.json", "-q")
+    args = ["normalize", "x.npy", "--layout", layout, "--stats-from", "fit.json", "--dtype", "uint8", "-q", "--force"]
+    for clip in ([], ["--clip"]):
+        results = {}
+        for name, table in (("table", passes.value_table), ("arithmetic", lambda *a: None)):
+            with mock.patch.object(passes, "value_table", table):
+                result = run(*args, *clip, "-o", f"{name}.npy", ok=False)
+            results[name] = (result.exit_code, result.stderr.replace(name, "OUT"), os.path.exists(f"{name}.npy"))
+            if result.exit_code == 0:
+                results[name] += (np.load(f"{name}.npy").tobytes(),)
+                os.unlink(f"{name}.npy")
+        assert results["table"] == results["arithmetic"]
+        assert results["table"][0] == (1 if case == "narrower" and not clip else 0)
+
+
+@pytest.mark.parametrize("per", ["global", "channel"])
+def test_a_value_table_counts_the_values_it_clips_as_encoding_them_does(rng, per):
+    from normcli import passes, sinks
+    from normcli.scopes import SCOPES
+    from normcli.transforms import Affine
+
+    scope = SCOPES[per]
+    keys = 1 if per == "global" else 3
+    affine = Affine(rng.uniform(50, 150, keys), 1 / rng.uniform(50, 100, keys), np.zeros(keys))
+    writer = sinks.Encoder(np.dtype(np.uint8), True, "out")
+    table = passes.value_table(passes.AffineApply(scope, affine), 3, np.dtype(np.float64), writer)
+    v = rng.integers(0, 256, (4, 30, 3)).astype(np.uint8)
+    mapped = np.empty(v.shape)
+    affine.apply(v, mapped, scope)
+    expected, expected_clipped = writer.encode(mapped)
+    out = np.empty(v.shape, np.uint8)
+    assert table.encode(v, out) == expected_clipped > 0
+    np.testing.assert_array_equal(out, expected)
