@@ -31,7 +31,7 @@ from normcli.sources import Block, Chunk, Dataset
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
 
 DEFAULT_BINS = 30
-# Blocks a task measures and merges on its worker: merging each 1 MiB block's statistics on the
+# Blocks a task measures and merges on its worker: merging each block's statistics on the
 # driver cost as much driver time as the workers spent measuring, and held the GIL they needed.
 FOLD_RUN = 16
 
