@@ -557,9 +557,6 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
                                  first_sample=chunk.start) if task.before_edges is not None else None)
     if not keep:
         return Applied(before_counts, None, None, (), 0, 0, None)
-    if task.check_finite and not np.isfinite(chunk.data).all():
-        found = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start).nonfinite
-        return Applied(before_counts, None, None, (), 0, 0, None, found)
     if task.table is not None:
         encoded = np.empty(chunk.data.shape, task.writer.dtype)
         clipped = task.table.encode(task.layout.npc(chunk.data), task.layout.npc(encoded))
@@ -567,7 +564,11 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
         return _written(task, chunk, encoded, Applied(before_counts, None, None, (None,), clipped, len(encoded), None))
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
+    # A finite map of finite values is finite: only a block whose output is not looks at its input.
     if task.check_finite and not np.isfinite(out).all():
+        if not np.isfinite(chunk.data).all():
+            found = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start).nonfinite
+            return Applied(before_counts, None, None, (), 0, 0, None, found)
         raise OutputError(f"the output overflows {task.writer.dtype.name}; pass --dtype float64", task.writer.target)
     if task.ignore_nan:
         np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
