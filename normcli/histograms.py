@@ -92,9 +92,7 @@ def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarra
             codes = np.take(integer_bins(values.dtype, row_edges), from_zero(values.reshape(-1)))
             counts.append(np.bincount(codes, minlength=bins + 1)[:bins])
             continue
-        if clamp:
-            values = np.clip(values, low, high)
-        counts.append(float_histogram(values, low, high, bins))
+        counts.append(float_histogram(values, low, high, bins, clamp=clamp))
     return HistogramCounts(np.stack(counts).astype(np.int64), first_sample, scope.per_sample)
 
 
@@ -273,16 +271,20 @@ def _split_blocks(x: np.ndarray, size: int, first: int):
             yield x[i:i + step]
 
 
-def float_histogram(values: np.ndarray, low, high, bins: int) -> np.ndarray:
+def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = False) -> np.ndarray:
     """np.histogram(values, bins, range=(low, high))[0], exactly; several times faster on float data
-    (see the comment above)."""
+    (see the comment above). `clamp`: of np.clip(values, low, high) (values outside the range are
+    all among those the kernel rejects, so only those are clipped)."""
+    def numpy_histogram(some: np.ndarray) -> np.ndarray:
+        return np.histogram(np.clip(some, low, high) if clamp else some, bins, range=(low, high))[0]
+
     # numpy bins in result_type(low, high, values): float64 here (numpy >= 2, float64 range ends),
     # which the argument above assumes; anything else is left to numpy.
     plan = None
     if values.size >= _HIST_MIN_SIZE and np.result_type(low, high, values.dtype) == np.float64:
         plan = _hist_plan(low, high, bins, values.dtype)
     if plan is None:
-        return np.histogram(values, bins, range=(low, high))[0]
+        return numpy_histogram(values)
     ctype, L, s, lo, hi = plan
     size = min(values.size, _HIST_BLOCK)
     f, whole, index = np.empty(size, ctype), np.empty(size, ctype), np.empty(size, np.intp)
@@ -308,7 +310,7 @@ def float_histogram(values: np.ndarray, low, high, bins: int) -> np.ndarray:
             if not ok.all():
                 bad = np.flatnonzero(np.logical_not(ok, out=inside))
                 if first and len(bad) > _HIST_GIVE_UP * n:
-                    return np.histogram(values, bins, range=(low, high))[0]
+                    return numpy_histogram(values)
                 rejected.append(block[np.unravel_index(bad, block.shape)] if block.ndim > 1 else block[bad])
                 wb[bad] = bins  # the spare slot, dropped at the end
             first = False
@@ -330,5 +332,5 @@ def float_histogram(values: np.ndarray, low, high, bins: int) -> np.ndarray:
         counts += pairs.sum(axis=0) + pairs.sum(axis=1)
     result = counts[:bins]
     if rejected:
-        result += np.histogram(np.concatenate(rejected), bins, range=(low, high))[0]
+        result += numpy_histogram(np.concatenate(rejected))
     return result
