@@ -235,12 +235,22 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
         whole = len(rows) // per_row * per_row
         if whole == 0:
             return ufunc.reduce(rows, axis=0, dtype=dtype)
-        folded = ufunc.reduce(rows[:whole].reshape(-1, per_row * channels), axis=0, dtype=dtype)
+        folded = _reduce_rows(ufunc, rows[:whole].reshape(-1, per_row * channels), dtype)
         result = ufunc.reduce(folded.reshape(per_row, channels), axis=0)
         if whole < len(rows):
             result = ufunc(result, ufunc.reduce(rows[whole:], axis=0, dtype=dtype))
         return result
     return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
+
+
+def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
+    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones
+    (BLAS): each column's values are still added in running sums down the rows, whose error
+    grows with the rows (a hundred or so) as numpy's reduce over axis 0 does, at 3-4x the speed
+    (36 vs 105-147 us for 2 MiB of float32 deviations)."""
+    if ufunc is np.add and dtype is None and rows.dtype == np.float64:
+        return np.ones(len(rows)) @ rows
+    return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
 def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sample: int = 0,
@@ -263,6 +273,10 @@ def _probe_shift(v: np.ndarray, scope: Scope) -> np.ndarray:
     0 where it holds no finite value: near the data, which is all a shift needs."""
     corner = v[tuple(slice(0, limit) if axis in scope.reduced else slice(None)
                      for axis, limit in enumerate((8, 256, None)))]
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or float64 values past 1e308: see below
+        total = corner.sum(axis=scope.reduced, dtype=np.float64)
+    if np.isfinite(total).all():  # the common case: every value of the corner finite
+        return (total / scope.values_per_key(corner.shape)).reshape(-1)
     finite = np.isfinite(corner)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         total = np.where(finite, corner, 0).sum(axis=scope.reduced, dtype=np.float64)
