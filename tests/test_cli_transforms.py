@@ -557,6 +557,8 @@ def test_an_8bit_input_looked_up_in_a_table_stores_the_mapped_and_encoded_intege
 
 @pytest.mark.parametrize("per", ["global", "channel"])
 def test_a_value_table_counts_the_values_it_clips_as_encoding_them_does(rng, per):
+    """The table's lookup stores what encoding the mapped values stores, and counts as many clipped
+    values (what the run counts as clipped)."""
     from normcli import passes, sinks
     from normcli.scopes import SCOPES
     from normcli.transforms import Affine
