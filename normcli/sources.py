@@ -363,12 +363,6 @@ class Dataset:
         return self.layout.channels(self.sample_shape)
 
     @property
-    def band_counter(self):
-        """What counts one image's values per channel without decoding it to an array
-        (images.band_counts), where its images need no conversion to a --mode; else None."""
-        return band_counts if self.mode is None else None
-
-    @property
     def alpha_channel(self) -> int | None:
         """The channel that holds alpha (image inputs with LA, RGBA, PA, P with transparency, or 2/4-channel
         TIFF with alpha extrasamples; --mode rgba): the last. None for arrays, images without alpha, or
