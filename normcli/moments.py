@@ -223,24 +223,17 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     """ufunc.reduce of a (samples, positions, channels) array over the scope's axes, one value per key.
 
     numpy reduces the leading axes of an (M, 3) array one short row at a time (slowly: about
-    0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values the same reduction
-    runs at memory speed, and the L partial results fold into 3 at the end.
+    0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same
+    reduction runs at memory speed, and the L partial results fold into 3 at the end.
     """
     if len(scope.reduced) == 3:
         return np.atleast_1d(ufunc.reduce(a.reshape(-1) if a.flags.c_contiguous else a, axis=None, dtype=dtype))
-    if scope.reduced == (0, 1) and a.flags.c_contiguous and a.shape[2] < 256:
-        channels = a.shape[2]
-        rows = a.reshape(-1, channels)
-        per_row = max(1, 4096 // channels)
-        whole = len(rows) // per_row * per_row
-        if whole == 0:
-            return ufunc.reduce(rows, axis=0, dtype=dtype)
-        folded = _reduce_rows(ufunc, rows[:whole].reshape(-1, per_row * channels), dtype)
-        result = ufunc.reduce(folded.reshape(per_row, channels), axis=0)
-        if whole < len(rows):
-            result = ufunc(result, ufunc.reduce(rows[whole:], axis=0, dtype=dtype))
-        return result
-    return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
+    pieces = [piece for (piece,), () in scope.pieces((a,), ())]
+    if not pieces or pieces[0].ndim == 3:  # any other scope (one piece, the array as it is), or no values
+        return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
+    # rows of channels, or of values repeating them: reduced down the rows, folded onto the channels
+    return reduce(ufunc, [ufunc.reduce(_reduce_rows(ufunc, piece, dtype).reshape(-1, a.shape[2]), axis=0)
+                          for piece in pieces])
 
 
 def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
