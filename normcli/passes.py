@@ -542,7 +542,7 @@ class Applied:
     nonfinite: NonFinite = NonFinite()  # with check_finite: what the block held (it was not written)
 
     def merge(self, other: "Applied") -> "Applied":
-        """Both runs' (`other` the later), for positional outputs: no data to hand back."""
+        """Both runs' (`other` the later), without the data (an in-order output has written it)."""
         return Applied(_fold(self.before_counts, other.before_counts),
                        _fold(self.after_stats, other.after_stats, merge),
                        _fold(self.after_counts, other.after_counts), self.summaries + other.summaries,
@@ -736,36 +736,30 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                          before_edges, after_edges, _alpha_factor(spec, dataset.dtype),
                          check_finite=one_pass and not ignore_nan, table=table)
         items = [(unit, plan.keeps(unit)) for unit in units]
-        before_counts = after_counts = after_stats = None
-        clipped = 0
-        nonfinite = NonFinite()
+        done = Applied(None, None, None, (), 0, 0, None)  # nothing yet; merged with each result in order
         for applied in _run(engine, partial(apply_work, task), items, progress, "writing",
                             sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset),
                             combine=Applied.merge if sink.writer.positional else None):
-            before_counts = _fold(before_counts, applied.before_counts)
-            nonfinite = nonfinite.merge(applied.nonfinite)
-            if not applied.written:
-                continue
             if applied.data is not None:
                 sink.write_in_order(applied.data)
-            sink.written += applied.written
-            clipped += applied.clipped
-            for summary in applied.summaries:
-                plan.add_applied(summary)
-            after_stats = _fold(after_stats, applied.after_stats, merge)
-            after_counts = _fold(after_counts, applied.after_counts)
+            done = done.merge(applied)
+        nonfinite = done.nonfinite
         if nonfinite.total:
             raise nonfinite_error(replace(nonfinite, first=plan.original_index(nonfinite.first)), dataset.locate)
+        sink.written = done.written
+        for summary in done.summaries:
+            plan.add_applied(summary)
         sink.commit()
     except BaseException:
         sink.discard()
         raise
     if one_pass:
-        return TransformResult(None, None, plan, clipped, sink.describe(), spec.encoding())
-    before_result = _stats(dataset, scope, before, Histograms(before_counts.counts, before_edges) if bins else None)
+        return TransformResult(None, None, plan, done.clipped, sink.describe(), spec.encoding())
+    before_result = _stats(dataset, scope, before,
+                           Histograms(done.before_counts.counts, before_edges) if bins else None)
     after_result = None
     if report:
-        after_result = _stats(dataset, scope, after_stats.aggregate(),
-                              Histograms(after_counts.counts, after_edges) if bins else None,
+        after_result = _stats(dataset, scope, done.after_stats.aggregate(),
+                              Histograms(done.after_counts.counts, after_edges) if bins else None,
                               dtype=spec.dtype, samples=samples)
-    return TransformResult(before_result, after_result, plan, clipped, sink.describe(), spec.encoding())
+    return TransformResult(before_result, after_result, plan, done.clipped, sink.describe(), spec.encoding())
