@@ -78,7 +78,7 @@ class ArrayPart:
         self.n_samples = shape[0]
         self.sample_shape = tuple(shape[1:])
         self.ndim = len(shape)
-        self.sample_bytes = int(np.prod(self.sample_shape, dtype=np.int64)) * dtype.itemsize
+        self.sample_bytes = math.prod(self.sample_shape) * dtype.itemsize  # Python ints: a hostile header cannot overflow them
 
     def _open(self):
         if self.member is None:
