@@ -328,16 +328,13 @@ def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool) -> No
     top = np.iinfo(spec.dtype).max
     integers = high >= 2 and low >= -TOLERANCE * top
     spec.scale = 1 if integers else top
-    limit = top if integers else 1  # the encoding's range in values: [0, limit]
-    if clip or (low >= -TOLERANCE * limit and high <= limit * (1 + TOLERANCE)):
+    if clip or not _outside(np.array([low, high]), _limit(spec.dtype, spec.scale)).any():
         return
     what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
     floats = "--dtype float32" if spec.ext == "tiff" or spec.kind != "folder" else "--ext tiff, --ext npy or .npy"
     raise OutputError(
         f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] (mapped onto 0..{top}) or "
         f"0..{top} as integers; write floats ({floats}), or pass --clip", spec.target)
-
-
 
 
 def input_scale(encoding, input_dtype: np.dtype, path: str, out_range=None) -> int | None:
@@ -379,8 +376,12 @@ def encode_all(values: np.ndarray, dtype: np.dtype, scale: int | None = None) ->
     """Finite values as integers of `dtype` (see to_integers), those outside the encoding's range
     clipped to it, and where they were."""
     limit = _limit(dtype, scale)
-    outside = (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
-    return np.rint(np.clip(values, 0.0, limit) * (scale or np.iinfo(dtype).max)).astype(dtype), outside
+    return np.rint(np.clip(values, 0.0, limit) * (scale or np.iinfo(dtype).max)).astype(dtype), _outside(values, limit)
+
+
+def _outside(values: np.ndarray, limit: float) -> np.ndarray:
+    """Where values fall outside the encoding's range [0, limit] by more than rounding could."""
+    return (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
 
 
 def check_clipped(clipped: int, clip: bool, dtype: np.dtype, target: str, scale: int | None = None) -> None:
