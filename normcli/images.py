@@ -1,8 +1,10 @@
 """Image files: listing a folder, reading headers, decoding pixels, converting channels, encoding outputs.
 
-Pillow decodes every format except TIFF (tifffile) and 16-bit colour PNG (normcli.png16, which
-Pillow reads as 8-bit). Images are read as displayed: EXIF orientation applied, a multi-frame file
-never silently cut to its first frame, and no decoder allocates more than --max-pixels allow.
+Pillow decodes every format except TIFF (tifffile, with imagecodecs for every compression) and
+16-bit colour PNG (normcli.png16, which Pillow reads as 8-bit). Images are read as displayed: EXIF
+orientation applied, a palette as its colours, MinIsWhite inverted, CMYK and YCbCr as RGB (as Pillow
+converts them), a multi-frame file never silently cut to its first frame, and no decoder allocates
+more than --max-pixels allow.
 Nothing here knows about datasets or chunks: sources.py builds on it.
 """
 
@@ -142,7 +144,8 @@ def _check_pixels(path: Path, height: int, width: int, channels: int, dtype, max
 
 
 def _tiff_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_Frame]]:
-    """How many full-resolution pages the file holds, and the first (`every`: each) of them."""
+    """How many full-resolution pages the file holds, and the first (`every`: each) of them, in the
+    channels and dtype they display as (_tiff_shown)."""
     import tifffile
 
     frames, count = [], 0
@@ -154,14 +157,72 @@ def _tiff_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_F
             if frames and not every:
                 continue
             shape, axes = page.shape, page.axes
-            channels = shape[axes.index("S")] if "S" in axes else 1
+            stored = shape[axes.index("S")] if "S" in axes else 1
+            channels, dtype = _tiff_shown(page, stored)
             extrasamples = tuple(page.extrasamples or ())
             alpha = channels in (2, 4) and bool(extrasamples) and extrasamples[-1] in _TIFF_ALPHA_EXTRASAMPLES
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
-            _check_pixels(path, height, width, channels, page.dtype, max_pixels)
-            frames.append(_Frame(index, height, width, channels, page.dtype, alpha,
+            _check_pixels(path, height, width, channels, dtype, max_pixels)
+            frames.append(_Frame(index, height, width, channels, dtype, alpha,
                                  _orientation(page.tags.valueof(274))))
     return count, frames
+
+
+# TIFF Photometric values (tifffile.PHOTOMETRIC), named here so that headers need no tifffile enum.
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
+_JPEG_COMPRESSIONS = (6, 7)  # old- and new-style JPEG: the codec hands back RGB
+
+
+def _tiff_shown(page, stored: int) -> tuple[int, np.dtype]:
+    """The channels and dtype a TIFF page displays as, from its stored samples (as Pillow shows
+    it): a palette as 8-bit RGB, CMYK as RGB (extra samples kept), 1-bit as 8-bit 0/255; what normcli
+    cannot show is refused from the header."""
+    photometric, dtype = int(page.photometric), np.dtype(page.dtype)
+    integer = dtype.kind in "ub"
+    if photometric == _YCBCR and int(page.compression) in _JPEG_COMPRESSIONS:
+        photometric = _RGB
+    if photometric == _PALETTE and stored == 1 and integer:
+        return 3, np.dtype(np.uint8)
+    if photometric == _SEPARATED and stored >= 4 and integer and page.tags.valueof(332) in (None, 1):
+        return stored - 1, dtype
+    if photometric == _YCBCR and stored == 3 and dtype == np.uint8:
+        return 3, dtype
+    if photometric == _MINISWHITE and integer or photometric in (_MINISBLACK, _RGB):
+        return stored, np.dtype(np.uint8) if dtype == bool else dtype
+    kind = {_MINISWHITE: "floating-point MinIsWhite", _SEPARATED: "non-CMYK or floating-point separated",
+            _PALETTE: "floating-point palette", _YCBCR: "16-bit or subsampled YCbCr"}.get(
+        photometric, f"photometric {photometric}")
+    raise ValueError(f"a {kind} TIFF, which normcli cannot show as displayed; convert it to gray or RGB")
+
+
+def _tiff_display(page, image: np.ndarray) -> np.ndarray:
+    """A TIFF page's stored (H, W, samples) as displayed, by the rules of _tiff_shown: a palette
+    through its colour map (16-bit entries to 8 bits as Pillow, // 256), MinIsWhite inverted,
+    CMYK to RGB as Pillow converts it, YCbCr through Pillow's conversion."""
+    photometric = int(page.photometric)
+    if photometric == _YCBCR and int(page.compression) in _JPEG_COMPRESSIONS:
+        return image
+    if photometric == _PALETTE:
+        colours = (np.asarray(page.colormap, np.uint16).reshape(3, -1).T // 256).astype(np.uint8)
+        return colours[image[..., 0]]
+    if photometric == _MINISWHITE:
+        white = True if image.dtype == bool else (1 << int(page.bitspersample)) - 1
+        image = image.copy()
+        image[..., 0] = white - image[..., 0] if image.dtype != bool else ~image[..., 0]
+    elif photometric == _SEPARATED:
+        image = np.concatenate([cmyk_to_rgb(image[..., :4]), image[..., 4:]], axis=-1)
+    elif photometric == _YCBCR:
+        return np.asarray(_pillow().fromarray(image, "YCbCr").convert("RGB"))
+    return image.astype(np.uint8) * 255 if image.dtype == bool else image
+
+
+def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """(..., 4) CMYK ink to (..., 3) RGB in the same integer dtype, as Pillow's convert('RGB'):
+    each colour (max − ink)(max − K) / max, rounded (no ties: max is odd), in exact integers."""
+    top = np.iinfo(cmyk.dtype).max
+    ink = cmyk.astype(np.int64)
+    paper = top - ink[..., 3:]
+    return ((2 * (top - ink[..., :3]) * paper + top) // (2 * top)).astype(cmyk.dtype)
 
 
 def _pillow_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_Frame]]:
@@ -249,8 +310,9 @@ def decode(header: ImageHeader) -> np.ndarray:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[header.page]
                 image, axes = page.asarray(), page.axes
-            if "S" in axes and axes.index("S") < axes.index("Y"):
-                image = np.moveaxis(image, axes.index("S"), -1)
+                if "S" in axes and axes.index("S") < axes.index("Y"):
+                    image = np.moveaxis(image, axes.index("S"), -1)
+                image = _tiff_display(page, image.reshape(image.shape[0], image.shape[1], -1))
         elif header.dtype == np.uint16 and header.channels > 1:
             from normcli import png16
 

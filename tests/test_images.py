@@ -695,3 +695,150 @@ def test_folder_statistics_counted_without_arrays_equal_the_arrays_statistics(tm
         with mock.patch.object(Block, "band_counts", lambda self: None):
             read = run_cli("stats", str(tmp_path), "--per", per, "--format", "json").stdout
         assert json.loads(counted) == json.loads(read)
+
+
+# ------------------------------------------------------------------------------ TIFFs as displayed
+def _imagemagick() -> str | None:
+    """The real ImageMagick `convert`, None where it is absent (a stand-in of that name may be on PATH)."""
+    import shutil
+
+    for convert in dict.fromkeys(filter(None, (shutil.which("convert"), "/usr/bin/convert"))):
+        try:
+            version = subprocess.run([convert, "-version"], capture_output=True, text=True, timeout=30).stdout
+        except OSError:
+            continue
+        if version.startswith("Version: ImageMagick"):
+            return convert
+    return None
+
+
+IMAGEMAGICK = _imagemagick()
+
+
+def imagemagick_rgb(path: Path, tmp_path: Path) -> np.ndarray:
+    """The file as ImageMagick displays it, as (H, W, C) from a PNG it writes."""
+    out = tmp_path / f"{path.stem}_im.png"
+    subprocess.run([IMAGEMAGICK, str(path), "-colorspace", "sRGB", f"png:{out}"], check=True)
+    return pillow_displayed(out)
+
+
+def pillow_displayed(path: Path) -> np.ndarray:
+    """What Pillow shows of a file: palette, bilevel, CMYK and YCbCr converted as a viewer does."""
+    with Image.open(path) as im:
+        shown = {"P": "RGB", "1": "L", "CMYK": "RGB", "YCbCr": "RGB"}.get(im.mode)
+        return pillow_hwc(im.convert(shown) if shown else im)
+
+
+def test_a_palette_tiff_is_read_as_its_colours(tmp_path, rng):
+    indices = rng.integers(0, 256, (6, 7), dtype=np.uint8)
+    colormap = rng.integers(0, 65536, (3, 256), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "p.tif", indices, photometric="palette", colormap=colormap)
+    Image.fromarray(indices % 16, "P").save(tmp_path / "pillow.tif")  # Pillow's own palette TIFF
+    for name in ("p.tif", "pillow.tif"):
+        (got,), _ = read([tmp_path / name])[1:]
+        assert got.shape == (6, 7, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, pillow_displayed(tmp_path / name))
+    np.testing.assert_array_equal(read([tmp_path / "p.tif"])[1][0], (colormap[:, indices] // 256).transpose(1, 2, 0))
+    if IMAGEMAGICK:  # ImageMagick scales 16-bit entries to 8 bits by rounding, Pillow by // 256
+        shown = imagemagick_rgb(tmp_path / "p.tif", tmp_path).astype(int)
+        assert np.abs(read([tmp_path / "p.tif"])[1][0] - shown).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, bool])
+def test_a_miniswhite_tiff_is_read_inverted_and_written_back_as_displayed(chdir, rng, dtype):
+    stored = rng.integers(0, 2 if dtype is bool else np.iinfo(dtype).max + 1, (6, 7)).astype(dtype)
+    tifffile.imwrite(chdir / "w.tif", stored, photometric="miniswhite")
+    (got,), _ = read([chdir / "w.tif"])[1:]
+    white = 255 if dtype is bool else np.iinfo(dtype).max
+    want = white - stored.astype(np.int64) * (255 if dtype is bool else 1)
+    np.testing.assert_array_equal(got[..., 0], want)
+    if dtype is not np.uint16:  # Pillow shows 16-bit MinIsWhite as stored; ImageMagick and normcli invert it
+        np.testing.assert_array_equal(got, pillow_displayed(chdir / "w.tif"))
+    elif IMAGEMAGICK:
+        np.testing.assert_array_equal(got, imagemagick_rgb(chdir / "w.tif", chdir))
+    run_cli("normalize", "w.tif", "-o", "out.tif", "-q")  # the output is a positive, not a negative
+    written = pillow_displayed(chdir / "out.tif").astype(np.float64)
+    assert np.corrcoef(written.ravel(), want.ravel())[0, 1] > 0.999
+
+
+def test_cmyk_is_rgb_as_pillow_converts_it_in_jpeg_and_tiff_alike(chdir, rng):
+    ink = rng.integers(0, 256, (6, 7, 4), dtype=np.uint8)
+    tifffile.imwrite(chdir / "c.tif", ink, photometric="separated")
+    Image.fromarray(ink, "CMYK").save(chdir / "c.jpg", quality=95)
+    for name in ("c.tif", "c.jpg"):
+        (got,), dataset = read([chdir / name])[1:]
+        assert got.shape == (6, 7, 3) and dataset.alpha_channel is None
+        np.testing.assert_array_equal(got, pillow_displayed(chdir / name))
+    if IMAGEMAGICK:
+        assert np.abs(read([chdir / "c.tif"])[1][0].astype(int) - imagemagick_rgb(chdir / "c.tif", chdir)).max() <= 1
+    # the exact rule in integers, also at 16 bits: (max - C)(max - K) / max, rounded
+    ink16 = rng.integers(0, 65536, (6, 7, 4), dtype=np.uint16)
+    tifffile.imwrite(chdir / "c16.tif", ink16, photometric="separated")
+    (got16,), _ = read([chdir / "c16.tif"])[1:]
+    exact = (65535 - ink16[..., :3].astype(np.int64)) * (65535 - ink16[..., 3:].astype(np.int64))
+    assert_nearest(got16, exact, 65535)
+    run_cli("normalize", "c.tif", "-o", "out.tif", "-q")  # written back as RGB, no ink channel left
+    with tifffile.TiffFile(chdir / "out.tif") as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB and tif.pages[0].shape == (6, 7, 3)
+
+
+def test_cmyk_with_alpha_becomes_rgba(tmp_path, rng):
+    samples = rng.integers(0, 256, (6, 7, 5), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", samples, photometric="separated", extrasamples=["unassalpha"])
+    (got,), dataset = read([tmp_path / "c.tif"])[1:]
+    np.testing.assert_array_equal(got[..., :3], np.asarray(Image.fromarray(samples[..., :4], "CMYK").convert("RGB")))
+    np.testing.assert_array_equal(got[..., 3], samples[..., 4])
+    assert dataset.alpha_channel == 3
+
+
+def test_a_ycbcr_tiff_is_rgb_as_pillow_converts_it(tmp_path, rng):
+    Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).convert("YCbCr").save(tmp_path / "y.tif")
+    np.testing.assert_array_equal(read([tmp_path / "y.tif"])[1][0], pillow_displayed(tmp_path / "y.tif"))
+
+
+@pytest.mark.parametrize("photometric, data", [("cielab", np.zeros((4, 5, 3), np.uint8)),
+                                               ("miniswhite", np.zeros((4, 5), np.float32))])
+def test_a_tiff_normcli_cannot_show_is_refused_by_name(chdir, photometric, data):
+    tifffile.imwrite(chdir / "x.tif", data, photometric=photometric)
+    result = run_cli("stats", "x.tif", ok=False)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: cannot read image: a ") and "(x.tif)" in result.stderr
+
+
+COMPRESSIONS = ["none", "lzw", "zlib", "adobe_deflate", "packbits", "zstd", "lzma", "lerc", "jpeg", "webp"]
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_every_tiff_compression_reads(tmp_path, rng, compression):
+    """tifffile with imagecodecs: each compression, 8/16-bit and float, gray/RGB/RGBA, stripped and
+    tiled, several pages; lossless ones bit-exact, lossy ones as Pillow decodes them where it can."""
+    lossy = compression in ("jpeg", "webp")
+    for dtype in (np.uint8, np.uint16, np.float32):
+        for channels in (1, 3, 4):
+            if lossy and (dtype is not np.uint8 or (compression == "jpeg") == (channels == 4)
+                          or (compression == "webp" and channels == 1)):
+                continue  # what the codec cannot hold
+            pages = rng.integers(0, 250, (2, 32, 48, channels)).astype(dtype)
+            for tile in (None, (16, 16)):
+                path = tmp_path / f"{compression}_{np.dtype(dtype).name}_{channels}_{bool(tile)}.tif"
+                with tifffile.TiffWriter(path) as tif:
+                    for page in pages:
+                        tif.write(page[..., 0] if channels == 1 else page, tile=tile,
+                                  compression=None if compression == "none" else compression,
+                                  photometric="rgb" if channels > 1 else "minisblack",
+                                  extrasamples=["unassalpha"] if channels == 4 else None)
+                names, got, dataset = read([path], images={"frames": "all"})
+                assert names == [f"{path.name}#0", f"{path.name}#1"], "no page is dropped"
+                if not lossy:
+                    np.testing.assert_array_equal(np.stack(got), pages)
+                elif compression == "jpeg":
+                    np.testing.assert_array_equal(got[0], pillow_displayed(path))
+                else:
+                    assert np.abs(np.stack(got).astype(int) - pages).mean() < 8
+                assert dataset.alpha_channel == (3 if channels == 4 else None)
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate", "jpeg", "packbits"])
+def test_tiffs_that_pillow_writes_read_as_pillow_reads_them(tmp_path, rng, compression):
+    Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(tmp_path / "x.tif", compression=compression)
+    np.testing.assert_array_equal(read([tmp_path / "x.tif"])[1][0], pillow_displayed(tmp_path / "x.tif"))
