@@ -75,9 +75,12 @@ class ImageHeader:
     @property
     def name(self) -> str:
         """The sample's name: the relative path, with `#frame` (zero-padded) for a frame of a file."""
-        if self.frame is None:
-            return self.relpath
-        return f"{self.relpath}#{self.frame:0{len(str(self.frames - 1))}d}"
+        return self.relpath + self.frame_tag
+
+    @property
+    def frame_tag(self) -> str:
+        """`#frame`, zero-padded to the file's frame count, for a frame of a file; else empty."""
+        return "" if self.frame is None else f"#{self.frame:0{len(str(self.frames - 1))}d}"
 
 
 def list_images(name: str, options: ReadOptions = ReadOptions()) -> list[tuple[Path, str]]:
@@ -138,9 +141,20 @@ def _check_pixels(path: Path, height: int, width: int, channels: int, dtype, max
     """Refuse, from the header, an image over the pixel limit (a few-KB file can decode to GBs)."""
     if max_pixels and height * width > max_pixels:
         decoded = height * width * channels * np.dtype(dtype).itemsize
-        raise InputError(f"{width}×{height} image ({height * width:,} pixels, {decoded / 2**20:,.0f} MiB decoded) "
+        raise InputError(f"{width}×{height} image ({height * width:,} pixels, {binary_size(decoded)} decoded) "
                          f"is over the limit of {max_pixels:,} pixels; raise it with --max-pixels N "
                          "(0: no limit)", str(path))
+
+
+def binary_size(nbytes: int) -> str:
+    """A byte count in the largest binary unit that leaves at least 1, to 3 significant digits
+    (512 bytes, 512 KiB for half a MiB, 1.5 GiB, 3,000 GiB)."""
+    size, unit = float(nbytes), "bytes"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:,.0f} {unit}" if size >= 100 or unit == "bytes" else f"{size:.3g} {unit}"
 
 
 def _tiff_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_Frame]]:

@@ -27,7 +27,7 @@ from normcli.layout import Layout
 from normcli.moments import (BlockStats, Moments, NonFinite, checked, counted, counts_values, measure_block, merge,
                              nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
-from normcli.sources import Block, Chunk, Dataset
+from normcli.sources import Block, Chunk, Dataset, ImagePart
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
 
 DEFAULT_BINS = 30
@@ -207,16 +207,18 @@ def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtyp
 
 def sample_files(dataset: Dataset) -> list[str] | None:
     """Each sample's file, for per-sample rows: an image in a folder, its path inside (under the
-    folder's name when several inputs are given); any other input, its path as given. None for a
-    single array input, whose sample index says it all."""
+    folder's name when several inputs are given); any other input, its path as given (with #frame
+    for a frame of an image file, as in a folder). None for a single array input, whose sample
+    index says it all."""
     names = dataset.sample_names()
     if len(dataset.inputs) == 1 and names and names[0] is None:
         return None
     start = 0
-    for name, count in zip(dataset.inputs, (part.n_samples for part in dataset.parts)):
+    for name, part in zip(dataset.inputs, dataset.parts):
         if not Path(name).is_dir():
-            names[start:start + count] = [name] * count
-        start += count
+            tags = [h.frame_tag for h in part.headers] if isinstance(part, ImagePart) else [""] * part.n_samples
+            names[start:start + part.n_samples] = [name + tag for tag in tags]
+        start += part.n_samples
     return names
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from conftest import run_cli, write_image
 from normcli.errors import InputError
-from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, convert_channels, list_images, orient
+from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, binary_size, convert_channels, list_images, orient
 from normcli.png16 import read_png16
 from normcli.sources import open_dataset
 
@@ -122,6 +122,13 @@ def pillow_frames(path: Path, mode: str) -> list[np.ndarray]:
             im.seek(index)
             frames.append(pillow_hwc(im.convert(mode)))
     return frames
+
+
+def test_per_sample_rows_of_one_animated_file_are_named_by_frame_as_in_a_folder(chdir, rng):
+    animated_gif(chdir / "in" / "anim.gif", 3, rng)
+    for given, prefix in (("in/anim.gif", "in/anim.gif"), ("in", "anim.gif")):
+        result = run_cli("stats", given, "--frames", "all", "--per", "sample", "--format", "json")
+        assert [row["file"] for row in json.loads(result.stdout)["rows"]] == [f"{prefix}#{i}" for i in range(3)]
 
 
 def test_multi_frame_gif_is_refused_by_default_naming_frames_and_option(tmp_path, rng):
@@ -239,6 +246,18 @@ def test_max_pixels_applies_to_every_decoder(chdir, rng, name):
     assert result.stderr.count("\n") == 1 and "--max-pixels" in result.stderr and name in result.stderr
     run_cli("stats", name, "--max-pixels", 20)
     run_cli("stats", name, "--max-pixels", 0)
+
+
+def test_the_limit_message_says_the_decoded_size_in_a_readable_unit(chdir):
+    Image.fromarray(np.zeros((512, 1024), np.uint8)).save(chdir / "half.png")  # 524,288 bytes decoded
+    result = run_cli("stats", "half.png", "--max-pixels", 1000, ok=False)
+    assert "(524,288 pixels, 512 KiB decoded)" in result.stderr
+
+
+@pytest.mark.parametrize("nbytes, text", [(0, "0 bytes"), (1023, "1,023 bytes"), (1024, "1 KiB"),
+                                          (3 << 19, "1.5 MiB"), (5 << 30, "5 GiB"), (3000 << 30, "3,000 GiB")])
+def test_binary_size(nbytes, text):
+    assert binary_size(nbytes) == text
 
 
 def test_the_help_states_the_default_limit():
