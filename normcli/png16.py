@@ -24,10 +24,10 @@ def png16_channels(path) -> int | None:
 
 
 def read_png16(path) -> np.ndarray:
-    """Decode a non-interlaced 16-bit PNG (colour types 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA) to a native-endian
-    uint16 array shaped (H, W) for gray or (H, W, C) otherwise. Handles multiple IDAT chunks and all five
-    filter types (None, Sub, Up, Average, Paeth). Raises ValueError with a clear one-line message for an
-    interlaced file, a bad CRC/truncated file, or an unsupported colour type."""
+    """Decode a 16-bit PNG (colour types 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA), plain or interlaced (Adam7),
+    to a native-endian uint16 array shaped (H, W) for gray or (H, W, C) otherwise. Handles multiple IDAT
+    chunks and all five filter types (None, Sub, Up, Average, Paeth). Raises ValueError with a clear
+    one-line message for a bad CRC/truncated file or an unsupported colour type."""
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -58,15 +58,14 @@ def _decode(data: bytes) -> np.ndarray:
         raise ValueError(f"not a 16-bit PNG (bit depth {depth})")
     if colour_type not in CHANNELS_BY_COLOUR_TYPE:
         raise ValueError(f"unsupported PNG colour type {colour_type} (expected 0, 2, 4 or 6)")
-    if interlace != 0:
-        raise ValueError("interlaced (Adam7) PNGs are not supported")
-    if compression != 0 or filter_method != 0 or width == 0 or height == 0:
+    if compression != 0 or filter_method != 0 or interlace not in (0, 1) or width == 0 or height == 0:
         raise ValueError("invalid PNG header")
 
     channels = CHANNELS_BY_COLOUR_TYPE[colour_type]
     bpp = 2 * channels  # bytes per pixel: the filters' left-neighbour distance
-    stride = width * bpp
-    expected = height * (stride + 1)  # each row is prefixed by its filter-type byte
+    passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+    sizes = [(_pass_length(height, y0, dy), _pass_length(width, x0, dx)) for x0, y0, dx, dy in passes]
+    expected = sum(rows * (cols * bpp + 1) for rows, cols in sizes if cols)  # each row starts with its filter type
     try:
         # max_length bounds memory against a zlib bomb; extra trailing data is ignored, like libpng does
         raw = zlib.decompressobj().decompress(idat, expected)
@@ -75,9 +74,25 @@ def _decode(data: bytes) -> np.ndarray:
     if len(raw) < expected:
         raise ValueError("truncated image data")
 
-    pixels = _unfilter(np.frombuffer(raw, np.uint8).reshape(height, stride + 1), bpp)
-    image = pixels.view(">u2").astype(np.uint16).reshape(height, width, channels)
+    image = np.empty((height, width, channels), np.uint16)
+    offset = 0
+    for (x0, y0, dx, dy), (rows, cols) in zip(passes, sizes):
+        if not rows or not cols:  # an empty pass has no rows, not even filter bytes
+            continue
+        length = rows * (cols * bpp + 1)
+        filtered = np.frombuffer(raw, np.uint8, length, offset).reshape(rows, cols * bpp + 1)
+        image[y0::dy, x0::dx] = _unfilter(filtered, bpp).view(">u2").reshape(rows, cols, channels)
+        offset += length
     return image[:, :, 0] if channels == 1 else image
+
+
+# Adam7's seven passes as (first column, first row, column step, row step).
+ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _pass_length(size: int, first: int, step: int) -> int:
+    """How many of `size` rows (or columns) an interlace pass holds."""
+    return max(0, -(-(size - first) // step))
 
 
 def _read_chunks(data: bytes):
