@@ -83,9 +83,10 @@ class ImageHeader:
         return "" if self.frame is None else f"#{self.frame:0{len(str(self.frames - 1))}d}"
 
 
-def list_images(name: str, options: ReadOptions = ReadOptions()) -> list[tuple[Path, str]]:
-    """(path, relative path) of an image folder's files, read recursively and sorted by relative
-    path, or of a single image file (read even if hidden: it was named).
+def list_images(name: str, options: ReadOptions = ReadOptions(),
+                extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[tuple[Path, str]]:
+    """(path, relative path) of a folder's files of `extensions` (images), read recursively and
+    sorted by relative path, or of a single image file (read even if hidden: it was named).
 
     Files and folders whose name starts with a dot are left out unless `include_hidden`; so is
     every relative path matching one of the `exclude` globs (fnmatch, case-sensitive, `*` crosses `/`).
@@ -95,7 +96,7 @@ def list_images(name: str, options: ReadOptions = ReadOptions()) -> list[tuple[P
         return [(root, root.name)]
     files, skipped = [], 0
     for path in root.rglob("*"):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in extensions or not path.is_file():
             continue
         relpath = path.relative_to(root).as_posix()
         hidden = any(part.startswith(".") for part in relpath.split("/"))
@@ -106,7 +107,8 @@ def list_images(name: str, options: ReadOptions = ReadOptions()) -> list[tuple[P
         files.append((relpath, path))
     if not files:
         left_out = f"; {skipped} hidden or --exclude'd images left out" if skipped else ""
-        raise InputError(f"folder holds no images ({IMAGE_TYPES}){left_out}", name)
+        arrays = " or .npy arrays" if ".npy" in extensions else ""
+        raise InputError(f"folder holds no images ({IMAGE_TYPES}){arrays}{left_out}", name)
     return [(path, relpath) for relpath, path in sorted(files)]
 
 

@@ -272,8 +272,10 @@ def _first_foreign(folder: Path, writes: set[str]) -> str | None:
 
 
 def _default_ext(dataset) -> str:
-    """The input's file type where normcli writes it losslessly (PNG, TIFF); else PNG for other
-    images (JPEG, BMP, GIF, WebP) and TIFF for arrays."""
+    """The input's file type where normcli writes it losslessly (PNG, TIFF, .npy for folders of
+    .npy samples); else PNG for other images (JPEG, BMP, GIF, WebP) and TIFF for arrays."""
+    if dataset.array_folders:
+        return "npy"
     suffixes = dataset.image_suffixes
     if not suffixes or suffixes <= {".tif", ".tiff"}:
         return "tiff"

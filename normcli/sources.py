@@ -166,14 +166,54 @@ def check_array_header(shape: tuple, fortran_order: bool, dtype: np.dtype, avail
                          "(np.ascontiguousarray) or as .npy", name)
 
 
+class ArrayFolderPart:
+    """A folder of .npy files, each one sample (what `-o FOLDER --ext npy` writes), sorted by
+    relative path as an image folder is: the samples must agree in shape and dtype."""
+
+    def __init__(self, name: str, files: list[tuple[Path, str]]):
+        self.name = name
+        self.files = [ArrayPart(str(path), str(path)) for path, _ in files]
+        self.relpaths = [relpath for _, relpath in files]
+        first = self.files[0]
+        for part in self.files:
+            if (part.n_samples, *part.sample_shape) != (first.n_samples, *first.sample_shape) or \
+                    part.dtype != first.dtype:
+                raise InputError(f"a sample of shape {(part.n_samples, *part.sample_shape)} and dtype {part.dtype}, "
+                                 f"where {first.name} has {(first.n_samples, *first.sample_shape)} and {first.dtype}; "
+                                 "the .npy files of a folder are samples of one shape and dtype", part.name)
+        self.n_samples = len(self.files)
+        self.sample_shape = (first.n_samples, *first.sample_shape)
+        self.dtype = first.dtype
+        self.ndim = 1 + len(self.sample_shape)
+        self.sample_bytes = first.sample_bytes * first.n_samples
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        return self.read_indices(range(start, start + count))
+
+    def read_indices(self, indices) -> np.ndarray:
+        """The samples at `indices` (in that order), each file read whole."""
+        samples = [self.files[i].read(0, self.files[i].n_samples) for i in indices]
+        return np.stack(samples) if samples else np.empty((0, *self.sample_shape), self.dtype)
+
+
+def _folder_part(name: str, mode: str | None, options: ReadOptions):
+    """A folder as an input: of images, or, where it holds none, of .npy samples. A folder with
+    images is an image folder, whatever else it holds (as before arrays were read from folders)."""
+    files = list_images(name, options, IMAGE_EXTENSIONS + (".npy",))
+    images = [(path, relpath) for path, relpath in files if path.suffix.lower() != ".npy"]
+    return ImagePart(name, mode, options, images) if images else ArrayFolderPart(name, files)
+
+
 class ImagePart:
     """An image folder (read recursively, sorted by relative path) or a single image file."""
 
-    def __init__(self, name: str, mode: str | None, options: ReadOptions = ReadOptions()):
+    def __init__(self, name: str, mode: str | None, options: ReadOptions = ReadOptions(),
+                 files: list[tuple[Path, str]] | None = None):
         self.name = name
         self.mode = mode
         read = functools.partial(read_header, options=options)  # picklable, for any engine
-        self.headers = [header for headers in ordered_map(read, list_images(name, options)) for header in headers]
+        files = list_images(name, options) if files is None else files
+        self.headers = [header for headers in ordered_map(read, files) for header in headers]
         self.n_samples = len(self.headers)
         first = self.headers[0]
         for header in self.headers[1:]:
@@ -258,6 +298,22 @@ class ArrayPick:
 
 
 @dataclass(frozen=True)
+class FileRun:
+    """Samples of an array folder at `indices`, one file each: `names` are their output names."""
+
+    part: ArrayFolderPart
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    def read(self) -> np.ndarray:
+        return self.part.read_indices(self.indices)
+
+
+@dataclass(frozen=True)
 class ImageRun:
     """Image files, decoded in order: `names` are their output names."""
 
@@ -297,8 +353,8 @@ class Block:
 
     @property
     def names(self) -> list[str] | None:
-        """The samples' output names where every piece is images, else None."""
-        if not all(isinstance(p, ImageRun) for p in self.pieces):
+        """The samples' output names where every piece is files (images, an array folder), else None."""
+        if not all(isinstance(p, (ImageRun, FileRun)) for p in self.pieces):
             return None
         return [name for p in self.pieces for name in p.names]
 
@@ -387,6 +443,11 @@ class Dataset:
         return None not in self.sample_shape
 
     @property
+    def array_folders(self) -> bool:
+        """Whether every input is a folder of .npy samples."""
+        return all(isinstance(part, ArrayFolderPart) for part in self.parts)
+
+    @property
     def image_suffixes(self) -> set[str]:
         """The file types of the image inputs (lower case, with the dot)."""
         return {Path(h.relpath).suffix.lower() for part in self.parts if isinstance(part, ImagePart)
@@ -406,7 +467,7 @@ class Dataset:
                 per_block = max(1, max_bytes // max(part.sample_bytes, 1))
                 for local in range(0, part.n_samples, per_block):
                     count = min(per_block, part.n_samples - local)
-                    blocks.append(self._block([ArrayRun(part, local, count)], start))
+                    blocks.append(self._block([self._piece(part, list(range(local, local + count)))], start))
                     start += count
         return blocks
 
@@ -443,15 +504,19 @@ class Dataset:
             # absolute paths: blocks are read by workers that may not share our working directory
             headers = tuple(replace(part.headers[i], path=part.headers[i].path.absolute()) for i in local)
             return ImageRun(part.decoder, headers, tuple(names[i] for i in local), part.band_counter)
+        if isinstance(part, ArrayFolderPart):
+            names = self._names_in(part)
+            return FileRun(part, tuple(local), tuple(names[i] for i in local))
         if local == list(range(local[0], local[0] + len(local))):
             return ArrayRun(part, local[0], len(local))
         return ArrayPick(part, tuple(local))
 
-    def _names_in(self, part: "ImagePart") -> list[str]:
-        """The output names of an image input's files (worked out once: it stats the input)."""
+    def _names_in(self, part) -> list[str]:
+        """The output names of an image input's or array folder's files (worked out once: it stats the input)."""
         key = id(part)
         if key not in self._names:
-            self._names[key] = [_qualified(self, part, header.name) for header in part.headers]
+            names = part.relpaths if isinstance(part, ArrayFolderPart) else [header.name for header in part.headers]
+            self._names[key] = [_qualified(self, part, name) for name in names]
         return self._names[key]
 
     def _block(self, pieces: list, start: int) -> "Block":
@@ -471,7 +536,7 @@ class Dataset:
         several), None for a sample of an array."""
         names: list[str | None] = []
         for part in self.parts:
-            if isinstance(part, ImagePart):
+            if isinstance(part, (ImagePart, ArrayFolderPart)):
                 names.extend(self._names_in(part))
             else:
                 names.extend([None] * part.n_samples)
@@ -480,6 +545,8 @@ class Dataset:
     def locate(self, index: int) -> tuple[str, int]:
         """The input holding global sample `index`, and the name of that sample within it."""
         part, local = self._locate(index)
+        if isinstance(part, ArrayFolderPart):
+            return part.name, part.relpaths[local]
         return part.name, (part.headers[local].name if isinstance(part, ImagePart) else local)
 
     def _locate(self, index: int):
@@ -544,7 +611,9 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], 
     if not path.exists():
         raise InputError("no such file or folder", name)
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix in IMAGE_EXTENSIONS:
+    if path.is_dir():
+        return _folder_part(name, mode, images)
+    if suffix in IMAGE_EXTENSIONS:
         return ImagePart(name, mode, images)
     if suffix == ".npz":
         return ArrayPart(name, name, _npz_member(name, key))

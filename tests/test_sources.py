@@ -7,6 +7,8 @@ array the test wrote.
 from __future__ import annotations
 
 import io
+import json
+import re
 import os
 import warnings
 from pathlib import Path
@@ -17,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import write_image
+from conftest import run_cli, write_image
 from normcli.errors import InputError, NormcliWarning, UsageMismatch
 from normcli.passes import measure
 from normcli.png16 import png16_channels, write_png16
@@ -690,3 +692,74 @@ def test_batches_across_image_sizes_are_an_input_error(image_tree):
     with open_dataset([str(image_tree)]) as dataset:
         with pytest.raises(InputError, match="different sizes"):
             [b.read() for b in dataset.batches(4)]
+
+
+# ------------------------------------------------------------------------------ folders of .npy samples
+def npy_folder(folder: Path, samples: np.ndarray, names=None) -> Path:
+    """One .npy file a sample, as `-o FOLDER --ext npy` writes them (zero-padded index names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, sample in enumerate(samples):
+        np.save(folder / (names[i] if names else f"{i:06d}.npy"), sample)
+    return folder
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 12), shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+       dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]), max_bytes=st.integers(1, 400))
+def test_an_npy_folder_reads_one_sample_a_file_in_sorted_order(tmp_path, n, shape, dtype, max_bytes):
+    samples = (np.arange(n * max(1, int(np.prod(shape))), dtype=np.int64) % 97).astype(dtype).reshape(n, *shape)
+    folder = npy_folder(tmp_path / f"f{n}_{len(shape)}_{np.dtype(dtype).name}_{max_bytes}", samples)
+    (folder / ".hidden.npy").write_bytes(b"not read")  # dot-files are skipped as in image folders
+    with open_dataset([str(folder)]) as dataset:
+        assert (dataset.n_samples, dataset.sample_shape, dataset.dtype) == (n, tuple(shape), samples.dtype)
+        got = np.concatenate([chunk.data for chunk in dataset.chunks(max_bytes)])
+        assert dataset.sample_names() == [f"{i:06d}.npy" for i in range(n)]
+        np.testing.assert_array_equal(dataset.take(list(range(n))[::-1]), samples[::-1])
+    np.testing.assert_array_equal(got, samples)
+
+
+def test_an_npy_folder_written_by_normcli_round_trips(chdir, rng):
+    data = rng.normal(5, 2, (9, 4, 5, 3))
+    np.save(chdir / "x.npy", data)
+    run_cli("standardize", "x.npy", "-o", "z", "--ext", "npy", "--save-stats", "s.json", "-q")
+    stats = json.loads(run_cli("stats", "z", "--per", "channel", "--format", "json").stdout)
+    written = np.stack([np.load(chdir / "z" / f"{i:06d}.npy") for i in range(9)]).astype(np.float64)
+    np.testing.assert_allclose([row["mean"] for row in stats["rows"]], written.mean(axis=(0, 1, 2)), rtol=0,
+                               atol=1e-12)
+    run_cli("standardize", "z", "--inverse", "--stats-from", "s.json", "-o", "back", "-q")  # npy in, npy out
+    assert sorted(p.name for p in (chdir / "back").iterdir()) == [f"{i:06d}.npy" for i in range(9)]
+    back = np.stack([np.load(chdir / "back" / f"{i:06d}.npy") for i in range(9)])
+    np.testing.assert_allclose(back, data, rtol=1e-5, atol=1e-5)  # float32 outputs, twice
+    per_sample = json.loads(run_cli("stats", "z", "--per", "sample", "--engine", "processes",
+                                    "--format", "json").stdout)
+    assert [row["file"] for row in per_sample["rows"]] == [f"{i:06d}.npy" for i in range(9)]
+
+
+def test_a_folder_with_images_is_an_image_folder_whatever_npy_it_holds(tmp_path, rng):
+    write_image(tmp_path / "in" / "a.png", rng.integers(0, 256, (4, 5), dtype=np.uint8))
+    np.save(tmp_path / "in" / "b.npy", np.zeros((4, 5)))
+    with open_dataset([str(tmp_path / "in")]) as dataset:
+        assert dataset.sample_names() == ["a.png"] and dataset.dtype == np.uint8
+
+
+def test_an_npy_folder_of_images_keeps_their_names(chdir, rng):
+    for name in ("a.png", "b/c.png"):
+        write_image(chdir / "img" / name, rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+    run_cli("normalize", "img", "-o", "arr", "--ext", "npy", "-q")
+    run_cli("normalize", "arr", "-o", "png", "--ext", "png", "-q")
+    assert sorted(p.relative_to(chdir / "png").as_posix() for p in (chdir / "png").rglob("*.png")) == ["a.png",
+                                                                                                      "b/c.png"]
+
+
+@pytest.mark.parametrize("second, message", [
+    ("shape", r"a sample of shape \(3, 4\) and dtype float64, where .*a\.npy has \(2, 4\) and float64"),
+    ("scalar", r"array of shape \(\): normcli wants 1 to 4 axes"),
+])
+def test_a_folder_that_is_not_one_set_of_npy_samples_is_refused(chdir, second, message):
+    (chdir / "in").mkdir()
+    np.save(chdir / "in" / "a.npy", np.zeros((2, 4)))
+    np.save(chdir / "in" / "b.npy", np.zeros((3, 4)) if second == "shape" else np.float64(1))
+    before = sorted(os.listdir(chdir / "in"))
+    result = run_cli("normalize", "in", "-o", "out", ok=False)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and re.search(message, result.stderr)
+    assert not (chdir / "out").exists() and sorted(os.listdir(chdir / "in")) == before
