@@ -15,7 +15,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +54,7 @@ class _Frame(NamedTuple):
     dtype: np.dtype
     alpha: bool
     orientation: int
+    icc: bytes | None  # the embedded ICC profile
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ImageHeader:
     frame: int | None = None  # the frame within a multi-frame file read with --frames all
     frames: int = 1
     page: int = 0  # what to decode: the TIFF page or Pillow frame index within the file
+    icc: bytes | None = field(default=None, repr=False)  # the embedded ICC profile, carried into outputs
 
     @property
     def name(self) -> str:
@@ -135,7 +137,8 @@ def read_header(item: tuple[Path, str], options: ReadOptions = ReadOptions()) ->
         if frame.orientation in (5, 6, 7, 8):  # a quarter turn: displayed with height and width swapped
             height, width = width, height
         headers.append(ImageHeader(path, relpath, height, width, frame.channels, np.dtype(frame.dtype), frame.alpha,
-                                   frame.orientation, index if len(frames) > 1 else None, len(frames), frame.page))
+                                   frame.orientation, index if len(frames) > 1 else None, len(frames), frame.page,
+                                   frame.icc))
     return headers
 
 
@@ -180,13 +183,14 @@ def _tiff_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[_F
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
             _check_pixels(path, height, width, channels, dtype, max_pixels)
             frames.append(_Frame(index, height, width, channels, dtype, alpha,
-                                 _orientation(page.tags.valueof(274))))
+                                 _orientation(page.tags.valueof(274)), page.tags.valueof(_TIFF_ICC_PROFILE)))
     return count, frames
 
 
 # TIFF Photometric values (tifffile.PHOTOMETRIC), named here so that headers need no tifffile enum.
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
 _JPEG_COMPRESSIONS = (6, 7)  # old- and new-style JPEG: the codec hands back RGB
+_TIFF_ICC_PROFILE = 34675  # the InterColorProfile tag
 
 
 def _tiff_shown(page, stored: int) -> tuple[int, np.dtype]:
@@ -265,7 +269,8 @@ def _pillow_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[
                 im.seek(index)  # a GIF's later frames may change mode (P, then RGB or RGBA)
                 channels, dtype = _pil_channels_dtype(im)
             alpha = im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and channels == 4) or channels16 in (2, 4)
-            frames.append(_Frame(index, im.height, im.width, channels, dtype, alpha, orientation))
+            frames.append(_Frame(index, im.height, im.width, channels, dtype, alpha, orientation,
+                                 im.info.get("icc_profile") or None))
     return count, frames
 
 
@@ -506,24 +511,35 @@ def output_name(name: str, ext: str) -> str:
     return f"{stem.as_posix()}{suffix if same_type else '.' + ext}"
 
 
-def write_image(path, image: np.ndarray, ext: str, *, alpha: bool = False) -> None:
+def write_image(path, image: np.ndarray, ext: str, *, alpha: bool = False, icc: bytes | None = None) -> None:
     """Encode one (H, W, C) image as `ext` (png or tiff) in its own dtype, with no orientation tag
-    (the pixels are already as displayed). `alpha`: the last channel is alpha (a PNG's 2 and 4
-    channels always are); TIFF says which, where tifffile alone would call any 4th channel alpha."""
+    (the pixels are already as displayed) and the ICC profile `icc` where it describes these
+    channels (_profile_fits). `alpha`: the last channel is alpha (a PNG's 2 and 4 channels always
+    are); TIFF says which, where tifffile alone would call any 4th channel alpha."""
+    channels = image.shape[-1]
+    icc = icc if _profile_fits(icc, channels) else None
     if ext == "tiff":
         import tifffile
 
-        channels = image.shape[-1]  # said explicitly: tifffile would store 2 or 5+ channels as H pages
+        # channels said explicitly: tifffile would store 2 or 5+ channels as H pages
         tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
                          photometric="rgb" if channels in (3, 4) else "minisblack",
                          planarconfig="contig" if channels > 1 else None,
                          extrasamples=(["unassalpha"] if alpha and channels in (2, 4)
-                                       else ["unspecified"] if channels == 4 else None))
-    elif image.dtype == np.uint16 and image.shape[-1] > 1:
+                                       else ["unspecified"] if channels == 4 else None),
+                         iccprofile=icc)
+    elif image.dtype == np.uint16 and channels > 1:
         from normcli.png16 import write_png16
 
-        write_png16(path, image)
+        write_png16(path, image, icc=icc)
     else:
         import imageio.v3 as iio
 
-        iio.imwrite(path, image[..., 0] if image.shape[-1] == 1 else image, extension=".png")
+        iio.imwrite(path, image[..., 0] if channels == 1 else image, extension=".png",
+                    **({"icc_profile": icc} if icc else {}))
+
+
+def _profile_fits(icc: bytes | None, channels: int) -> bool:
+    """Whether an ICC profile's colour space (header bytes 16-20) is these channels' own: gray for
+    1-2, RGB for 3-4. A profile of what was converted away (CMYK, RGB made gray by --mode) is dropped."""
+    return bool(icc) and icc[16:20] == (b"GRAY" if channels <= 2 else b"RGB ")

@@ -589,7 +589,7 @@ def _written(task: ApplyTask, chunk: Chunk, encoded: np.ndarray, applied: Applie
     """Write a block's output at its position, or hand it back to be written in order."""
     if not task.writer.positional:
         return replace(applied, data=encoded)
-    task.writer.write(encoded, chunk.start, chunk.names)
+    task.writer.write(encoded, chunk.start, chunk.names, chunk.profiles)
     return applied
 
 

@@ -36,9 +36,9 @@ def read_png16(path) -> np.ndarray:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def write_png16(path_or_file, image: np.ndarray) -> None:
-    """Encode a uint16 array (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4) as a 16-bit PNG (filter type 0 or a cheap per-row choice, zlib level 6). Accepts a path or a binary file object."""
-    png = _encode(image)
+def write_png16(path_or_file, image: np.ndarray, *, icc: bytes | None = None) -> None:
+    """Encode a uint16 array (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4) as a 16-bit PNG (filter type 0 or a cheap per-row choice, zlib level 6), with the ICC profile `icc` in an iCCP chunk if given. Accepts a path or a binary file object."""
+    png = _encode(image, icc)
     if hasattr(path_or_file, "write"):
         path_or_file.write(png)
     else:
@@ -173,7 +173,7 @@ def _unfilter_paeth(filtered: np.ndarray, prior: np.ndarray, bpp: int) -> np.nda
 # ---------------------------------------------------------------- encoding
 
 
-def _encode(image: np.ndarray) -> bytes:
+def _encode(image: np.ndarray, icc: bytes | None = None) -> bytes:
     image = np.asarray(image)
     if image.dtype != np.uint16:
         raise TypeError(f"write_png16 needs a uint16 array, got {image.dtype}")
@@ -196,6 +196,8 @@ def _encode(image: np.ndarray) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 16, COLOUR_TYPE_BY_CHANNELS[channels], 0, 0, 0)
     chunks = [_chunk(b"IHDR", ihdr)]
+    if icc:  # iCCP: a profile name, its terminating zero, compression method 0 (zlib), the profile
+        chunks.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     chunks += [_chunk(b"IDAT", idat[i : i + IDAT_CHUNK_SIZE]) for i in range(0, len(idat), IDAT_CHUNK_SIZE)]
     chunks.append(_chunk(b"IEND", b""))
     return PNG_SIGNATURE + b"".join(chunks)

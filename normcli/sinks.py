@@ -446,7 +446,7 @@ class NpyWriter(Encoder):
     sample_bytes: int = 0
 
     @_naming_target
-    def write(self, encoded: np.ndarray, start: int, names=None) -> None:
+    def write(self, encoded: np.ndarray, start: int, names=None, profiles=None) -> None:
         view = memoryview(np.ascontiguousarray(encoded)).cast("B")
         offset = self.data_offset + start * self.sample_bytes
         fd = os.open(self.path, os.O_WRONLY)
@@ -472,7 +472,9 @@ class FolderWriter(Encoder):
     alpha: bool = False  # the last channel is alpha: tagged so in TIFF outputs
 
     @_naming_target
-    def write(self, encoded: np.ndarray, start: int, names=None) -> None:
+    def write(self, encoded: np.ndarray, start: int, names=None, profiles=None) -> None:
+        """The samples from `start`, named by `names` (else by index), images with the ICC
+        `profiles` of the images they came from."""
         for i, sample in enumerate(encoded):
             if self.single_file:
                 path = Path(self.folder)
@@ -484,7 +486,8 @@ class FolderWriter(Encoder):
                 with open(path, "wb") as f:  # np.save would add .npy to a temporary's name
                     np.save(f, sample, allow_pickle=False)
             else:
-                write_image(path, self.layout.image(sample), self.ext, alpha=self.alpha)
+                write_image(path, self.layout.image(sample), self.ext, alpha=self.alpha,
+                            icc=profiles[i] if profiles else None)
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:

@@ -48,6 +48,7 @@ class Chunk:
     start: int
     names: list[str] | None = None
     alpha: np.ndarray | None = None
+    profiles: list[bytes | None] | None = None  # each image's ICC profile, for image outputs
 
 
 class ArrayPart:
@@ -358,6 +359,13 @@ class Block:
             return None
         return [name for p in self.pieces for name in p.names]
 
+    @property
+    def profiles(self) -> list[bytes | None] | None:
+        """The samples' ICC profiles where every piece is images, else None."""
+        if not all(isinstance(p, ImageRun) for p in self.pieces):
+            return None
+        return [header.icc for p in self.pieces for header in p.headers]
+
     def band_counts(self) -> np.ndarray | None:
         """How often each value occurs per channel in this block's samples, (channels, 256), counted
         without arrays where every sample is an 8-bit still image that needs no conversion; else None."""
@@ -372,7 +380,8 @@ class Block:
         alpha = None
         if self.split_alpha:
             data, alpha = np.ascontiguousarray(data[..., :-1]), data[..., -1:]
-        return Chunk(data if data.dtype == self.dtype else data.astype(self.dtype), self.start, self.names, alpha)
+        return Chunk(data if data.dtype == self.dtype else data.astype(self.dtype), self.start, self.names, alpha,
+                     self.profiles)
 
 
 def _same_size_runs(headers: list, max_bytes: int, itemsize: int) -> Iterator[list[int]]:

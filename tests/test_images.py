@@ -861,3 +861,55 @@ def test_every_tiff_compression_reads(tmp_path, rng, compression):
 def test_tiffs_that_pillow_writes_read_as_pillow_reads_them(tmp_path, rng, compression):
     Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(tmp_path / "x.tif", compression=compression)
     np.testing.assert_array_equal(read([tmp_path / "x.tif"])[1][0], pillow_displayed(tmp_path / "x.tif"))
+
+
+# ------------------------------------------------------------------------------ ICC profiles
+@pytest.fixture(scope="module")
+def rgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def embedded_profile(path: Path) -> bytes | None:
+    """The ICC profile that Pillow finds in a file (tifffile for TIFFs: Pillow opens no float RGB)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[0].tags.valueof(34675)
+    with Image.open(path) as im:
+        return im.info.get("icc_profile")
+
+
+@pytest.mark.parametrize("source, output", [("in.jpg", "out.png"), ("in.png", "out.png"), ("in.tif", "out.tif"),
+                                            ("in16.png", "out16.png"), ("in.webp", "out.png"),
+                                            ("in.jpg", "out.tif")])
+def test_an_icc_profile_is_carried_into_the_output(chdir, rng, rgb_profile, source, output):
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    if source == "in.tif":
+        tifffile.imwrite(chdir / source, image, photometric="rgb", iccprofile=rgb_profile)
+    elif source == "in16.png":
+        from normcli.png16 import write_png16
+
+        write_png16(chdir / source, image.astype(np.uint16) * 257, icc=rgb_profile)
+        assert embedded_profile(chdir / source) == rgb_profile  # Pillow reads our iCCP chunk
+    else:
+        Image.fromarray(image).save(chdir / source, icc_profile=rgb_profile)
+    run_cli("normalize", source, "-o", output, "-q")
+    assert embedded_profile(chdir / output) == rgb_profile
+    run_cli("normalize", source, "-o", "folder", "--ext", "tiff", "-q")  # folders too
+    assert embedded_profile(next((chdir / "folder").iterdir())) == rgb_profile
+
+
+def test_a_profile_of_channels_converted_away_is_dropped(chdir, rng, rgb_profile):
+    """An RGB profile does not describe gray (--mode gray), nor a CMYK profile the RGB it became."""
+    Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).save(chdir / "rgb.png", icc_profile=rgb_profile)
+    run_cli("normalize", "rgb.png", "-o", "gray.png", "--mode", "gray", "-q")
+    assert embedded_profile(chdir / "gray.png") is None
+    cmyk_profile = rgb_profile[:16] + b"CMYK" + rgb_profile[20:]
+    tifffile.imwrite(chdir / "c.tif", rng.integers(0, 256, (6, 7, 4), dtype=np.uint8), photometric="separated",
+                     iccprofile=cmyk_profile)
+    run_cli("normalize", "c.tif", "-o", "rgb.tif", "-q")
+    assert embedded_profile(chdir / "rgb.tif") is None
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(chdir / "plain.png")
+    run_cli("normalize", "plain.png", "-o", "plain_out.png", "-q")
+    assert embedded_profile(chdir / "plain_out.png") is None  # and nothing is made up for untagged images
