@@ -261,23 +261,29 @@ def test_interlaced_decodes_every_pass_and_filter(tmp_path, height, width, chann
     np.testing.assert_array_equal(imagecodecs.png_decode(data), squeeze_gray(image))
 
 
-def test_interlaced_files_other_writers_make_read(tmp_path):
-    """pypng's and ImageMagick's interlaced 16-bit colour PNGs, where those are installed."""
-    image = random_image(np.random.default_rng(1), 37, 53, 3)
+def test_interlaced_files_pypng_makes_read(tmp_path):
+    """pypng's interlaced 16-bit colour PNGs, where pypng is installed."""
     png = pytest.importorskip("png")
+    image = random_image(np.random.default_rng(1), 37, 53, 3)
     with open(tmp_path / "pypng.png", "wb") as f:
         png.Writer(53, 37, greyscale=False, bitdepth=16, interlace=True).write(f, image.reshape(37, -1))
     np.testing.assert_array_equal(read_png16(tmp_path / "pypng.png"), image)
+
+
+def test_interlaced_files_imagemagick_makes_read(tmp_path):
+    """ImageMagick's interlaced 16-bit colour PNGs (adaptive filters), where it is installed."""
+    import subprocess
+
     from test_images import IMAGEMAGICK
 
-    if IMAGEMAGICK:
-        import subprocess
-
-        write_png16(tmp_path / "plain.png", image)
-        subprocess.run([IMAGEMAGICK, str(tmp_path / "plain.png"), "-interlace", "PNG", f"png48:{tmp_path / 'im.png'}"],
-                       check=True)
-        assert (tmp_path / "im.png").read_bytes()[28] == 1  # IHDR says Adam7
-        np.testing.assert_array_equal(read_png16(tmp_path / "im.png"), image)
+    if not IMAGEMAGICK:
+        pytest.skip("ImageMagick is not installed")
+    image = random_image(np.random.default_rng(1), 37, 53, 4)
+    write_png16(tmp_path / "plain.png", image)
+    subprocess.run([IMAGEMAGICK, str(tmp_path / "plain.png"), "-interlace", "PNG", f"png64:{tmp_path / 'im.png'}"],
+                   check=True)
+    assert (tmp_path / "im.png").read_bytes()[28] == 1  # IHDR says Adam7
+    np.testing.assert_array_equal(read_png16(tmp_path / "im.png"), image)
 
 
 def test_unsupported_colour_type_raises(tmp_path):
