@@ -62,7 +62,7 @@ class Moments:
             s1, _, n = self.source.exact()
             whole = [a // c if c else 0 for a, c in zip(s1, n)]
             rest = np.array([(a - w * c) / c if c else 0.0 for a, w, c in zip(s1, whole, n)], np.float64)
-            return rest, _objects(whole, len(whole))
+            return rest, python_ints(whole, len(whole))
         return np.where(np.isfinite(self.mean), self.mean, 0.0), None
 
     def __len__(self) -> int:
@@ -94,7 +94,7 @@ def whole_numbers(values) -> np.ndarray:
         info = np.iinfo(dtype)
         if all(info.min <= v <= info.max for v in values):
             return np.array(values, dtype)
-    return _objects(values, len(values))
+    return python_ints(values, len(values))
 
 
 def extreme(ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -209,8 +209,8 @@ class ValueCounts:
         low = [values[np.flatnonzero(row)[0]] if row.any() else 0 for row in seen]
         high = [values[np.flatnonzero(row)[-1]] if row.any() else 0 for row in seen]
         keys = len(self.counts)
-        return IntegerSums(self.counts.sum(axis=1).astype(np.int64), _objects(s1, keys), _objects(s2, keys),
-                           np.array(low, self.dtype), np.array(high, self.dtype)).aggregate()
+        return IntegerSums(self.counts.sum(axis=1).astype(np.int64), python_ints(s1, keys),
+                           python_ints(s2, keys), np.array(low, self.dtype), np.array(high, self.dtype)).aggregate()
 
 
 def _concat(a, b):
@@ -457,11 +457,12 @@ def _integer_sums(v: np.ndarray, scope: Scope) -> IntegerSums:
         s2 = s2 - 2 * offset * s1 + count * offset * offset
         s1 = s1 - count * offset
     keys = len(limb_sums[0])
-    return IntegerSums(np.full(keys, count, np.int64), _objects(s1, keys), _objects(s2, keys),
+    return IntegerSums(np.full(keys, count, np.int64), python_ints(s1, keys), python_ints(s2, keys),
                        keyed_reduce(np.minimum, v, scope), keyed_reduce(np.maximum, v, scope))
 
 
-def _objects(values, keys: int) -> np.ndarray:
+def python_ints(values, keys: int) -> np.ndarray:
+    """`keys` integers as an object array of Python ints (sums that no fixed width holds)."""
     array = np.empty(keys, dtype=object)
     array[:] = [int(x) for x in np.broadcast_to(np.asarray(values, dtype=object), (keys,))]
     return array
