@@ -28,7 +28,7 @@ from normcli.moments import (BlockStats, Moments, NonFinite, checked, counted, c
                              nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset
-from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
+from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 DEFAULT_BINS = 30
 # Blocks a task measures and merges on its worker: merging each block's statistics on the
@@ -334,7 +334,8 @@ def _batch_affine(moments: Moments, size: int, gamma, beta, eps: float) -> Affin
         raise UsageMismatch(
             f"a batch of {size} sample(s) has a single value per key, which has no variance to "
             "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
-    return batchnorm(moments.mean, moments.var(0), gamma, beta, eps)
+    mean, whole = moments.centre()
+    return batchnorm(mean, moments.var(0), gamma, beta, eps, whole)
 
 
 @dataclass(frozen=True)
@@ -451,15 +452,16 @@ class GroupMaps:
 
     def fit(self, chunk: Chunk, layout: Layout, measured: BlockStats):
         x = layout.npc(chunk.data)
-        shift, scale, offset = self._maps(x)
+        shift, scale, offset, whole = self._maps(x)
         with np.errstate(invalid="ignore"):
-            a = (x.min(axis=1, keepdims=True) - shift) * scale + offset
-            b = (x.max(axis=1, keepdims=True) - shift) * scale + offset
+            a = deviations(x.min(axis=1, keepdims=True), shift, whole) * scale + offset
+            b = deviations(x.max(axis=1, keepdims=True), shift, whole) * scale + offset
         return np.fmin(a, b).min(axis=(0, 1)), np.fmax(a, b).max(axis=(0, 1))
 
     def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
         x = layout.npc(chunk.data)
-        apply_broadcast(x, *self._maps(x), layout.npc(out))
+        shift, scale, offset, whole = self._maps(x)
+        apply_broadcast(x, shift, scale, offset, layout.npc(out), whole=whole)
 
 
 class GroupPlan(Plan):

@@ -7,13 +7,15 @@ axes a scope names in the array's own layout (never through normcli's layout hel
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from normcli import statsfile
@@ -22,6 +24,7 @@ from normcli.passes import ScalePlan, measure, transform
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
+from conftest import run_cli
 from helpers import SCOPES, fresh_path, save
 
 # Axes each scope reduces, written per layout in the array's own axis order.
@@ -558,3 +561,139 @@ def test_affine_apply_is_the_broadcast_formula_bit_for_bit(scope, samples, posit
     out = np.full(x.shape, np.nan, out_dtype)
     affine.apply(x, out, s, bounds)
     np.testing.assert_array_equal(out, expected.astype(out_dtype))
+
+
+# ------------------------------------------------------- integers of every width, at their extremes
+INTEGER_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+NHWC_AXES = {"global": (1, 2, 3, 0), "channel": (0, 1, 2), "sample": (1, 2, 3), "pixel": (0,)}
+
+
+@st.composite
+def integer_datasets(draw, min_samples=1):
+    """(N, H, W, C) integers of any width: often at the dtype's extremes and next to them, or all
+    within a few hundred of one extreme (a small spread where float64 cannot hold the values)."""
+    dtype = np.dtype(draw(st.sampled_from(INTEGER_DTYPES)))
+    info = np.iinfo(dtype)
+    extremes = [info.min, info.min + 1, info.max, info.max - 1, 0, 1]
+    shape = (draw(st.integers(min_samples, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+             draw(st.integers(1, 3)))
+    if draw(st.booleans()):
+        base = draw(st.sampled_from(extremes))
+        element = st.integers(-300, 300).map(lambda d: min(max(base + d, info.min), info.max))
+    else:
+        element = st.one_of(st.sampled_from(extremes), st.integers(info.min, info.max))
+    values = draw(st.lists(element, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    return np.array(values, dtype).reshape(shape)
+
+
+def exact_keyed(x: np.ndarray, axes):
+    """Per-key (min, max, sum, sum of squares, count) of integer data in Python ints, broadcastable."""
+    exact = x.astype(object)
+    count = int(np.prod([x.shape[a] for a in axes]))
+    return (exact.min(axis=axes, keepdims=True), exact.max(axis=axes, keepdims=True),
+            exact.sum(axis=axes, keepdims=True), (exact * exact).sum(axis=axes, keepdims=True), count)
+
+
+def exact_normalize(x, axes, low=0.0, high=1.0):
+    low_v, high_v, _, _, _ = exact_keyed(x, axes)
+    span = high_v - low_v
+    scaled = np.frompyfunc(lambda v, a, s: float(Fraction(int(v - a), int(s))) if s else 0.0, 3, 1)
+    return scaled(x.astype(object), low_v, span).astype(np.float64) * (high - low) + low
+
+
+def exact_standardize(x, axes, eps=0.0):
+    """(x - mean) / sqrt(var + eps) from the exact mean and variance (rational, rounded once)."""
+    _, _, s1, s2, n = exact_keyed(x, axes)
+
+    def z(v, a, b):
+        var = float(Fraction(int(b) * n - int(a) * int(a), n * n)) + eps
+        return float(Fraction(int(v)) - Fraction(int(a), n)) / math.sqrt(var) if var > 0 else 0.0
+
+    return np.frompyfunc(z, 3, 1)(x.astype(object), s1, s2).astype(np.float64)
+
+
+def transformed(tmp_path, x, *args) -> np.ndarray:
+    source, out = save(tmp_path, x), fresh_path(tmp_path, "out", ".npy")
+    run_cli(*args[:1], source, "-o", out, "--dtype", "float64", "--quiet", *args[1:])
+    return np.load(out)
+
+
+INTEGERS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@INTEGERS
+@given(x=integer_datasets())
+def test_normalize_integers_of_every_width_is_exact(tmp_path, scope, x):
+    """max - min never wraps in the input's dtype (int8's -128..127, int64's extremes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        got = transformed(tmp_path, x, "normalize", "--per", scope, "--range", "-1", "3")
+    np.testing.assert_allclose(got, exact_normalize(x, NHWC_AXES[scope], -1.0, 3.0), rtol=0, atol=4e-15)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@INTEGERS
+@given(x=integer_datasets())
+def test_standardize_integers_of_every_width_is_exact(tmp_path, scope, x):
+    """The mean's whole part is exact: 2**63 - 2 is no float64, x - mean is taken in integers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        got = transformed(tmp_path, x, "standardize", "--per", scope)
+    np.testing.assert_allclose(got, exact_standardize(x, NHWC_AXES[scope]), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("scope", ["channel", "global", "pixel"])
+@INTEGERS
+@given(x=integer_datasets(min_samples=2), batches=st.integers(1, 2))
+def test_batchnorm_integers_of_every_width_is_exact(tmp_path, scope, x, batches):
+    size = len(x) // batches
+    x = x[:size * batches]
+    assume(size >= 2)
+    got = transformed(tmp_path, x, "batchnorm", "--batch-size", size, "--per", scope)
+    want = np.concatenate([exact_standardize(x[i:i + size], NHWC_AXES[scope], 1e-5) for i in range(0, len(x), size)])
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+@INTEGERS
+@given(x=integer_datasets(), data=st.data())
+def test_groupnorm_integers_of_every_width_is_exact(tmp_path, x, data):
+    channels = x.shape[3]
+    groups = data.draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    got = transformed(tmp_path, x, "groupnorm", "--groups", groups)
+    grouped = x.reshape(*x.shape[:3], groups, channels // groups)
+    want = exact_standardize(grouped, (1, 2, 4), 1e-5).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["normalize", "standardize"])
+@pytest.mark.parametrize("scope", ["global", "channel", "pixel"])
+@INTEGERS
+@given(x=integer_datasets())
+def test_inverse_of_integers_of_every_width_comes_back(tmp_path, kind, scope, x):
+    stats = fresh_path(tmp_path, "stats", ".json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        forward = transformed(tmp_path, x, kind, "--per", scope, "--save-stats", stats)
+        back = transformed(tmp_path, forward, kind, "--stats-from", stats, "--inverse")
+    exact = x.astype(object)
+    low, high = exact.min(axis=NHWC_AXES[scope], keepdims=True), exact.max(axis=NHWC_AXES[scope], keepdims=True)
+    flat = np.broadcast_to(low == high, x.shape)
+    spread = (np.abs(high.astype(np.float64)) + np.abs(low.astype(np.float64)))
+    err = np.abs(back - x.astype(np.float64))
+    # one rounding of the forward value, scaled back by the span, and the float64 of x and the shift
+    assert (err[~flat] <= np.broadcast_to(4e-15 * spread, x.shape)[~flat] + 1).all()
+
+
+@pytest.mark.parametrize("scope", ["global", "channel", "sample", "pixel"])
+def test_int64_extremes_normalize_to_their_exact_places(tmp_path, scope):
+    x = np.array([2**63 - 1, 2**63 - 2, -2**63, 0], np.int64).reshape(1, 4, 1, 1) if scope != "pixel" else \
+        np.array([2**63 - 1, 2**63 - 2, -2**63, 0], np.int64).reshape(4, 1, 1, 1)
+    got = transformed(tmp_path, x, "normalize", "--per", scope)
+    np.testing.assert_array_equal(got.reshape(-1), [1.0, 1.0, 0.0, 0.5])
+
+
+def test_int8_camera_range_normalizes_to_the_whole_range(tmp_path):
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
+    got = transformed(tmp_path, x, "normalize")
+    np.testing.assert_allclose(got.reshape(-1), np.arange(256) / 255, rtol=0, atol=2e-16)
