@@ -228,6 +228,9 @@ class Plan:
 
     scope: Scope  # the scope of the before/after report
     samples: int | None = None  # how many samples the output holds (None: all)
+    # How far past an 8/16-bit output's range the values may fall from the input's own quantisation
+    # (the inverse of such an output): one input step, in output values; they are clamped silently.
+    slack: float = 0.0
 
     def units(self, dataset: Dataset) -> list[Block]:
         """What both passes iterate over."""
@@ -301,6 +304,8 @@ class ScalePlan(Plan):
         if self.input_scale:  # map(x / s) = (x - shift * s) * (scale / s) + offset
             s = self.input_scale
             self.affine = Affine(self.affine.shift * s, self.affine.scale / s, self.affine.offset)
+            steps = np.abs(self.affine.scale[np.isfinite(self.affine.scale)])
+            self.slack = float(steps.max()) if steps.size else 0.0
         low, high = self.affine.bounds(before.min, before.max)
         if self.clip is not None:
             low, high = np.clip(low, *self.clip), np.clip(high, *self.clip)
@@ -528,6 +533,7 @@ class ApplyTask:
     alpha_factor: float = 1.0  # passed-through alpha: written as alpha * alpha_factor (see _alpha_factor)
     check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
     table: "ValueTable | None" = None  # 8-bit input to an integer output, nothing measured: look values up
+    clamp: tuple[float, float] | None = None  # the integer output's range, for values within Plan.slack of it
 
 
 @dataclass(frozen=True)
@@ -566,6 +572,8 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
         return _written(task, chunk, encoded, Applied(before_counts, None, None, (None,), clipped, len(encoded), None))
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
+    if task.clamp is not None:
+        np.clip(out, *task.clamp, out=out)
     # A finite map of finite values is finite: only a block whose output is not looks at its input.
     if task.check_finite and not np.isfinite(out).all():
         if not np.isfinite(chunk.data).all():
@@ -613,9 +621,9 @@ class ValueTable:
         return clipped
 
 
-def value_table(applier, channels: int, work_dtype: np.dtype, writer) -> ValueTable | None:
+def value_table(applier, channels: int, work_dtype: np.dtype, writer, clamp=None) -> ValueTable | None:
     """The table of a fixed per-key affine map (AffineApply at a scope whose keys are channels, or
-    one key) into `writer`'s integers; None for any other applier."""
+    one key) into `writer`'s integers, its values clamped to `clamp` if given; None for any other applier."""
     if not isinstance(applier, AffineApply) or applier.scope.per_sample or applier.scope.nested:
         return None
     columns = 1 if len(applier.scope.reduced) == 3 else channels
@@ -624,6 +632,8 @@ def value_table(applier, channels: int, work_dtype: np.dtype, writer) -> ValueTa
     applier.affine.apply(values, mapped, applier.scope, applier.clip)
     if not np.isfinite(mapped).all():
         return None
+    if clamp is not None:
+        np.clip(mapped, *clamp, out=mapped)
     return ValueTable(*sinks.encode_all(mapped[0], writer.dtype, writer.scale))
 
 
@@ -714,8 +724,9 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     low, high = plan.finish(before)
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
+    clamp = None
     if finite.size:
-        sinks.choose_encoding(spec, finite.min(), finite.max(), clip)
+        clamp = sinks.choose_encoding(spec, finite.min(), finite.max(), clip, plan.slack)
         _check_float_range(spec, finite.min(), finite.max())
         _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
     samples = plan.samples if plan.samples is not None else dataset.n_samples
@@ -731,12 +742,12 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                       outputs=outputs, stdout=stdout)
     try:
         applier = plan.applier()
-        table = (value_table(applier, dataset.channels, work_dtype, sink.writer)
+        table = (value_table(applier, dataset.channels, work_dtype, sink.writer, clamp)
                  if not report and spec.encoding() and dataset.dtype == np.uint8 and not dataset.alpha_passed
                  else None)
         task = ApplyTask(scope, dataset.layout, applier, sink.writer, work_dtype, ignore_nan, report,
                          before_edges, after_edges, _alpha_factor(spec, dataset.dtype),
-                         check_finite=one_pass and not ignore_nan, table=table)
+                         check_finite=one_pass and not ignore_nan, table=table, clamp=clamp)
         items = [(unit, plan.keeps(unit)) for unit in units]
         done = Applied(None, None, None, (), 0, 0, None)  # nothing yet; merged with each result in order
         for applied in _run(engine, partial(apply_work, task), items, progress, "writing",

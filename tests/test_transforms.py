@@ -697,3 +697,60 @@ def test_int8_camera_range_normalizes_to_the_whole_range(tmp_path):
     x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
     got = transformed(tmp_path, x, "normalize")
     np.testing.assert_allclose(got.reshape(-1), np.arange(256) / 255, rtol=0, atol=2e-16)
+
+
+# ----------------------------------------------------- round trips through normcli's own 8/16-bit files
+@pytest.fixture
+def rgb_folder(tmp_path, rng):
+    from conftest import write_image
+
+    root = tmp_path / "rgb"
+    for name, (h, w) in {"a.png": (9, 7), "b/c.png": (5, 8)}.items():
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[0, 0], image[-1, -1] = 0, 255  # every channel spans 0..255
+        write_image(root / name, image)
+    return root
+
+
+def read_tree(root: Path) -> dict:
+    """Every PNG under `root` as stored (imagecodecs: Pillow reads 16-bit RGB as 8-bit)."""
+    import imagecodecs
+
+    return {p.relative_to(root): imagecodecs.imread(p) for p in sorted(root.rglob("*.png"))}
+
+
+@pytest.mark.parametrize("dtype,step", [("uint8", 1 / 255 / 0.8 * 255), ("uint16", 1 / 65535 / 0.8 * 255)])
+def test_inverse_through_normcli_own_integer_images_comes_back(tmp_path, rgb_folder, dtype, step):
+    """normalize --range 0.1 0.9 into 8/16-bit PNGs rounds the ends one half-step outward; the
+    inverse accepts that, clamps it, and gives the input back within one quantisation step."""
+    middle, back, stats = tmp_path / "middle", tmp_path / "back", tmp_path / "stats.json"
+    run_cli("normalize", rgb_folder, "-o", middle, "--range", "0.1", "0.9", "--per", "channel", "--dtype", dtype,
+            "--save-stats", stats, "--quiet")
+    assert all(a.dtype == np.dtype(dtype) for a in read_tree(middle).values())
+    result = run_cli("normalize", middle, "-o", back, "--inverse", "--stats-from", stats, "--range", "0.1", "0.9",
+                     "--dtype", "uint8")
+    assert "clipped" not in result.stderr and "warning" not in result.stderr
+    original, restored = read_tree(rgb_folder), read_tree(back)
+    assert original.keys() == restored.keys()
+    # The middle's rounding (half its step, `step` / 2 in input units) and the output's own rounding.
+    worst = math.floor(step / 2 + 0.5)
+    for name, image in original.items():
+        assert restored[name].dtype == np.uint8
+        assert np.abs(restored[name].astype(int) - image).max() <= worst
+
+
+def test_inverse_still_refuses_values_far_past_the_range(tmp_path, rgb_folder):
+    from conftest import write_image
+
+    middle, back, stats = tmp_path / "middle", tmp_path / "back", tmp_path / "stats.json"
+    run_cli("normalize", rgb_folder, "-o", middle, "--range", "0.1", "0.9", "--per", "channel",
+            "--save-stats", stats, "--quiet")
+    image = read_tree(middle)[Path("a.png")].copy()
+    image[1, 1] = 0  # (0 - 0.1) / 0.8 * 255: 32 below the input's range, not a rounding
+    write_image(middle / "a.png", image)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("normalize", middle, "-o", back, "--inverse", "--stats-from", stats, "--range", "0.1", "0.9",
+                     ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the output spans [-31.") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
