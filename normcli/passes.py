@@ -287,10 +287,13 @@ class ScalePlan(Plan):
     and batchnorm --eval (a fixed map from saved running statistics)."""
 
     def __init__(self, scope, make_affine: Callable[[Moments], Affine], *, fitted: Moments | None = None,
-                 inverse: bool = False, clip: tuple[float, float] | None = None, input_scale: int | None = None):
+                 inverse: bool = False, clip: tuple[float, float] | None = None, input_scale: int | None = None,
+                 saved: dict | None = None):
         """`input_scale`: the inputs are integers that stand for value * input_scale (an 8/16-bit
-        output of normcli, read back for --inverse): divided by it before the map."""
+        output of normcli, read back for --inverse): divided by it before the map. `saved`: what
+        --save-stats records of the map's own parameters (normalize's range)."""
         self.scope = as_scope(scope)
+        self.saved = saved or {}
         self.input_scale = input_scale
         self.make_affine = make_affine
         self.fitted = fitted
@@ -313,6 +316,9 @@ class ScalePlan(Plan):
 
     def applier(self):
         return AffineApply(self.scope, self.affine, self.clip)
+
+    def saved_extra(self) -> dict:
+        return self.saved
 
 
 @dataclass

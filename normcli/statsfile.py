@@ -15,6 +15,7 @@ added, same schema) are still read, and merge by Chan et al. on their rounded me
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,6 +167,12 @@ def _check_values(arrays: dict, extra: dict) -> None:
     if momentum not in (None, "cumulative") and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
                                                  or not 0 <= momentum <= 1):
         raise ValueError(f"'momentum' is {momentum!r}, not a number in [0, 1] or 'cumulative'")
+    out_range = extra.get("range")
+    if out_range is not None and not (isinstance(out_range, list) and len(out_range) == 2
+                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in out_range)
+                                      and out_range[0] < out_range[1]):
+        raise ValueError(f"'range' is {out_range!r}, not [LO, HI] with finite LO < HI")
     batches = extra.get("batches")
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
         raise ValueError(f"'batches' is {batches!r}, not a whole number >= 0")

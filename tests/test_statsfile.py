@@ -167,6 +167,12 @@ BROKEN = {
     "shape not a list": (lambda d: d.update(sample_shape=5), "malformed"),
     "ragged": (lambda d: d.update(mean=[[1.0, 2.0], [3.0]]), "malformed"),
     "running_var length": (lambda d: d.update(running_mean=[0.0, 0.0], running_var=[1.0]), "running_var"),
+    "range reversed": (lambda d: d.update(range=[1.0, 0.0]), "'range' is [1.0, 0.0]"),
+    "range of text": (lambda d: d.update(range=["a", 1]), "'range'"),
+    "shifted_mean short": (lambda d: d.update(shifted_mean=d["shifted_mean"][:1]), "'shifted_mean' has 1 values"),
+    "shift NaN": (lambda d: d.update(shift=[None, 0.0]), "'shift' or 'shifted_mean' holds NaN"),
+    "sum of floats": (lambda d: d.update(sum=[1.5, 2.0], sum_squares=[3, 4]), "whole numbers"),
+    "sum_squares too small": (lambda d: d.update(sum=[1000, 1000], sum_squares=[1, 1]), "'sum_squares' is below"),
 }
 
 

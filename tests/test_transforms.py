@@ -7,6 +7,7 @@ axes a scope names in the array's own layout (never through normcli's layout hel
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import warnings
@@ -754,3 +755,41 @@ def test_inverse_still_refuses_values_far_past_the_range(tmp_path, rgb_folder):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the output spans [-31.") and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------ the range the statistics were fitted with
+def test_the_inverse_uses_the_recorded_range(tmp_path, rng):
+    x = rng.normal(5.0, 3.0, (6, 4, 4, 2))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats)
+    assert statsfile.read(str(stats)).extra["range"] == [-1.0, 1.0]
+    back = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse")  # no --range
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12 * np.abs(x).max())
+    same = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse", "--range", "-1", "1")
+    np.testing.assert_array_equal(same, back)
+
+
+def test_the_inverse_with_another_range_is_a_usage_error_naming_both(tmp_path, rng):
+    x = rng.normal(5.0, 3.0, (6, 4))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = save(tmp_path, transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats))
+    out = fresh_path(tmp_path, "back", ".npy")
+    result = run_cli("normalize", forward, "-o", out, "--stats-from", stats, "--inverse", "--range", "0", "1",
+                     ok=False)
+    assert result.exit_code == 2
+    assert f"--range 0 1 contradicts {stats}, which was fitted with --range -1 1; drop --range" in result.stderr
+    assert not out.exists()
+
+
+def test_a_file_without_a_recorded_range_inverts_with_the_range_given(tmp_path, rng):
+    """Files saved before the range was recorded (or by stats --save): the command's own --range."""
+    x = rng.normal(5.0, 3.0, (6, 4))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats)
+    doc = json.loads(stats.read_text())
+    del doc["range"]
+    stats.write_text(json.dumps(doc))
+    back = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse", "--range", "-1", "1")
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12 * np.abs(x).max())
+    unit = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse")  # (0, 1), as before
+    np.testing.assert_allclose(unit, (forward - 0.0) * (x.max() - x.min()) + x.min(), rtol=1e-12)
