@@ -384,11 +384,12 @@ class BatchPlan(Plan):
 
     def __init__(self, dataset: Dataset, scope, batch_size: int, gamma, beta, eps: float, *,
                  momentum: float | None = 0.1, drop_last: bool = False, order: np.ndarray | None = None,
-                 ignore_nan: bool = False):
+                 seed: int | None = None, ignore_nan: bool = False):
+        """`order`: the input index of each position (--shuffle), made from `seed` (sources.shuffled_order)."""
         self.scope = as_scope(scope)
         self.batch_size = batch_size
         self.gamma, self.beta, self.eps = gamma, beta, eps
-        self.order = order
+        self.order, self.seed = order, seed
         self.ignore_nan = ignore_nan
         n = dataset.n_samples
         self.n_batches = n // batch_size if drop_last else -(-n // batch_size)
@@ -434,10 +435,16 @@ class BatchPlan(Plan):
         self.applied += 1
 
     def saved_extra(self) -> dict:
-        """The running statistics, for batchnorm --eval --stats-from."""
+        """The running statistics, for batchnorm --eval --stats-from; with --shuffle, the input index
+        of each output sample ("order"), so that outputs pair with their labels, and how it was made."""
         momentum = self.running.momentum
-        return {"running_mean": self.running.mean, "running_var": self.running.var,
-                "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
+        extra = {"running_mean": self.running.mean, "running_var": self.running.var,
+                 "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
+        if self.order is not None:
+            extra["order"] = [int(i) for i in self.order[:self.samples]]
+            extra["shuffle"] = {"generator": "numpy PCG64", "call": "numpy.random.default_rng(seed).permutation(n)",
+                                "seed": self.seed, "n": len(self.order)}
+        return extra
 
 
 def eval_plan(saved, path: str, scope, gamma: np.ndarray, beta: np.ndarray, eps: float) -> ScalePlan:

@@ -242,7 +242,8 @@ class BatchParams:
 
             order = shuffled_order(dataset.n_samples, self.seed)
         plan = BatchPlan(dataset, scope, self.batch_size, gammas, betas, self.eps, momentum=self.momentum,
-                         drop_last=self.drop_last, order=order, ignore_nan=ignore_nan)
+                         drop_last=self.drop_last, order=order, seed=self.seed if self.shuffle else None,
+                         ignore_nan=ignore_nan)
         if plan.samples == 0:
             raise UsageMismatch(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
                                 f"--batch-size {self.batch_size}")
