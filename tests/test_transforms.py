@@ -793,3 +793,17 @@ def test_a_file_without_a_recorded_range_inverts_with_the_range_given(tmp_path, 
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-12 * np.abs(x).max())
     unit = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse")  # (0, 1), as before
     np.testing.assert_allclose(unit, (forward - 0.0) * (x.max() - x.min()) + x.min(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("kind", ["normalize", "standardize"])
+def test_wide_integer_statistics_applied_from_a_file_are_exact(tmp_path, dtype, kind):
+    """--stats-from gives what the fit gave: the file's int64/uint64 min, max and sums are exact."""
+    info = np.iinfo(dtype)
+    x = np.array([info.max, info.max - 2, info.max - 1, info.max - 4], dtype).reshape(4, 1, 1, 1)
+    stats = fresh_path(tmp_path, "stats", ".json")
+    fitted_output = transformed(tmp_path, x, kind, "--save-stats", stats)
+    applied = transformed(tmp_path, x, kind, "--stats-from", stats)
+    exact = (exact_normalize if kind == "normalize" else exact_standardize)(x, (0, 1, 2, 3))
+    np.testing.assert_array_equal(applied, fitted_output)
+    np.testing.assert_allclose(applied, exact, rtol=1e-15, atol=1e-15)
