@@ -402,8 +402,8 @@ def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Repor
 @input_options
 @output_options
 @scope_option("global")
-@click.option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=(0.0, 1.0), show_default=True,
-              metavar="LO HI", help="Target range.")
+@click.option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
+              help="Target range [default: 0 1; with --stats-from, the range it was fitted with].")
 @fit_options
 @report_options()
 @engine_options
@@ -415,7 +415,8 @@ def normalize(inputs, output, per, out_range, fit, report, engine):
         normcli normalize data.npy -o unit.npy
         normcli normalize sample_images -o normalized --per channel
     """
-    _transform(run.NormalizeParams(per, tuple(out_range), fit), inputs, output, report, engine)
+    _transform(run.NormalizeParams(per, tuple(out_range) if out_range else None, fit), inputs, output, report,
+               engine)
 
 
 @cli.command(short_help="Z-score: mean 0, variance 1.")

@@ -32,25 +32,38 @@ from normcli.scopes import Scope
 @dataclass
 class Moments:
     """A dataset's per-key statistics (the aggregate): float64 arrays over the scope's keys
-    (count int64; min and max in the data's integer type for integer data)."""
+    (count int64; min and max whole numbers for integer data: see whole_numbers)."""
 
     count: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
     min: np.ndarray
     max: np.ndarray
-    # Integer inputs: each key's exact (sum, sum of squares) as Python ints, so var() is rounded once.
-    exact_sums: tuple | None = field(default=None, repr=False, compare=False)
+    # The mergeable value they came from (FloatMoments: the shift and the mean around it;
+    # IntegerSums: exact sums), so that merges and saved files lose nothing; None for a file saved
+    # without it, which then merges by Chan et al. on its rounded means.
+    source: "FloatMoments | IntegerSums | None" = field(default=None, repr=False, compare=False)
 
     def var(self, ddof: int = 0) -> np.ndarray:
-        if self.exact_sums is not None:
+        if isinstance(self.source, IntegerSums):
             return np.array([(b * c - a * a) / (c * (c - ddof)) if c > ddof else np.nan
-                             for a, b, c in zip(*self.exact_sums, (int(c) for c in self.count))], np.float64)
+                             for a, b, c in zip(*self.source.exact())], np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.count > ddof, self.m2 / np.maximum(self.count - ddof, 1), np.nan)
 
     def std(self, ddof: int = 0) -> np.ndarray:
         return np.sqrt(self.var(ddof))
+
+    def centre(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each key's mean as (shift, whole): for integer data `whole` holds the mean's integer part
+        exactly (Python ints) and `shift` the rest, in [0, 1); otherwise the float64 mean (0 for a
+        key without values) and None."""
+        if isinstance(self.source, IntegerSums):
+            s1, _, n = self.source.exact()
+            whole = [a // c if c else 0 for a, c in zip(s1, n)]
+            rest = np.array([(a - w * c) / c if c else 0.0 for a, w, c in zip(s1, whole, n)], np.float64)
+            return rest, python_ints(whole, len(whole))
+        return np.where(np.isfinite(self.mean), self.mean, 0.0), None
 
     def __len__(self) -> int:
         return len(self.count)
@@ -61,12 +74,37 @@ class Moments:
                    np.full(keys, np.inf), np.full(keys, -np.inf))
 
     def merge(self, other: "Moments") -> "Moments":
-        """Both sets of statistics as one (Chan et al. on the stored means: for saved files)."""
+        """Both sets of statistics as one: exactly as one run where both keep their source (saved
+        files that hold it), else by Chan et al. on the stored means (files saved before that)."""
+        if type(self.source) is type(other.source) and self.source is not None:
+            return self.source.merge(other.source).aggregate()
         count, mean, m2 = chan_merge(self.count, np.nan_to_num(self.mean), self.m2,
                                      other.count, np.nan_to_num(other.mean), other.m2)
         with np.errstate(invalid="ignore"):
             mean = np.where(count > 0, mean, np.nan)
-        return Moments(count, mean, m2, np.fmin(self.min, other.min), np.fmax(self.max, other.max))
+        return Moments(count, mean, m2, extreme(np.fmin, self.min, other.min),
+                       extreme(np.fmax, self.max, other.max))
+
+
+def whole_numbers(values) -> np.ndarray:
+    """Integers (Python ints, or integer arrays of any dtype) as one array that holds them all
+    exactly: int64 when they fit, else uint64, else Python ints (an object array)."""
+    values = [int(v) for v in np.asarray(values, dtype=object).reshape(-1)]
+    for dtype in (np.int64, np.uint64):
+        info = np.iinfo(dtype)
+        if all(info.min <= v <= info.max for v in values):
+            return np.array(values, dtype)
+    return python_ints(values, len(values))
+
+
+def extreme(ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The per-key minimum or maximum (`ufunc` np.fmin or np.fmax) of two arrays: integers of
+    different dtypes (int64 and uint64) compared exactly, where numpy would round both to float64."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind in "iuO" and b.dtype.kind in "iuO" and a.dtype != b.dtype:
+        pick = min if ufunc is np.fmin else max
+        return whole_numbers([pick(int(x), int(y)) for x, y in zip(a, b)])
+    return ufunc(a, b)
 
 
 def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
@@ -123,7 +161,7 @@ class FloatMoments:
     def aggregate(self) -> Moments:
         with np.errstate(invalid="ignore"):  # a key with no (finite) values has no mean, as np.nanmean
             mean = np.where(self.count > 0, self.shift + self.mean, np.nan)
-        return Moments(self.count, mean, self.m2, self.min, self.max)
+        return Moments(self.count, mean, self.m2, self.min, self.max, source=self)
 
 
 @dataclass(frozen=True)
@@ -138,10 +176,18 @@ class IntegerSums:
 
     def merge(self, other: "IntegerSums") -> "IntegerSums":
         return IntegerSums(self.count + other.count, self.s1 + other.s1, self.s2 + other.s2,
-                           np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+                           extreme(np.fmin, self.min, other.min), extreme(np.fmax, self.max, other.max))
+
+    def exact(self) -> tuple[list, list, list]:
+        """(sums, sums of squares, counts) per key, as Python ints."""
+        return [int(x) for x in self.s1], [int(x) for x in self.s2], [int(c) for c in self.count]
 
     def aggregate(self) -> Moments:
-        return _moments_from_sums(self.count, self.s1, self.s2, self.min, self.max)
+        """Mean and M2 from the exact sums, each rounded once (Python integers, no overflow)."""
+        s1, s2, n = self.exact()
+        mean = np.array([a / c if c else np.nan for a, c in zip(s1, n)], np.float64)
+        m2 = np.array([(b * c - a * a) / c if c else 0.0 for a, b, c in zip(s1, s2, n)], np.float64)
+        return Moments(np.asarray(self.count, np.int64), mean, m2, self.min, self.max, source=self)
 
 
 @dataclass(frozen=True)
@@ -162,8 +208,9 @@ class ValueCounts:
         seen = self.counts > 0
         low = [values[np.flatnonzero(row)[0]] if row.any() else 0 for row in seen]
         high = [values[np.flatnonzero(row)[-1]] if row.any() else 0 for row in seen]
-        return _moments_from_sums(self.counts.sum(axis=1), s1, s2, np.array(low, self.dtype),
-                                  np.array(high, self.dtype))
+        keys = len(self.counts)
+        return IntegerSums(self.counts.sum(axis=1).astype(np.int64), python_ints(s1, keys),
+                           python_ints(s2, keys), np.array(low, self.dtype), np.array(high, self.dtype)).aggregate()
 
 
 def _concat(a, b):
@@ -302,10 +349,15 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
     mean_dev = total / count
     m2 = squares - total * mean_dev
     # Sums of squares about the shift cancel when the shift is far from the block's values
-    # (an outlier in the probe): then measure the deviations from the block's own mean.
-    if (total * mean_dev > 0.5 * squares).any():
+    # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
+    # those: a key's numbers must not depend on which other keys share its block.
+    # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
+    far = total * mean_dev > 0.5 * squares
+    if far.any():
         y = _deviations(v, scope, shift + mean_dev)
-        m2 = keyed_reduce(np.add, np.square(y, out=y), scope)
+        near_total = keyed_reduce(np.add, y, scope)
+        near_m2 = keyed_reduce(np.add, np.square(y, out=y), scope) - near_total * (near_total / count)
+        m2 = np.where(far, near_m2, m2)
     return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2,
                         keyed_reduce(np.minimum, v, scope).astype(np.float64),
                         keyed_reduce(np.maximum, v, scope).astype(np.float64)), NonFinite()
@@ -405,22 +457,12 @@ def _integer_sums(v: np.ndarray, scope: Scope) -> IntegerSums:
         s2 = s2 - 2 * offset * s1 + count * offset * offset
         s1 = s1 - count * offset
     keys = len(limb_sums[0])
-    return IntegerSums(np.full(keys, count, np.int64), _objects(s1, keys), _objects(s2, keys),
+    return IntegerSums(np.full(keys, count, np.int64), python_ints(s1, keys), python_ints(s2, keys),
                        keyed_reduce(np.minimum, v, scope), keyed_reduce(np.maximum, v, scope))
 
 
-def _objects(values, keys: int) -> np.ndarray:
+def python_ints(values, keys: int) -> np.ndarray:
+    """`keys` integers as an object array of Python ints (sums that no fixed width holds)."""
     array = np.empty(keys, dtype=object)
     array[:] = [int(x) for x in np.broadcast_to(np.asarray(values, dtype=object), (keys,))]
     return array
-
-
-def _moments_from_sums(count, s1, s2, low, high) -> Moments:
-    """Mean and M2 from exact integer sums, each rounded once (Python integers, no overflow)."""
-    n = [int(c) for c in count]
-    s1 = [int(x) for x in s1]
-    s2 = [int(x) for x in s2]
-    mean = np.array([a / c if c else np.nan for a, c in zip(s1, n)], np.float64)
-    m2 = np.array([(b * c - a * a) / c if c else 0.0 for a, b, c in zip(s1, s2, n)], np.float64)
-    return Moments(np.asarray(count, np.int64), mean, m2, np.asarray(low), np.asarray(high), exact_sums=(s1, s2))
-

@@ -28,7 +28,7 @@ from normcli.moments import (BlockStats, Moments, NonFinite, checked, counted, c
                              nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset, ImagePart
-from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, groupnorm_affine
+from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 DEFAULT_BINS = 30
 # Blocks a task measures and merges on its worker: merging each block's statistics on the
@@ -230,6 +230,9 @@ class Plan:
 
     scope: Scope  # the scope of the before/after report
     samples: int | None = None  # how many samples the output holds (None: all)
+    # How far past an 8/16-bit output's range the values may fall from the input's own quantisation
+    # (the inverse of such an output): one input step, in output values; they are clamped silently.
+    slack: float = 0.0
 
     def units(self, dataset: Dataset) -> list[Block]:
         """What both passes iterate over."""
@@ -286,10 +289,13 @@ class ScalePlan(Plan):
     and batchnorm --eval (a fixed map from saved running statistics)."""
 
     def __init__(self, scope, make_affine: Callable[[Moments], Affine], *, fitted: Moments | None = None,
-                 inverse: bool = False, clip: tuple[float, float] | None = None, input_scale: int | None = None):
+                 inverse: bool = False, clip: tuple[float, float] | None = None, input_scale: int | None = None,
+                 saved: dict | None = None):
         """`input_scale`: the inputs are integers that stand for value * input_scale (an 8/16-bit
-        output of normcli, read back for --inverse): divided by it before the map."""
+        output of normcli, read back for --inverse): divided by it before the map. `saved`: what
+        --save-stats records of the map's own parameters (normalize's range)."""
         self.scope = as_scope(scope)
+        self.saved = saved or {}
         self.input_scale = input_scale
         self.make_affine = make_affine
         self.fitted = fitted
@@ -303,6 +309,8 @@ class ScalePlan(Plan):
         if self.input_scale:  # map(x / s) = (x - shift * s) * (scale / s) + offset
             s = self.input_scale
             self.affine = Affine(self.affine.shift * s, self.affine.scale / s, self.affine.offset)
+            steps = np.abs(self.affine.scale[np.isfinite(self.affine.scale)])
+            self.slack = float(steps.max()) if steps.size else 0.0
         low, high = self.affine.bounds(before.min, before.max)
         if self.clip is not None:
             low, high = np.clip(low, *self.clip), np.clip(high, *self.clip)
@@ -310,6 +318,9 @@ class ScalePlan(Plan):
 
     def applier(self):
         return AffineApply(self.scope, self.affine, self.clip)
+
+    def saved_extra(self) -> dict:
+        return self.saved
 
 
 @dataclass
@@ -336,7 +347,8 @@ def _batch_affine(moments: Moments, size: int, gamma, beta, eps: float) -> Affin
         raise UsageMismatch(
             f"a batch of {size} sample(s) has a single value per key, which has no variance to "
             "normalize by (PyTorch refuses it too); use --drop-last or another --batch-size")
-    return batchnorm(moments.mean, moments.var(0), gamma, beta, eps)
+    mean, whole = moments.centre()
+    return batchnorm(mean, moments.var(0), gamma, beta, eps, whole)
 
 
 @dataclass(frozen=True)
@@ -374,11 +386,12 @@ class BatchPlan(Plan):
 
     def __init__(self, dataset: Dataset, scope, batch_size: int, gamma, beta, eps: float, *,
                  momentum: float | None = 0.1, drop_last: bool = False, order: np.ndarray | None = None,
-                 ignore_nan: bool = False):
+                 seed: int | None = None, ignore_nan: bool = False):
+        """`order`: the input index of each position (--shuffle), made from `seed` (sources.shuffled_order)."""
         self.scope = as_scope(scope)
         self.batch_size = batch_size
         self.gamma, self.beta, self.eps = gamma, beta, eps
-        self.order = order
+        self.order, self.seed = order, seed
         self.ignore_nan = ignore_nan
         n = dataset.n_samples
         self.n_batches = n // batch_size if drop_last else -(-n // batch_size)
@@ -424,10 +437,16 @@ class BatchPlan(Plan):
         self.applied += 1
 
     def saved_extra(self) -> dict:
-        """The running statistics, for batchnorm --eval --stats-from."""
+        """The running statistics, for batchnorm --eval --stats-from; with --shuffle, the input index
+        of each output sample ("order"), so that outputs pair with their labels, and how it was made."""
         momentum = self.running.momentum
-        return {"running_mean": self.running.mean, "running_var": self.running.var,
-                "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
+        extra = {"running_mean": self.running.mean, "running_var": self.running.var,
+                 "momentum": "cumulative" if momentum is None else momentum, "batches": self.running.batches}
+        if self.order is not None:
+            extra["order"] = [int(i) for i in self.order[:self.samples]]
+            extra["shuffle"] = {"generator": "numpy PCG64", "call": "numpy.random.default_rng(seed).permutation(n)",
+                                "seed": self.seed, "n": len(self.order)}
+        return extra
 
 
 def eval_plan(saved, path: str, scope, gamma: np.ndarray, beta: np.ndarray, eps: float) -> ScalePlan:
@@ -453,15 +472,16 @@ class GroupMaps:
 
     def fit(self, chunk: Chunk, layout: Layout, measured: BlockStats):
         x = layout.npc(chunk.data)
-        shift, scale, offset = self._maps(x)
+        shift, scale, offset, whole = self._maps(x)
         with np.errstate(invalid="ignore"):
-            a = (x.min(axis=1, keepdims=True) - shift) * scale + offset
-            b = (x.max(axis=1, keepdims=True) - shift) * scale + offset
+            a = deviations(x.min(axis=1, keepdims=True), shift, whole) * scale + offset
+            b = deviations(x.max(axis=1, keepdims=True), shift, whole) * scale + offset
         return np.fmin(a, b).min(axis=(0, 1)), np.fmax(a, b).max(axis=(0, 1))
 
     def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
         x = layout.npc(chunk.data)
-        apply_broadcast(x, *self._maps(x), layout.npc(out))
+        shift, scale, offset, whole = self._maps(x)
+        apply_broadcast(x, shift, scale, offset, layout.npc(out), whole=whole)
 
 
 class GroupPlan(Plan):
@@ -528,6 +548,7 @@ class ApplyTask:
     alpha_factor: float = 1.0  # passed-through alpha: written as alpha * alpha_factor (see _alpha_factor)
     check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
     table: "ValueTable | None" = None  # 8-bit input to an integer output, nothing measured: look values up
+    clamp: tuple[float, float] | None = None  # the integer output's range, for values within Plan.slack of it
 
 
 @dataclass(frozen=True)
@@ -566,6 +587,8 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
         return _written(task, chunk, encoded, Applied(before_counts, None, None, (None,), clipped, len(encoded), None))
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
+    if task.clamp is not None:
+        np.clip(out, *task.clamp, out=out)
     # A finite map of finite values is finite: only a block whose output is not looks at its input.
     if task.check_finite and not np.isfinite(out).all():
         if not np.isfinite(chunk.data).all():
@@ -613,9 +636,9 @@ class ValueTable:
         return clipped
 
 
-def value_table(applier, channels: int, work_dtype: np.dtype, writer) -> ValueTable | None:
+def value_table(applier, channels: int, work_dtype: np.dtype, writer, clamp=None) -> ValueTable | None:
     """The table of a fixed per-key affine map (AffineApply at a scope whose keys are channels, or
-    one key) into `writer`'s integers; None for any other applier."""
+    one key) into `writer`'s integers, its values clamped to `clamp` if given; None for any other applier."""
     if not isinstance(applier, AffineApply) or applier.scope.per_sample or applier.scope.nested:
         return None
     columns = 1 if len(applier.scope.reduced) == 3 else channels
@@ -624,6 +647,8 @@ def value_table(applier, channels: int, work_dtype: np.dtype, writer) -> ValueTa
     applier.affine.apply(values, mapped, applier.scope, applier.clip)
     if not np.isfinite(mapped).all():
         return None
+    if clamp is not None:
+        np.clip(mapped, *clamp, out=mapped)
     return ValueTable(*sinks.encode_all(mapped[0], writer.dtype, writer.scale))
 
 
@@ -714,8 +739,9 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
     low, high = plan.finish(before)
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
+    clamp = None
     if finite.size:
-        sinks.choose_encoding(spec, finite.min(), finite.max(), clip)
+        clamp = sinks.choose_encoding(spec, finite.min(), finite.max(), clip, plan.slack)
         _check_float_range(spec, finite.min(), finite.max())
         _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
     samples = plan.samples if plan.samples is not None else dataset.n_samples
@@ -731,12 +757,12 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                       outputs=outputs, stdout=stdout)
     try:
         applier = plan.applier()
-        table = (value_table(applier, dataset.channels, work_dtype, sink.writer)
+        table = (value_table(applier, dataset.channels, work_dtype, sink.writer, clamp)
                  if not report and spec.encoding() and dataset.dtype == np.uint8 and not dataset.alpha_passed
                  else None)
         task = ApplyTask(scope, dataset.layout, applier, sink.writer, work_dtype, ignore_nan, report,
                          before_edges, after_edges, _alpha_factor(spec, dataset.dtype),
-                         check_finite=one_pass and not ignore_nan, table=table)
+                         check_finite=one_pass and not ignore_nan, table=table, clamp=clamp)
         items = [(unit, plan.keeps(unit)) for unit in units]
         done = Applied(None, None, None, (), 0, 0, None)  # nothing yet; merged with each result in order
         for applied in _run(engine, partial(apply_work, task), items, progress, "writing",

@@ -144,24 +144,38 @@ class NormalizeParams:
     """normalize: min-max to --range."""
 
     per: str | None = None
-    out_range: tuple[float, float] = (0.0, 1.0)
+    out_range: tuple[float, float] | None = None  # None: (0, 1), or the range --stats-from recorded
     fit: Fit = Fit()
     default_per = "global"
 
     def check(self) -> None:
-        if not self.out_range[0] < self.out_range[1]:
+        if self.out_range is not None and not self.out_range[0] < self.out_range[1]:
             raise BadOption("LO must be below HI", "--range")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
         from normcli.passes import ScalePlan
         from normcli.transforms import minmax
 
-        out_range, inverse = self.out_range, self.fit.inverse
+        out_range, inverse = self._range(saved), self.fit.inverse
         plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
                          inverse=inverse, clip=out_range if output.clip and not inverse else None,
-                         input_scale=_input_scale(saved, self.fit, dataset, out_range))
+                         input_scale=_input_scale(saved, self.fit, dataset, out_range),
+                         saved={"range": list(out_range)})
         title = "inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]"
         return plan, title, 0
+
+    def _range(self, saved) -> tuple[float, float]:
+        """--range, else the range the --stats-from file was fitted with, else (0, 1). The inverse
+        maps back from the recorded range only: a different --range is a usage error."""
+        recorded = saved.extra.get("range") if saved is not None else None
+        if recorded is None or (self.out_range is not None and not self.fit.inverse):
+            return self.out_range or (0.0, 1.0)
+        recorded = (float(recorded[0]), float(recorded[1]))
+        if self.out_range is not None and tuple(self.out_range) != recorded:
+            raise UsageMismatch(f"--range {self.out_range[0]:g} {self.out_range[1]:g} contradicts "
+                                f"{self.fit.stats_from}, which was fitted with --range {recorded[0]:g} "
+                                f"{recorded[1]:g}; drop --range")
+        return recorded
 
 
 @dataclass(frozen=True)
@@ -228,7 +242,8 @@ class BatchParams:
 
             order = shuffled_order(dataset.n_samples, self.seed)
         plan = BatchPlan(dataset, scope, self.batch_size, gammas, betas, self.eps, momentum=self.momentum,
-                         drop_last=self.drop_last, order=order, ignore_nan=ignore_nan)
+                         drop_last=self.drop_last, order=order, seed=self.seed if self.shuffle else None,
+                         ignore_nan=ignore_nan)
         if plan.samples == 0:
             raise UsageMismatch(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
                                 f"--batch-size {self.batch_size}")

@@ -319,19 +319,22 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
                               "them; remove it or write elsewhere", target)
 
 
-def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool) -> None:
+def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool, slack: float = 0.0):
     """Decide, before writing, how an 8/16-bit output stores the predicted range [low, high]:
     values that reach 2 or more without going negative are stored as those integers (0..255,
     0..65535); any other values map [0, 1] onto the full integer range. Values outside the chosen
     encoding's range are refused, or clipped to it with --clip. (Between 1 and 2 nothing is guessed:
-    as integers they would leave only the levels 0 and 1.)"""
+    as integers they would leave only the levels 0 and 1.) Values up to `slack` past the range (the
+    inverse of normcli's own 8/16-bit output, off by its quantisation) are accepted: returns the
+    range (0, limit) they are then clamped to, silently, or None when nothing needs clamping."""
     if spec.dtype.name not in INTEGER_DTYPES:
-        return
+        return None
     top = np.iinfo(spec.dtype).max
-    integers = high >= 2 and low >= -TOLERANCE * top
+    integers = high >= 2 and low >= -(TOLERANCE * top + slack)
     spec.scale = 1 if integers else top
-    if clip or not _outside(np.array([low, high]), _limit(spec.dtype, spec.scale)).any():
-        return
+    limit = _limit(spec.dtype, spec.scale)
+    if clip or not _outside(np.array([low, high]), limit, slack).any():
+        return (0.0, limit) if slack and not clip else None
     what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
     floats = "--dtype float32" if spec.ext == "tiff" or spec.kind != "folder" else "--ext tiff, --ext npy or .npy"
     raise OutputError(
@@ -381,9 +384,9 @@ def encode_all(values: np.ndarray, dtype: np.dtype, scale: int | None = None) ->
     return np.rint(np.clip(values, 0.0, limit) * (scale or np.iinfo(dtype).max)).astype(dtype), _outside(values, limit)
 
 
-def _outside(values: np.ndarray, limit: float) -> np.ndarray:
-    """Where values fall outside the encoding's range [0, limit] by more than rounding could."""
-    return (values < -TOLERANCE * limit) | (values > limit * (1 + TOLERANCE))
+def _outside(values: np.ndarray, limit: float, slack: float = 0.0) -> np.ndarray:
+    """Where values fall outside the encoding's range [0, limit] by more than rounding (and `slack`) could."""
+    return (values < -(TOLERANCE * limit + slack)) | (values > limit * (1 + TOLERANCE) + slack)
 
 
 def check_clipped(clipped: int, clip: bool, dtype: np.dtype, target: str, scale: int | None = None) -> None:

@@ -5,12 +5,17 @@
      "ddof": 0, "inputs": [...]}
 
 Arrays are shaped like the scope (global: 1, channel: C, pixel: one sample's shape).
-M2 is kept so that files merge exactly as the accumulators do (Chan et al.).
+Integer data keep min and max as JSON integers. What an exact merge needs comes too, so that
+files merge exactly as one run's blocks do: float data their "shift" (a value near each key's
+data) and "shifted_mean" (the mean of x - shift), about which "m2" is summed; integer data their
+exact "sum" and "sum_squares" (JSON integers). Files saved without these (before they were
+added, same schema) are still read, and merge by Chan et al. on their rounded means.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,13 +23,16 @@ import numpy as np
 from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
 from normcli.jsonvalues import json_values
 from normcli.layout import LAYOUTS, Layout
-from normcli.moments import Moments
+from normcli.moments import FloatMoments, IntegerSums, Moments, python_ints, whole_numbers
 from normcli.scopes import FITTABLE, SCOPES
 
 SCHEMA_VERSION = 1
 FITTABLE_SCOPES = FITTABLE
 _ARRAYS = ("count", "mean", "m2", "min", "max")
 _EXTRA_ARRAYS = ("running_mean", "running_var")
+_FLOAT_SOURCE = ("shift", "shifted_mean")  # FloatMoments' shift and mean, relative to it
+_INTEGER_SOURCE = ("sum", "sum_squares")  # IntegerSums' s1 and s2
+_EXTRA_VALUES = ("momentum", "batches", "encoding", "range", "order", "shuffle")
 
 
 @dataclass
@@ -49,6 +57,11 @@ class StatsFile:
             doc[name] = self.shaped(getattr(self.moments, name))
             if name == "m2":
                 doc["var"] = self.shaped(self.moments.var(self.ddof))
+        source = self.moments.source
+        if isinstance(source, FloatMoments):
+            doc["shift"], doc["shifted_mean"] = self.shaped(source.shift), self.shaped(source.mean)
+        elif isinstance(source, IntegerSums):
+            doc["sum"], doc["sum_squares"] = self.shaped(source.s1), self.shaped(source.s2)
         doc["ddof"] = self.ddof
         doc["inputs"] = list(self.inputs)
         for name, value in self.extra.items():
@@ -99,17 +112,18 @@ def read(path: str) -> StatsFile:
         if len(sample_shape) != len(layout) - 1:
             raise ValueError(f"sample_shape {list(sample_shape)} does not fit layout {layout}")
         keys = _keys(per, layout, sample_shape, doc)
-        arrays = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape) for name in _ARRAYS}
+        def keyed(name):
+            return _keyed(_flat(doc[name], keys, name), per, layout, sample_shape)
+
+        arrays = {name: keyed(name) for name in _ARRAYS}
         if "var" in doc:
             _flat(doc["var"], keys, "var")  # derived from m2, but a file of the wrong length is a damaged one
-        extra = {name: _keyed(_flat(doc[name], keys, name), per, layout, sample_shape)
-                 for name in _EXTRA_ARRAYS if name in doc}
-        for name in ("momentum", "batches", "encoding"):
+        extra = {name: keyed(name) for name in _EXTRA_ARRAYS if name in doc}
+        for name in _EXTRA_VALUES:
             if name in doc:
                 extra[name] = doc[name]
         _check_values(arrays, extra)
-        moments = Moments(arrays["count"].astype(np.int64), arrays["mean"], arrays["m2"], arrays["min"],
-                          arrays["max"])
+        moments = _moments(doc, arrays, keyed)
         ddof = doc.get("ddof", 0)
         if ddof not in (0, 1):
             raise ValueError(f"ddof {ddof!r} is neither 0 nor 1")
@@ -132,13 +146,13 @@ def _dimension(value):
 def _check_values(arrays: dict, extra: dict) -> None:
     """Numbers that no measurement gives are refused, naming the field: a count that is negative or
     not whole, a non-finite mean/M2/min/max where there were values, negative M2, min above max."""
-    count = arrays["count"]
+    count = arrays["count"].astype(np.float64)
     if not (np.isfinite(count).all() and (count >= 0).all() and (count == np.floor(count)).all()
             and (count < 2.0**63).all()):
         raise ValueError("'count' holds a value that is not a whole number >= 0")
     measured = count > 0
     for name in ("mean", "m2", "min", "max"):
-        if not np.isfinite(arrays[name][measured]).all():
+        if arrays[name].dtype.kind == "f" and not np.isfinite(arrays[name][measured]).all():
             raise ValueError(f"'{name}' holds NaN or Infinity where count > 0")
     if (arrays["m2"][measured] < 0).any():
         raise ValueError("'m2' holds a negative value")
@@ -153,6 +167,12 @@ def _check_values(arrays: dict, extra: dict) -> None:
     if momentum not in (None, "cumulative") and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
                                                  or not 0 <= momentum <= 1):
         raise ValueError(f"'momentum' is {momentum!r}, not a number in [0, 1] or 'cumulative'")
+    out_range = extra.get("range")
+    if out_range is not None and not (isinstance(out_range, list) and len(out_range) == 2
+                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in out_range)
+                                      and out_range[0] < out_range[1]):
+        raise ValueError(f"'range' is {out_range!r}, not [LO, HI] with finite LO < HI")
     batches = extra.get("batches")
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
         raise ValueError(f"'batches' is {batches!r}, not a whole number >= 0")
@@ -167,13 +187,19 @@ def _keys(per: str, layout: str, sample_shape, doc) -> int:
 
 
 def _flat(values, keys: int, name: str) -> np.ndarray:
+    """A field's numbers as a flat array: float64, or, where every one is a JSON integer (min and max
+    of integer data, exact sums), integers held exactly (whole_numbers)."""
     try:
-        array = np.array(_none_to_nan(values), dtype=np.float64).reshape(-1)
+        leaves = list(_leaves(values))
+        if leaves and all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+            array = whole_numbers(leaves)
+        else:
+            array = np.array(_none_to_nan(values), dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"'{name}' is not a list of numbers ({exc})") from None
     if array.size != keys:
         raise ValueError(f"'{name}' has {array.size} values where the scope has {keys}")
-    if name in ("min", "max") and np.isnan(array).any():
+    if name in ("min", "max") and array.dtype.kind == "f" and np.isnan(array).any():
         array = np.where(np.isnan(array), np.inf if name == "min" else -np.inf, array)
     return array
 
@@ -184,6 +210,36 @@ def _keyed(array: np.ndarray, per: str, layout: str, sample_shape) -> np.ndarray
     if not SCOPES[per].nested:
         return array
     return np.ascontiguousarray(Layout(layout).npc(array.reshape(1, *sample_shape))[0]).reshape(-1)
+
+
+def _leaves(value):
+    """The numbers of nested lists, in order (a number alone is one)."""
+    if isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _moments(doc: dict, arrays: dict, keyed) -> Moments:
+    """The file's moments, with the source an exact merge needs where the file holds it."""
+    count = arrays["count"].astype(np.int64)
+    if all(name in doc for name in _INTEGER_SOURCE):
+        s1, s2 = (keyed(name) for name in _INTEGER_SOURCE)
+        if s1.dtype.kind == "f" or s2.dtype.kind == "f":
+            raise ValueError("'sum' and 'sum_squares' must hold whole numbers")
+        if any(int(b) * int(c) < int(a) * int(a) for a, b, c in zip(s1, s2, count)):
+            raise ValueError("'sum_squares' is below what 'sum' implies")
+        return IntegerSums(count, python_ints(s1, len(s1)), python_ints(s2, len(s2)), arrays["min"],
+                           arrays["max"]).aggregate()
+    if all(name in doc for name in _FLOAT_SOURCE):
+        shift, shifted = (keyed(name).astype(np.float64) for name in _FLOAT_SOURCE)
+        measured = count > 0
+        if not (np.isfinite(shift[measured]).all() and np.isfinite(shifted[measured]).all()):
+            raise ValueError("'shift' or 'shifted_mean' holds NaN or Infinity where count > 0")
+        return FloatMoments(count, np.nan_to_num(shift), np.nan_to_num(shifted), arrays["m2"], arrays["min"],
+                            arrays["max"]).aggregate()
+    return Moments(count, arrays["mean"], arrays["m2"], arrays["min"], arrays["max"])
 
 
 def _none_to_nan(value):
@@ -216,7 +272,8 @@ def check_fits(stats: StatsFile, dataset, path: str) -> None:
 
 
 def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
-    """Several files' statistics as one, as if measured in one run (limited by their float64 means)."""
+    """Several files' statistics as one, as if measured in one run (exactly so where every file holds
+    its source: see the module's docstring)."""
     name, first = files[0]
     if first.per not in FITTABLE_SCOPES:
         raise StatsFileError("per-sample statistics do not merge; they belong to their own samples", name)

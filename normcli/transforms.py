@@ -10,46 +10,98 @@ channels (groupnorm).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from normcli.errors import NormcliWarning
 from normcli.layout import Layout
-from normcli.moments import Moments, measure_block
+from normcli.moments import Moments, measure_block, whole_numbers
 from normcli.scopes import SAMPLE, Scope, scope as as_scope
 
 
 @dataclass
 class Affine:
-    """y = (x - shift) * scale + offset, each a per-key float64 array."""
+    """y = (x - shift) * scale + offset, each a per-key float64 array. For integer data `whole`
+    (Python ints per key, or None) is the shift's exact integer part, the shift being
+    whole + shift: x - whole is then taken in exact integers before anything is rounded, so that
+    no span or mean of wide integers wraps or rounds away (int64's 2**63 - 2 is not a float64)."""
 
     shift: np.ndarray
     scale: np.ndarray
     offset: np.ndarray
+    whole: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, out: np.ndarray, scope: Scope | str, clip: tuple[float, float] | None = None):
         """Write the map of the (samples, positions, channels) view `x` into `out` (same shape)."""
-        for (values, into), keyed in as_scope(scope).pieces((x, out), (self.shift, self.scale, self.offset)):
-            apply_broadcast(values, *keyed, into, clip)
+        whole, shift = self.split(x.dtype)
+        keyed = (shift, self.scale, self.offset) + (() if whole is None else (whole,))
+        for (values, into), (key_shift, scale, offset, *key_whole) in as_scope(scope).pieces((x, out), keyed):
+            apply_broadcast(values, key_shift, scale, offset, into, clip, *key_whole)
         return out
+
+    def split(self, dtype) -> tuple[np.ndarray | None, np.ndarray]:
+        """(whole, shift) for data of `dtype` (see split_whole)."""
+        return split_whole(self.whole, self.shift, dtype)
+
+    def map_keys(self, values: np.ndarray) -> np.ndarray:
+        """The map of one value per key (each key's min or max, say), integers taken exactly."""
+        values = np.asarray(values)
+        if values.dtype == object:  # integers of several dtypes (merged statistics files)
+            if self.whole is None:
+                return (values.astype(np.float64) - self.shift) * self.scale + self.offset
+            differences = np.array([float(int(v) - int(w)) for v, w in zip(values, self.whole)])
+            return (differences - self.shift) * self.scale + self.offset
+        whole, shift = self.split(values.dtype)
+        with np.errstate(invalid="ignore"):
+            return deviations(values, shift, whole) * self.scale + self.offset
 
     def rows(self, start: int, count: int) -> "Affine":
         """The keys start..start+count (the sample scope's keys are the samples)."""
-        return Affine(*(a[start:start + count] for a in (self.shift, self.scale, self.offset)))
+        return Affine(*(None if a is None else a[start:start + count]
+                        for a in (self.shift, self.scale, self.offset, self.whole)))
 
     def bounds(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each key's [low, high] lands (the map is monotone per key)."""
         with np.errstate(invalid="ignore"):
-            a = (low - self.shift) * self.scale + self.offset
-            b = (high - self.shift) * self.scale + self.offset
+            a, b = self.map_keys(low), self.map_keys(high)
         return np.fmin(a, b), np.fmax(a, b)
 
     def inverse(self) -> "Affine":
         """The map back: x = (y - offset) / scale + shift (keys with scale 0 stay constant)."""
         with np.errstate(divide="ignore"):
             scale = np.where(self.scale != 0, 1.0 / np.where(self.scale != 0, self.scale, 1.0), 0.0)
-        return Affine(self.offset, scale, self.shift)
+        _, shift = self.split(np.float64)
+        return Affine(self.offset, scale, shift)
+
+
+def split_whole(whole, shift: np.ndarray, dtype) -> tuple[np.ndarray | None, np.ndarray]:
+    """A shift of whole + shift (per key) for data of `dtype`: `whole` in that integer dtype (clipped
+    into its range, the excess moved into `shift`), or None and the whole shift in float64 for
+    any other data (or no `whole`)."""
+    if whole is None:
+        return None, shift
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return None, shift + whole.astype(np.float64)
+    info = np.iinfo(dtype)
+    fitted = [min(max(int(w), info.min), info.max) for w in whole]
+    return np.array(fitted, dtype), shift + np.array([float(int(w) - f) for w, f in zip(whole, fitted)])
+
+
+def deviations(x: np.ndarray, shift, whole=None) -> np.ndarray:
+    """x - (whole + shift) in float64, arrays shaped to broadcast against `x`; with `whole` (in
+    x's integer dtype) x - whole is exact, then rounded once, whatever the integers' width."""
+    if whole is None:
+        return np.subtract(x, shift, dtype=np.float64)
+    if x.dtype.itemsize < 8:  # the difference of two 32-bit integers is exact in int64 and in float64
+        y = np.subtract(x, whole, dtype=np.int64).astype(np.float64)
+    else:  # 64-bit: |x - whole| < 2**64 is exact in uint64, taken in the direction that is >= 0
+        flip = np.uint64(1 << 63) if x.dtype.kind == "i" else np.uint64(0)
+        ux, uw = x.view(np.uint64) ^ flip, np.asarray(whole).view(np.uint64) ^ flip  # order-preserving
+        y = np.where(ux >= uw, (ux - uw).astype(np.float64), -(uw - ux).astype(np.float64))
+    y -= shift
+    return y
 
 
 def _degenerate(mask: np.ndarray, what: str, result: str) -> None:
@@ -59,13 +111,20 @@ def _degenerate(mask: np.ndarray, what: str, result: str) -> None:
 
 
 def minmax(moments: Moments, out_range: tuple[float, float] = (0.0, 1.0)) -> Affine:
-    """Min-max scaling of each key's [min, max] onto `out_range` (as MinMaxScaler)."""
+    """Min-max scaling of each key's [min, max] onto `out_range` (as MinMaxScaler); integer minima
+    are the shift's exact whole part, and spans are taken in exact integers."""
     low, high = out_range
-    span = moments.max - moments.min
+    keys = len(moments)
+    if moments.min.dtype.kind in "iuO":
+        to_min = Affine(np.zeros(keys), np.ones(keys), np.zeros(keys), whole_numbers(moments.min))
+    else:
+        to_min = Affine(np.where(np.isfinite(moments.min), moments.min, 0.0), np.ones(keys), np.zeros(keys))
+    with np.errstate(invalid="ignore"):
+        span = to_min.map_keys(moments.max)
     flat = ~(span > 0)
     _degenerate(flat, "max == min", f"the range's low end ({low:g})")
     scale = np.where(flat, 0.0, (high - low) / np.where(flat, 1.0, span))
-    return Affine(np.where(np.isfinite(moments.min), moments.min, 0.0), scale, np.full(len(moments), float(low)))
+    return replace(to_min, scale=scale, offset=np.full(keys, float(low)))
 
 
 def zscore(moments: Moments, *, ddof: int = 0, eps: float = 0.0) -> Affine:
@@ -74,7 +133,8 @@ def zscore(moments: Moments, *, ddof: int = 0, eps: float = 0.0) -> Affine:
     flat = ~(var > 0)
     _degenerate(flat, "zero variance", "0")
     scale = np.where(flat, 0.0, 1.0 / np.sqrt(np.where(flat, 1.0, var)))
-    return Affine(np.where(np.isfinite(moments.mean), moments.mean, 0.0), scale, np.zeros(len(moments)))
+    shift, whole = moments.centre()
+    return Affine(shift, scale, np.zeros(len(moments)), whole)
 
 
 def per_key(value, keys: int, name: str) -> np.ndarray:
@@ -87,13 +147,15 @@ def per_key(value, keys: int, name: str) -> np.ndarray:
     return values
 
 
-def batchnorm(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Affine:
-    """Batch norm: gamma * (x - mean) / sqrt(var + eps) + beta.
+def batchnorm(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+              whole: np.ndarray | None = None) -> Affine:
+    """Batch norm: gamma * (x - mean) / sqrt(var + eps) + beta (the mean whole + mean with `whole`).
 
-    Training mode passes the batch's mean and biased (population) variance, as PyTorch normalizes
-    with; inference mode (--eval) the saved running statistics.
+    Training mode passes the batch's mean (Moments.centre) and biased (population) variance, as PyTorch
+    normalizes with; inference mode (--eval) the saved running statistics.
     """
-    return Affine(mean, gamma / np.sqrt(var + eps), beta)
+    return Affine(mean, gamma / np.sqrt(var + eps), beta, whole)
+
 
 
 @dataclass
@@ -123,7 +185,8 @@ def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.nda
     consecutive channels (as torch.nn.GroupNorm), then gamma/beta per channel. With `ignore_nan`
     the statistics are over each group's finite values.
 
-    Returns (shift, scale, offset) shaped to broadcast against `x`.
+    Returns (shift, scale, offset, whole) shaped to broadcast against `x` (`whole`: each group
+    mean's exact integer part in x's dtype for integer data, else None; see Affine).
     """
     n, positions, channels = x.shape
     per_group = channels // groups
@@ -131,24 +194,30 @@ def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.nda
     # shifted and exact, of every other command.
     rows = x.reshape(n, positions, groups, per_group).transpose(0, 2, 1, 3).reshape(n * groups, -1)
     stats = measure_block(rows, SAMPLE, Layout("NC"), ignore_nan=ignore_nan)
+    whole = None
     if stats.moments is None:  # NaN or inf, not ignored: the input's own check reports it after pass 1
         mean = var = np.full((n, 1, groups, 1), np.nan)
     else:
         moments = stats.aggregate()
-        mean = moments.mean.reshape(n, 1, groups, 1)
+        mean, whole = moments.centre()
+        whole, mean = split_whole(whole, np.where(moments.count > 0, mean, np.nan), x.dtype)
         with np.errstate(invalid="ignore", divide="ignore"):  # a group with no finite value: NaN, passed through
             var = moments.var(0).reshape(n, 1, groups, 1)
     inv_std = 1.0 / np.sqrt(var + eps)
-    shift = np.broadcast_to(mean, (n, 1, groups, per_group)).reshape(n, 1, channels)
-    scale = (np.broadcast_to(inv_std, (n, 1, groups, per_group)).reshape(n, 1, channels)
-             * gamma.reshape(1, 1, channels))
-    return shift, scale, beta.reshape(1, 1, channels)
+
+    def per_channel(group_values):
+        return np.broadcast_to(group_values.reshape(n, 1, groups, 1), (n, 1, groups, per_group)).reshape(n, 1, channels)
+
+    scale = per_channel(inv_std) * gamma.reshape(1, 1, channels)
+    return (per_channel(np.asarray(mean)), scale, beta.reshape(1, 1, channels),
+            None if whole is None else per_channel(whole))
 
 
 def apply_broadcast(x: np.ndarray, shift, scale, offset, out: np.ndarray,
-                    clip: tuple[float, float] | None = None) -> np.ndarray:
-    """y = (x - shift) * scale + offset in float64, with arrays already shaped to broadcast against `x`."""
-    y = np.subtract(x, shift, dtype=np.float64)
+                    clip: tuple[float, float] | None = None, whole=None) -> np.ndarray:
+    """y = (x - shift) * scale + offset in float64 (x - whole - shift with `whole`: see deviations),
+    with arrays already shaped to broadcast against `x`."""
+    y = deviations(x, shift, whole)
     with np.errstate(invalid="ignore"):  # inf * 0 (--ignore-nan, a flat key): non-finite input is put back after
         y *= scale
     y += offset

@@ -3,6 +3,8 @@ against torch.nn.BatchNorm2d / BatchNorm1d and a float64 numpy reference that ne
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -308,3 +310,38 @@ def test_ignore_nan_inf_passes_through_a_negative_gamma_unchanged(tmp_path, imag
     np.testing.assert_array_equal(y[bad], x[bad])
     expected = ref_batchnorm(np.where(bad, np.nan, x), (0, 1, 2), 8, gamma, beta, 1e-5, nan=True)[0]
     np.testing.assert_allclose(y[~bad], expected[~bad], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shuffled_order_is_saved_so_outputs_pair_with_labels(tmp_path, rng, drop_last):
+    """--save-stats records each output sample's input index and how the order was drawn."""
+    from conftest import run_cli
+
+    from normcli import statsfile
+
+    x = rng.normal(3.0, 2.0, (13, 4, 4, 2))
+    labels = np.arange(13) * 10  # what a user pairs the outputs with
+    source, out, stats = save(tmp_path, x), tmp_path / "bn.npy", tmp_path / "bn.json"
+    run_cli("batchnorm", source, "-o", out, "--batch-size", 4, "--shuffle", "--seed", 5, "--dtype", "float64",
+            "--save-stats", stats, "--quiet", *(["--drop-last"] if drop_last else []))
+    saved = statsfile.read(str(stats)).extra
+    permutation = np.random.default_rng(5).permutation(13)  # numpy's PCG64, as the README says
+    kept = 12 if drop_last else 13
+    assert saved["order"] == permutation[:kept].tolist()
+    assert saved["shuffle"]["generator"] == "numpy PCG64" and saved["shuffle"]["seed"] == 5
+    y = np.load(out)
+    assert len(y) == kept
+    order = np.array(saved["order"])
+    expected = ref_batchnorm(x[order], (0, 1, 2), 4, drop_last=drop_last)[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    paired = labels[order]  # output i belongs with the label of input order[i]
+    assert paired.tolist() == [labels[i] for i in permutation[:kept]]
+
+
+def test_unshuffled_batchnorm_saves_no_order(tmp_path, rng):
+    from conftest import run_cli
+
+    source, stats = save(tmp_path, rng.normal(size=(8, 3, 2))), tmp_path / "bn.json"
+    run_cli("batchnorm", source, "-o", tmp_path / "bn.npy", "--batch-size", 4, "--save-stats", stats, "--quiet")
+    doc = json.loads(stats.read_text())
+    assert "order" not in doc and "shuffle" not in doc

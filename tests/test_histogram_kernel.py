@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from normcli import histograms
 from normcli.layout import Layout
@@ -265,3 +266,30 @@ def _time_measure(threads: int = 1, seconds: float = 2.0) -> None:
 if __name__ == "__main__":
     for n_threads in (1, 2):
         _time_measure(n_threads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float16, np.float32]), scope=st.sampled_from(["global", "channel", "sample"]),
+       bins=st.integers(1, 40), given_range=st.booleans(), data=st.data())
+def test_float16_and_float32_histograms_are_those_of_the_float64_values(dtype, scope, bins, given_range, data):
+    """What the README says: a float32/float16 histogram is np.histogram of the values cast to
+    float64, over each row's [min, max] (or --range), through the whole measuring pass."""
+    import tempfile
+    from pathlib import Path
+
+    from normcli.passes import measure
+    from normcli.sources import open_dataset
+
+    x = data.draw(hnp.arrays(dtype, (3, 4, 5, 2), elements=st.floats(-1000, 1000, width=16 if dtype == np.float16
+                                                                      else 32)))
+    hist_range = (-500.0, 700.0) if given_range else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, x)
+        with open_dataset([str(path)]) as dataset:
+            stats = measure(dataset, scope, bins=bins, hist_range=hist_range)
+    for row, counts in zip(histogram_rows(x, "NHWC", scope), stats.histograms.counts):
+        wide = row.astype(np.float64)
+        low, high = hist_range or (wide.min(), wide.max())
+        want = np.histogram(wide, bins, range=(low, high) if low < high else (low - 0.5, high + 0.5))[0]
+        np.testing.assert_array_equal(counts, want)

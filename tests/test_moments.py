@@ -679,3 +679,31 @@ def test_a_variance_beyond_float64_is_an_error_not_zeros(tmp_path, scope):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: values too large to add up or square in float64")
     assert not (tmp_path / "z.npy").exists()
+
+
+def _exact_var(row) -> float:
+    fractions = [Fraction(v) for v in row.tolist()]
+    mean = sum(fractions) / len(fractions)
+    return float(sum((f - mean) ** 2 for f in fractions) / len(fractions))
+
+
+@pytest.fixture(scope="module")
+def far_probe_samples():
+    """Twelve samples of std 1e-3 at a 1e9 offset (where float64 steps by 1.2e-7); sample 3's first
+    256 values (the shift's probe) sit 1 above the rest, so its block re-centres it on its mean."""
+    rng = np.random.default_rng(18)
+    x = 1e9 + rng.normal(0.0, 1e-3, (12, 600))
+    x[3, :256] += 1.0
+    return x.reshape(12, 20, 30), [_exact_var(row) for row in x]
+
+
+@settings(max_examples=25, deadline=None)
+@given(max_bytes=st.integers(4800, 12 * 4800))
+def test_per_sample_variance_at_an_offset_does_not_depend_on_the_block(far_probe_samples, max_bytes):
+    """Each sample centred on its own shift: <= 1e-12 of the exact variance whichever samples share
+    its block (a neighbour whose probe is far from its mean once re-centred them all)."""
+    x, exact = far_probe_samples
+    stats, sizes = measure_file(x, "NHW", "sample", max_bytes, bins=0)
+    assert sum(sizes) == 12
+    for got, want in zip(stats.moments.var(), exact):
+        assert rel_err(got, want) <= 1e-12

@@ -7,13 +7,16 @@ axes a scope names in the array's own layout (never through normcli's layout hel
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from normcli import statsfile
@@ -22,6 +25,7 @@ from normcli.passes import ScalePlan, measure, transform
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
+from conftest import run_cli
 from helpers import SCOPES, fresh_path, save
 
 # Axes each scope reduces, written per layout in the array's own axis order.
@@ -558,3 +562,248 @@ def test_affine_apply_is_the_broadcast_formula_bit_for_bit(scope, samples, posit
     out = np.full(x.shape, np.nan, out_dtype)
     affine.apply(x, out, s, bounds)
     np.testing.assert_array_equal(out, expected.astype(out_dtype))
+
+
+# ------------------------------------------------------- integers of every width, at their extremes
+INTEGER_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+NHWC_AXES = {"global": (1, 2, 3, 0), "channel": (0, 1, 2), "sample": (1, 2, 3), "pixel": (0,)}
+
+
+@st.composite
+def integer_datasets(draw, min_samples=1):
+    """(N, H, W, C) integers of any width: often at the dtype's extremes and next to them, or all
+    within a few hundred of one extreme (a small spread where float64 cannot hold the values)."""
+    dtype = np.dtype(draw(st.sampled_from(INTEGER_DTYPES)))
+    info = np.iinfo(dtype)
+    extremes = [info.min, info.min + 1, info.max, info.max - 1, 0, 1]
+    shape = (draw(st.integers(min_samples, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+             draw(st.integers(1, 3)))
+    if draw(st.booleans()):
+        base = draw(st.sampled_from(extremes))
+        element = st.integers(-300, 300).map(lambda d: min(max(base + d, info.min), info.max))
+    else:
+        element = st.one_of(st.sampled_from(extremes), st.integers(info.min, info.max))
+    values = draw(st.lists(element, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    return np.array(values, dtype).reshape(shape)
+
+
+def exact_keyed(x: np.ndarray, axes):
+    """Per-key (min, max, sum, sum of squares, count) of integer data in Python ints, broadcastable."""
+    exact = x.astype(object)
+    count = int(np.prod([x.shape[a] for a in axes]))
+    return (exact.min(axis=axes, keepdims=True), exact.max(axis=axes, keepdims=True),
+            exact.sum(axis=axes, keepdims=True), (exact * exact).sum(axis=axes, keepdims=True), count)
+
+
+def exact_normalize(x, axes, low=0.0, high=1.0):
+    low_v, high_v, _, _, _ = exact_keyed(x, axes)
+    span = high_v - low_v
+    scaled = np.frompyfunc(lambda v, a, s: float(Fraction(int(v - a), int(s))) if s else 0.0, 3, 1)
+    return scaled(x.astype(object), low_v, span).astype(np.float64) * (high - low) + low
+
+
+def exact_standardize(x, axes, eps=0.0):
+    """(x - mean) / sqrt(var + eps) from the exact mean and variance (rational, rounded once)."""
+    _, _, s1, s2, n = exact_keyed(x, axes)
+
+    def z(v, a, b):
+        var = float(Fraction(int(b) * n - int(a) * int(a), n * n)) + eps
+        return float(Fraction(int(v)) - Fraction(int(a), n)) / math.sqrt(var) if var > 0 else 0.0
+
+    return np.frompyfunc(z, 3, 1)(x.astype(object), s1, s2).astype(np.float64)
+
+
+def transformed(tmp_path, x, *args) -> np.ndarray:
+    source, out = save(tmp_path, x), fresh_path(tmp_path, "out", ".npy")
+    run_cli(*args[:1], source, "-o", out, "--dtype", "float64", "--quiet", *args[1:])
+    return np.load(out)
+
+
+INTEGERS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@INTEGERS
+@given(x=integer_datasets())
+def test_normalize_integers_of_every_width_is_exact(tmp_path, scope, x):
+    """max - min never wraps in the input's dtype (int8's -128..127, int64's extremes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        got = transformed(tmp_path, x, "normalize", "--per", scope, "--range", "-1", "3")
+    np.testing.assert_allclose(got, exact_normalize(x, NHWC_AXES[scope], -1.0, 3.0), rtol=0, atol=4e-15)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@INTEGERS
+@given(x=integer_datasets())
+def test_standardize_integers_of_every_width_is_exact(tmp_path, scope, x):
+    """The mean's whole part is exact: 2**63 - 2 is no float64, x - mean is taken in integers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        got = transformed(tmp_path, x, "standardize", "--per", scope)
+    np.testing.assert_allclose(got, exact_standardize(x, NHWC_AXES[scope]), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("scope", ["channel", "global", "pixel"])
+@INTEGERS
+@given(x=integer_datasets(min_samples=2), batches=st.integers(1, 2))
+def test_batchnorm_integers_of_every_width_is_exact(tmp_path, scope, x, batches):
+    size = len(x) // batches
+    x = x[:size * batches]
+    assume(size >= 2)
+    got = transformed(tmp_path, x, "batchnorm", "--batch-size", size, "--per", scope)
+    want = np.concatenate([exact_standardize(x[i:i + size], NHWC_AXES[scope], 1e-5) for i in range(0, len(x), size)])
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+@INTEGERS
+@given(x=integer_datasets(), data=st.data())
+def test_groupnorm_integers_of_every_width_is_exact(tmp_path, x, data):
+    channels = x.shape[3]
+    groups = data.draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    got = transformed(tmp_path, x, "groupnorm", "--groups", groups)
+    grouped = x.reshape(*x.shape[:3], groups, channels // groups)
+    want = exact_standardize(grouped, (1, 2, 4), 1e-5).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["normalize", "standardize"])
+@pytest.mark.parametrize("scope", ["global", "channel", "pixel"])
+@INTEGERS
+@given(x=integer_datasets())
+def test_inverse_of_integers_of_every_width_comes_back(tmp_path, kind, scope, x):
+    stats = fresh_path(tmp_path, "stats", ".json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NormcliWarning)
+        forward = transformed(tmp_path, x, kind, "--per", scope, "--save-stats", stats)
+        back = transformed(tmp_path, forward, kind, "--stats-from", stats, "--inverse")
+    exact = x.astype(object)
+    low, high = exact.min(axis=NHWC_AXES[scope], keepdims=True), exact.max(axis=NHWC_AXES[scope], keepdims=True)
+    flat = np.broadcast_to(low == high, x.shape)
+    spread = (np.abs(high.astype(np.float64)) + np.abs(low.astype(np.float64)))
+    err = np.abs(back - x.astype(np.float64))
+    # one rounding of the forward value, scaled back by the span, and the float64 of x and the shift
+    assert (err[~flat] <= np.broadcast_to(4e-15 * spread, x.shape)[~flat] + 1).all()
+
+
+@pytest.mark.parametrize("scope", ["global", "channel", "sample", "pixel"])
+def test_int64_extremes_normalize_to_their_exact_places(tmp_path, scope):
+    x = np.array([2**63 - 1, 2**63 - 2, -2**63, 0], np.int64).reshape(1, 4, 1, 1) if scope != "pixel" else \
+        np.array([2**63 - 1, 2**63 - 2, -2**63, 0], np.int64).reshape(4, 1, 1, 1)
+    got = transformed(tmp_path, x, "normalize", "--per", scope)
+    np.testing.assert_array_equal(got.reshape(-1), [1.0, 1.0, 0.0, 0.5])
+
+
+def test_int8_camera_range_normalizes_to_the_whole_range(tmp_path):
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
+    got = transformed(tmp_path, x, "normalize")
+    np.testing.assert_allclose(got.reshape(-1), np.arange(256) / 255, rtol=0, atol=2e-16)
+
+
+# ----------------------------------------------------- round trips through normcli's own 8/16-bit files
+@pytest.fixture
+def rgb_folder(tmp_path, rng):
+    from conftest import write_image
+
+    root = tmp_path / "rgb"
+    for name, (h, w) in {"a.png": (9, 7), "b/c.png": (5, 8)}.items():
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[0, 0], image[-1, -1] = 0, 255  # every channel spans 0..255
+        write_image(root / name, image)
+    return root
+
+
+def read_tree(root: Path) -> dict:
+    """Every PNG under `root` as stored (imagecodecs: Pillow reads 16-bit RGB as 8-bit)."""
+    import imagecodecs
+
+    return {p.relative_to(root): imagecodecs.imread(p) for p in sorted(root.rglob("*.png"))}
+
+
+@pytest.mark.parametrize("dtype,step", [("uint8", 1 / 255 / 0.8 * 255), ("uint16", 1 / 65535 / 0.8 * 255)])
+def test_inverse_through_normcli_own_integer_images_comes_back(tmp_path, rgb_folder, dtype, step):
+    """normalize --range 0.1 0.9 into 8/16-bit PNGs rounds the ends one half-step outward; the
+    inverse accepts that, clamps it, and gives the input back within one quantisation step."""
+    middle, back, stats = tmp_path / "middle", tmp_path / "back", tmp_path / "stats.json"
+    run_cli("normalize", rgb_folder, "-o", middle, "--range", "0.1", "0.9", "--per", "channel", "--dtype", dtype,
+            "--save-stats", stats, "--quiet")
+    assert all(a.dtype == np.dtype(dtype) for a in read_tree(middle).values())
+    result = run_cli("normalize", middle, "-o", back, "--inverse", "--stats-from", stats, "--range", "0.1", "0.9",
+                     "--dtype", "uint8")
+    assert "clipped" not in result.stderr and "warning" not in result.stderr
+    original, restored = read_tree(rgb_folder), read_tree(back)
+    assert original.keys() == restored.keys()
+    # The middle's rounding (half its step, `step` / 2 in input units) and the output's own rounding.
+    worst = math.floor(step / 2 + 0.5)
+    for name, image in original.items():
+        assert restored[name].dtype == np.uint8
+        assert np.abs(restored[name].astype(int) - image).max() <= worst
+
+
+def test_inverse_still_refuses_values_far_past_the_range(tmp_path, rgb_folder):
+    from conftest import write_image
+
+    middle, back, stats = tmp_path / "middle", tmp_path / "back", tmp_path / "stats.json"
+    run_cli("normalize", rgb_folder, "-o", middle, "--range", "0.1", "0.9", "--per", "channel",
+            "--save-stats", stats, "--quiet")
+    image = read_tree(middle)[Path("a.png")].copy()
+    image[1, 1] = 0  # (0 - 0.1) / 0.8 * 255: 32 below the input's range, not a rounding
+    write_image(middle / "a.png", image)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("normalize", middle, "-o", back, "--inverse", "--stats-from", stats, "--range", "0.1", "0.9",
+                     ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the output spans [-31.") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------ the range the statistics were fitted with
+def test_the_inverse_uses_the_recorded_range(tmp_path, rng):
+    x = rng.normal(5.0, 3.0, (6, 4, 4, 2))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats)
+    assert statsfile.read(str(stats)).extra["range"] == [-1.0, 1.0]
+    back = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse")  # no --range
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12 * np.abs(x).max())
+    same = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse", "--range", "-1", "1")
+    np.testing.assert_array_equal(same, back)
+
+
+def test_the_inverse_with_another_range_is_a_usage_error_naming_both(tmp_path, rng):
+    x = rng.normal(5.0, 3.0, (6, 4))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = save(tmp_path, transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats))
+    out = fresh_path(tmp_path, "back", ".npy")
+    result = run_cli("normalize", forward, "-o", out, "--stats-from", stats, "--inverse", "--range", "0", "1",
+                     ok=False)
+    assert result.exit_code == 2
+    assert f"--range 0 1 contradicts {stats}, which was fitted with --range -1 1; drop --range" in result.stderr
+    assert not out.exists()
+
+
+def test_a_file_without_a_recorded_range_inverts_with_the_range_given(tmp_path, rng):
+    """Files saved before the range was recorded (or by stats --save): the command's own --range."""
+    x = rng.normal(5.0, 3.0, (6, 4))
+    stats = fresh_path(tmp_path, "stats", ".json")
+    forward = transformed(tmp_path, x, "normalize", "--range", "-1", "1", "--save-stats", stats)
+    doc = json.loads(stats.read_text())
+    del doc["range"]
+    stats.write_text(json.dumps(doc))
+    back = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse", "--range", "-1", "1")
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12 * np.abs(x).max())
+    unit = transformed(tmp_path, forward, "normalize", "--stats-from", stats, "--inverse")  # (0, 1), as before
+    np.testing.assert_allclose(unit, (forward - 0.0) * (x.max() - x.min()) + x.min(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("kind", ["normalize", "standardize"])
+def test_wide_integer_statistics_applied_from_a_file_are_exact(tmp_path, dtype, kind):
+    """--stats-from gives what the fit gave: the file's int64/uint64 min, max and sums are exact."""
+    info = np.iinfo(dtype)
+    x = np.array([info.max, info.max - 2, info.max - 1, info.max - 4], dtype).reshape(4, 1, 1, 1)
+    stats = fresh_path(tmp_path, "stats", ".json")
+    fitted_output = transformed(tmp_path, x, kind, "--save-stats", stats)
+    applied = transformed(tmp_path, x, kind, "--stats-from", stats)
+    exact = (exact_normalize if kind == "normalize" else exact_standardize)(x, (0, 1, 2, 3))
+    np.testing.assert_array_equal(applied, fitted_output)
+    np.testing.assert_allclose(applied, exact, rtol=1e-15, atol=1e-15)
