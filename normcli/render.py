@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -276,6 +277,21 @@ def _axis(edges: np.ndarray, width: int) -> str:
     return "".join(axis)
 
 
+def stream_width(stream) -> int:
+    """The width a report written to `stream` is cut to: COLUMNS when set, else the terminal's width
+    when `stream` is a terminal, else 80. Never another stream's: a report saved to a file from a
+    40-column window is 80 wide (rich would ask stdin's terminal)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):  # no file descriptor (a test's stream)
+        pass
+    return 80
+
+
 class Printer:
     """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
     within the console's width, in plain ASCII when asked or when the output cannot encode more."""
@@ -285,7 +301,8 @@ class Printer:
 
         self.ascii = ascii or needs_ascii(encoding)
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
-        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
+        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True,
+                               width=stream_width(sys.stderr if stderr else sys.stdout))
         self.width = self.console.width
 
     def line(self, text: str = "", style: str | None = None) -> None:

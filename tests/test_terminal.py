@@ -414,3 +414,31 @@ def test_save_and_save_stats_are_one_option(chdir, data, option):
     run_at(80, "batchnorm", data, "-o", "b.npy", "-b", "8", option, "b.json", "--quiet")
     assert {json.loads(Path(f).read_text())["per"] for f in ("s.json", "z.json", "b.json")} == {"global",
                                                                                                 "channel"}
+
+
+# -- the width of a saved report (issue 24.2) ------------------------------------------------------
+def test_a_report_saved_from_a_narrow_terminal_is_80_columns_wide(tmp_path, data):
+    """stdin and stderr on a real 40-column pty, stdout to a file: the file gets the 80 columns of a
+    report that is not on a terminal, every column kept; COLUMNS still decides when it is set."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 40, 0, 0))
+    env = {k: v for k, v in subprocess_env().items() if k not in ("COLUMNS", "LINES")}
+    argv = [sys.executable, "-m", "normcli", "stats", str(data), "--per", "sample", "--bins", "0"]
+    widths = {}
+    for name, extra in (("plain", {}), ("columns", {"COLUMNS": "50"})):
+        with open(tmp_path / f"{name}.txt", "wb") as out:
+            subprocess.run(argv, stdin=follower, stdout=out, stderr=follower, env={**env, **extra},
+                           timeout=TIMEOUT, check=True)
+        lines = (tmp_path / f"{name}.txt").read_text().splitlines()
+        widths[name] = max(len(line) for line in lines)
+    os.close(follower)
+    os.close(leader)
+    wide = run_at(80, "stats", data, "--per", "sample", "--bins", "0").stdout
+    assert (tmp_path / "plain.txt").read_text() == wide
+    assert wide.splitlines()[1].split() == ["key", "count", "mean", "std", "var", "min", "max"]
+    assert 40 < widths["plain"] <= 80 and widths["columns"] <= 50
