@@ -29,8 +29,8 @@ PATH = click.Path(readable=False, allow_dash=True)
 class ReportedError(click.ClickException):
     """A NormcliError on its way out: one line on stderr, its own exit code."""
 
-    def __init__(self, error: NormcliError):
-        super().__init__(str(error))
+    def __init__(self, error: NormcliError, encoding: str | None = None):
+        super().__init__(one_line(str(error), encoding))  # names as stderr can show them
         self.exit_code = int(error.exit_code)
 
     def show(self, file=None) -> None:
@@ -38,10 +38,9 @@ class ReportedError(click.ClickException):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, NormcliWarning):
-        click.echo(f"warning: {one_line(str(message))}", err=True)
-    else:
-        click.echo(f"warning: {category.__name__}: {one_line(str(message))}", err=True)
+    text = one_line(str(message), _environment().stderr_encoding)
+    click.echo(f"warning: {text}" if issubclass(category, NormcliWarning) else
+               f"warning: {category.__name__}: {text}", err=True)
 
 
 def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
@@ -84,7 +83,7 @@ class NormcliGroup(click.Group):
             except NormcliError as error:
                 if ctx.params.get("debug"):
                     raise
-                raise ReportedError(error) from None
+                raise ReportedError(error, _environment(ctx).stderr_encoding) from None
             except BrokenPipeError:
                 raise  # a closed pipe (`normcli ... | head`): Click ends it quietly
             except OSError as error:  # what the system said, about the file it named
@@ -92,7 +91,8 @@ class NormcliGroup(click.Group):
                     raise
                 # Every file normcli opens is named; an unnamed stream is the report on stdout.
                 raise ReportedError(NormcliError(error.strerror or str(error),
-                                                 "stdout" if error.filename is None else str(error.filename))) from None
+                                                 "stdout" if error.filename is None else str(error.filename)),
+                                    _environment(ctx).stderr_encoding) from None
             except KeyboardInterrupt:
                 click.echo("error: interrupted; nothing was written", err=True)
                 ctx.exit(ExitCode.INTERRUPTED)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from normcli.errors import one_line
 from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import Layout
 from normcli.scopes import SCOPES
@@ -115,11 +116,6 @@ _PLAIN = str.maketrans({"×": "x", "…": "...", "–": "-", "—": "-", "≈": 
 _UNICODE_SAMPLE = "×…–≈γβεμσ²" + _BLOCKS
 
 
-def plain_text(text: str) -> str:
-    """`text` in ASCII: the report's own symbols spelled out, anything else (a file name) as '?'."""
-    return text.translate(_PLAIN).encode("ascii", "replace").decode("ascii")
-
-
 def needs_ascii(encoding: str | None) -> bool:
     """Whether a stream in `encoding` cannot print the report's Unicode symbols and blocks."""
     try:
@@ -185,12 +181,14 @@ def _clip_left(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) -> TextTable:
+def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS, shown=str) -> TextTable:
     """The stats table in at most `width` columns: six significant digits, else four, else
-    without std (the square root of var), else without count too; long file names keep their end.
-    The pixel scope shows the lowest and the highest value of each statistic over its positions."""
+    without std (the square root of var), else without count too; long file names keep their end,
+    as `shown` spells them for the stream. The pixel scope shows the lowest and the highest value of
+    each statistic over its positions."""
     named = _columns(stats, ddof)
     files = sample_files(stats)
+    files = None if files is None else [shown(name) for name in files]
     keys = row_keys(stats)
     shown = range(min(len(keys), max_rows))
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
@@ -300,6 +298,7 @@ class Printer:
         from rich.console import Console
 
         self.ascii = ascii or needs_ascii(encoding)
+        self.encoding = encoding
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
         self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True,
                                width=stream_width(sys.stderr if stderr else sys.stdout))
@@ -308,10 +307,15 @@ class Printer:
     def line(self, text: str = "", style: str | None = None) -> None:
         """One line of text, or a paragraph wrapped at word boundaries to the console's width."""
         for paragraph in text.split("\n"):
+            paragraph = self.shown(paragraph)
             lines = textwrap.wrap(paragraph, self.width, break_on_hyphens=False,
                                   subsequent_indent=" " * (len(paragraph) - len(paragraph.lstrip())))
             for part in lines or [""]:
-                self.console.print(plain_text(part) if self.ascii else part, style=style, markup=False)
+                self.console.print(part, style=style, markup=False)
+
+    def shown(self, text: str) -> str:
+        """`text` as this printer's stream shows it (before it is measured: escapes are wider)."""
+        return for_stream(text, self.encoding, self.ascii)
 
     def _table(self, table: TextTable) -> None:
         header, *rows = table.lines()
@@ -329,7 +333,7 @@ class Printer:
         alpha = ", alpha passed through" if stats.alpha_passed else ""
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
-        self._table(stats_table(stats, ddof, self.width))
+        self._table(stats_table(stats, ddof, self.width, shown=self.shown))
         if stats.histograms is not None:
             self.histograms(stats)
 
@@ -439,6 +443,9 @@ def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encodi
     return ProgressDisplay(ascii=ascii or needs_ascii(encoding))
 
 
-def for_stream(text: str, encoding: str | None) -> str:
-    """`text` as a stream in `encoding` can print it (plain ASCII when it holds no more)."""
-    return plain_text(text) if needs_ascii(encoding) else text
+def for_stream(text: str, encoding: str | None, ascii: bool = False) -> str:
+    """`text` as a stream in `encoding` can print it: in plain ASCII when asked or when it holds no
+    more (the report's own symbols spelled out, a file name's other characters as the \\x escapes of
+    their bytes), and a name's undecodable bytes as \\xff (errors.one_line, which errors use too)."""
+    plain = ascii or needs_ascii(encoding)
+    return one_line(text.translate(_PLAIN) if plain else text, "ascii" if plain else encoding)

@@ -134,7 +134,7 @@ def test_csv_is_utf8_data_even_for_an_ascii_terminal(tmp_path, rng):
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode("utf-8").splitlines()[1].split(",")[:2] == ["0", "café.png"]
     table = normcli("stats", folder, "--per", "sample", cwd=tmp_path, PYTHONIOENCODING="ascii")
-    assert table.returncode == 0 and "caf?.png" in table.stdout.decode("ascii")
+    assert table.returncode == 0 and r"caf\xc3\xa9.png" in table.stdout.decode("ascii")  # its bytes, not '?'
 
 
 @pytest.mark.parametrize("args", [a for a in ASCII_CASES if a[0] in ("stats", "demo") and "--help" not in a],
@@ -443,3 +443,26 @@ def test_a_report_saved_from_a_narrow_terminal_is_80_columns_wide(tmp_path, data
     header = next(line for line in wide.splitlines() if line.startswith("key"))
     assert header.split() == ["key", "count", "mean", "std", "var", "min", "max"]
     assert 40 < widths["plain"] <= 80 and widths["columns"] <= 50
+
+
+# -- file names as the terminal can show them (issue 24.8) -------------------------------------------
+@pytest.mark.parametrize("name, extra, shown", [
+    (b"bad\xff.npy", {}, r"bad\xff.npy"),  # not UTF-8: the byte, not Python's \udcff
+    ("manquant_é.npy".encode(), {}, "manquant_é.npy"),
+    ("manquant_é.npy".encode(), {"PYTHONIOENCODING": "ascii"}, r"manquant_\xc3\xa9.npy"),
+    ("manquant_é.npy".encode(), {"LC_ALL": "C", "PYTHONUTF8": "0"}, r"manquant_\xc3\xa9.npy"),
+])
+def test_names_are_shown_alike_in_errors_and_tables(tmp_path, data, name, extra, shown):
+    """The same spelling in the error line (a missing file) and in the table (the file, present)."""
+    argv = [os.fsencode(sys.executable), b"-m", b"normcli", b"stats", name]
+    env = {k: v for k, v in subprocess_env(**extra).items() if not k.startswith("LC_") or k in extra}
+    missing = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.decode("utf-8").splitlines() == [f"error: no such file or folder ({shown})"]
+    (tmp_path / os.fsdecode(name)).write_bytes(data.read_bytes())
+    table = subprocess.run([*argv, str(data).encode(), b"--per", b"sample", b"--bins", b"0"], cwd=tmp_path,
+                           capture_output=True, timeout=TIMEOUT, env=env)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.decode("utf-8").splitlines()
+    first = next(row for row in rows if row.startswith("0 "))  # the header above may wrap
+    assert rows[0].startswith(f"{shown},") and first.split()[:2] == ["0", shown]
