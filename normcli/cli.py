@@ -173,6 +173,25 @@ class Momentum(click.ParamType):
         return number
 
 
+class Rows(click.ParamType):
+    """A positive number of rows, or 'all' (None)."""
+
+    name = "rows"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "all":
+            return None
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of rows or 'all'", param, ctx)
+        if number < 1:
+            self.fail(f"{value!r} is below 1", param, ctx)
+        return number
+
+
 SEED = click.IntRange(min=0)
 
 
@@ -254,6 +273,12 @@ def report_options(formats=("table", "json")):
         click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
                      help="Report format."),
         click.option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
+        click.option("--progress/--no-progress", default=True,
+                     help="A progress bar on stderr when it is a terminal [default: --progress]."),
+        click.option("--rows", type=Rows(), default="12", show_default=True, metavar="N|all",
+                     help="Rows a table shows (every row: all, or --format csv/json)."),
+        click.option("--color", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
+                     help="Colour: auto follows the terminal, NO_COLOR and FORCE_COLOR."),
         ascii_option,
     ))
 
@@ -290,10 +315,11 @@ fit_options = _packed("fit", run.Fit, (
 
 
 # -- rendering the results ----------------------------------------------------------------
-def _printer(to_stderr: bool, ascii_only: bool, env: run.Environment):
+def _printer(to_stderr: bool, report: run.Report, env: run.Environment):
     from normcli.render import Printer
 
-    return Printer(stderr=to_stderr, ascii=ascii_only, encoding=env.encoding(to_stderr))
+    return Printer(stderr=to_stderr, ascii=report.ascii_only, encoding=env.encoding(to_stderr), rows=report.rows,
+                   color=report.color)
 
 
 @contextlib.contextmanager
@@ -301,7 +327,8 @@ def _progress(report: run.Report, env: run.Environment):
     """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet)."""
     from normcli.render import progress_display
 
-    display = progress_display(quiet=report.quiet, terminal=env.stderr_isatty, ascii=report.ascii_only,
+    display = progress_display(quiet=report.quiet or not report.progress, terminal=env.stderr_isatty,
+                               ascii=report.ascii_only,
                                encoding=env.stderr_encoding)
     try:
         yield display
@@ -325,7 +352,7 @@ def _show_stats(result: run.StatsRun, report: run.Report, env: run.Environment) 
     elif report.fmt == "torchvision":
         click.echo(render.torchvision_line(stats, ddof))
     else:
-        _printer(False, report.ascii_only, env).stats(stats, ddof)
+        _printer(False, report, env).stats(stats, ddof)
 
 
 def _show_transform(result: run.TransformRun, output: run.Output, report: run.Report, env: run.Environment) -> None:
@@ -341,7 +368,7 @@ def _show_transform(result: run.TransformRun, output: run.Output, report: run.Re
             doc["batches"] = [vars(b) for b in result.batches]
         _emit_json(doc, to_stderr)  # the one JSON document: its "output" says what was written
         return
-    printer = _printer(to_stderr, report.ascii_only, env)
+    printer = _printer(to_stderr, report, env)
     printer.stats(result.before, ddof, title=f"before: {render.inputs_text(result.inputs)}")
     printer.line()
     if result.batches is not None:
@@ -565,7 +592,7 @@ def demo(seed, bins, ascii_only):
         normcli demo
         normcli demo --seed 1 --bins 50
     """
-    printer = _printer(False, ascii_only, _environment())
+    printer = _printer(False, run.Report(ascii_only=ascii_only), _environment())
     for step in run.run_demo(seed, bins):
         printer.line()
         printer.line(step.title, style="bold underline")

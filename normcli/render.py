@@ -169,7 +169,8 @@ class TextTable:
         lines = [(" " * _GAP).join(cell.ljust(w) if i < self.left else cell.rjust(w)
                                    for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
                  for cells in (self.header, *self.rows)]
-        return lines + ([f"… {self.more:,} more rows (all of them: --format csv or json)"] if self.more else [])
+        return lines + ([f"… {self.more:,} more rows (all of them: --rows all, or --format csv or json)"]
+                        if self.more else [])
 
 
 _GAP = 2
@@ -181,7 +182,7 @@ def _clip_left(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS, shown=str) -> TextTable:
+def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_ROWS, shown=str) -> TextTable:
     """The stats table in at most `width` columns: six significant digits, else four, else
     without std (the square root of var), else without count too; long file names keep their end,
     as `shown` spells them for the stream. The pixel scope shows the lowest and the highest value of
@@ -190,7 +191,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS, sh
     files = sample_files(stats)
     files = None if files is None else [shown(name) for name in files]
     keys = row_keys(stats)
-    shown = range(min(len(keys), max_rows))
+    kept = range(len(keys) if max_rows is None else min(len(keys), max_rows))
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
         columns = {name: values for name, values in named.items() if name not in dropped}
         if SCOPES[stats.scope].nested:
@@ -198,7 +199,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS, sh
                     for which, pick in (("lowest", np.min), ("highest", np.max))]
         else:
             rows = [[keys[k], *([files[k]] if files is not None else []),
-                     *(fmt(c[k].item(), digits) for c in columns.values())] for k in shown]
+                     *(fmt(c[k].item(), digits) for c in columns.values())] for k in kept]
         left = 2 if files is not None else 1
         table = TextTable(["key", *(["file"] if files is not None else []), *columns], rows, left,
                           f"({' and '.join(dropped)} left out to fit: see --format json)" if dropped else "")
@@ -207,7 +208,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS, sh
         if table.width() <= width:
             break
     if not SCOPES[stats.scope].nested:
-        table.more = len(keys) - len(shown)
+        table.more = len(keys) - len(kept)
     return table
 
 
@@ -294,14 +295,18 @@ class Printer:
     """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
     within the console's width, in plain ASCII when asked or when the output cannot encode more."""
 
-    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8"):
+    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8",
+                 rows: int | None = MAX_TABLE_ROWS, color: str = "auto"):
         from rich.console import Console
 
         self.ascii = ascii or needs_ascii(encoding)
         self.encoding = encoding
+        self.rows = rows  # None: every row
+        # --color always/never over the environment (NO_COLOR, FORCE_COLOR), as no-color.org asks
+        colors = {"always": {"force_terminal": True, "no_color": False}, "never": {"color_system": None}}
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
         self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True,
-                               width=stream_width(sys.stderr if stderr else sys.stdout))
+                               width=stream_width(sys.stderr if stderr else sys.stdout), **colors.get(color, {}))
         self.width = self.console.width
 
     def line(self, text: str = "", style: str | None = None) -> None:
@@ -333,7 +338,7 @@ class Printer:
         alpha = ", alpha passed through" if stats.alpha_passed else ""
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
-        self._table(stats_table(stats, ddof, self.width, shown=self.shown))
+        self._table(stats_table(stats, ddof, self.width, self.rows, shown=self.shown))
         if stats.histograms is not None:
             self.histograms(stats)
 
@@ -351,7 +356,9 @@ class Printer:
         if len(keys) > shown:
             self.line(f"  (histograms of {len(keys) - shown:,} more rows in --format json)", style="dim")
 
-    def batches(self, batches, limit: int = 8) -> None:
+    def batches(self, batches) -> None:
+        # a summary row for two or more batches left out; one left out is shown as itself
+        limit = len(batches) if self.rows is None or len(batches) <= self.rows + 1 else self.rows
         names = ("mean before", "var before", "mean after", "var after")
         rows = [[str(b.index), str(b.size), *(fmt(v) for v in (b.mean_before, b.var_before, b.mean_after,
                                                                  b.var_after))] for b in batches[:limit]]

@@ -466,3 +466,38 @@ def test_names_are_shown_alike_in_errors_and_tables(tmp_path, data, name, extra,
     rows = table.stdout.decode("utf-8").splitlines()
     first = next(row for row in rows if row.startswith("0 "))  # the header above may wrap
     assert rows[0].startswith(f"{shown},") and first.split()[:2] == ["0", shown]
+
+
+# -- --rows, --color, --no-progress (issue 24.3, 24.7, 24.9) ----------------------------------------
+def test_rows_option_shows_every_row_or_as_many_as_asked(data):
+    def keys(*options):
+        lines = run_at(80, "stats", data, "--per", "sample", "--bins", "0", *options).stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("key ")) + 1
+        return [line.split()[0] for line in lines[start:] if not line.startswith("…")], lines[-1]
+
+    shown, last = keys()
+    assert shown == [str(k) for k in range(12)]
+    assert last == "… 28 more rows (all of them: --rows all, or --format csv or json)"
+    assert keys("--rows", "all")[0] == [str(k) for k in range(40)]
+    shown, last = keys("--rows", "3")
+    assert shown == ["0", "1", "2"] and last.startswith("… 37 more rows")
+    for bad in ("0", "-1", "many"):
+        result = run_at(80, "stats", data, "--rows", bad, ok=False)
+        assert result.exit_code == 2 and "--rows" in result.stderr
+
+
+def test_batch_rows_follow_rows_too(chdir, data):
+    out = run_at(80, "batchnorm", data, "-o", "bn.npy", "-b", "2", "--bins", "0", "--rows", "all").stdout
+    lines = out.splitlines()
+    start = lines.index("batch norm, batches of 2: 20 batches") + 2
+    assert [line.split()[0] for line in lines[start:start + 20]] == [str(k) for k in range(20)]
+
+
+@pytest.mark.parametrize("option, env, styled", [
+    ("always", {"NO_COLOR": "1"}, True), ("never", {"FORCE_COLOR": "1"}, False), ("auto", {"NO_COLOR": "1"}, False),
+    ("auto", {"FORCE_COLOR": "1"}, True)])
+def test_color_option_overrides_the_environment(tmp_path, data, option, env, styled):
+    extra = {"NO_COLOR": "", **env} if "FORCE_COLOR" in env else env
+    result = normcli("stats", data, "--bins", "0", "--color", option, cwd=tmp_path, **extra)
+    assert result.returncode == 0
+    assert (b"\x1b[" in result.stdout) == styled
