@@ -323,13 +323,17 @@ def _printer(to_stderr: bool, report: run.Report, env: run.Environment):
 
 
 @contextlib.contextmanager
-def _progress(report: run.Report, env: run.Environment):
-    """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet)."""
-    from normcli.render import progress_display
+def _progress(report: run.Report, engine: run.EngineOptions, env: run.Environment):
+    """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet); it first
+    says what the engine waits for (a scheduler), so that a wait is never silent."""
+    from normcli.render import progress_display, waiting_notice
 
     display = progress_display(quiet=report.quiet or not report.progress, terminal=env.stderr_isatty,
                                ascii=report.ascii_only,
                                encoding=env.stderr_encoding)
+    notice = waiting_notice(engine)
+    if display is not None and notice:
+        display.notice(notice)
     try:
         yield display
     finally:
@@ -408,7 +412,7 @@ def stats(inputs, per, hist_range, ddof, report, engine, save, force):
     """
     env = _environment()
     params = run.StatsParams(per, hist_range, ddof, save, force)
-    with _progress(report, env) as progress:
+    with _progress(report, engine, env) as progress:
         result = run.run_stats(inputs, params, report, engine, env, progress)
     if not report.quiet:
         _show_stats(result, report, env)
@@ -418,7 +422,7 @@ def stats(inputs, per, hist_range, ddof, report, engine, save, force):
 def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Report, engine: run.EngineOptions):
     """Every transform command: run it, then report."""
     env = _environment()
-    with _progress(report, env) as progress:
+    with _progress(report, engine, env) as progress:
         result = run.run_transform(params, inputs, output, report, engine, env, progress)
     result.warn()
     if not report.quiet:

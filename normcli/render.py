@@ -420,8 +420,23 @@ class ProgressDisplay:
         self._began: float | None = None
         self._task = None
         self.visible = False
+        self._noticed = False
+
+    def notice(self, text: str) -> None:
+        """What the run waits for before its first pass (a scheduler): shown at once, on the line the
+        bar (or an error) then takes."""
+        console = self._progress.console
+        console.file.write(for_stream(text, console.encoding)[:max(console.width - 1, 0)])
+        console.file.flush()
+        self._noticed = True
+
+    def _clear_notice(self) -> None:
+        if self._noticed:
+            self._progress.console.file.write("\r\x1b[2K")
+            self._noticed = False
 
     def phase(self, name: str, total: int) -> None:
+        self._clear_notice()
         if self._task is not None:
             self._progress.stop_task(self._task)
         if self._began is None:
@@ -438,6 +453,7 @@ class ProgressDisplay:
             self._progress.start()
 
     def close(self) -> None:
+        self._clear_notice()
         if self.visible:
             self._progress.stop()
 
@@ -456,3 +472,20 @@ def for_stream(text: str, encoding: str | None, ascii: bool = False) -> str:
     their bytes), and a name's undecodable bytes as \\xff (errors.one_line, which errors use too)."""
     plain = ascii or needs_ascii(encoding)
     return one_line(text.translate(_PLAIN) if plain else text, "ascii" if plain else encoding)
+
+
+def waiting_notice(engine) -> str | None:
+    """What a run on a Dask scheduler waits for before any work (up to a timeout that would be silent
+    otherwise), said at once on stderr; None for engines that start at once. `engine`: run.EngineOptions."""
+    from normcli.engine import SCHEDULER_FILE_WAIT
+
+    if engine.engine != "dask":
+        return None
+    if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
+        return f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {engine.scheduler_file} ..."
+    if engine.scheduler_file:
+        return f"connecting to the Dask scheduler in {engine.scheduler_file} ..."
+    if engine.scheduler:
+        return f"connecting to the Dask scheduler at {engine.scheduler} ..."
+    return None
+

@@ -501,3 +501,29 @@ def test_color_option_overrides_the_environment(tmp_path, data, option, env, sty
     result = normcli("stats", data, "--bins", "0", "--color", option, cwd=tmp_path, **extra)
     assert result.returncode == 0
     assert (b"\x1b[" in result.stdout) == styled
+
+
+# -- what a run waits for (issue 24.4) -----------------------------------------------------------------
+def test_a_wait_for_a_scheduler_is_said_at_once(tmp_path):
+    from normcli.engine import SCHEDULER_FILE_WAIT
+    from normcli.run import EngineOptions
+
+    missing = tmp_path / "nope.json"
+    assert render.waiting_notice(EngineOptions("dask", scheduler_file=str(missing))) == \
+        f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {missing} ..."
+    assert render.waiting_notice(EngineOptions("dask", scheduler="tcp://10.0.0.1:8786")) == \
+        "connecting to the Dask scheduler at tcp://10.0.0.1:8786 ..."
+    assert render.waiting_notice(EngineOptions("dask")) is None  # a local cluster starts at once
+    assert render.waiting_notice(EngineOptions("threads")) is None
+
+
+def test_the_waiting_notice_is_shown_on_a_terminal_and_gives_its_line_to_the_error(tmp_path):
+    """A real pty: the notice appears before anything else and is erased before the error's line, so
+    the terminal keeps one line (pipes get the one error line alone: tests/test_engines.py)."""
+    script = ("import time; from normcli.render import ProgressDisplay\n"
+              "p = ProgressDisplay(delay=0)\n"
+              "p.notice('waiting up to 30 s for the scheduler file nope.json ...')\n"
+              "time.sleep(0.1); p.close()\n")
+    shown = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False)
+    assert shown.startswith("waiting up to 30 s for the scheduler file nope.json ...")
+    assert shown.endswith("\r\x1b[2K")
