@@ -49,9 +49,42 @@ def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
         ctx.find_root().params["debug"] = True
 
 
+# The help's sections, in this order: the options most runs give first (-o, --per), the rarely used
+# reading options after the report's. A command's own options are "What to do".
+SECTIONS = ("Where to write", "What to do", "Report", "What to read", "Engine", "Other")
+
+
+def in_section(title: str, *options):
+    """A decorator that applies `options` and files them under `title` in the help."""
+    def decorate(fn):
+        before = len(getattr(fn, "__click_params__", []))
+        for option in reversed(options):
+            fn = option(fn)
+        for param in fn.__click_params__[before:]:
+            param.section = title
+        return fn
+    return decorate
+
+
 class NormcliCommand(click.Command):
     """Usage problems found by the core are shown with this command's own usage line;
-    every command also takes --debug."""
+    every command also takes --debug; the help groups the options in SECTIONS."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        params = self.get_params(ctx)
+        if not any(getattr(param, "section", None) for param in params):
+            return super().format_options(ctx, formatter)  # a small command: one list
+        sections: dict[str, list] = {}
+        other = ("debug", self.get_help_option(ctx))
+        for param in params:
+            record = None if isinstance(param, click.Argument) else param.get_help_record(ctx)
+            if record is not None:
+                title = "Other" if param.name in other or param in other else getattr(param, "section", "What to do")
+                sections.setdefault(title, []).append(record)
+        for title in SECTIONS:
+            if title in sections:
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -196,9 +229,9 @@ SEED = click.IntRange(min=0)
 
 
 # -- option objects ----------------------------------------------------------------------
-def _packed(name: str, build, options):
-    """A decorator that applies `options` and hands the command one value instead of their
-    parameters: `name` = build(**their values)."""
+def _packed(name: str, build, options, section: str = "What to do"):
+    """A decorator that applies `options` (filed under `section` in the help) and hands the command
+    one value instead of their parameters: `name` = build(**their values)."""
     def decorate(fn):
         @functools.wraps(fn)
         def command(*args, **kwargs):
@@ -206,8 +239,7 @@ def _packed(name: str, build, options):
             return fn(*args, **kwargs)
 
         before = len(getattr(command, "__click_params__", []))
-        for option in reversed(options):
-            command = option(command)
+        command = in_section(section, *options)(command)
         names = [param.name for param in command.__click_params__[before:]]
         return command
     return decorate
@@ -236,7 +268,7 @@ input_options = _packed("inputs", run.Inputs, (
     click.option("--include-hidden", is_flag=True, help="Also read dot-files and dot-folders inside input folders."),
     click.option("--exclude", metavar="GLOB", multiple=True,
                  help="Leave out images whose path inside the folder matches GLOB (fnmatch; repeatable)."),
-))
+), section="What to read")
 
 
 def scope_option(default: str, choices=SCOPES):
@@ -245,8 +277,7 @@ def scope_option(default: str, choices=SCOPES):
 
 
 ascii_option = click.option("--ascii", "ascii_only", is_flag=True,
-                            help="Plain ASCII: bars of #, no Unicode symbols or blocks [default: when "
-                                 "the output's encoding cannot print them].")
+                            help="Plain ASCII (bars of #) [default: when the output cannot print more].")
 
 
 def _environment(ctx: click.Context | None = None) -> run.Environment:
@@ -274,13 +305,13 @@ def report_options(formats=("table", "json")):
                      help="Report format."),
         click.option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
         click.option("--progress/--no-progress", default=True,
-                     help="A progress bar on stderr when it is a terminal [default: --progress]."),
+                     help="A progress bar on a terminal's stderr."),
         click.option("--rows", type=Rows(), default="12", show_default=True, metavar="N|all",
                      help="Rows a table shows (every row: all, or --format csv/json)."),
         click.option("--color", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
                      help="Colour: auto follows the terminal, NO_COLOR and FORCE_COLOR."),
         ascii_option,
-    ))
+    ), section="Report")
 
 
 output_options = _packed("output", run.Output, (
@@ -293,7 +324,7 @@ output_options = _packed("output", run.Output, (
     click.option("--clip", is_flag=True,
                  help="Clip values outside the range (or outside what an 8/16-bit output holds)."),
     force_option(),
-))
+), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (
     click.option("--engine", type=click.Choice(ENGINES), default="threads", show_default=True,
@@ -304,7 +335,7 @@ engine_options = _packed("engine", run.EngineOptions, (
                  help="The Dask scheduler to run on (--engine dask) [default: a local cluster]."),
     click.option("--scheduler-file", metavar="FILE",
                  help="A Dask scheduler file, as dask-jobqueue and dask-mpi write (--engine dask)."),
-))
+), section="Engine")
 
 fit_options = _packed("fit", run.Fit, (
     click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
@@ -399,9 +430,10 @@ def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
 @click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
-@click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
-              help="Also save the statistics (for --stats-from, merge-stats).")
-@force_option("Replace an existing --save-stats file.")
+@in_section("Where to write",
+            click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
+                         help="Also save the statistics (for --stats-from, merge-stats)."),
+            force_option("Replace an existing --save-stats file."))
 def stats(inputs, per, hist_range, ddof, report, engine, save, force):
     """Print mean, variance, min, max and histograms of a dataset.
 

@@ -527,3 +527,25 @@ def test_the_waiting_notice_is_shown_on_a_terminal_and_gives_its_line_to_the_err
     shown = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False)
     assert shown.startswith("waiting up to 30 s for the scheduler file nope.json ...")
     assert shown.endswith("\r\x1b[2K")
+
+
+# -- help in sections (issue 24.5) ----------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["stats", "normalize", "standardize", "batchnorm", "groupnorm"])
+def test_help_groups_the_options_with_the_common_ones_first(command):
+    from normcli.cli import SECTIONS
+
+    lines = run_at(80, command, "--help").stdout.splitlines()
+    titles = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles == [t for t in SECTIONS if t in titles] and {"Report", "What to read", "Engine"} <= set(titles)
+    where = {word: next(i for i, line in enumerate(lines) if line.lstrip().startswith(word))
+             for word in ("--per", "-o, --output", "--layout", "--engine", "--debug")
+             if any(line.lstrip().startswith(word) for line in lines)}
+    first_rare = min(where["--layout"], where["--engine"])
+    assert all(where[w] < first_rare for w in ("--per", "-o, --output") if w in where)
+    assert where.get("--per", 0) < 25 and where.get("-o, --output", 0) < 25
+    assert where["--debug"] > first_rare  # the rarely used last
+
+
+def test_small_commands_keep_one_option_list():
+    out = run_at(80, "sample", "--help").stdout
+    assert "Options:" in out and "What to read" not in out
