@@ -367,9 +367,12 @@ def _progress(report: run.Report, engine: run.EngineOptions, env: run.Environmen
         display.notice(notice)
     try:
         yield display
-    finally:
+    except BaseException:
         if display is not None:
             display.close()
+        raise
+    if display is not None:
+        display.finish()
 
 
 def _emit_json(doc: dict, to_stderr: bool = False) -> None:

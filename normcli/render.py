@@ -378,20 +378,33 @@ def _range_text(values: np.ndarray) -> str:
 
 
 # -- progress -------------------------------------------------------------------------
+def remaining_seconds(began: float, done_at: float, now: float, completed: int, total: int) -> float | None:
+    """An ETA smoothed over all completed work: the end that the average pace since the pass `began`
+    (up to the last completion, `done_at`) predicts, counted down between completions (results arrive
+    in runs, so a stall is expected); past that end, the pace with the stall included. None: no
+    completion yet."""
+    if completed <= 0:
+        return None
+    left = (done_at - began) * (total - completed) / completed - (now - done_at)
+    return left if left > 0 else (now - began) * (total - completed) / completed
+
+
 class ProgressDisplay:
     """Progress of named passes on stderr, for passes.py's `Progress` interface:
 
     phase(name, total)       a new pass over `total` samples begins (its own bar, count, rate, ETA)
     advance(samples, nbytes) that many samples (of that many bytes in memory) were read
 
-    Nothing is drawn before `delay` seconds have passed, so quick runs show no bar at all.
+    Nothing is drawn before `delay` seconds have passed, so quick runs show no bar at all. The line
+    keeps the count and the ETA longest as the terminal narrows (the rate goes first, then the bar);
+    a dumb terminal (TERM=dumb, which cannot redraw a line) gets one plain line per finished pass.
+    `finish()` ends a run that showed progress with the time it took.
     Make one only when stderr is a terminal and the report is not --quiet (see `progress_display`).
     """
 
-    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None):
+    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None, dumb: bool = False):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
         from rich.table import Column
         from rich.text import Text
 
@@ -405,18 +418,40 @@ class ProgressDisplay:
                     rate += f" {task.fields['nbytes'] / elapsed / 1e6:,.1f} MB/s"
                 return Text(rate, style="progress.data.speed")
 
+        class Eta(ProgressColumn):
+            def render(self, task):
+                left = remaining_seconds(task.start_time or 0, task.fields.get("done_at") or 0, task.get_time(),
+                                         int(task.completed), int(task.total or 0))
+                if task.finished:
+                    return Text("")
+                return Text("eta -:--" if left is None else f"eta {_clock_text(left)}", style="progress.remaining")
+
         class AsciiBar(ProgressColumn):
             def render(self, task, width: int = 20):
                 done = round(width * (task.percentage or 0) / 100)
                 return Text("[" + "#" * done + "-" * (width - done) + "]", style="bar.complete")
 
-        # About 70 columns in all, so that a bar never wraps in an 80-column terminal.
         bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
-        self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
-                                  Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True, get_time=clock,
-                                  redirect_stdout=False)  # stdout may carry the .npy data
+        description = TextColumn("{task.description:<10}")
+        count = MofNCompleteColumn()
+        eta = Eta(table_column=Column(no_wrap=True))
+        # Fewer fields as the terminal narrows (widths they need, about): the least useful first.
+        self._layouts = ((72, (description, bar, count, Rate(table_column=Column(no_wrap=True, min_width=18)), eta)),
+                         (52, (description, bar, count, eta)), (0, (description, count, eta)))
+        self._progress = Progress(*self._layouts[0][1], console=Console(stderr=True), transient=True,
+                                  get_time=clock, redirect_stdout=False)  # stdout may carry the .npy data
+        layouts = self._layouts
+        progress = self._progress
+        plain_renderables = progress.get_renderables
+
+        def get_renderables():
+            width = progress.console.width
+            progress.columns = next(columns for least, columns in layouts if width >= least)
+            return plain_renderables()
+
+        progress.get_renderables = get_renderables
         self._delay = delay
+        self._dumb = dumb
         self._began: float | None = None
         self._task = None
         self.visible = False
@@ -441,21 +476,47 @@ class ProgressDisplay:
             self._progress.stop_task(self._task)
         if self._began is None:
             self._began = self._progress.get_time()
-        self._task = self._progress.add_task(name, total=total, nbytes=0)
+        self._task = self._progress.add_task(name, total=total, nbytes=0, done_at=None)
 
     def advance(self, samples: int, nbytes: int = 0) -> None:
         task = self._progress.tasks[-1]
-        self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes)
+        now = self._progress.get_time()
+        self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes, done_at=now)
         if task.finished:
             self._progress.stop_task(self._task)  # its rate stays that of the pass, not of what follows
-        if not self.visible and self._progress.get_time() - self._began >= self._delay:
+        if not self.visible and now - self._began >= self._delay:
             self.visible = True
-            self._progress.start()
+            if not self._dumb:
+                self._progress.start()
+        if self._dumb and self.visible and task.finished:
+            self._line(f"{task.description}: {int(task.completed):,}/{int(task.total or 0):,} in "
+                       f"{_seconds_text(task.finished_time or 0)}")
+
+    def _line(self, text: str) -> None:
+        console = self._progress.console
+        console.file.write(for_stream(text, console.encoding) + "\n")
+        console.file.flush()
 
     def close(self) -> None:
         self._clear_notice()
-        if self.visible:
+        if self.visible and not self._dumb:
             self._progress.stop()
+
+    def finish(self) -> None:
+        """The run succeeded: after its progress, the time it took (only if progress was shown)."""
+        self.close()
+        if self.visible:
+            self._line(f"done in {_seconds_text(self._progress.get_time() - self._began)}")
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else _clock_text(seconds)
+
+
+def _clock_text(seconds: float) -> str:
+    minutes, second = divmod(int(round(seconds)), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
 
 
 def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encoding: str | None = "utf-8"):
@@ -463,7 +524,7 @@ def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encodi
     `encoding`: stderr's."""
     if quiet or not terminal:
         return None
-    return ProgressDisplay(ascii=ascii or needs_ascii(encoding))
+    return ProgressDisplay(ascii=ascii or needs_ascii(encoding), dumb=os.environ.get("TERM") == "dumb")
 
 
 def for_stream(text: str, encoding: str | None, ascii: bool = False) -> str:

@@ -354,7 +354,7 @@ def run_in_pty(argv, cwd, *, stdin_too: bool = True, extra_env=None) -> str:
     import pty
 
     leader, follower = pty.openpty()
-    env = subprocess_env(COLUMNS="100", **(extra_env or {}))
+    env = subprocess_env(**{"COLUMNS": "100", **(extra_env or {})})
     process = subprocess.Popen(argv, cwd=cwd, stdout=follower if stdin_too else subprocess.DEVNULL,
                                stderr=follower, stdin=subprocess.DEVNULL, env=env)
     os.close(follower)
@@ -549,3 +549,37 @@ def test_help_groups_the_options_with_the_common_ones_first(command):
 def test_small_commands_keep_one_option_list():
     out = run_at(80, "sample", "--help").stdout
     assert "Options:" in out and "What to read" not in out
+
+
+# -- an honest ETA, narrow bars, dumb terminals, the time taken (issue 24.3) -----------------------------
+def test_the_eta_is_the_average_pace_over_completed_work_counted_down_between_results():
+    # 25 of 100 done 10 s into the pass, results last seen at 10 s: 30 s left at the pace so far
+    assert render.remaining_seconds(0.0, 10.0, 10.0, 25, 100) == 30.0
+    # 2 s of stall later (a run of results still in flight): counted down, not frozen
+    assert render.remaining_seconds(0.0, 10.0, 12.0, 25, 100) == 28.0
+    # a stall past the predicted end: the pace with the stall in it (never 0 while work is left)
+    assert render.remaining_seconds(0.0, 10.0, 50.0, 25, 100) == 50.0 * 75 / 25
+    assert render.remaining_seconds(0.0, 0.0, 5.0, 0, 100) is None
+
+
+@pytest.mark.parametrize("term, width, wanted, unwanted", [
+    ("xterm", 100, ["measuring", "/s", "eta ", "done in "], []),
+    ("xterm", 40, ["measuring", "/200", "eta ", "done in "], ["/s"]),  # the rate goes first
+    ("dumb", 80, ["measuring: 200/200 in ", "done in "], ["\x1b[", "\r"]),  # plain lines
+])
+def test_progress_lines_fit_the_terminal_and_end_with_the_time_taken(tmp_path, term, width, wanted, unwanted):
+    script = ("from normcli.render import progress_display; import time\n"
+              "p = progress_display(quiet=False, terminal=True)\n"
+              "p._delay = 0\n"
+              "p.phase('measuring', 200)\n"
+              "for _ in range(20): p.advance(10, 10000); time.sleep(0.03)\n"
+              "p.finish()\n")
+    shown = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False,
+                       extra_env={"TERM": term, "COLUMNS": str(width)})
+    assert run_in_pty.returncode == 0
+    for text in wanted:
+        assert text in shown, shown
+    for text in unwanted:
+        assert text not in shown.replace("\r\n", "\n"), shown  # the pty's own line ends aside
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", shown.rstrip().splitlines()[-1])  # the bar's erasure
+    assert re.fullmatch(r"done in \d+\.\d s", last), last
