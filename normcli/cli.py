@@ -29,8 +29,8 @@ PATH = click.Path(readable=False, allow_dash=True)
 class ReportedError(click.ClickException):
     """A NormcliError on its way out: one line on stderr, its own exit code."""
 
-    def __init__(self, error: NormcliError):
-        super().__init__(str(error))
+    def __init__(self, error: NormcliError, encoding: str | None = None):
+        super().__init__(one_line(str(error), encoding))  # names as stderr can show them
         self.exit_code = int(error.exit_code)
 
     def show(self, file=None) -> None:
@@ -38,10 +38,9 @@ class ReportedError(click.ClickException):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, NormcliWarning):
-        click.echo(f"warning: {one_line(str(message))}", err=True)
-    else:
-        click.echo(f"warning: {category.__name__}: {one_line(str(message))}", err=True)
+    text = one_line(str(message), _environment().stderr_encoding)
+    click.echo(f"warning: {text}" if issubclass(category, NormcliWarning) else
+               f"warning: {category.__name__}: {text}", err=True)
 
 
 def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
@@ -50,9 +49,42 @@ def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
         ctx.find_root().params["debug"] = True
 
 
+# The help's sections, in this order: the options most runs give first (-o, --per), the rarely used
+# reading options after the report's. A command's own options are "What to do".
+SECTIONS = ("Where to write", "What to do", "Report", "What to read", "Engine", "Other")
+
+
+def in_section(title: str, *options):
+    """A decorator that applies `options` and files them under `title` in the help."""
+    def decorate(fn):
+        before = len(getattr(fn, "__click_params__", []))
+        for option in reversed(options):
+            fn = option(fn)
+        for param in fn.__click_params__[before:]:
+            param.section = title
+        return fn
+    return decorate
+
+
 class NormcliCommand(click.Command):
     """Usage problems found by the core are shown with this command's own usage line;
-    every command also takes --debug."""
+    every command also takes --debug; the help groups the options in SECTIONS."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        params = self.get_params(ctx)
+        if not any(getattr(param, "section", None) for param in params):
+            return super().format_options(ctx, formatter)  # a small command: one list
+        sections: dict[str, list] = {}
+        other = ("debug", self.get_help_option(ctx))
+        for param in params:
+            record = None if isinstance(param, click.Argument) else param.get_help_record(ctx)
+            if record is not None:
+                title = "Other" if param.name in other or param in other else getattr(param, "section", "What to do")
+                sections.setdefault(title, []).append(record)
+        for title in SECTIONS:
+            if title in sections:
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,7 +116,7 @@ class NormcliGroup(click.Group):
             except NormcliError as error:
                 if ctx.params.get("debug"):
                     raise
-                raise ReportedError(error) from None
+                raise ReportedError(error, _environment(ctx).stderr_encoding) from None
             except BrokenPipeError:
                 raise  # a closed pipe (`normcli ... | head`): Click ends it quietly
             except OSError as error:  # what the system said, about the file it named
@@ -92,7 +124,8 @@ class NormcliGroup(click.Group):
                     raise
                 # Every file normcli opens is named; an unnamed stream is the report on stdout.
                 raise ReportedError(NormcliError(error.strerror or str(error),
-                                                 "stdout" if error.filename is None else str(error.filename))) from None
+                                                 "stdout" if error.filename is None else str(error.filename)),
+                                    _environment(ctx).stderr_encoding) from None
             except KeyboardInterrupt:
                 click.echo("error: interrupted; nothing was written", err=True)
                 ctx.exit(ExitCode.INTERRUPTED)
@@ -173,13 +206,32 @@ class Momentum(click.ParamType):
         return number
 
 
+class Rows(click.ParamType):
+    """A positive number of rows, or 'all' (None)."""
+
+    name = "rows"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "all":
+            return None
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of rows or 'all'", param, ctx)
+        if number < 1:
+            self.fail(f"{value!r} is below 1", param, ctx)
+        return number
+
+
 SEED = click.IntRange(min=0)
 
 
 # -- option objects ----------------------------------------------------------------------
-def _packed(name: str, build, options):
-    """A decorator that applies `options` and hands the command one value instead of their
-    parameters: `name` = build(**their values)."""
+def _packed(name: str, build, options, section: str = "What to do"):
+    """A decorator that applies `options` (filed under `section` in the help) and hands the command
+    one value instead of their parameters: `name` = build(**their values)."""
     def decorate(fn):
         @functools.wraps(fn)
         def command(*args, **kwargs):
@@ -187,8 +239,7 @@ def _packed(name: str, build, options):
             return fn(*args, **kwargs)
 
         before = len(getattr(command, "__click_params__", []))
-        for option in reversed(options):
-            command = option(command)
+        command = in_section(section, *options)(command)
         names = [param.name for param in command.__click_params__[before:]]
         return command
     return decorate
@@ -217,7 +268,7 @@ input_options = _packed("inputs", run.Inputs, (
     click.option("--include-hidden", is_flag=True, help="Also read dot-files and dot-folders inside input folders."),
     click.option("--exclude", metavar="GLOB", multiple=True,
                  help="Leave out images whose path inside the folder matches GLOB (fnmatch; repeatable)."),
-))
+), section="What to read")
 
 
 def scope_option(default: str, choices=SCOPES):
@@ -226,8 +277,7 @@ def scope_option(default: str, choices=SCOPES):
 
 
 ascii_option = click.option("--ascii", "ascii_only", is_flag=True,
-                            help="Plain ASCII: bars of #, no Unicode symbols or blocks [default: when "
-                                 "the output's encoding cannot print them].")
+                            help="Plain ASCII (bars of #) [default: when the output cannot print more].")
 
 
 def _environment(ctx: click.Context | None = None) -> run.Environment:
@@ -254,8 +304,14 @@ def report_options(formats=("table", "json")):
         click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
                      help="Report format."),
         click.option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
+        click.option("--progress/--no-progress", default=True,
+                     help="A progress bar on a terminal's stderr."),
+        click.option("--rows", type=Rows(), default="12", show_default=True, metavar="N|all",
+                     help="Rows a table shows (every row: all, or --format csv/json)."),
+        click.option("--color", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
+                     help="Colour: auto follows the terminal, NO_COLOR and FORCE_COLOR."),
         ascii_option,
-    ))
+    ), section="Report")
 
 
 output_options = _packed("output", run.Output, (
@@ -268,7 +324,7 @@ output_options = _packed("output", run.Output, (
     click.option("--clip", is_flag=True,
                  help="Clip values outside the range (or outside what an 8/16-bit output holds)."),
     force_option(),
-))
+), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (
     click.option("--engine", type=click.Choice(ENGINES), default="threads", show_default=True,
@@ -279,7 +335,7 @@ engine_options = _packed("engine", run.EngineOptions, (
                  help="The Dask scheduler to run on (--engine dask) [default: a local cluster]."),
     click.option("--scheduler-file", metavar="FILE",
                  help="A Dask scheduler file, as dask-jobqueue and dask-mpi write (--engine dask)."),
-))
+), section="Engine")
 
 fit_options = _packed("fit", run.Fit, (
     click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
@@ -290,24 +346,33 @@ fit_options = _packed("fit", run.Fit, (
 
 
 # -- rendering the results ----------------------------------------------------------------
-def _printer(to_stderr: bool, ascii_only: bool, env: run.Environment):
+def _printer(to_stderr: bool, report: run.Report, env: run.Environment):
     from normcli.render import Printer
 
-    return Printer(stderr=to_stderr, ascii=ascii_only, encoding=env.encoding(to_stderr))
+    return Printer(stderr=to_stderr, ascii=report.ascii_only, encoding=env.encoding(to_stderr), rows=report.rows,
+                   color=report.color)
 
 
 @contextlib.contextmanager
-def _progress(report: run.Report, env: run.Environment):
-    """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet)."""
-    from normcli.render import progress_display
+def _progress(report: run.Report, engine: run.EngineOptions, env: run.Environment):
+    """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet); it first
+    says what the engine waits for (a scheduler), so that a wait is never silent."""
+    from normcli.render import progress_display, waiting_notice
 
-    display = progress_display(quiet=report.quiet, terminal=env.stderr_isatty, ascii=report.ascii_only,
+    display = progress_display(quiet=report.quiet or not report.progress, terminal=env.stderr_isatty,
+                               ascii=report.ascii_only,
                                encoding=env.stderr_encoding)
+    notice = waiting_notice(engine)
+    if display is not None and notice:
+        display.notice(notice)
     try:
         yield display
-    finally:
+    except BaseException:
         if display is not None:
             display.close()
+        raise
+    if display is not None:
+        display.finish()
 
 
 def _emit_json(doc: dict, to_stderr: bool = False) -> None:
@@ -325,7 +390,7 @@ def _show_stats(result: run.StatsRun, report: run.Report, env: run.Environment) 
     elif report.fmt == "torchvision":
         click.echo(render.torchvision_line(stats, ddof))
     else:
-        _printer(False, report.ascii_only, env).stats(stats, ddof)
+        _printer(False, report, env).stats(stats, ddof)
 
 
 def _show_transform(result: run.TransformRun, output: run.Output, report: run.Report, env: run.Environment) -> None:
@@ -341,7 +406,7 @@ def _show_transform(result: run.TransformRun, output: run.Output, report: run.Re
             doc["batches"] = [vars(b) for b in result.batches]
         _emit_json(doc, to_stderr)  # the one JSON document: its "output" says what was written
         return
-    printer = _printer(to_stderr, report.ascii_only, env)
+    printer = _printer(to_stderr, report, env)
     printer.stats(result.before, ddof, title=f"before: {render.inputs_text(result.inputs)}")
     printer.line()
     if result.batches is not None:
@@ -368,9 +433,10 @@ def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
 @click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
-@click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
-              help="Also save the statistics (for --stats-from, merge-stats).")
-@force_option("Replace an existing --save-stats file.")
+@in_section("Where to write",
+            click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
+                         help="Also save the statistics (for --stats-from, merge-stats)."),
+            force_option("Replace an existing --save-stats file."))
 def stats(inputs, per, hist_range, ddof, report, engine, save, force):
     """Print mean, variance, min, max and histograms of a dataset.
 
@@ -381,7 +447,7 @@ def stats(inputs, per, hist_range, ddof, report, engine, save, force):
     """
     env = _environment()
     params = run.StatsParams(per, hist_range, ddof, save, force)
-    with _progress(report, env) as progress:
+    with _progress(report, engine, env) as progress:
         result = run.run_stats(inputs, params, report, engine, env, progress)
     if not report.quiet:
         _show_stats(result, report, env)
@@ -391,7 +457,7 @@ def stats(inputs, per, hist_range, ddof, report, engine, save, force):
 def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Report, engine: run.EngineOptions):
     """Every transform command: run it, then report."""
     env = _environment()
-    with _progress(report, env) as progress:
+    with _progress(report, engine, env) as progress:
         result = run.run_transform(params, inputs, output, report, engine, env, progress)
     result.warn()
     if not report.quiet:
@@ -566,7 +632,7 @@ def demo(seed, bins, ascii_only):
         normcli demo
         normcli demo --seed 1 --bins 50
     """
-    printer = _printer(False, ascii_only, _environment())
+    printer = _printer(False, run.Report(ascii_only=ascii_only), _environment())
     for step in run.run_demo(seed, bins):
         printer.line()
         printer.line(step.title, style="bold underline")

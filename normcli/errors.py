@@ -66,9 +66,32 @@ class Terminated(BaseException):
     nothing may swallow it)."""
 
 
-def one_line(text: str) -> str:
-    """`text` with control characters (a newline in a file name) escaped, so a message stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def one_line(text: str, encoding: str | None = None) -> str:
+    """`text` as a terminal can show it, on one line (errors and reports use this one helper): a file
+    name's bytes that are not UTF-8 (which Python keeps as surrogates, '\\udcff') as '\\xff', control
+    characters (a newline in a name) escaped, and what `encoding` cannot print as the '\\x' escapes of
+    its UTF-8 bytes ('é' in ASCII: '\\xc3\\xa9', the bytes the name holds on disk)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte made
+        raw = text.encode("utf-8", "backslashreplace")
+    shown = []
+    for c in raw.decode("utf-8", "backslashreplace"):
+        if not c.isprintable():
+            shown.append(repr(c)[1:-1])
+        elif encoding is not None and not _encodes(c, encoding):
+            shown.append("".join(f"\\x{byte:02x}" for byte in c.encode("utf-8")))
+        else:
+            shown.append(c)
+    return "".join(shown)
+
+
+def _encodes(char: str, encoding: str) -> bool:
+    try:
+        char.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def from_os_error(error: OSError, path: str, kind: type[NormcliError] = NormcliError) -> NormcliError:

@@ -6,11 +6,13 @@ import csv
 import io
 import math
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
 
 import numpy as np
 
+from normcli.errors import one_line
 from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import Layout
 from normcli.scopes import SCOPES
@@ -114,11 +116,6 @@ _PLAIN = str.maketrans({"×": "x", "…": "...", "–": "-", "—": "-", "≈": 
 _UNICODE_SAMPLE = "×…–≈γβεμσ²" + _BLOCKS
 
 
-def plain_text(text: str) -> str:
-    """`text` in ASCII: the report's own symbols spelled out, anything else (a file name) as '?'."""
-    return text.translate(_PLAIN).encode("ascii", "replace").decode("ascii")
-
-
 def needs_ascii(encoding: str | None) -> bool:
     """Whether a stream in `encoding` cannot print the report's Unicode symbols and blocks."""
     try:
@@ -172,7 +169,8 @@ class TextTable:
         lines = [(" " * _GAP).join(cell.ljust(w) if i < self.left else cell.rjust(w)
                                    for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
                  for cells in (self.header, *self.rows)]
-        return lines + ([f"… {self.more:,} more rows (all of them: --format csv or json)"] if self.more else [])
+        return lines + ([f"… {self.more:,} more rows (all of them: --rows all, or --format csv or json)"]
+                        if self.more else [])
 
 
 _GAP = 2
@@ -184,14 +182,16 @@ def _clip_left(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) -> TextTable:
+def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_ROWS, shown=str) -> TextTable:
     """The stats table in at most `width` columns: six significant digits, else four, else
-    without std (the square root of var), else without count too; long file names keep their end.
-    The pixel scope shows the lowest and the highest value of each statistic over its positions."""
+    without std (the square root of var), else without count too; long file names keep their end,
+    as `shown` spells them for the stream. The pixel scope shows the lowest and the highest value of
+    each statistic over its positions."""
     named = _columns(stats, ddof)
     files = sample_files(stats)
+    files = None if files is None else [shown(name) for name in files]
     keys = row_keys(stats)
-    shown = range(min(len(keys), max_rows))
+    kept = range(len(keys) if max_rows is None else min(len(keys), max_rows))
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
         columns = {name: values for name, values in named.items() if name not in dropped}
         if SCOPES[stats.scope].nested:
@@ -199,7 +199,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
                     for which, pick in (("lowest", np.min), ("highest", np.max))]
         else:
             rows = [[keys[k], *([files[k]] if files is not None else []),
-                     *(fmt(c[k].item(), digits) for c in columns.values())] for k in shown]
+                     *(fmt(c[k].item(), digits) for c in columns.values())] for k in kept]
         left = 2 if files is not None else 1
         table = TextTable(["key", *(["file"] if files is not None else []), *columns], rows, left,
                           f"({' and '.join(dropped)} left out to fit: see --format json)" if dropped else "")
@@ -208,7 +208,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int = MAX_TABLE_ROWS) ->
         if table.width() <= width:
             break
     if not SCOPES[stats.scope].nested:
-        table.more = len(keys) - len(shown)
+        table.more = len(keys) - len(kept)
     return table
 
 
@@ -276,25 +276,51 @@ def _axis(edges: np.ndarray, width: int) -> str:
     return "".join(axis)
 
 
+def stream_width(stream) -> int:
+    """The width a report written to `stream` is cut to: COLUMNS when set, else the terminal's width
+    when `stream` is a terminal, else 80. Never another stream's: a report saved to a file from a
+    40-column window is 80 wide (rich would ask stdin's terminal)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):  # no file descriptor (a test's stream)
+        pass
+    return 80
+
+
 class Printer:
     """Writes reports to a rich console (colour follows the terminal and NO_COLOR), every line
     within the console's width, in plain ASCII when asked or when the output cannot encode more."""
 
-    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8"):
+    def __init__(self, stderr: bool = False, ascii: bool = False, encoding: str | None = "utf-8",
+                 rows: int | None = MAX_TABLE_ROWS, color: str = "auto"):
         from rich.console import Console
 
         self.ascii = ascii or needs_ascii(encoding)
+        self.encoding = encoding
+        self.rows = rows  # None: every row
+        # --color always/never over the environment (NO_COLOR, FORCE_COLOR), as no-color.org asks
+        colors = {"always": {"force_terminal": True, "no_color": False}, "never": {"color_system": None}}
         # soft_wrap: rich adds no line breaks of its own; every line is already cut to the width.
-        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True)
+        self.console = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True,
+                               width=stream_width(sys.stderr if stderr else sys.stdout), **colors.get(color, {}))
         self.width = self.console.width
 
     def line(self, text: str = "", style: str | None = None) -> None:
         """One line of text, or a paragraph wrapped at word boundaries to the console's width."""
         for paragraph in text.split("\n"):
+            paragraph = self.shown(paragraph)
             lines = textwrap.wrap(paragraph, self.width, break_on_hyphens=False,
                                   subsequent_indent=" " * (len(paragraph) - len(paragraph.lstrip())))
             for part in lines or [""]:
-                self.console.print(plain_text(part) if self.ascii else part, style=style, markup=False)
+                self.console.print(part, style=style, markup=False)
+
+    def shown(self, text: str) -> str:
+        """`text` as this printer's stream shows it (before it is measured: escapes are wider)."""
+        return for_stream(text, self.encoding, self.ascii)
 
     def _table(self, table: TextTable) -> None:
         header, *rows = table.lines()
@@ -312,7 +338,7 @@ class Printer:
         alpha = ", alpha passed through" if stats.alpha_passed else ""
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
-        self._table(stats_table(stats, ddof, self.width))
+        self._table(stats_table(stats, ddof, self.width, self.rows, shown=self.shown))
         if stats.histograms is not None:
             self.histograms(stats)
 
@@ -330,7 +356,9 @@ class Printer:
         if len(keys) > shown:
             self.line(f"  (histograms of {len(keys) - shown:,} more rows in --format json)", style="dim")
 
-    def batches(self, batches, limit: int = 8) -> None:
+    def batches(self, batches) -> None:
+        # a summary row for two or more batches left out; one left out is shown as itself
+        limit = len(batches) if self.rows is None or len(batches) <= self.rows + 1 else self.rows
         names = ("mean before", "var before", "mean after", "var after")
         rows = [[str(b.index), str(b.size), *(fmt(v) for v in (b.mean_before, b.var_before, b.mean_after,
                                                                  b.var_after))] for b in batches[:limit]]
@@ -350,20 +378,33 @@ def _range_text(values: np.ndarray) -> str:
 
 
 # -- progress -------------------------------------------------------------------------
+def remaining_seconds(began: float, done_at: float, now: float, completed: int, total: int) -> float | None:
+    """An ETA smoothed over all completed work: the end that the average pace since the pass `began`
+    (up to the last completion, `done_at`) predicts, counted down between completions (results arrive
+    in runs, so a stall is expected); past that end, the pace with the stall included. None: no
+    completion yet."""
+    if completed <= 0:
+        return None
+    left = (done_at - began) * (total - completed) / completed - (now - done_at)
+    return left if left > 0 else (now - began) * (total - completed) / completed
+
+
 class ProgressDisplay:
     """Progress of named passes on stderr, for passes.py's `Progress` interface:
 
     phase(name, total)       a new pass over `total` samples begins (its own bar, count, rate, ETA)
     advance(samples, nbytes) that many samples (of that many bytes in memory) were read
 
-    Nothing is drawn before `delay` seconds have passed, so quick runs show no bar at all.
+    Nothing is drawn before `delay` seconds have passed, so quick runs show no bar at all. The line
+    keeps the count and the ETA longest as the terminal narrows (the rate goes first, then the bar);
+    a dumb terminal (TERM=dumb, which cannot redraw a line) gets one plain line per finished pass.
+    `finish()` ends a run that showed progress with the time it took.
     Make one only when stderr is a terminal and the report is not --quiet (see `progress_display`).
     """
 
-    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None):
+    def __init__(self, *, ascii: bool = False, delay: float = 0.5, clock=None, dumb: bool = False):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
         from rich.table import Column
         from rich.text import Text
 
@@ -377,41 +418,105 @@ class ProgressDisplay:
                     rate += f" {task.fields['nbytes'] / elapsed / 1e6:,.1f} MB/s"
                 return Text(rate, style="progress.data.speed")
 
+        class Eta(ProgressColumn):
+            def render(self, task):
+                left = remaining_seconds(task.start_time or 0, task.fields.get("done_at") or 0, task.get_time(),
+                                         int(task.completed), int(task.total or 0))
+                if task.finished:
+                    return Text("")
+                return Text("eta -:--" if left is None else f"eta {_clock_text(left)}", style="progress.remaining")
+
         class AsciiBar(ProgressColumn):
             def render(self, task, width: int = 20):
                 done = round(width * (task.percentage or 0) / 100)
                 return Text("[" + "#" * done + "-" * (width - done) + "]", style="bar.complete")
 
-        # About 70 columns in all, so that a bar never wraps in an 80-column terminal.
         bar = AsciiBar(table_column=Column(no_wrap=True)) if ascii else BarColumn(bar_width=20)
-        self._progress = Progress(TextColumn("{task.description:<10}"), bar, MofNCompleteColumn(),
-                                  Rate(table_column=Column(no_wrap=True, min_width=18)), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True, get_time=clock,
-                                  redirect_stdout=False)  # stdout may carry the .npy data
+        description = TextColumn("{task.description:<10}")
+        count = MofNCompleteColumn()
+        eta = Eta(table_column=Column(no_wrap=True))
+        # Fewer fields as the terminal narrows (widths they need, about): the least useful first.
+        self._layouts = ((72, (description, bar, count, Rate(table_column=Column(no_wrap=True, min_width=18)), eta)),
+                         (52, (description, bar, count, eta)), (0, (description, count, eta)))
+        self._progress = Progress(*self._layouts[0][1], console=Console(stderr=True), transient=True,
+                                  get_time=clock, redirect_stdout=False)  # stdout may carry the .npy data
+        layouts = self._layouts
+        progress = self._progress
+        plain_renderables = progress.get_renderables
+
+        def get_renderables():
+            width = progress.console.width
+            progress.columns = next(columns for least, columns in layouts if width >= least)
+            return plain_renderables()
+
+        progress.get_renderables = get_renderables
         self._delay = delay
+        self._dumb = dumb
         self._began: float | None = None
         self._task = None
         self.visible = False
+        self._noticed = False
+
+    def notice(self, text: str) -> None:
+        """What the run waits for before its first pass (a scheduler): shown at once, on the line the
+        bar (or an error) then takes."""
+        console = self._progress.console
+        console.file.write(for_stream(text, console.encoding)[:max(console.width - 1, 0)])
+        console.file.flush()
+        self._noticed = True
+
+    def _clear_notice(self) -> None:
+        if self._noticed:
+            self._progress.console.file.write("\r\x1b[2K")
+            self._noticed = False
 
     def phase(self, name: str, total: int) -> None:
+        self._clear_notice()
         if self._task is not None:
             self._progress.stop_task(self._task)
         if self._began is None:
             self._began = self._progress.get_time()
-        self._task = self._progress.add_task(name, total=total, nbytes=0)
+        self._task = self._progress.add_task(name, total=total, nbytes=0, done_at=None)
 
     def advance(self, samples: int, nbytes: int = 0) -> None:
         task = self._progress.tasks[-1]
-        self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes)
+        now = self._progress.get_time()
+        self._progress.update(self._task, advance=samples, nbytes=task.fields["nbytes"] + nbytes, done_at=now)
         if task.finished:
             self._progress.stop_task(self._task)  # its rate stays that of the pass, not of what follows
-        if not self.visible and self._progress.get_time() - self._began >= self._delay:
+        if not self.visible and now - self._began >= self._delay:
             self.visible = True
-            self._progress.start()
+            if not self._dumb:
+                self._progress.start()
+        if self._dumb and self.visible and task.finished:
+            self._line(f"{task.description}: {int(task.completed):,}/{int(task.total or 0):,} in "
+                       f"{_seconds_text(task.finished_time or 0)}")
+
+    def _line(self, text: str) -> None:
+        console = self._progress.console
+        console.file.write(for_stream(text, console.encoding) + "\n")
+        console.file.flush()
 
     def close(self) -> None:
-        if self.visible:
+        self._clear_notice()
+        if self.visible and not self._dumb:
             self._progress.stop()
+
+    def finish(self) -> None:
+        """The run succeeded: after its progress, the time it took (only if progress was shown)."""
+        self.close()
+        if self.visible:
+            self._line(f"done in {_seconds_text(self._progress.get_time() - self._began)}")
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else _clock_text(seconds)
+
+
+def _clock_text(seconds: float) -> str:
+    minutes, second = divmod(int(round(seconds)), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
 
 
 def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encoding: str | None = "utf-8"):
@@ -419,9 +524,29 @@ def progress_display(*, quiet: bool, terminal: bool, ascii: bool = False, encodi
     `encoding`: stderr's."""
     if quiet or not terminal:
         return None
-    return ProgressDisplay(ascii=ascii or needs_ascii(encoding))
+    return ProgressDisplay(ascii=ascii or needs_ascii(encoding), dumb=os.environ.get("TERM") == "dumb")
 
 
-def for_stream(text: str, encoding: str | None) -> str:
-    """`text` as a stream in `encoding` can print it (plain ASCII when it holds no more)."""
-    return plain_text(text) if needs_ascii(encoding) else text
+def for_stream(text: str, encoding: str | None, ascii: bool = False) -> str:
+    """`text` as a stream in `encoding` can print it: in plain ASCII when asked or when it holds no
+    more (the report's own symbols spelled out, a file name's other characters as the \\x escapes of
+    their bytes), and a name's undecodable bytes as \\xff (errors.one_line, which errors use too)."""
+    plain = ascii or needs_ascii(encoding)
+    return one_line(text.translate(_PLAIN) if plain else text, "ascii" if plain else encoding)
+
+
+def waiting_notice(engine) -> str | None:
+    """What a run on a Dask scheduler waits for before any work (up to a timeout that would be silent
+    otherwise), said at once on stderr; None for engines that start at once. `engine`: run.EngineOptions."""
+    from normcli.engine import SCHEDULER_FILE_WAIT
+
+    if engine.engine != "dask":
+        return None
+    if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
+        return f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {engine.scheduler_file} ..."
+    if engine.scheduler_file:
+        return f"connecting to the Dask scheduler in {engine.scheduler_file} ..."
+    if engine.scheduler:
+        return f"connecting to the Dask scheduler at {engine.scheduler} ..."
+    return None
+

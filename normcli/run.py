@@ -97,6 +97,9 @@ class Report:
     fmt: str = "table"
     quiet: bool = False
     ascii_only: bool = False
+    progress: bool = True  # --no-progress: the report without the progress bar
+    rows: int | None = 12  # rows a table shows (None: all)
+    color: str = "auto"  # auto (the terminal, NO_COLOR, FORCE_COLOR), always, never
 
 
 @dataclass(frozen=True)

@@ -681,6 +681,8 @@ def _combine(parts: list, layout_name: str | None, key: str | None) -> Dataset:
         raise UsageMismatch(
             f"--layout {layout.name} needs {layout.ndim} axes, but {first.name} has {first.ndim} "
             f"(shape {(first.n_samples, *first.sample_shape)})")
+    if not sum(part.n_samples for part in parts):  # before any warning: the error is the one line
+        raise InputError("holds no samples", first.name if len(parts) == 1 else ", ".join(p.name for p in parts))
     if layout_name is None and layout.name == "NHWC" and isinstance(first, ArrayPart):
         _, c_first, _, c_last = (first.n_samples, *first.sample_shape)
         if c_first in (1, 3, 4) and c_last not in (1, 2, 3, 4):
@@ -702,8 +704,6 @@ def _combine(parts: list, layout_name: str | None, key: str | None) -> Dataset:
                         f"samples of shape {part.sample_shape} do not match {first.name}'s "
                         f"{tuple(first.sample_shape)}", part.name)
         dtype = np.result_type(dtype, part.dtype)
-    if not sum(part.n_samples for part in parts):
-        raise InputError("holds no samples", first.name if len(parts) == 1 else ", ".join(p.name for p in parts))
     npz_key = next((p.member[:-4] for p in parts if isinstance(p, ArrayPart) and p.member), None)
     return Dataset(parts, layout, np.dtype(dtype), tuple(sample_shape), key=key or npz_key)
 

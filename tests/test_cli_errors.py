@@ -114,6 +114,11 @@ def empty_array():
     np.save("empty.npy", np.zeros((0, 5, 4, 2)))
 
 
+def empty_nchw_looking_array():
+    """Zero PyTorch-shaped samples: the error alone, not the NCHW warning before it (issue 24.6)."""
+    np.save("empty.npy", np.zeros((0, 3, 32, 32)))
+
+
 def huge_values():
     np.save("huge.npy", np.full((3, 5, 4, 2), 1.7e308))
 
@@ -171,6 +176,8 @@ CASES = [
     Case("shapes-differ", mismatched_shapes, ["x.npy", "y.npy"], names="y.npy"),
     Case("folder-without-images", empty_folder, ["empty"], names="empty"),
     Case("no-samples", empty_array, ["empty.npy"], names="empty.npy", words=("no samples",)),
+    Case("no-samples-nchw-looking", empty_nchw_looking_array, ["empty.npy"], names="empty.npy",
+         words=("no samples",)),
     Case("sums-overflow-float64", huge_values, ["huge.npy"], words=("too large",)),
     Case("broken-image", broken_image, ["imgs"], names="1.png"),
     # Outputs: the transforms.

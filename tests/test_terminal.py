@@ -134,7 +134,7 @@ def test_csv_is_utf8_data_even_for_an_ascii_terminal(tmp_path, rng):
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode("utf-8").splitlines()[1].split(",")[:2] == ["0", "café.png"]
     table = normcli("stats", folder, "--per", "sample", cwd=tmp_path, PYTHONIOENCODING="ascii")
-    assert table.returncode == 0 and "caf?.png" in table.stdout.decode("ascii")
+    assert table.returncode == 0 and r"caf\xc3\xa9.png" in table.stdout.decode("ascii")  # its bytes, not '?'
 
 
 @pytest.mark.parametrize("args", [a for a in ASCII_CASES if a[0] in ("stats", "demo") and "--help" not in a],
@@ -354,7 +354,7 @@ def run_in_pty(argv, cwd, *, stdin_too: bool = True, extra_env=None) -> str:
     import pty
 
     leader, follower = pty.openpty()
-    env = subprocess_env(COLUMNS="100", **(extra_env or {}))
+    env = subprocess_env(**{"COLUMNS": "100", **(extra_env or {})})
     process = subprocess.Popen(argv, cwd=cwd, stdout=follower if stdin_too else subprocess.DEVNULL,
                                stderr=follower, stdin=subprocess.DEVNULL, env=env)
     os.close(follower)
@@ -414,3 +414,172 @@ def test_save_and_save_stats_are_one_option(chdir, data, option):
     run_at(80, "batchnorm", data, "-o", "b.npy", "-b", "8", option, "b.json", "--quiet")
     assert {json.loads(Path(f).read_text())["per"] for f in ("s.json", "z.json", "b.json")} == {"global",
                                                                                                 "channel"}
+
+
+# -- the width of a saved report (issue 24.2) ------------------------------------------------------
+def test_a_report_saved_from_a_narrow_terminal_is_80_columns_wide(tmp_path, data):
+    """stdin and stderr on a real 40-column pty, stdout to a file: the file gets the 80 columns of a
+    report that is not on a terminal, every column kept; COLUMNS still decides when it is set."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 40, 0, 0))
+    env = {k: v for k, v in subprocess_env().items() if k not in ("COLUMNS", "LINES")}
+    argv = [sys.executable, "-m", "normcli", "stats", str(data), "--per", "sample", "--bins", "0"]
+    widths = {}
+    for name, extra in (("plain", {}), ("columns", {"COLUMNS": "50"})):
+        with open(tmp_path / f"{name}.txt", "wb") as out:
+            subprocess.run(argv, stdin=follower, stdout=out, stderr=follower, env={**env, **extra},
+                           timeout=TIMEOUT, check=True)
+        lines = (tmp_path / f"{name}.txt").read_text().splitlines()
+        widths[name] = max(len(line) for line in lines)
+    os.close(follower)
+    os.close(leader)
+    wide = run_at(80, "stats", data, "--per", "sample", "--bins", "0").stdout
+    assert (tmp_path / "plain.txt").read_text() == wide
+    header = next(line for line in wide.splitlines() if line.startswith("key"))
+    assert header.split() == ["key", "count", "mean", "std", "var", "min", "max"]
+    assert 40 < widths["plain"] <= 80 and widths["columns"] <= 50
+
+
+# -- file names as the terminal can show them (issue 24.8) -------------------------------------------
+@pytest.mark.parametrize("name, extra, shown", [
+    (b"bad\xff.npy", {}, r"bad\xff.npy"),  # not UTF-8: the byte, not Python's \udcff
+    ("manquant_é.npy".encode(), {}, "manquant_é.npy"),
+    ("manquant_é.npy".encode(), {"PYTHONIOENCODING": "ascii"}, r"manquant_\xc3\xa9.npy"),
+    ("manquant_é.npy".encode(), {"LC_ALL": "C", "PYTHONUTF8": "0"}, r"manquant_\xc3\xa9.npy"),
+])
+def test_names_are_shown_alike_in_errors_and_tables(tmp_path, data, name, extra, shown):
+    """The same spelling in the error line (a missing file) and in the table (the file, present)."""
+    argv = [os.fsencode(sys.executable), b"-m", b"normcli", b"stats", name]
+    env = {k: v for k, v in subprocess_env(**extra).items() if not k.startswith("LC_") or k in extra}
+    missing = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.decode("utf-8").splitlines() == [f"error: no such file or folder ({shown})"]
+    (tmp_path / os.fsdecode(name)).write_bytes(data.read_bytes())
+    table = subprocess.run([*argv, str(data).encode(), b"--per", b"sample", b"--bins", b"0"], cwd=tmp_path,
+                           capture_output=True, timeout=TIMEOUT, env=env)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.decode("utf-8").splitlines()
+    first = next(row for row in rows if row.startswith("0 "))  # the header above may wrap
+    assert rows[0].startswith(f"{shown},") and first.split()[:2] == ["0", shown]
+
+
+# -- --rows, --color, --no-progress (issue 24.3, 24.7, 24.9) ----------------------------------------
+def test_rows_option_shows_every_row_or_as_many_as_asked(data):
+    def keys(*options):
+        lines = run_at(80, "stats", data, "--per", "sample", "--bins", "0", *options).stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("key ")) + 1
+        return [line.split()[0] for line in lines[start:] if not line.startswith("…")], lines[-1]
+
+    shown, last = keys()
+    assert shown == [str(k) for k in range(12)]
+    assert last == "… 28 more rows (all of them: --rows all, or --format csv or json)"
+    assert keys("--rows", "all")[0] == [str(k) for k in range(40)]
+    shown, last = keys("--rows", "3")
+    assert shown == ["0", "1", "2"] and last.startswith("… 37 more rows")
+    for bad in ("0", "-1", "many"):
+        result = run_at(80, "stats", data, "--rows", bad, ok=False)
+        assert result.exit_code == 2 and "--rows" in result.stderr
+
+
+def test_batch_rows_follow_rows_too(chdir, data):
+    out = run_at(80, "batchnorm", data, "-o", "bn.npy", "-b", "2", "--bins", "0", "--rows", "all").stdout
+    lines = out.splitlines()
+    start = lines.index("batch norm, batches of 2: 20 batches") + 2
+    assert [line.split()[0] for line in lines[start:start + 20]] == [str(k) for k in range(20)]
+
+
+@pytest.mark.parametrize("option, env, styled", [
+    ("always", {"NO_COLOR": "1"}, True), ("never", {"FORCE_COLOR": "1"}, False), ("auto", {"NO_COLOR": "1"}, False),
+    ("auto", {"FORCE_COLOR": "1"}, True)])
+def test_color_option_overrides_the_environment(tmp_path, data, option, env, styled):
+    extra = {"NO_COLOR": "", **env} if "FORCE_COLOR" in env else env
+    result = normcli("stats", data, "--bins", "0", "--color", option, cwd=tmp_path, **extra)
+    assert result.returncode == 0
+    assert (b"\x1b[" in result.stdout) == styled
+
+
+# -- what a run waits for (issue 24.4) -----------------------------------------------------------------
+def test_a_wait_for_a_scheduler_is_said_at_once(tmp_path):
+    from normcli.engine import SCHEDULER_FILE_WAIT
+    from normcli.run import EngineOptions
+
+    missing = tmp_path / "nope.json"
+    assert render.waiting_notice(EngineOptions("dask", scheduler_file=str(missing))) == \
+        f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {missing} ..."
+    assert render.waiting_notice(EngineOptions("dask", scheduler="tcp://10.0.0.1:8786")) == \
+        "connecting to the Dask scheduler at tcp://10.0.0.1:8786 ..."
+    assert render.waiting_notice(EngineOptions("dask")) is None  # a local cluster starts at once
+    assert render.waiting_notice(EngineOptions("threads")) is None
+
+
+def test_the_waiting_notice_is_shown_on_a_terminal_and_gives_its_line_to_the_error(tmp_path):
+    """A real pty: the notice appears before anything else and is erased before the error's line, so
+    the terminal keeps one line (pipes get the one error line alone: tests/test_engines.py)."""
+    script = ("import time; from normcli.render import ProgressDisplay\n"
+              "p = ProgressDisplay(delay=0)\n"
+              "p.notice('waiting up to 30 s for the scheduler file nope.json ...')\n"
+              "time.sleep(0.1); p.close()\n")
+    shown = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False)
+    assert shown.startswith("waiting up to 30 s for the scheduler file nope.json ...")
+    assert shown.endswith("\r\x1b[2K")
+
+
+# -- help in sections (issue 24.5) ----------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["stats", "normalize", "standardize", "batchnorm", "groupnorm"])
+def test_help_groups_the_options_with_the_common_ones_first(command):
+    from normcli.cli import SECTIONS
+
+    lines = run_at(80, command, "--help").stdout.splitlines()
+    titles = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles == [t for t in SECTIONS if t in titles] and {"Report", "What to read", "Engine"} <= set(titles)
+    where = {word: next(i for i, line in enumerate(lines) if line.lstrip().startswith(word))
+             for word in ("--per", "-o, --output", "--layout", "--engine", "--debug")
+             if any(line.lstrip().startswith(word) for line in lines)}
+    first_rare = min(where["--layout"], where["--engine"])
+    assert all(where[w] < first_rare for w in ("--per", "-o, --output") if w in where)
+    assert where.get("--per", 0) < 25 and where.get("-o, --output", 0) < 25
+    assert where["--debug"] > first_rare  # the rarely used last
+
+
+def test_small_commands_keep_one_option_list():
+    out = run_at(80, "sample", "--help").stdout
+    assert "Options:" in out and "What to read" not in out
+
+
+# -- an honest ETA, narrow bars, dumb terminals, the time taken (issue 24.3) -----------------------------
+def test_the_eta_is_the_average_pace_over_completed_work_counted_down_between_results():
+    # 25 of 100 done 10 s into the pass, results last seen at 10 s: 30 s left at the pace so far
+    assert render.remaining_seconds(0.0, 10.0, 10.0, 25, 100) == 30.0
+    # 2 s of stall later (a run of results still in flight): counted down, not frozen
+    assert render.remaining_seconds(0.0, 10.0, 12.0, 25, 100) == 28.0
+    # a stall past the predicted end: the pace with the stall in it (never 0 while work is left)
+    assert render.remaining_seconds(0.0, 10.0, 50.0, 25, 100) == 50.0 * 75 / 25
+    assert render.remaining_seconds(0.0, 0.0, 5.0, 0, 100) is None
+
+
+@pytest.mark.parametrize("term, width, wanted, unwanted", [
+    ("xterm", 100, ["measuring", "/s", "eta ", "done in "], []),
+    ("xterm", 40, ["measuring", "/200", "eta ", "done in "], ["/s"]),  # the rate goes first
+    ("dumb", 80, ["measuring: 200/200 in ", "done in "], ["\x1b[", "\r"]),  # plain lines
+])
+def test_progress_lines_fit_the_terminal_and_end_with_the_time_taken(tmp_path, term, width, wanted, unwanted):
+    script = ("from normcli.render import progress_display; import time\n"
+              "p = progress_display(quiet=False, terminal=True)\n"
+              "p._delay = 0\n"
+              "p.phase('measuring', 200)\n"
+              "for _ in range(20): p.advance(10, 10000); time.sleep(0.03)\n"
+              "p.finish()\n")
+    shown = run_in_pty([sys.executable, "-c", script], tmp_path, stdin_too=False,
+                       extra_env={"TERM": term, "COLUMNS": str(width)})
+    assert run_in_pty.returncode == 0
+    for text in wanted:
+        assert text in shown, shown
+    for text in unwanted:
+        assert text not in shown.replace("\r\n", "\n"), shown  # the pty's own line ends aside
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", shown.rstrip().splitlines()[-1])  # the bar's erasure
+    assert re.fullmatch(r"done in \d+\.\d s", last), last
