@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_image
+from helpers import dask_cluster, free_port
 from normcli.sources import Dataset
 
 distributed = pytest.importorskip("distributed", reason="the Dask tests need the [dask] extra")
@@ -137,10 +137,17 @@ def test_an_image_folder_is_written_the_same_on_every_engine(data, cluster, smal
             np.testing.assert_array_equal(other[name], pixels)
 
 
-def test_scheduler_options_need_the_dask_engine(data):
-    result = run_cli("stats", data / "far.npy", "--scheduler", "tcp://127.0.0.1:1", ok=False)
+def test_scheduler_options_contradict_another_engine(data):
+    result = run_cli("stats", data / "far.npy", "--engine", "threads", "--scheduler", "tcp://127.0.0.1:1", ok=False)
     assert result.exit_code == 2
-    assert "--engine dask" in result.stderr
+    assert "--scheduler and --scheduler-file run on Dask, not --engine threads" in result.stderr
+
+
+def test_a_scheduler_implies_the_dask_engine(data):
+    """--scheduler alone runs on Dask (here: on no scheduler at all, so the Dask engine's own error)."""
+    result = run_cli("stats", data / "far.npy", "--scheduler", f"tcp://127.0.0.1:{free_port()}", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach the Dask scheduler") and result.stderr.count("\n") == 1
 
 
 def test_an_unreachable_scheduler_is_one_line(data):
@@ -154,21 +161,12 @@ def test_without_dask_the_engine_says_how_to_install_it(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed raises ImportError
     result = run_cli("stats", data / "far.npy", "--engine", "dask", ok=False)
     assert result.exit_code == 1
-    assert result.stderr == "error: --engine dask needs Dask: pip install 'normcli[dask]'\n"
+    # what the README installs: normcli is installed from a clone, so 'normcli[dask]' named no package
+    assert result.stderr == ("error: --engine dask needs Dask (normcli's [dask] extra): pip install "
+                             "'dask[distributed]', or pip install '.[dask]' in a clone of normcli\n")
 
 
 # -- a real cluster, started as a user would --------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dask_command() -> list[str]:
-    beside = Path(sys.executable).parent / "dask"
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "dask"]
-
-
 def normcli_command() -> list[str]:
     return [sys.executable, "-m", "normcli"]
 
@@ -176,40 +174,8 @@ def normcli_command() -> list[str]:
 @pytest.fixture
 def real_cluster(tmp_path):
     """`dask scheduler` and two `dask worker` processes (no nanny, so a kill is final) on 127.0.0.1."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = tmp_path / "dask-logs"
-    logs.mkdir()
-    procs = [subprocess.Popen([*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler", "w"))]
-    client = None
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        for i in range(2):
-            procs.append(subprocess.Popen([*dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--name", f"w{i}"],
-                                          stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
-        client = distributed.Client(address, timeout="30s")
-        client.wait_for_workers(2, timeout=60)
+    with dask_cluster(tmp_path / "dask-logs") as (address, procs):
         yield address, procs[1:]
-    finally:
-        if client is not None:
-            client.close()
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def run(args, cwd, **kwargs):
@@ -257,13 +223,22 @@ def test_a_worker_killed_mid_run_leaves_a_complete_output_or_none(tmp_path, rng,
                                                                ({"z.npy"} if proc.returncode == 0 else set()))
 
 
-def test_a_scheduler_file_that_never_appears_is_one_line(data, monkeypatch):
-    from normcli import engine
-
-    monkeypatch.setattr(engine, "SCHEDULER_FILE_WAIT", 0.3)
-    result = run_cli("stats", data / "far.npy", "--engine", "dask", "--scheduler-file", data / "none.json", ok=False)
+@pytest.mark.parametrize("content, problem", [
+    (None, "does not exist"),
+    ("", "is not a Dask scheduler file (JSON with an address)"),
+    ('{"type": "Scheduler", "addr', "is not a Dask scheduler file (JSON with an address)"),  # half-written
+    ("address: tcp://127.0.0.1:8786", "is not a Dask scheduler file (JSON with an address)"),
+    ('{"type": "Scheduler"}', "is not a Dask scheduler file (JSON with an address)"),
+], ids=["missing", "empty", "half-written", "not JSON", "no address"])
+def test_a_scheduler_file_that_never_becomes_whole_is_one_line(data, content, problem):
+    """normcli waits for a complete file (a scheduler may be writing it), --cluster-timeout at most."""
+    path = data / "scheduler.json"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("stats", data / "far.npy", "--scheduler-file", path, "--cluster-timeout", "0.3", ok=False)
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: no scheduler file after 0.3 s") and result.stderr.count("\n") == 1
+    assert result.stderr == (f"error: the scheduler file {problem} after 0.3 s (--cluster-timeout); start "
+                             f"`dask scheduler --scheduler-file FILE` first ({path})\n")
 
 
 def test_a_local_dask_run_that_fails_on_a_worker_is_one_line_and_leaves_tmpdir_empty(tmp_path, rng):
