@@ -215,16 +215,8 @@ class ProcessEngine(Engine):
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pool_worker_start)
-        return self._batched(self._pool.submit, work, items, most=16, result=self._result)
-
-    @staticmethod
-    def _result(future):
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            raise NormcliError("a worker process of --engine processes died (killed, or out of memory)") from None
+        return self._batched(partial(_pool_died, self._pool.submit), work, items, most=16,
+                             result=partial(_pool_died, lambda future: future.result()))
 
     def stop(self) -> None:
         """Running tasks end with their processes (terminated), so nothing waits for a slow block."""
@@ -245,6 +237,16 @@ class ProcessEngine(Engine):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _pool_died(call: Callable, *args):
+    """call(*args), a pool that lost a process (submitting to it, or waiting on it) one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return call(*args)
+    except BrokenProcessPool:
+        raise NormcliError("a worker process of --engine processes died (killed, or out of memory)") from None
 
 
 class DaskEngine(Engine):
@@ -323,18 +325,24 @@ class DaskEngine(Engine):
                 if not isinstance(error, TimeoutError) or future.cancelled():  # FutureCancelledError, CommClosedError
                     raise NormcliError(f"lost the Dask scheduler mid-run ({error.__class__.__name__})",
                                        self.where) from None
-            if self._workers() or self._cluster is not None:
+            if self._cluster is not None:
+                continue
+            workers = self._workers()
+            if workers:
                 workers_seen = time.monotonic()
             elif time.monotonic() - workers_seen > self.timeout:
+                if workers is None:
+                    raise NormcliError(f"lost the Dask scheduler mid-run (no answer for {self.timeout:g} s, "
+                                       "--cluster-timeout)", self.where)
                 raise NormcliError(f"the Dask cluster has had no workers for {self.timeout:g} s "
                                    "(--cluster-timeout)", self.where)
 
-    def _workers(self) -> int:
-        """How many workers the scheduler has now (0 when it does not answer within a few seconds)."""
+    def _workers(self) -> int | None:
+        """How many workers the scheduler has now (None: it does not answer within a few seconds)."""
         try:
-            return len(self._client.sync(self._client.scheduler.ncores, callback_timeout=5))
-        except Exception:  # noqa: BLE001 (a scheduler that does not answer has no workers for us)
-            return 0
+            return len(self._client.sync(self._client.scheduler.ncores, callback_timeout=min(5.0, self.timeout)))
+        except Exception:  # noqa: BLE001 (whatever went wrong, the scheduler did not answer)
+            return None
 
     def stop(self) -> None:
         """Tasks already running are waited for (at most STOP_WAIT seconds; in the in-process
@@ -391,7 +399,8 @@ def _quiet_dask_logs() -> None:
     """Dask's own log lines never reach the terminal: a fault reaches the user as normcli's one line."""
     import logging
 
-    for name in ("distributed", "tornado", "bokeh"):
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in ("distributed", "tornado", "bokeh")]
+    for name in {"distributed", "tornado", "bokeh", *names}:  # Dask's config gives some children handlers of their own
         logger = logging.getLogger(name)
         logger.handlers = [logging.NullHandler()]
         logger.propagate = False
