@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial, reduce
@@ -131,7 +130,7 @@ class Engine:
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or DEFAULT_WORKERS
-        self._id = uuid.uuid4().hex
+        self._id = os.urandom(8).hex()  # names this engine's tasks for _STOPPED
         self._pending: deque = deque()  # the futures in flight of the current map
 
     def map(self, work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
