@@ -409,3 +409,18 @@ def test_a_pool_process_killed_mid_run_is_one_line(tmp_path, rng):
     assert (proc.returncode, stderr) == (1, "error: a worker process of --engine processes died (killed, or out of "
                                             "memory)\n")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stdin_is_refused_with_a_scheduler_before_it_is_read(tmp_path):
+    """- is spooled to this machine's $TMPDIR, which a cluster's workers cannot read."""
+    from click.testing import CliRunner
+
+    from normcli.cli import cli
+
+    result = CliRunner().invoke(cli, ["stats", "-", "--scheduler", "tcp://127.0.0.1:1"], input=b"not read")
+    assert result.exit_code == 2 and "- (stdin) is spooled to this machine's $TMPDIR" in result.stderr
+
+
+def test_cluster_timeout_belongs_to_dask(data):
+    result = run_cli("stats", data / "far.npy", "--engine", "processes", "--cluster-timeout", "5", ok=False)
+    assert result.exit_code == 2 and "--cluster-timeout is for --engine dask" in result.stderr
