@@ -327,14 +327,18 @@ output_options = _packed("output", run.Output, (
 ), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (
-    click.option("--engine", type=click.Choice(ENGINES), default="threads", show_default=True,
-                 help="Where the work runs: threads of this process, a process pool, or a Dask cluster."),
+    click.option("--engine", type=click.Choice(ENGINES),
+                 help="Where the work runs: threads of this process, a process pool, or a Dask cluster "
+                      "[default: threads; dask with --scheduler or --scheduler-file]."),
     click.option("--workers", type=click.IntRange(min=1),
                  help="Threads, processes or local Dask workers [default: the cores, at most 8]."),
     click.option("--scheduler", metavar="tcp://HOST:PORT",
                  help="The Dask scheduler to run on (--engine dask) [default: a local cluster]."),
     click.option("--scheduler-file", metavar="FILE",
                  help="A Dask scheduler file, as dask-jobqueue and dask-mpi write (--engine dask)."),
+    click.option("--cluster-timeout", type=FiniteFloat(0.0), metavar="SECONDS",
+                 help="Give up on a Dask cluster whose scheduler file, scheduler or workers do not appear "
+                      "within this time [default: 30]."),
 ), section="Engine")
 
 fit_options = _packed("fit", run.Fit, (
@@ -642,16 +646,20 @@ def demo(seed, bins, ascii_only):
             printer.stats(stats)
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _stop_on_signal(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM unwinds the run (every temporary is removed on the way out); any
+    further one is ignored, so that the cleanup, which is bounded (engine.STOP_WAIT), finishes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def main() -> None:
     # normcli spreads its work over the cores itself: BLAS threads of their own (np.dot in the moments)
     # would only compete with its workers for them. Set before numpy loads; a user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # SIGTERM unwinds like Ctrl-C, so that every temporary is removed on the way out.
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     # Click ends a closed pipe (`normcli ... | head`) quietly itself, with exit 1 and no traceback.
     try:
         cli(prog_name="normcli")

@@ -5,6 +5,10 @@ Work is a module-level function of picklable arguments (a frozen task and a bloc
 and a block is read by whoever runs it, so threads, a process pool and Dask workers run the
 same code; only small values (statistics, counts) come back. Adding an engine is adding one
 class here and its name to ENGINES.
+
+A failed or interrupted run calls `Engine.stop()` before anything is removed: tasks not started
+are cancelled, running ones are ended (a process pool's workers) or waited for (threads, Dask
+workers: at most STOP_WAIT seconds), so that no task writes into an output after it is discarded.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial, reduce
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -25,6 +30,13 @@ R = TypeVar("R")
 ENGINES = ("threads", "processes", "dask")
 # numpy's kernels, file reads and image decoders release the GIL, so threads use every core.
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+STOP_WAIT = 10.0  # seconds a failed run waits for tasks already running before it removes its outputs
+CLUSTER_TIMEOUT = 30.0  # seconds: --cluster-timeout's default (scheduler file, handshake, no workers)
+# Blocks one task folds into one result: the merge tree (hence every float's last bit) depends on
+# the block index and the number of blocks alone, never on the engine or its workers. At least
+# RUNS_WANTED runs where there are enough blocks, so that up to 8 workers finish together.
+FOLD_RUN = 16
+RUNS_WANTED = 64
 
 
 _MALLOC_KEEP = 256 << 20  # bytes of freed memory glibc may keep (far above a few blocks in flight)
@@ -53,26 +65,34 @@ def keep_freed_memory() -> None:
     mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; arrays below it come from the (kept) heap
 
 
-def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+def _pool_worker_start() -> None:
+    """A pool process leaves Ctrl-C to the driver, which ends it (a terminal sends SIGINT to the
+    whole process group: each worker would print its own traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
+
+
+def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int, pending: deque,
+              result: Callable = lambda future: future.result()) -> Iterator:
     """fn over items through `submit(fn, item) -> future`, results in input order, at most
-    `ahead` in flight (so memory stays bounded however many items there are)."""
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(submit(fn, item))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
+    `ahead` in flight (so memory stays bounded however many items there are). `pending` holds
+    the futures in flight, for the engine's stop()."""
+    for item in items:
+        pending.append(submit(fn, item))
+        if len(pending) >= ahead:
+            yield result(pending[0])
+            pending.popleft()
+    while pending:
+        yield result(pending[0])
+        pending.popleft()
 
 
-def runs(items: Sequence[T], workers: int, most: int) -> list[list[T]]:
-    """items cut into consecutive runs of up to `most`, at least 8 runs a worker where there are
-    enough items (so that the workers finish together)."""
-    size = max(1, min(most, len(items) // (8 * workers)))
+def runs(items: Sequence[T], most: int = FOLD_RUN) -> list[list[T]]:
+    """items cut into consecutive runs of one size, up to `most`, chosen by their number alone:
+    at least RUNS_WANTED runs where there are enough items."""
+    size = max(1, min(most, len(items) // RUNS_WANTED))
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
@@ -82,25 +102,24 @@ def fold_run(work: Callable, combine: Callable, run: Sequence):
     return reduce(combine, map(work, run))
 
 
-def _run_batch(work: Callable, batch: list) -> list:
+class Stopped(Exception):
+    """A task that found its run stopped before it began (its result is never used)."""
+
+
+_STOPPED: set[str] = set()  # the engines of this process that stopped: their tasks here end early
+
+
+def _unless_stopped(engine_id: str, work: Callable, item):
+    """work(item), unless the engine that sent it has stopped (seen by tasks in the driver's process:
+    threads and an in-process cluster; other processes are ended, or waited for)."""
+    if engine_id in _STOPPED:
+        raise Stopped()
+    return work(item)
+
+
+def _run_batch(engine_id: str, work: Callable, batch: list) -> list:
     """work over several items in one task (a process or a cluster worker)."""
-    return [work(item) for item in batch]
-
-
-def _batched(submit: Callable, work: Callable, items: Sequence, workers: int, most: int) -> Iterator:
-    """work over items as tasks of up to `most` items each, results in order, one per item: a task
-    to another process or a cluster costs milliseconds, so each should carry several blocks' work."""
-    for results in _in_order(submit, partial(_run_batch, work), runs(items, workers, most), 2 * workers):
-        yield from results
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFAULT_WORKERS) -> Iterator[R]:
-    """Like map(fn, items) on `workers` threads, results in input order."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        yield from _in_order(pool.submit, fn, items, 2 * workers)
+    return [_unless_stopped(engine_id, work, item) for item in batch]
 
 
 class Engine:
@@ -111,12 +130,35 @@ class Engine:
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or DEFAULT_WORKERS
+        self._id = os.urandom(8).hex()  # names this engine's tasks for _STOPPED
+        self._pending: deque = deque()  # the futures in flight of the current map
 
     def map(self, work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         raise NotImplementedError
 
+    def _batched(self, submit: Callable, work: Callable, items: Sequence, most: int, result=None) -> Iterator:
+        """work over items as tasks of up to `most` items each, results in order, one per item: a
+        task to another process or a cluster costs milliseconds, so each should carry several."""
+        size = max(1, min(most, len(items) // (8 * self.workers)))
+        batches = [list(items[i:i + size]) for i in range(0, len(items), size)]
+        self._pending.clear()
+        kwargs = {} if result is None else {"result": result}
+        for results in _in_order(submit, partial(_run_batch, self._id, work), batches, 2 * self.workers,
+                                 self._pending, **kwargs):
+            yield from results
+
+    def stop(self) -> None:
+        """Cancel the tasks not started and end, or wait for, the running ones (at most STOP_WAIT
+        seconds): after it, no task of this engine writes anything. Called before a failed run
+        removes its outputs."""
+        _STOPPED.add(self._id)
+        for future in self._pending:
+            future.cancel()
+        wait(self._pending, timeout=STOP_WAIT)
+        self._pending.clear()
+
     def close(self) -> None:
-        pass
+        self.stop()
 
     def __enter__(self) -> "Engine":
         return self
@@ -133,9 +175,25 @@ class ThreadEngine(Engine):
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
         keep_freed_memory()
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
     def map(self, work, items):
-        return ordered_map(work, items, workers=self.workers)
+        if self._pool is None:
+            return map(work, items)
+        self._pending.clear()
+        return _in_order(self._pool.submit, partial(_unless_stopped, self._id, work), items, 2 * self.workers,
+                         self._pending)
+
+    def close(self) -> None:
+        super().close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # stop() waited for the running ones
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFAULT_WORKERS) -> Iterator[R]:
+    """Like map(fn, items) on `workers` threads, results in input order."""
+    with ThreadEngine(workers) as engine:
+        yield from engine.map(fn, list(items))
 
 
 class ProcessEngine(Engine):
@@ -155,8 +213,24 @@ class ProcessEngine(Engine):
             # forkserver: no fork of a process that may hold threads; the server imports normcli once
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=keep_freed_memory)
-        return _batched(self._pool.submit, work, items, self.workers, most=16)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pool_worker_start)
+        return self._batched(partial(_pool_died, self._pool.submit), work, items, most=16,
+                             result=partial(_pool_died, lambda future: future.result()))
+
+    def stop(self) -> None:
+        """Running tasks end with their processes (terminated), so nothing waits for a slow block."""
+        # Nothing is cancelled first: the pool fails every task of its own once a process ends (and
+        # Python 3.11's pool thread raises on a future cancelled before that).
+        self._pending.clear()
+        if self._pool is not None:
+            processes = list((self._pool._processes or {}).values())  # no public way to end running tasks
+            for process in processes:
+                process.terminate()
+            deadline = time.monotonic() + STOP_WAIT
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -164,89 +238,245 @@ class ProcessEngine(Engine):
             self._pool = None
 
 
+def _pool_died(call: Callable, *args):
+    """call(*args), a pool that lost a process (submitting to it, or waiting on it) one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return call(*args)
+    except BrokenProcessPool:
+        raise NormcliError("a worker process of --engine processes died (killed, or out of memory)") from None
+
+
 class DaskEngine(Engine):
     """A dask.distributed cluster: the scheduler at `scheduler` (tcp://host:port), the one named
     in `scheduler_file`, or a local cluster (one worker of `workers` threads in this process).
     Workers read their blocks and write their outputs themselves, so inputs and outputs must be
-    on a filesystem they share."""
+    on a filesystem they share. Every wait on the cluster (its scheduler file, the scheduler's
+    answer, a cluster without workers) ends after `cluster_timeout` seconds."""
 
     name = "dask"
 
     def __init__(self, workers: int | None = None, *, scheduler: str | None = None,
-                 scheduler_file: str | None = None):
+                 scheduler_file: str | None = None, cluster_timeout: float | None = None):
         super().__init__(workers)
         try:
-            from distributed import Client, LocalCluster
+            import distributed
         except ImportError:
-            raise NormcliError("--engine dask needs Dask: pip install 'normcli[dask]'") from None
+            raise NormcliError("--engine dask needs Dask (normcli's [dask] extra): pip install 'dask[distributed]', "
+                               "or pip install '.[dask]' in a clone of normcli") from None
+        _quiet_dask_logs()
+        self.timeout = CLUSTER_TIMEOUT if cluster_timeout is None else cluster_timeout
         self._cluster = None
         self._scratch = None
-        where = scheduler or scheduler_file
+        self.where = scheduler or scheduler_file or "local cluster"
         try:
-            if scheduler:
-                self._client = Client(scheduler, timeout="10s")
-            elif scheduler_file:
-                _wait_for(scheduler_file)
-                self._client = Client(scheduler_file=scheduler_file, timeout="10s")
+            if scheduler or scheduler_file:
+                address = scheduler or _scheduler_address(scheduler_file, self.timeout)
+                _check_scheduler(address, self.timeout, self.where)
+                self._client = distributed.Client(address, timeout=self.timeout)
             else:
-                import logging
-                import warnings
+                import dask
 
                 # One worker of `workers` threads in this process: it starts in milliseconds, where
                 # worker processes take seconds (for those, start a cluster and give --scheduler).
                 keep_freed_memory()  # its worker threads are this process's
-                # Its scratch folder is ours to remove (Dask leaves dask-scratch-space in $TMPDIR); its
-                # logs stay quiet: a failed task reaches the user as normcli's own one-line error.
+                # Its scratch folder is ours to remove (Dask leaves dask-scratch-space in $TMPDIR).
                 self._scratch = tempfile.mkdtemp(prefix="normcli-dask-")
-                import dask
+                import warnings
 
                 with warnings.catch_warnings(), dask.config.set({"temporary-directory": self._scratch}):
                     warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": not the user's concern
-                    self._cluster = LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
-                                                 dashboard_address=None, silence_logs=logging.CRITICAL,
-                                                 local_directory=self._scratch)
-                self._client = Client(self._cluster)
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=1, threads_per_worker=self.workers, processes=False, dashboard_address=None,
+                        silence_logs=False, local_directory=self._scratch)
+                self._client = distributed.Client(self._cluster)
         except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
             self._close_cluster()
-            raise NormcliError(f"cannot reach the Dask scheduler: {exc}", where) from None
+            raise NormcliError(f"cannot reach the Dask scheduler: {exc}", self.where) from None
+        except BaseException:
+            self._close_cluster()
+            raise
 
     def map(self, work, items):
-        workers = max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
+        workers = len(self._client.scheduler_info().get("workers", {})) or 1
+        self.workers = max(self.workers, workers)
         # A Dask task costs about 5 ms: 64 blocks a task took a 1 GiB pass from 2x to 1.2x the threads'.
-        return _batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, workers, most=64)
+        return self._batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, most=64,
+                             result=self._result)
+
+    def _result(self, future):
+        """The task's result; a lost scheduler, a cluster left without workers for `timeout`
+        seconds and a task whose workers kept dying are each one NormcliError."""
+        from concurrent.futures import CancelledError
+
+        from distributed import KilledWorker
+
+        workers_seen = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=1)
+            except KilledWorker as error:
+                raise NormcliError(f"Dask workers died running one task ({_first_line(error)})", self.where) from None
+            except (TimeoutError, CancelledError, OSError, NormcliError) as error:
+                if future.status == "error":  # the task itself raised it, on a worker
+                    raise error if self._cluster is not None else _as_seen_by_a_worker(error) from None
+                if not isinstance(error, TimeoutError) or future.cancelled():  # FutureCancelledError, CommClosedError
+                    raise NormcliError(f"lost the Dask scheduler mid-run ({error.__class__.__name__})",
+                                       self.where) from None
+            if self._cluster is not None:
+                continue
+            workers = self._workers()
+            if workers:
+                workers_seen = time.monotonic()
+            elif time.monotonic() - workers_seen > self.timeout:
+                if workers is None:
+                    raise NormcliError(f"lost the Dask scheduler mid-run (no answer for {self.timeout:g} s, "
+                                       "--cluster-timeout)", self.where)
+                raise NormcliError(f"the Dask cluster has had no workers for {self.timeout:g} s "
+                                   "(--cluster-timeout)", self.where)
+
+    def _workers(self) -> int | None:
+        """How many workers the scheduler has now (None: it does not answer within a few seconds)."""
+        try:
+            return len(self._client.sync(self._client.scheduler.ncores, callback_timeout=min(5.0, self.timeout)))
+        except Exception:  # noqa: BLE001 (whatever went wrong, the scheduler did not answer)
+            return None
+
+    def stop(self) -> None:
+        """Tasks already running are waited for (at most STOP_WAIT seconds; in the in-process
+        cluster they end at their next run of blocks), the rest are cancelled."""
+        _STOPPED.add(self._id)
+        pending = list(self._pending)
+        self._pending.clear()
+        if not pending:
+            return
+        import distributed
+
+        try:
+            distributed.wait(pending, timeout=STOP_WAIT)
+        except Exception:  # noqa: BLE001 (timed out, or the scheduler is gone: nothing more to wait for)
+            pass
+        try:
+            self._client.cancel(pending)
+        except Exception:  # noqa: BLE001
+            pass
 
     def close(self) -> None:
-        self._client.close()
+        self.stop()
+        try:
+            self._client.close(timeout=STOP_WAIT)
+        except Exception:  # noqa: BLE001 (a scheduler that went away: nothing to close)
+            pass
         self._close_cluster()
 
     def _close_cluster(self) -> None:
         if self._cluster is not None:
-            self._cluster.close()
+            self._cluster.close(timeout=STOP_WAIT)
+            self._cluster = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
-SCHEDULER_FILE_WAIT = 30.0  # seconds: a scheduler started just before may not have written it yet
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0]
 
 
-def _wait_for(scheduler_file: str) -> None:
-    """Wait a little for a scheduler file to appear (Dask's client would wait for ever)."""
-    import time
+def _as_seen_by_a_worker(error: Exception) -> Exception:
+    """A file a cluster worker found missing, though the driver opened it: say where to put it."""
+    import errno
 
-    deadline = time.monotonic() + SCHEDULER_FILE_WAIT
-    while not os.path.exists(scheduler_file):
+    if getattr(error, "errno", None) != errno.ENOENT:
+        return error
+    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    return NormcliError("a Dask worker cannot see this file: inputs and outputs must be on a filesystem every "
+                        "worker sees", None if path is None else str(path))
+
+
+def _quiet_dask_logs() -> None:
+    """Dask's own log lines never reach the terminal: a fault reaches the user as normcli's one line."""
+    import logging
+
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in ("distributed", "tornado", "bokeh")]
+    for name in {"distributed", "tornado", "bokeh", *names}:  # Dask's config gives some children handlers of their own
+        logger = logging.getLogger(name)
+        logger.handlers = [logging.NullHandler()]
+        logger.propagate = False
+
+
+def _scheduler_address(scheduler_file: str, timeout: float) -> str:
+    """The address in a scheduler file, waiting up to `timeout` seconds for it to appear whole
+    (a scheduler started just before may not have written it yet, or only half)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    problem = "does not exist"
+    while True:
+        try:
+            with open(scheduler_file, encoding="utf-8") as f:
+                address = json.load(f)["address"]
+            if isinstance(address, str) and address:
+                return address
+            problem = "holds no scheduler address"
+        except FileNotFoundError:
+            problem = "does not exist"
+        except (ValueError, KeyError, TypeError):
+            problem = "is not a Dask scheduler file (JSON with an address)"
+        except OSError as error:
+            raise NormcliError(error.strerror or str(error), scheduler_file) from None
         if time.monotonic() > deadline:
-            raise NormcliError(f"no scheduler file after {SCHEDULER_FILE_WAIT:g} s; start `dask scheduler "
-                               "--scheduler-file FILE` first", scheduler_file)
+            raise NormcliError(f"the scheduler file {problem} after {timeout:g} s (--cluster-timeout); start "
+                               "`dask scheduler --scheduler-file FILE` first", scheduler_file)
         time.sleep(0.1)
 
 
-def open_engine(engine: str = "threads", *, workers: int | None = None, scheduler: str | None = None,
-                scheduler_file: str | None = None) -> Engine:
-    """The engine called `engine`; --scheduler and --scheduler-file belong to Dask alone."""
-    name = engine
+def _check_scheduler(address: str, timeout: float, where: str) -> None:
+    """Refuse, within `timeout` seconds in all, an address that does not answer as a Dask
+    scheduler (nothing listening, a silent listener, a web server): Dask's own client would wait
+    minutes for a handshake that never comes."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from distributed.comm import connect
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme in ("tcp", "tls"):
+        import socket
+
+        try:  # a refused connection is known at once (Dask would retry it until the timeout)
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+        except (OSError, ValueError) as error:
+            raise NormcliError(f"cannot reach the Dask scheduler: {getattr(error, 'strerror', None) or error}",
+                               where) from None
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise NormcliError(f"no answer as a Dask scheduler within {timeout:g} s (--cluster-timeout)", where) from None
+    except Exception as error:  # noqa: BLE001 (whatever the peer sent, it is not Dask)
+        raise NormcliError(f"does not answer as a Dask scheduler ({error.__class__.__name__})", where) from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise NormcliError("does not answer as a Dask scheduler", where)
+
+
+def open_engine(engine: str | None = None, *, workers: int | None = None, scheduler: str | None = None,
+                scheduler_file: str | None = None, cluster_timeout: float | None = None) -> Engine:
+    """The engine called `engine` (None: dask when a scheduler is given, else threads); --scheduler,
+    --scheduler-file and --cluster-timeout belong to Dask alone."""
+    name = engine or ("dask" if scheduler or scheduler_file else "threads")
     if (scheduler or scheduler_file) and name != "dask":
-        raise UsageMismatch("--scheduler and --scheduler-file need --engine dask")
+        raise UsageMismatch(f"--scheduler and --scheduler-file run on Dask, not --engine {name}; drop --engine")
+    if cluster_timeout is not None and name != "dask":
+        raise UsageMismatch("--cluster-timeout is for --engine dask")
     if scheduler and scheduler_file:
         raise UsageMismatch("--scheduler and --scheduler-file exclude each other: give one")
     if name == "threads":
@@ -254,5 +484,6 @@ def open_engine(engine: str = "threads", *, workers: int | None = None, schedule
     if name == "processes":
         return ProcessEngine(workers)
     if name == "dask":
-        return DaskEngine(workers, scheduler=scheduler, scheduler_file=scheduler_file)
+        return DaskEngine(workers, scheduler=scheduler, scheduler_file=scheduler_file,
+                          cluster_timeout=cluster_timeout)
     raise UsageMismatch(f"unknown engine {name}; use one of {', '.join(ENGINES)}")

@@ -22,6 +22,7 @@ class NormcliError(Exception):
         super().__init__(message)
         self.message = message
         self.path = path
+        self.errno: int | None = None  # the OSError's, when it came from one (from_os_error)
 
     def __str__(self) -> str:
         return one_line(f"{self.message} ({self.path})" if self.path else self.message)
@@ -95,5 +96,8 @@ def _encodes(char: str, encoding: str) -> bool:
 
 
 def from_os_error(error: OSError, path: str, kind: type[NormcliError] = NormcliError) -> NormcliError:
-    """What the system said (full disk, read-only folder, name too long), about the file the user named."""
-    return kind(error.strerror or str(error), "stdout" if path == "-" else path)
+    """What the system said (full disk, read-only folder, name too long), about the file the user named
+    (its errno kept: a file a Dask worker could not find is told apart from one missing everywhere)."""
+    made = kind(error.strerror or str(error), "stdout" if path == "-" else path)
+    made.errno = error.errno
+    return made

@@ -31,9 +31,6 @@ from normcli.sources import Block, Chunk, Dataset, ImagePart
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 DEFAULT_BINS = 30
-# Blocks a task measures and merges on its worker: merging each block's statistics on the
-# driver cost as much driver time as the workers spent measuring, and held the GIL they needed.
-FOLD_RUN = 16
 
 
 @dataclass
@@ -63,23 +60,39 @@ class Progress(Protocol):
 
 
 def _run(engine: Engine | None, work: Callable, items: Sequence, progress: Progress | None, phase: str, *,
-         sizes: Sequence[int] | None = None, sample_bytes: int = 0, combine: Callable | None = None) -> Iterator:
+         sizes: Sequence[int] | None = None, sample_bytes: int = 0, combine: Callable | None = None,
+         cut: Callable | None = None) -> Iterator:
     """work over every item (a block, unless `sizes` gives each item's samples) on `engine`
     (threads when None), results in order; the progress display hears of each pass by name.
     With `combine` (associative), each task folds a run of items' results into one, and the
-    results are those of consecutive runs."""
-    engine = engine or ThreadEngine()
+    results are those of consecutive runs (engine.runs: the same runs on every engine). With
+    `cut(run) -> task`, work is work(task, item) and each run carries its own task: a plan's
+    per-sample tables cut to the run's samples, so a task's bytes grow with its share alone."""
+    if engine is None:
+        with ThreadEngine() as own:
+            yield from _run(own, work, items, progress, phase, sizes=sizes, sample_bytes=sample_bytes,
+                            combine=combine, cut=cut)
+        return
     sizes = sizes if sizes is not None else [item.count for item in items]
-    if combine is not None:
-        items = runs(items, engine.workers, FOLD_RUN)
-        sizes = [sum(part) for part in runs(sizes, engine.workers, FOLD_RUN)]
+    groups = runs(items) if combine is not None else [[item] for item in items]
+    sizes = [sum(part) for part in runs(sizes)] if combine is not None else sizes
+    if cut is not None:
+        groups = [(cut(group), group) for group in groups]
+        work = partial(_fold_own_task, work, combine)
+    else:
         work = partial(fold_run, work, combine)
     if progress is not None:
         progress.phase(phase, sum(sizes))
-    for size, result in zip(sizes, engine.map(work, items)):
+    for size, result in zip(sizes, engine.map(work, groups)):
         yield result
         if progress is not None:  # counted once the caller has merged (or written) it
             progress.advance(size, size * sample_bytes)
+
+
+def _fold_own_task(work: Callable, combine: Callable | None, task_and_run: tuple):
+    """fold_run of work(task, item) over a run that carries its own task."""
+    task, run = task_and_run
+    return fold_run(partial(work, task), combine, run)
 
 
 def _fold(total, value, combine=HistogramCounts.merge):
@@ -278,10 +291,17 @@ class AffineApply:
     scope: Scope
     affine: Affine
     clip: tuple[float, float] | None = None
+    first: int = 0  # the sample of the affine's first row (per-sample maps cut to a task's samples)
 
     def apply(self, chunk: Chunk, layout: Layout, out: np.ndarray):
-        affine = self.affine.rows(chunk.start, len(chunk.data)) if self.scope.per_sample else self.affine
+        affine = self.affine.rows(chunk.start - self.first, len(chunk.data)) if self.scope.per_sample else self.affine
         affine.apply(layout.npc(chunk.data), layout.npc(out), self.scope, self.clip)
+
+    def cut(self, start: int, stop: int) -> "AffineApply":
+        """Only the rows of samples start..stop (per-sample maps; any other is the same for all)."""
+        if not self.scope.per_sample:
+            return self
+        return replace(self, affine=self.affine.rows(start - self.first, stop - start), first=start)
 
 
 class ScalePlan(Plan):
@@ -549,6 +569,18 @@ class ApplyTask:
     check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
     table: "ValueTable | None" = None  # 8-bit input to an integer output, nothing measured: look values up
     clamp: tuple[float, float] | None = None  # the integer output's range, for values within Plan.slack of it
+    first: int = 0  # the sample of the per-sample edges' first row (see cut)
+
+    def cut(self, run: list) -> "ApplyTask":
+        """This task for one run of (block, keep) items: per-sample tables (the affine maps, the
+        report's edges) cut to the run's samples, so that no task carries every sample's rows."""
+        if not self.scope.per_sample:
+            return self
+        start, stop = run[0][0].start, run[-1][0].start + run[-1][0].count
+        edges = [None if e is None else e[start - self.first:stop - self.first]
+                 for e in (self.before_edges, self.after_edges)]
+        applier = self.applier.cut(start, stop) if hasattr(self.applier, "cut") else self.applier
+        return replace(self, applier=applier, before_edges=edges[0], after_edges=edges[1], first=start)
 
 
 @dataclass(frozen=True)
@@ -576,7 +608,7 @@ class Applied:
 def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
     block, keep = item
     chunk = block.read()
-    before_counts = (count_block(chunk.data, task.scope, task.layout, _rows(task.before_edges, task.scope, chunk),
+    before_counts = (count_block(chunk.data, task.scope, task.layout, _rows(task.before_edges, task, chunk),
                                  first_sample=chunk.start) if task.before_edges is not None else None)
     if not keep:
         return Applied(before_counts, None, None, (), 0, 0, None)
@@ -599,7 +631,7 @@ def apply_work(task: ApplyTask, item: tuple[Block, bool]) -> Applied:
         np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
     after_stats = (measure_block(out, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
                    if task.report else None)
-    after_counts = (count_block(out, task.scope, task.layout, _rows(task.after_edges, task.scope, chunk),
+    after_counts = (count_block(out, task.scope, task.layout, _rows(task.after_edges, task, chunk),
                                 clamp=True, first_sample=chunk.start) if task.after_edges is not None else None)
     if chunk.alpha is not None:
         out = np.concatenate([out, (chunk.alpha * task.alpha_factor).astype(out.dtype)], axis=-1)
@@ -663,9 +695,10 @@ def _alpha_factor(spec, input_dtype: np.dtype) -> float:
     return top / (input_top * (spec.scale or top))
 
 
-def _rows(edges: np.ndarray, scope: Scope, chunk: Chunk) -> np.ndarray:
+def _rows(edges: np.ndarray, task: ApplyTask, chunk: Chunk) -> np.ndarray:
     """The edges of a chunk's histogram rows (its own samples' rows for per-sample scopes)."""
-    return edges[chunk.start:chunk.start + len(chunk.data)] if scope.per_sample else edges
+    start = chunk.start - task.first
+    return edges[start:start + len(chunk.data)] if task.scope.per_sample else edges
 
 
 def _check_float_range(spec, low: float, high: float) -> None:
@@ -765,9 +798,9 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                          check_finite=one_pass and not ignore_nan, table=table, clamp=clamp)
         items = [(unit, plan.keeps(unit)) for unit in units]
         done = Applied(None, None, None, (), 0, 0, None)  # nothing yet; merged with each result in order
-        for applied in _run(engine, partial(apply_work, task), items, progress, "writing",
-                            sizes=[u.count for u in units], sample_bytes=_sample_bytes(dataset),
-                            combine=Applied.merge if sink.writer.positional else None):
+        for applied in _run(engine, apply_work, items, progress, "writing", sizes=[u.count for u in units],
+                            sample_bytes=_sample_bytes(dataset),
+                            combine=Applied.merge if sink.writer.positional else None, cut=task.cut):
             if applied.data is not None:
                 sink.write_in_order(applied.data)
             done = done.merge(applied)
@@ -779,6 +812,8 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
             plan.add_applied(summary)
         sink.commit()
     except BaseException:
+        if engine is not None:
+            engine.stop()  # no task may still write into what discard() removes
         sink.discard()
         raise
     if one_pass:

@@ -536,12 +536,18 @@ def for_stream(text: str, encoding: str | None, ascii: bool = False) -> str:
 
 
 def waiting_notice(engine) -> str | None:
-    """What a run on a Dask scheduler waits for before any work (up to a timeout that would be silent
+    """What a run on a Dask scheduler waits for before any work (up to --cluster-timeout, silent
     otherwise), said at once on stderr; None for engines that start at once. `engine`: run.EngineOptions."""
-    from normcli.engine import SCHEDULER_FILE_WAIT
+    from normcli.engine import CLUSTER_TIMEOUT
 
-    if engine.engine != "dask":
-        return None
+    timeout = CLUSTER_TIMEOUT if engine.cluster_timeout is None else engine.cluster_timeout
+    if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
+        return f"waiting up to {timeout:g} s for the scheduler file {engine.scheduler_file} ..."
+    if engine.scheduler_file:
+        return f"connecting to the Dask scheduler in {engine.scheduler_file} (up to {timeout:g} s) ..."
+    if engine.scheduler:
+        return f"connecting to the Dask scheduler at {engine.scheduler} (up to {timeout:g} s) ..."
+    return None
     if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
         return f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {engine.scheduler_file} ..."
     if engine.scheduler_file:

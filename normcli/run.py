@@ -106,17 +106,25 @@ class Report:
 class EngineOptions:
     """Where the work runs (engine.open_engine's arguments)."""
 
-    engine: str = "threads"
+    engine: str | None = None  # None: dask with a scheduler, else threads
     workers: int | None = None
     scheduler: str | None = None
     scheduler_file: str | None = None
+    cluster_timeout: float | None = None  # None: engine.CLUSTER_TIMEOUT
+
+    def check(self, inputs: Inputs) -> None:
+        """Before anything is read: `-` is refused on a cluster's workers, since it is spooled to
+        this machine's $TMPDIR, which they cannot read."""
+        if "-" in inputs.paths and (self.scheduler or self.scheduler_file):
+            raise UsageMismatch("- (stdin) is spooled to this machine's $TMPDIR, which the Dask workers of "
+                                "--scheduler cannot read; save it to a file they share, or drop --scheduler")
 
     def open(self):
         """The engine, as a context manager that shuts it down."""
         from normcli.engine import open_engine
 
         return open_engine(self.engine, workers=self.workers, scheduler=self.scheduler,
-                           scheduler_file=self.scheduler_file)
+                           scheduler_file=self.scheduler_file, cluster_timeout=self.cluster_timeout)
 
 
 @dataclass(frozen=True)
@@ -355,6 +363,7 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
     if params.hist_range is not None and not params.hist_range[0] < params.hist_range[1]:
         raise BadOption("LO must be below HI", "--range")
     bins = 0 if report.fmt in ("csv", "torchvision") else report.bins
+    engine.check(inputs)
     with inputs.open(env) as dataset:
         if params.save:
             check_target(params.save, dataset.inputs, params.force, folder=False)
@@ -382,13 +391,15 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
     from normcli.sinks import Outputs
 
     params.check()
+    engine.check(inputs)
     save_stats = params.fit.save_stats
     dataset, saved, scope = _fit_inputs(inputs, params, env)
     with dataset:
         plan, title, ddof = params.plan(dataset, saved, scope, output, inputs.ignore_nan)
         if save_stats:
             _check_save_stats(save_stats, output, dataset.inputs)
-        with engine.open() as running, Outputs() as outputs:
+        # The engine closes first: its tasks have stopped before the outputs are discarded.
+        with Outputs() as outputs, engine.open() as running:
             result = transform(dataset, plan, output.target, dtype=output.dtype, ext=output.ext, clip=output.clip,
                                force=output.force, bins=report.bins, ignore_nan=inputs.ignore_nan,
                                report=not report.quiet, engine=running, progress=progress, outputs=outputs,

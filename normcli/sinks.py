@@ -476,21 +476,33 @@ class FolderWriter(Encoder):
 
     @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None, profiles=None) -> None:
-        """The samples from `start`, named by `names` (else by index), images with the ICC
-        `profiles` of the images they came from."""
+        """Each sample's file, named by `names` (else by index), images with the ICC `profiles` of
+        the images they came from; inside the temporary output only: its folders are made below
+        that root, never the root itself, and the one image file is only ever rewritten, so a write
+        after the run was discarded fails (No such file or directory) instead of leaving files."""
         for i, sample in enumerate(encoded):
             if self.single_file:
-                path = Path(self.folder)
+                path, mode = Path(self.folder), "r+b"  # the staged file, never made anew
             else:
                 relative = relative_name(names[i] if names else None, start + i, self.ext, self.samples)
-                path = inside(self.folder, relative, self.target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-            if self.ext == "npy":
-                with open(path, "wb") as f:  # np.save would add .npy to a temporary's name
+                path, mode = inside(self.folder, relative, self.target), "wb"
+                _folders_below(Path(self.folder).resolve(), path.parent)
+            with open(path, mode) as f:
+                f.truncate()
+                if self.ext == "npy":
                     np.save(f, sample, allow_pickle=False)
-            else:
-                write_image(path, self.layout.image(sample), self.ext, alpha=self.alpha,
-                            icc=profiles[i] if profiles else None)
+                else:
+                    write_image(f, self.layout.image(sample), self.ext, alpha=self.alpha,
+                                icc=profiles[i] if profiles else None)
+
+
+def _folders_below(root: Path, folder: Path) -> None:
+    """`folder` and its parents up to `root` (which must exist: FileNotFoundError if it is gone)."""
+    for parent in [*reversed(folder.relative_to(root).parents), folder.relative_to(root)][1:]:
+        try:
+            os.mkdir(root / parent)
+        except FileExistsError:
+            pass
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -569,8 +581,7 @@ class Sink:
             self._stream.flush()
             return
         if self.spec.kind == "npz":
-            with zipfile.ZipFile(self._staged, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                archive.write(self.writer.path, f"{self.key}.npy")
+            _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
         self._remove_private()
         if self._owns_outputs:
             self._outputs.commit()
@@ -585,6 +596,21 @@ class Sink:
         for path in self._private:
             _remove(path)
         self._private.clear()
+
+
+# The member's timestamp and permissions in an .npz output: fixed, so that one input gives the same bytes
+# on every run (zip's earliest date; the file's own time would differ from run to run).
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _store_in_zip(path: str, archive_path: str, name: str) -> None:
+    """The file `path` as the one member `name` of a new zip at `archive_path` (stored, as np.savez does)."""
+    info = zipfile.ZipInfo(name, ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    with zipfile.ZipFile(archive_path, "w", allowZip64=True) as archive, open(path, "rb") as source, \
+            archive.open(info, "w", force_zip64=os.path.getsize(path) >= zipfile.ZIP64_LIMIT) as member:
+        shutil.copyfileobj(source, member, 1 << 20)
 
 
 def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout, stdout=None) -> str:

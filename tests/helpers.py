@@ -3,6 +3,7 @@ normcli's results are checked against (each written once, so that every test che
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -76,3 +77,66 @@ def ref_groupnorm(x, groups, gamma=1.0, beta=0.0, eps=1e-5, *, channel_axis=1):
 def fresh_path(folder: Path, stem: str, suffix: str = ".npy") -> Path:
     """A name in `folder` that no other call has given (`stem` followed by a number)."""
     return Path(folder) / f"{stem}{next(_names)}{suffix}"
+
+
+# -- a real Dask cluster, started as a user would -----------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dask_command() -> list[str]:
+    import sys
+
+    beside = Path(sys.executable).parent / "dask"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "dask"]
+
+
+@contextlib.contextmanager
+def dask_cluster(logs: Path, workers: int = 2):
+    """`dask scheduler` and `workers` `dask worker` processes (no nanny, so a kill is final) on
+    127.0.0.1, in `logs` as their current folder (not the driver's); yields the address and the
+    processes (the scheduler first)."""
+    import socket
+    import subprocess
+    import time
+
+    import distributed
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs.mkdir(exist_ok=True)
+    procs = [subprocess.Popen([*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], cwd=logs, stdout=subprocess.DEVNULL,
+                              stderr=open(logs / "scheduler", "w"))]
+    client = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for i in range(workers):
+            procs.append(subprocess.Popen([*dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
+                                           "--no-dashboard", "--name", f"w{i}"], cwd=logs,
+                                          stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
+        client = distributed.Client(address, timeout="30s")
+        client.wait_for_workers(workers, timeout=60)
+        yield address, procs
+    finally:
+        if client is not None:
+            client.close()
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

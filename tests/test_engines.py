@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_image
+from helpers import dask_cluster, free_port
 from normcli.sources import Dataset
 
 distributed = pytest.importorskip("distributed", reason="the Dask tests need the [dask] extra")
@@ -137,10 +137,17 @@ def test_an_image_folder_is_written_the_same_on_every_engine(data, cluster, smal
             np.testing.assert_array_equal(other[name], pixels)
 
 
-def test_scheduler_options_need_the_dask_engine(data):
-    result = run_cli("stats", data / "far.npy", "--scheduler", "tcp://127.0.0.1:1", ok=False)
+def test_scheduler_options_contradict_another_engine(data):
+    result = run_cli("stats", data / "far.npy", "--engine", "threads", "--scheduler", "tcp://127.0.0.1:1", ok=False)
     assert result.exit_code == 2
-    assert "--engine dask" in result.stderr
+    assert "--scheduler and --scheduler-file run on Dask, not --engine threads" in result.stderr
+
+
+def test_a_scheduler_implies_the_dask_engine(data):
+    """--scheduler alone runs on Dask (here: on no scheduler at all, so the Dask engine's own error)."""
+    result = run_cli("stats", data / "far.npy", "--scheduler", f"tcp://127.0.0.1:{free_port()}", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach the Dask scheduler") and result.stderr.count("\n") == 1
 
 
 def test_an_unreachable_scheduler_is_one_line(data):
@@ -154,21 +161,12 @@ def test_without_dask_the_engine_says_how_to_install_it(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed raises ImportError
     result = run_cli("stats", data / "far.npy", "--engine", "dask", ok=False)
     assert result.exit_code == 1
-    assert result.stderr == "error: --engine dask needs Dask: pip install 'normcli[dask]'\n"
+    # what the README installs: normcli is installed from a clone, so 'normcli[dask]' named no package
+    assert result.stderr == ("error: --engine dask needs Dask (normcli's [dask] extra): pip install "
+                             "'dask[distributed]', or pip install '.[dask]' in a clone of normcli\n")
 
 
 # -- a real cluster, started as a user would --------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dask_command() -> list[str]:
-    beside = Path(sys.executable).parent / "dask"
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "dask"]
-
-
 def normcli_command() -> list[str]:
     return [sys.executable, "-m", "normcli"]
 
@@ -176,40 +174,15 @@ def normcli_command() -> list[str]:
 @pytest.fixture
 def real_cluster(tmp_path):
     """`dask scheduler` and two `dask worker` processes (no nanny, so a kill is final) on 127.0.0.1."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = tmp_path / "dask-logs"
-    logs.mkdir()
-    procs = [subprocess.Popen([*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler", "w"))]
-    client = None
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        for i in range(2):
-            procs.append(subprocess.Popen([*dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--name", f"w{i}"],
-                                          stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
-        client = distributed.Client(address, timeout="30s")
-        client.wait_for_workers(2, timeout=60)
+    with dask_cluster(tmp_path / "dask-logs") as (address, procs):
         yield address, procs[1:]
-    finally:
-        if client is not None:
-            client.close()
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+
+
+@pytest.fixture
+def scheduler_and_workers(tmp_path):
+    """As real_cluster, with the scheduler's process too (first)."""
+    with dask_cluster(tmp_path / "dask-logs") as (address, procs):
+        yield address, procs
 
 
 def run(args, cwd, **kwargs):
@@ -257,13 +230,22 @@ def test_a_worker_killed_mid_run_leaves_a_complete_output_or_none(tmp_path, rng,
                                                                ({"z.npy"} if proc.returncode == 0 else set()))
 
 
-def test_a_scheduler_file_that_never_appears_is_one_line(data, monkeypatch):
-    from normcli import engine
-
-    monkeypatch.setattr(engine, "SCHEDULER_FILE_WAIT", 0.3)
-    result = run_cli("stats", data / "far.npy", "--engine", "dask", "--scheduler-file", data / "none.json", ok=False)
+@pytest.mark.parametrize("content, problem", [
+    (None, "does not exist"),
+    ("", "is not a Dask scheduler file (JSON with an address)"),
+    ('{"type": "Scheduler", "addr', "is not a Dask scheduler file (JSON with an address)"),  # half-written
+    ("address: tcp://127.0.0.1:8786", "is not a Dask scheduler file (JSON with an address)"),
+    ('{"type": "Scheduler"}', "is not a Dask scheduler file (JSON with an address)"),
+], ids=["missing", "empty", "half-written", "not JSON", "no address"])
+def test_a_scheduler_file_that_never_becomes_whole_is_one_line(data, content, problem):
+    """normcli waits for a complete file (a scheduler may be writing it), --cluster-timeout at most."""
+    path = data / "scheduler.json"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("stats", data / "far.npy", "--scheduler-file", path, "--cluster-timeout", "0.3", ok=False)
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: no scheduler file after 0.3 s") and result.stderr.count("\n") == 1
+    assert result.stderr == (f"error: the scheduler file {problem} after 0.3 s (--cluster-timeout); start "
+                             f"`dask scheduler --scheduler-file FILE` first ({path})\n")
 
 
 def test_a_local_dask_run_that_fails_on_a_worker_is_one_line_and_leaves_tmpdir_empty(tmp_path, rng):
@@ -285,3 +267,160 @@ def test_a_local_dask_run_that_fails_on_a_worker_is_one_line_and_leaves_tmpdir_e
     assert failed.stderr.startswith("error: NaN cannot be stored as uint8") and failed.stderr.count("\n") == 1
     assert list(scratch.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp", "x.npy"]
+
+
+def test_every_engine_and_worker_count_gives_the_same_bytes(tmp_path, rng, cluster, small_blocks):
+    """The merge tree is a function of the block index alone: statistics and outputs are identical
+    bytes, not merely close, on threads, processes and Dask, with 1, 2 or 3 workers."""
+    np.save(tmp_path / "x.npy", 1e3 + rng.normal(0.0, 1.0, (2000, 6, 5, 3)))  # ~350 blocks: runs of 5
+    reports, outputs = set(), set()
+    for engine, workers in [("threads", 1), ("threads", 2), ("threads", 3), ("processes", 2), ("processes", 3),
+                            ("dask", 1), ("dask", 3), ("cluster", None)]:
+        where = ["--scheduler", cluster] if engine == "cluster" else ["--engine", engine, "--workers", str(workers)]
+        out = tmp_path / f"z-{engine}-{workers}.npy"
+        result = run_cli("standardize", tmp_path / "x.npy", "-o", out, "--per", "channel", "--dtype", "float64",
+                         "--format", "json", *where)
+        reports.add(json.dumps({**json.loads(result.stdout), "output": None}))
+        outputs.add(out.read_bytes())
+        reports.add(run_cli("stats", tmp_path / "x.npy", "--format", "json", *where).stdout + "stats")
+    assert len(outputs) == 1 and len(reports) == 2
+
+
+def test_an_npz_output_is_the_same_bytes_on_every_run(tmp_path, rng):
+    np.save(tmp_path / "x.npy", rng.normal(0.0, 1.0, (20, 4, 4)))
+    run_cli("normalize", tmp_path / "x.npy", "-o", tmp_path / "a.npz", "-q")
+    time.sleep(2.1)  # past the zip format's 2-second resolution: the file's own time would differ
+    run_cli("normalize", tmp_path / "x.npy", "-o", tmp_path / "b.npz", "-q")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_per_sample_tasks_carry_only_their_share_of_the_tables(tmp_path, rng, small_blocks):
+    """standardize --per sample with a report: every run's task holds its own samples' rows of the
+    affine maps and histogram edges, so all tasks together hold each row once."""
+    import pickle
+
+    from normcli import engine
+
+    np.save(tmp_path / "x.npy", rng.normal(0.0, 1.0, (3000, 4, 4)))
+    sent = []
+
+    class Counting(engine.ProcessEngine):
+        def map(self, work, items):
+            sent.extend(len(pickle.dumps(item)) for item in items)
+            return super().map(work, items)
+
+    from normcli.passes import ScalePlan, transform
+    from normcli.sources import open_dataset
+    from normcli.transforms import zscore
+
+    with open_dataset([str(tmp_path / "x.npy")]) as dataset, Counting(2) as running:
+        transform(dataset, ScalePlan("sample", zscore), str(tmp_path / "z.npy"), bins=30, engine=running)
+    rows = 3000 * (3 * 8 + 2 * 31 * 8)  # each sample's affine (shift, scale, offset) and its two edge rows
+    assert sum(sent) < 2 * rows + 3000 * 16 * 8  # once each (the fit pass's tasks carry no table)
+
+
+# -- hangs and faults of a cluster: one line, bounded -------------------------------------------------
+class _Silent:
+    """A TCP listener that accepts connections and never says a word."""
+
+    def __enter__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        return f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+class _Http:
+    """A web server (it answers Dask's handshake with HTTP 400)."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        class Quiet(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # its log would share the test's stderr
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Quiet)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"tcp://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("listener, message", [(_Silent, "no answer as a Dask scheduler within 1 s (--cluster-timeout)"),
+                                               (_Http, "as a Dask scheduler")], ids=["silent", "http"])
+def test_an_address_that_does_not_speak_dask_is_refused_within_the_timeout(data, listener, message):
+    with listener() as address:
+        result = run_cli("stats", data / "far.npy", "--scheduler", address, "--cluster-timeout", "1", ok=False)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr and f"({address})" in result.stderr
+
+
+def test_a_cluster_whose_workers_all_died_stops_within_the_timeout(data, real_cluster):
+    address, workers = real_cluster
+    for worker in workers:
+        worker.kill()
+        worker.wait()
+    result = run(["stats", "far.npy", "--scheduler", address, "--cluster-timeout", "1"], data)
+    assert result.returncode == 1
+    assert result.stderr == f"error: the Dask cluster has had no workers for 1 s (--cluster-timeout) ({address})\n"
+
+
+def _long_run(tmp_path, rng, *engine):
+    x = rng.normal(5.0, 2.0, (40_000, 4, 4, 1))
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "out").mkdir()
+    proc = subprocess.Popen([*normcli_command(), "batchnorm", "x.npy", "--batch-size", "2", "-o", "out/z.npy", "-q",
+                             *engine], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob(".z.npy.*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the fault: make the data larger"
+    return proc
+
+
+def test_a_scheduler_killed_mid_run_is_one_line(tmp_path, rng, scheduler_and_workers):
+    address, procs = scheduler_and_workers
+    proc = _long_run(tmp_path, rng, "--scheduler", address, "--cluster-timeout", "2")
+    procs[0].kill()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("error: lost the Dask scheduler mid-run") and stderr.endswith(f"({address})\n")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_pool_process_killed_mid_run_is_one_line(tmp_path, rng):
+    proc = _long_run(tmp_path, rng, "--engine", "processes", "--workers", "2")
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    # the pool's workers are the forkserver's children
+    workers = [c for p in children for c in subprocess.run(["pgrep", "-P", p], capture_output=True,
+                                                           text=True).stdout.split()]
+    assert workers, "no pool process found"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr) == (1, "error: a worker process of --engine processes died (killed, or out of "
+                                            "memory)\n")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stdin_is_refused_with_a_scheduler_before_it_is_read(tmp_path):
+    """- is spooled to this machine's $TMPDIR, which a cluster's workers cannot read."""
+    from click.testing import CliRunner
+
+    from normcli.cli import cli
+
+    result = CliRunner().invoke(cli, ["stats", "-", "--scheduler", "tcp://127.0.0.1:1"], input=b"not read")
+    assert result.exit_code == 2 and "- (stdin) is spooled to this machine's $TMPDIR" in result.stderr
+
+
+def test_cluster_timeout_belongs_to_dask(data):
+    result = run_cli("stats", data / "far.npy", "--engine", "processes", "--cluster-timeout", "5", ok=False)
+    assert result.exit_code == 2 and "--cluster-timeout is for --engine dask" in result.stderr

@@ -208,3 +208,114 @@ def test_sigkill_never_leaves_the_output_path(place):
     process.kill()
     process.wait(timeout=60)
     assert not (work / "out").exists()  # a temporary may stay beside it; the output itself never half-appears
+
+
+# -- every engine under every fault (issue 19) ------------------------------------------------------
+ENGINES = ["threads", "processes", "dask", "cluster"]  # cluster: a real scheduler and two workers
+FAULTS = ["SIGINT", "SIGTERM", "full disk", "failing block"]
+OUTPUTS = {"npy": "o.npy", "npz": "o.npz", "folder": "o"}
+# 10,000 batches of 2 tiny samples: seconds of work whatever the engine, so a signal lands mid-write
+BATCHNORM = ["batchnorm", "--batch-size", "2", "-q"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    pytest.importorskip("distributed", reason="the Dask engine needs the [dask] extra")
+    from helpers import dask_cluster
+
+    with dask_cluster(tmp_path_factory.mktemp("dask-logs")) as (address, _):
+        yield address
+
+
+@pytest.fixture(scope="module")
+def faults_input(tmp_path_factory):
+    """The input (kept apart from -o's folder), and a copy with NaN in a late batch: with --ignore-nan
+    it passes through, then cannot be stored as uint8, so that block fails on whichever worker has it."""
+    folder = tmp_path_factory.mktemp("in")
+    x = np.random.default_rng(0).normal(5, 2, (20_000, 4, 4, 1))
+    np.save(folder / "x.npy", x)
+    x[4_001, 1, 1, 0] = np.nan
+    np.save(folder / "nan.npy", x)
+    return folder
+
+
+def _engine_args(engine: str, request) -> list[str]:
+    if engine == "cluster":
+        return ["--scheduler", request.getfixturevalue("cluster")]
+    return ["--engine", engine, "--workers", "2"]
+
+
+def _mid_write(out: Path) -> bool:
+    """Whether a temporary output in `out` holds written blocks (beyond a .npy header)."""
+    for temporary in out.iterdir():
+        if temporary.is_dir() and any(temporary.iterdir()):
+            return True
+        if temporary.is_file() and temporary.stat().st_size > 4096:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("output", list(OUTPUTS))
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_leaves_nothing_after_any_fault(tmp_path, faults_input, mounts, request, engine, fault,
+                                                     output):
+    """A real signal (SIGINT to the process group, as a terminal's Ctrl-C; SIGTERM to normcli alone),
+    a real full disk (a 1 MiB tmpfs), or a block that fails on a worker: one line, its exit code,
+    nothing under -o's folder, nothing in $TMPDIR, the input as it was."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    out = mounts("full", "size=1m") if fault == "full disk" else tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    before = snapshot(faults_input)
+    args = [*BATCHNORM, faults_input / ("nan.npy" if fault == "failing block" else "x.npy"), "-o",
+            out / OUTPUTS[output], *_engine_args(engine, request)]
+    if fault == "failing block":
+        args += ["--dtype", "uint8", "--clip", "--ignore-nan"]
+    process = subprocess.Popen([sys.executable, "-m", "normcli", *map(str, args)], cwd=tmp_path,
+                               env={**ENV, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        if fault in ("SIGINT", "SIGTERM"):
+            _wait_for(lambda: _mid_write(out), "a temporary output with blocks in it", process)
+            if fault == "SIGINT":
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    code, contains = {"SIGINT": (130, "interrupted; nothing was written"),
+                      "SIGTERM": (143, "terminated; nothing was written"),
+                      "full disk": (1, f"No space left on device ({out / OUTPUTS[output]})"),
+                      "failing block": (1, "NaN cannot be stored as uint8")}[fault]
+    assert_message(process.returncode, stderr, code, contains=contains)
+    assert list(out.iterdir()) == [] and list(tmpdir.iterdir()) == []
+    assert snapshot(faults_input) == before
+
+
+@pytest.mark.parametrize("engine", ["processes", "dask"])
+def test_any_number_of_ctrl_c_ends_the_run_with_one_line_and_nothing_left(tmp_path, faults_input, engine):
+    """Ctrl-C pressed again and again (SIGINT to the whole process group, pool workers included)
+    while the first one is being handled: the cleanup runs to its end, once."""
+    tmpdir, out = tmp_path / "tmpdir", tmp_path / "out"
+    tmpdir.mkdir()
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "normcli", *BATCHNORM, faults_input / "x.npy", "-o", out / "o",
+                                "--engine", engine, "--workers", "2"], cwd=tmp_path,
+                               env={**ENV, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _wait_for(lambda: _mid_write(out), "a temporary output with blocks in it", process)
+        for _ in range(5):
+            if process.poll() is not None:
+                break
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.05)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert_message(process.returncode, stderr, 130, contains="interrupted; nothing was written")
+    assert list(out.iterdir()) == [] and list(tmpdir.iterdir()) == []

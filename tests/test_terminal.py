@@ -505,14 +505,16 @@ def test_color_option_overrides_the_environment(tmp_path, data, option, env, sty
 
 # -- what a run waits for (issue 24.4) -----------------------------------------------------------------
 def test_a_wait_for_a_scheduler_is_said_at_once(tmp_path):
-    from normcli.engine import SCHEDULER_FILE_WAIT
+    from normcli.engine import CLUSTER_TIMEOUT
     from normcli.run import EngineOptions
 
     missing = tmp_path / "nope.json"
-    assert render.waiting_notice(EngineOptions("dask", scheduler_file=str(missing))) == \
-        f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {missing} ..."
+    assert render.waiting_notice(EngineOptions(scheduler_file=str(missing))) == \
+        f"waiting up to {CLUSTER_TIMEOUT:g} s for the scheduler file {missing} ..."
+    assert render.waiting_notice(EngineOptions("dask", scheduler_file=str(missing), cluster_timeout=5)) == \
+        f"waiting up to 5 s for the scheduler file {missing} ..."
     assert render.waiting_notice(EngineOptions("dask", scheduler="tcp://10.0.0.1:8786")) == \
-        "connecting to the Dask scheduler at tcp://10.0.0.1:8786 ..."
+        f"connecting to the Dask scheduler at tcp://10.0.0.1:8786 (up to {CLUSTER_TIMEOUT:g} s) ..."
     assert render.waiting_notice(EngineOptions("dask")) is None  # a local cluster starts at once
     assert render.waiting_notice(EngineOptions("threads")) is None
 
