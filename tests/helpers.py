@@ -96,10 +96,11 @@ def dask_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def dask_cluster(logs: Path, workers: int = 2):
+def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None):
     """`dask scheduler` and `workers` `dask worker` processes (no nanny, so a kill is final) on
     127.0.0.1, in `logs` as their current folder (not the driver's); yields the address and the
-    processes (the scheduler first)."""
+    processes (the scheduler first). `hidden`: a folder the workers see empty (an empty tmpfs over
+    it in a mount namespace of their own), as a worker on a machine without the driver's disk."""
     import socket
     import subprocess
     import time
@@ -123,8 +124,10 @@ def dask_cluster(logs: Path, workers: int = 2):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        hide = [] if hidden is None else ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                          'mount -t tmpfs none "$0" && exec "$@"', str(hidden)]
         for i in range(workers):
-            procs.append(subprocess.Popen([*dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
+            procs.append(subprocess.Popen([*hide, *dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
                                            "--no-dashboard", "--name", f"w{i}"], cwd=logs,
                                           stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
         client = distributed.Client(address, timeout="30s")

@@ -374,6 +374,27 @@ def test_a_cluster_whose_workers_all_died_stops_within_the_timeout(data, real_cl
     assert result.stderr == f"error: the Dask cluster has had no workers for 1 s (--cluster-timeout) ({address})\n"
 
 
+def _can_hide_a_folder(folder: Path) -> bool:
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "none",
+                           str(folder)], capture_output=True).returncode == 0
+
+
+def test_an_input_a_worker_cannot_see_says_so(tmp_path, rng):
+    """The driver opens the file, the workers (another machine's view: the folder empty) cannot."""
+    from helpers import dask_cluster
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if not _can_hide_a_folder(data):
+        pytest.skip("needs mount namespaces (root)")
+    np.save(data / "x.npy", rng.normal(size=(64, 3)))
+    with dask_cluster(tmp_path / "dask-logs", workers=1, hidden=data) as (address, _):
+        result = run(["stats", "x.npy", "--scheduler", address], data)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("error: a Dask worker cannot see this file: inputs and outputs must be on a filesystem "
+                             f"every worker sees ({data / 'x.npy'})\n")
+
+
 def _long_run(tmp_path, rng, *engine):
     x = rng.normal(5.0, 2.0, (40_000, 4, 4, 1))
     np.save(tmp_path / "x.npy", x)
