@@ -283,13 +283,15 @@ def _default_ext(dataset) -> str:
 
 
 def _default_folder_dtype(ext: str, dataset) -> str:
-    """Images keep their bit depth: PNG outputs are 16-bit for 16-bit inputs, else 8-bit; TIFF outputs of
-    8/16-bit TIFF inputs stay 8/16-bit; any other TIFF output (arrays, float images, --ext tiff) is float32."""
+    """Images keep their bit depth: PNG outputs are 16-bit for integer inputs wider than 8 bits (int16
+    elevation, uint16, int32), else 8-bit; TIFF outputs of 8/16-bit integer TIFF inputs (signed too) stay
+    8/16-bit; any other TIFF output (arrays, float images, --ext tiff) is float32."""
+    integer_bits = 8 * dataset.dtype.itemsize if dataset.dtype.kind in "iu" else 0
     if ext == "png":
-        return "uint16" if dataset.dtype == np.uint16 else "uint8"
+        return "uint16" if integer_bits > 8 else "uint8"
     suffixes = dataset.image_suffixes
-    if suffixes and suffixes <= {".tif", ".tiff"} and dataset.dtype.name in INTEGER_DTYPES:
-        return dataset.dtype.name
+    if suffixes and suffixes <= {".tif", ".tiff"} and integer_bits in (8, 16):
+        return f"uint{integer_bits}"
     return "float32"
 
 

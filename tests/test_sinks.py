@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import run_cli, write_image
 from normcli.errors import OutputError, UsageMismatch
 from normcli.passes import ScalePlan, transform
 from normcli.sources import Dataset, open_dataset
@@ -151,6 +151,29 @@ def test_png_16bit_input_stays_16bit(tmp_path, tree, request):
     for name, image in originals.items():
         assert written[name].dtype == np.uint16
         np.testing.assert_array_equal(written[name], image, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype, ext, written_dtype", [
+    ("int16", "png", "uint16"), ("int16", "tiff", "uint16"), ("int8", "tiff", "uint8"),
+    ("int32", "png", "uint16"), ("int32", "tiff", "float32"), ("int8", "png", "uint8")])
+def test_signed_integer_tiffs_keep_their_bit_depth(tmp_path, rng, dtype, ext, written_dtype):
+    """An int16 elevation TIFF (with -32768 as nodata) normalized to PNG is 16-bit, as a uint16 one is."""
+    import tifffile
+
+    info = np.iinfo(dtype)
+    image = rng.integers(info.min, info.max, (6, 7), dtype=dtype, endpoint=True)
+    image[0, 0], image[0, 1] = info.min, info.max
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "e.tif", image)
+    out = tmp_path / "out"
+    result = run_cli("normalize", tmp_path / "in", "-o", out, "--ext", ext, "--quiet")
+    assert result.exit_code == 0, result.output
+    (name,) = files_under(out)  # e.png, or e.tif kept as named
+    written = (read_png if ext == "png" else tifffile.imread)(out / name).reshape(image.shape)
+    assert written.dtype == written_dtype
+    exact = (image.astype(np.float64) - info.min) / (float(info.max) - info.min)
+    top, step = (1.0, 1e-7) if written_dtype == "float32" else (np.iinfo(written_dtype).max, 0.5)
+    assert np.abs(written / top - exact).max() <= step / top  # the nearest level (float32: its rounding)
 
 
 def test_png_16bit_input_to_8bit_with_dtype(tmp_path, gray16_tree):
