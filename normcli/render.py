@@ -548,11 +548,4 @@ def waiting_notice(engine) -> str | None:
     if engine.scheduler:
         return f"connecting to the Dask scheduler at {engine.scheduler} (up to {timeout:g} s) ..."
     return None
-    if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
-        return f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {engine.scheduler_file} ..."
-    if engine.scheduler_file:
-        return f"connecting to the Dask scheduler in {engine.scheduler_file} ..."
-    if engine.scheduler:
-        return f"connecting to the Dask scheduler at {engine.scheduler} ..."
-    return None
 
