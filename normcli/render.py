@@ -380,8 +380,8 @@ def _range_text(values: np.ndarray) -> str:
 # -- progress -------------------------------------------------------------------------
 def remaining_seconds(began: float, done_at: float, now: float, completed: int, total: int) -> float | None:
     """An ETA smoothed over all completed work: the end that the average pace since the pass `began`
-    (up to the last completion, `done_at`) predicts, counted down between completions (results arrive
-    in runs, so a stall is expected); past that end, the pace with the stall included. None: no
+    (up to the last completion, `done_at`) predicts, counted down between completions (a block, or a
+    task of several on processes and Dask, completes at once, so a stall is expected); past that end, the pace with the stall included. None: no
     completion yet."""
     if completed <= 0:
         return None
@@ -547,12 +547,5 @@ def waiting_notice(engine) -> str | None:
         return f"connecting to the Dask scheduler in {engine.scheduler_file} (up to {timeout:g} s) ..."
     if engine.scheduler:
         return f"connecting to the Dask scheduler at {engine.scheduler} (up to {timeout:g} s) ..."
-    return None
-    if engine.scheduler_file and not os.path.exists(engine.scheduler_file):
-        return f"waiting up to {SCHEDULER_FILE_WAIT:g} s for the scheduler file {engine.scheduler_file} ..."
-    if engine.scheduler_file:
-        return f"connecting to the Dask scheduler in {engine.scheduler_file} ..."
-    if engine.scheduler:
-        return f"connecting to the Dask scheduler at {engine.scheduler} ..."
     return None
 
