@@ -605,6 +605,26 @@ def test_help_groups_the_options_with_the_common_ones_first(command):
     assert where["--debug"] > first_rare  # the rarely used last
 
 
+# Before the help had sections (d7dc594^), `stats --help` was the shortest at 64 lines of 80 columns
+# (normalize 72, standardize 76, batchnorm 86, groupnorm 73): sections must not cost lines.
+HELP_LINES_BEFORE_SECTIONS = 64
+
+
+@pytest.mark.parametrize("command", ["stats", "normalize", "standardize", "batchnorm", "groupnorm"])
+def test_help_is_shorter_than_before_it_had_sections_with_the_common_options_first(command):
+    lines = run_at(80, command, "--help").stdout.splitlines()
+    assert len(lines) <= HELP_LINES_BEFORE_SECTIONS
+    first = [line.lstrip() for line in lines[:20]]
+    assert any(line.startswith(("-o, --output", "--save-stats")) for line in first)
+    assert command == "groupnorm" or any(line.startswith("--per ") for line in first)
+    assert not re.search(r"x[<>]=|<=x", "\n".join(lines))  # Click's range suffixes: the help says the bounds
+
+
+def test_a_value_out_of_range_still_names_the_range(tmp_path, data):
+    result = run_at(80, "stats", data, "--bins", "2000", ok=False)
+    assert result.exit_code == 2 and "0<=x<=1000" in result.stderr
+
+
 def test_small_commands_keep_one_option_list():
     out = run_at(80, "sample", "--help").stdout
     assert "Options:" in out and "What to read" not in out
