@@ -604,10 +604,10 @@ def merge_stats(files, output, force):
 # -- the tutorial -----------------------------------------------------------------------
 @cli.command(short_help="Write the tutorial's synthetic dataset.")
 @click.argument("output", metavar="OUT", type=PATH, callback=_refuse_terminal)
-@option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Images.")
-@option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Height and width.")
-@option("--channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels.")
-@option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+@option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N", help="Images.")
+@option("--size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N", help="Height and width.")
+@option("--channels", type=click.IntRange(min=1), default=1, show_default=True, metavar="N", help="Channels.")
+@option("--seed", type=SEED, default=0, show_default=True, metavar="N", help="Random seed.")
 @force_option()
 def sample(output, samples, size, channels, seed, force):
     """Write the tutorial's dataset: N images of SIZE x SIZE x CHANNELS, normal signal plus noise
@@ -627,8 +627,9 @@ def sample(output, samples, size, channels, seed, force):
 
 
 @cli.command(short_help="Replay the batch-normalization tutorial.")
-@option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the dataset.")
-@option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, help="Histogram bins.")
+@option("--seed", type=SEED, default=0, show_default=True, metavar="N", help="Random seed of the dataset.")
+@option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, metavar="N",
+        help="Histogram bins, up to 1000.")
 @ascii_option
 def demo(seed, bins, ascii_only):
     """Replay the batch-normalization tutorial on its synthetic dataset.
