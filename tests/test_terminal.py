@@ -335,7 +335,7 @@ def test_progress_is_told_of_each_block_on_threads_and_of_each_task_elsewhere(tm
             assert sum(heard) == 200 and 1 < len(heard) <= len(folded)
 
 
-@pytest.mark.parametrize("name, workers", [("threads", 1), ("threads", 3), ("processes", 2)])
+@pytest.mark.parametrize("name, workers", [("threads", 1), ("threads", 3), ("processes", 2), ("dask", 2)])
 def test_map_tells_each_item_done_once_and_before_its_result(name, workers):
     from normcli.engine import open_engine
 
