@@ -66,6 +66,19 @@ def in_section(title: str, *options):
     return decorate
 
 
+class NormcliOption(click.Option):
+    """An option whose help leaves out Click's `[x>=1]`-style range suffix: the help (or the metavar)
+    says the bounds where they matter, and a value outside them is refused with the range."""
+
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        extra.pop("range", None)
+        return extra
+
+
+option = functools.partial(click.option, cls=NormcliOption)
+
+
 class NormcliCommand(click.Command):
     """Usage problems found by the core are shown with this command's own usage line;
     every command also takes --debug; the help groups the options in SECTIONS."""
@@ -145,7 +158,7 @@ or for fish, in ~/.config/fish/completions/normcli.fish
 
 @click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=COMPLETION)
 @click.version_option(__version__, "-V", "--version", prog_name="normcli")
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Statistics and normalization for image folders and .npy/.npz arrays.
@@ -246,38 +259,34 @@ def _packed(name: str, build, options, section: str = "What to do"):
 
 
 def force_option(help: str = "Replace an existing output."):
-    return click.option("--force", "-f", is_flag=True, help=help)
+    return option("--force", "-f", is_flag=True, help=help)
 
 
 input_options = _packed("inputs", run.Inputs, (
     click.argument("paths", nargs=-1, required=True, metavar="INPUT...", type=PATH),
-    click.option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False),
-                 help="Axis names of array inputs [default: NHWC for 4-D, NHW 3-D, NC 2-D, N 1-D]."),
-    click.option("--key", help="Array to read from .npz inputs [default: their only array]."),
-    click.option("--mode", type=click.Choice(MODES), help="Convert images to this many channels."),
-    click.option("--ignore-nan", is_flag=True,
-                 help="Leave NaN and inf out of the statistics (transforms pass them through)."),
-    click.option("--frames", type=click.Choice(("first", "all")),
-                 help="Multi-frame files (GIF, APNG, WebP, multi-page TIFF): the first frame only, or every "
-                      "frame as a sample FILE#N [default: refuse them]."),
-    click.option("--max-pixels", type=click.IntRange(min=0), metavar="N",
-                 help="Refuse images with more pixels (width x height) than this, before decoding; 0: no limit "
-                      "[default: 89478485, Pillow's]."),
-    click.option("--include-alpha", is_flag=True,
-                 help="Measure and transform alpha as a channel [default: pass it through unchanged]."),
-    click.option("--include-hidden", is_flag=True, help="Also read dot-files and dot-folders inside input folders."),
-    click.option("--exclude", metavar="GLOB", multiple=True,
-                 help="Leave out images whose path inside the folder matches GLOB (fnmatch; repeatable)."),
+    option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False), metavar="AXES",
+           help="Array axes: " + ", ".join(name.upper() for name in LAYOUTS) + " [default: by ndim]."),
+    option("--key", metavar="NAME", help="Array of .npz inputs [default: the only one]."),
+    option("--mode", type=click.Choice(MODES), metavar="MODE",
+           help="Convert images to " + ", ".join(MODES[:-1]) + f" or {MODES[-1]}."),
+    option("--ignore-nan", is_flag=True, help="Leave NaN and inf out (and pass them through)."),
+    option("--frames", type=click.Choice(("first", "all")), metavar="first|all",
+           help="Multi-frame files: frame 1, or each as FILE#N."),
+    option("--max-pixels", type=click.IntRange(min=0), metavar="N",
+           help="Pixels an image may have (0: any) [default: 89478485]."),
+    option("--include-alpha", is_flag=True, help="Treat alpha as a channel [default: pass it]."),
+    option("--include-hidden", is_flag=True, help="Also read dot-files and dot-folders."),
+    option("--exclude", metavar="GLOB", multiple=True, help="Leave out paths matching GLOB (repeatable)."),
 ), section="What to read")
 
 
 def scope_option(default: str, choices=SCOPES):
-    return click.option("--per", "per", type=click.Choice(choices), default=None,
-                        help=f"Scope of the statistics [default: {default}].")
+    return option("--per", "per", type=click.Choice(choices), default=None, metavar="SCOPE",
+                  help="|".join(choices) + f" [default: {default}].")
 
 
-ascii_option = click.option("--ascii", "ascii_only", is_flag=True,
-                            help="Plain ASCII (bars of #) [default: when the output cannot print more].")
+ascii_option = option("--ascii", "ascii_only", is_flag=True,
+                            help="Plain ASCII [default: if the output needs it].")
 
 
 def _environment(ctx: click.Context | None = None) -> run.Environment:
@@ -299,53 +308,46 @@ def _refuse_terminal(ctx: click.Context, param, value):
 
 def report_options(formats=("table", "json")):
     return _packed("report", run.Report, (
-        click.option("--bins", type=click.IntRange(0, 1000), default=30, show_default=True,
-                     help="Histogram bins (0: no histograms)."),
-        click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
-                     help="Report format."),
-        click.option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
-        click.option("--progress/--no-progress", default=True,
-                     help="A progress bar on a terminal's stderr."),
-        click.option("--rows", type=Rows(), default="12", show_default=True, metavar="N|all",
-                     help="Rows a table shows (every row: all, or --format csv/json)."),
-        click.option("--color", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
-                     help="Colour: auto follows the terminal, NO_COLOR and FORCE_COLOR."),
+        option("--bins", type=click.IntRange(0, 1000), default=30, show_default=True, metavar="N",
+               help="Histogram bins, up to 1000 (0: none)."),
+        option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True, metavar="FMT",
+               help="|".join(formats) + "."),
+        option("--quiet", "-q", is_flag=True, help="Print no report and no progress bar."),
+        option("--no-progress", "progress", flag_value=False, default=True, help="No progress bar on stderr."),
+        option("--rows", type=Rows(), default="12", show_default=True, metavar="N|all", help="Rows a table shows."),
+        option("--color", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
+               metavar="WHEN", help="always|never|auto (NO_COLOR, FORCE_COLOR)."),
         ascii_option,
     ), section="Report")
 
 
 output_options = _packed("output", run.Output, (
-    click.option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
-                 help="Output: .npy, .npz, - (a .npy stream on stdout) or a folder."),
-    click.option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")),
-                 help="Output dtype [default: float32; image folders keep the input's bit depth]."),
-    click.option("--ext", type=click.Choice(("png", "tiff", "npy")),
-                 help="File type inside an output folder [default: the input's]."),
-    click.option("--clip", is_flag=True,
-                 help="Clip values outside the range (or outside what an 8/16-bit output holds)."),
+    option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
+                 help=".npy, .npz, a folder, or - (stdout)."),
+    option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")), metavar="DTYPE",
+           help="float32|float64|uint8|uint16 [default: float32]."),
+    option("--ext", type=click.Choice(("png", "tiff", "npy")), metavar="EXT",
+           help="png|tiff|npy in an output folder [default: the input's]."),
+    option("--clip", is_flag=True,
+                 help="Clip to the range (or to what 8/16-bit outputs hold)."),
     force_option(),
 ), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (
-    click.option("--engine", type=click.Choice(ENGINES),
-                 help="Where the work runs: threads of this process, a process pool, or a Dask cluster "
-                      "[default: threads; dask with --scheduler or --scheduler-file]."),
-    click.option("--workers", type=click.IntRange(min=1),
-                 help="Threads, processes or local Dask workers [default: the cores, at most 8]."),
-    click.option("--scheduler", metavar="tcp://HOST:PORT",
-                 help="The Dask scheduler to run on (--engine dask) [default: a local cluster]."),
-    click.option("--scheduler-file", metavar="FILE",
-                 help="A Dask scheduler file, as dask-jobqueue and dask-mpi write (--engine dask)."),
-    click.option("--cluster-timeout", type=FiniteFloat(0.0), metavar="SECONDS",
-                 help="Give up on a Dask cluster whose scheduler file, scheduler or workers do not appear "
-                      "within this time [default: 30]."),
+    option("--engine", type=click.Choice(ENGINES), metavar="NAME",
+           help="|".join(ENGINES) + " [default: threads]."),
+    option("--workers", type=click.IntRange(min=1), metavar="N", help="Workers [default: the cores, at most 8]."),
+    option("--scheduler", metavar="ADDRESS", help="A Dask scheduler's tcp://HOST:PORT."),
+    option("--scheduler-file", metavar="FILE", help="A Dask scheduler file (dask-jobqueue, dask-mpi)."),
+    option("--cluster-timeout", type=FiniteFloat(0.0), metavar="SECONDS",
+           help="Give up on Dask after this [default: 30]."),
 ), section="Engine")
 
 fit_options = _packed("fit", run.Fit, (
-    click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
+    option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
                  help="Save the fitted statistics as JSON."),
-    click.option("--stats-from", metavar="FILE", type=PATH, help="Apply statistics saved earlier instead of fitting."),
-    click.option("--inverse", is_flag=True, help="Map back to the original scale (needs --stats-from)."),
+    option("--stats-from", metavar="FILE", type=PATH, help="Apply statistics saved earlier (no fit)."),
+    option("--inverse", is_flag=True, help="Undo the map (needs --stats-from)."),
 ))
 
 
@@ -432,14 +434,15 @@ def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
 @cli.command(short_help="Mean, variance, min, max and histograms.")
 @input_options
 @scope_option("channel")
-@click.option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
+@option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
               help="Histogram range [default: each row's min and max].")
-@click.option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, help="Variance divisor N - ddof.")
+@option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, metavar="0|1",
+        help="Variance divisor N - ddof.")
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
 @in_section("Where to write",
-            click.option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
-                         help="Also save the statistics (for --stats-from, merge-stats)."),
+            option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
+                         help="Also save them (for --stats-from, merge-stats)."),
             force_option("Replace an existing --save-stats file."))
 def stats(inputs, per, hist_range, ddof, report, engine, save, force):
     """Print mean, variance, min, max and histograms of a dataset.
@@ -472,8 +475,8 @@ def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Repor
 @input_options
 @output_options
 @scope_option("global")
-@click.option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
-              help="Target range [default: 0 1; with --stats-from, the range it was fitted with].")
+@option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
+              help="Target range [default: 0 1, or the fitted one].")
 @fit_options
 @report_options()
 @engine_options
@@ -493,9 +496,10 @@ def normalize(inputs, output, per, out_range, fit, report, engine):
 @input_options
 @output_options
 @scope_option("global")
-@click.option("--ddof", type=click.IntRange(0, 1), help="Variance divisor N - ddof [default: 0, or the saved file's].")
-@click.option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True,
-              help="Added to the variance (scikit-learn uses 0).")
+@option("--ddof", type=click.IntRange(0, 1), metavar="0|1",
+        help="Variance divisor N - ddof [default: 0, or saved].")
+@option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True,
+              help="Added to the variance.")
 @fit_options
 @report_options()
 @engine_options
@@ -514,9 +518,9 @@ def standardize(inputs, output, per, ddof, eps, fit, report, engine):
 def affine_options(gamma_help: str):
     """--gamma, --beta and --eps of batch and group norm."""
     return (
-        click.option("--gamma", type=Numbers(), metavar="G", help=gamma_help),
-        click.option("--beta", type=Numbers(), metavar="B", help="Shift: one number or one per channel [default: 0]."),
-        click.option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance."),
+        option("--gamma", type=Numbers(), metavar="G", help=gamma_help),
+        option("--beta", type=Numbers(), metavar="B", help="Shift: a number or one per channel [default: 0]."),
+        option("--eps", type=FiniteFloat(min=0), default=1e-5, show_default=True, help="Added to the variance."),
     )
 
 
@@ -528,20 +532,21 @@ def _batch_params(save_stats, stats_from, **given) -> run.BatchParams:
 @input_options
 @output_options
 @_packed("params", _batch_params, (
-    click.option("--batch-size", "-b", type=click.IntRange(min=1), required=True, help="Samples per mini-batch."),
+    option("--batch-size", "-b", type=click.IntRange(min=1), required=True, metavar="N",
+           help="Samples per mini-batch."),
     scope_option("channel", ("channel", "global", "pixel")),
-    *affine_options("Scale: one number or one per channel, comma-separated [default: 1]."),
-    click.option("--momentum", type=Momentum(), default="0.1", show_default=True,
-                 help="Running-statistics momentum, or 'cumulative' for the cumulative average."),
-    click.option("--drop-last", is_flag=True, help="Leave out a last batch shorter than --batch-size."),
-    click.option("--shuffle", is_flag=True, help="Batch samples in a random order (written in that order)."),
-    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for --shuffle."),
-    click.option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
-                 help="Save the input's statistics and the running statistics."),
-    click.option("--eval", "eval_mode", is_flag=True,
-                 help="Inference mode: normalize by the running statistics of --stats-from."),
-    click.option("--stats-from", metavar="FILE", type=PATH,
-                 help="Statistics saved by batchnorm --save-stats (with --eval)."),
+    *affine_options("Scale: a number or one per channel [default: 1]."),
+    option("--momentum", type=Momentum(), default="0.1", show_default=True, metavar="M",
+           help="Running momentum, or cumulative."),
+    option("--drop-last", is_flag=True, help="Leave out a short last batch."),
+    option("--shuffle", is_flag=True, help="Random batches (written in that order)."),
+    option("--seed", type=SEED, default=0, show_default=True, metavar="N", help="Seed for --shuffle."),
+    option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
+                 help="Save input and running statistics."),
+    option("--eval", "eval_mode", is_flag=True,
+                 help="Normalize by --stats-from's running statistics."),
+    option("--stats-from", metavar="FILE", type=PATH,
+                 help="A batchnorm --save-stats file (for --eval)."),
 ))
 @report_options()
 @engine_options
@@ -561,9 +566,9 @@ def batchnorm(inputs, output, params, report, engine):
 @input_options
 @output_options
 @_packed("params", run.GroupParams, (
-    click.option("--groups", "-g", type=click.IntRange(min=1), required=True,
-                 help="Groups of channels (1: layer norm; the channel count: instance norm)."),
-    *affine_options("Scale: one number or one per channel [default: 1]."),
+    option("--groups", "-g", type=click.IntRange(min=1), required=True, metavar="N",
+           help="Channel groups (1: layer, C: instance norm)."),
+    *affine_options("Scale: a number or one per channel [default: 1]."),
 ))
 @report_options()
 @engine_options
@@ -581,7 +586,7 @@ def groupnorm(inputs, output, params, report, engine):
 # -- statistics files ---------------------------------------------------------------
 @cli.command("merge-stats", short_help="Merge statistics saved from shards.")
 @click.argument("files", nargs=-1, required=True, metavar="STATS.json...", type=PATH)
-@click.option("-o", "--output", required=True, metavar="ALL.json", type=PATH, help="The merged statistics file.")
+@option("-o", "--output", required=True, metavar="ALL.json", type=PATH, help="The merged statistics file.")
 @force_option()
 def merge_stats(files, output, force):
     """Merge statistics saved from shards into one file, as if measured in one run.
@@ -599,10 +604,10 @@ def merge_stats(files, output, force):
 # -- the tutorial -----------------------------------------------------------------------
 @cli.command(short_help="Write the tutorial's synthetic dataset.")
 @click.argument("output", metavar="OUT", type=PATH, callback=_refuse_terminal)
-@click.option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Images.")
-@click.option("--size", type=click.IntRange(min=1), default=32, show_default=True, help="Height and width.")
-@click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True, help="Channels.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+@option("-n", "samples", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N", help="Images.")
+@option("--size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N", help="Height and width.")
+@option("--channels", type=click.IntRange(min=1), default=1, show_default=True, metavar="N", help="Channels.")
+@option("--seed", type=SEED, default=0, show_default=True, metavar="N", help="Random seed.")
 @force_option()
 def sample(output, samples, size, channels, seed, force):
     """Write the tutorial's dataset: N images of SIZE x SIZE x CHANNELS, normal signal plus noise
@@ -622,8 +627,9 @@ def sample(output, samples, size, channels, seed, force):
 
 
 @cli.command(short_help="Replay the batch-normalization tutorial.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the dataset.")
-@click.option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, help="Histogram bins.")
+@option("--seed", type=SEED, default=0, show_default=True, metavar="N", help="Random seed of the dataset.")
+@option("--bins", type=click.IntRange(1, 1000), default=30, show_default=True, metavar="N",
+        help="Histogram bins, up to 1000.")
 @ascii_option
 def demo(seed, bins, ascii_only):
     """Replay the batch-normalization tutorial on its synthetic dataset.

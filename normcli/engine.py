@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -74,19 +75,61 @@ def _pool_worker_start() -> None:
     keep_freed_memory()
 
 
+Done = Callable[[int], None]  # done(i): item i's work has finished (see Engine.map)
+
+
 def _in_order(submit: Callable, fn: Callable, items: Iterable, ahead: int, pending: deque,
-              result: Callable = lambda future: future.result()) -> Iterator:
+              result: Callable = lambda future: future.result(), done: Done | None = None) -> Iterator:
     """fn over items through `submit(fn, item) -> future`, results in input order, at most
     `ahead` in flight (so memory stays bounded however many items there are). `pending` holds
-    the futures in flight, for the engine's stop()."""
+    the futures in flight, for the engine's stop(). `done(i)` as Engine.map says."""
+    once = None if done is None else _Once(done)
+    given = taken = 0
     for item in items:
-        pending.append(submit(fn, item))
+        future = submit(fn, item)
+        if once is not None:
+            future.add_done_callback(partial(_if_succeeded, once, given))
+        given += 1
+        pending.append(future)
         if len(pending) >= ahead:
-            yield result(pending[0])
-            pending.popleft()
+            yield _head(pending, result, once, taken)
+            taken += 1
     while pending:
-        yield result(pending[0])
-        pending.popleft()
+        yield _head(pending, result, once, taken)
+        taken += 1
+
+
+def _head(pending: deque, result: Callable, once: "_Once | None", index: int):
+    """The result of the oldest future in flight (item `index`), told done before it is handed on."""
+    value = result(pending[0])
+    pending.popleft()
+    if once is not None:
+        once(index)
+    return value
+
+
+class _Once:
+    """done(i) once for each i, whichever thread comes first: a future's callback as the task ends, or
+    the driver as it takes the result (a callback may run after the waiting driver has woken)."""
+
+    def __init__(self, done: Done):
+        self._done = done
+        self._told: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int) -> None:
+        with self._lock:  # held while done() runs: calls never overlap, and none is still running when
+            if index not in self._told:  # the driver hands on the result
+                self._told.add(index)
+                self._done(index)
+
+
+def _if_succeeded(once: _Once, index: int, future) -> None:
+    status = getattr(future, "status", None)  # a Dask future's ("finished", "error", "cancelled")
+    if status is None:
+        status = "finished" if not future.cancelled() and future.exception() is None else "failed"
+    if status == "finished":  # a failed task fails the run when the driver reaches it
+        once(index)
 
 
 def runs(items: Sequence[T], most: int = FOLD_RUN) -> list[list[T]]:
@@ -127,24 +170,32 @@ class Engine:
     called once per pass."""
 
     name: str
+    # Whether work runs on threads of this process, so that it may report to the driver itself (a
+    # pass counts each block as it completes); elsewhere only a task's end is seen (Engine.map's done).
+    in_process = False
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or DEFAULT_WORKERS
         self._id = os.urandom(8).hex()  # names this engine's tasks for _STOPPED
         self._pending: deque = deque()  # the futures in flight of the current map
 
-    def map(self, work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    def map(self, work: Callable[[T], R], items: Sequence[T], done: Done | None = None) -> Iterator[R]:
+        """work(item) for every item, results in item order. `done(i)`, if given, is called once for
+        each item i as soon as its work has finished (from any thread, never two calls at once), and
+        always before its result is yielded: progress counted as work completes, not in order."""
         raise NotImplementedError
 
-    def _batched(self, submit: Callable, work: Callable, items: Sequence, most: int, result=None) -> Iterator:
+    def _batched(self, submit: Callable, work: Callable, items: Sequence, most: int, result=None,
+                 done: Done | None = None) -> Iterator:
         """work over items as tasks of up to `most` items each, results in order, one per item: a
         task to another process or a cluster costs milliseconds, so each should carry several."""
         size = max(1, min(most, len(items) // (8 * self.workers)))
         batches = [list(items[i:i + size]) for i in range(0, len(items), size)]
         self._pending.clear()
         kwargs = {} if result is None else {"result": result}
+        batch_done = None if done is None else partial(_batch_done, done, size, len(items))
         for results in _in_order(submit, partial(_run_batch, self._id, work), batches, 2 * self.workers,
-                                 self._pending, **kwargs):
+                                 self._pending, done=batch_done, **kwargs):
             yield from results
 
     def stop(self) -> None:
@@ -167,22 +218,35 @@ class Engine:
         self.close()
 
 
+def _batch_done(done: Done, size: int, items: int, batch: int) -> None:
+    """done(i) for every item of the `batch`-th task of `size` items."""
+    for index in range(batch * size, min((batch + 1) * size, items)):
+        done(index)
+
+
+def _told(results: Iterator, done: Done) -> Iterator:
+    for index, result in enumerate(results):
+        done(index)
+        yield result
+
+
 class ThreadEngine(Engine):
     """Threads of this process (the default): numpy, reads and decoders release the GIL."""
 
     name = "threads"
+    in_process = True
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
         keep_freed_memory()
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
-    def map(self, work, items):
+    def map(self, work, items, done=None):
         if self._pool is None:
-            return map(work, items)
+            return map(work, items) if done is None else _told(map(work, items), done)
         self._pending.clear()
         return _in_order(self._pool.submit, partial(_unless_stopped, self._id, work), items, 2 * self.workers,
-                         self._pending)
+                         self._pending, done=done)
 
     def close(self) -> None:
         super().close()
@@ -205,7 +269,7 @@ class ProcessEngine(Engine):
         super().__init__(workers)
         self._pool = None
 
-    def map(self, work, items):
+    def map(self, work, items, done=None):
         if self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -215,7 +279,7 @@ class ProcessEngine(Engine):
             context.set_forkserver_preload(["normcli.passes"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pool_worker_start)
         return self._batched(partial(_pool_died, self._pool.submit), work, items, most=16,
-                             result=partial(_pool_died, lambda future: future.result()))
+                             result=partial(_pool_died, lambda future: future.result()), done=done)
 
     def stop(self) -> None:
         """Running tasks end with their processes (terminated), so nothing waits for a slow block."""
@@ -298,12 +362,12 @@ class DaskEngine(Engine):
             self._close_cluster()
             raise
 
-    def map(self, work, items):
+    def map(self, work, items, done=None):
         workers = len(self._client.scheduler_info().get("workers", {})) or 1
         self.workers = max(self.workers, workers)
         # A Dask task costs about 5 ms: 64 blocks a task took a 1 GiB pass from 2x to 1.2x the threads'.
         return self._batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, most=64,
-                             result=self._result)
+                             result=self._result, done=done)
 
     def _result(self, future):
         """The task's result; a lost scheduler, a cluster left without workers for `timeout`

@@ -10,6 +10,7 @@ by a few blocks (or batches) in flight.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial, reduce
@@ -56,37 +57,53 @@ class Progress(Protocol):
         """A pass named `name` ("measuring", "writing", ...) over `total` samples begins."""
 
     def advance(self, samples: int, nbytes: int = 0) -> None:
-        """The current pass has finished `samples` more samples (`nbytes` bytes in memory)."""
+        """The current pass has finished `samples` more samples (`nbytes` bytes in memory). Called
+        as work completes, from worker threads too, but never twice at once."""
 
 
 def _run(engine: Engine | None, work: Callable, items: Sequence, progress: Progress | None, phase: str, *,
-         sizes: Sequence[int] | None = None, sample_bytes: int = 0, combine: Callable | None = None,
-         cut: Callable | None = None) -> Iterator:
-    """work over every item (a block, unless `sizes` gives each item's samples) on `engine`
-    (threads when None), results in order; the progress display hears of each pass by name.
+         count: Callable[[object], int] = lambda block: block.count, sample_bytes: int = 0,
+         combine: Callable | None = None, cut: Callable | None = None) -> Iterator:
+    """work over every item (a block, unless `count` says how many samples an item holds) on
+    `engine` (threads when None), results in order; the progress display hears of each pass by
+    name, and of each block as it completes (on engines in this process; elsewhere of each task).
     With `combine` (associative), each task folds a run of items' results into one, and the
     results are those of consecutive runs (engine.runs: the same runs on every engine). With
     `cut(run) -> task`, work is work(task, item) and each run carries its own task: a plan's
     per-sample tables cut to the run's samples, so a task's bytes grow with its share alone."""
     if engine is None:
         with ThreadEngine() as own:
-            yield from _run(own, work, items, progress, phase, sizes=sizes, sample_bytes=sample_bytes,
+            yield from _run(own, work, items, progress, phase, count=count, sample_bytes=sample_bytes,
                             combine=combine, cut=cut)
         return
-    sizes = sizes if sizes is not None else [item.count for item in items]
     groups = runs(items) if combine is not None else [[item] for item in items]
-    sizes = [sum(part) for part in runs(sizes)] if combine is not None else sizes
+    done = None
+    if progress is not None:
+        progress.phase(phase, sum(map(count, items)))
+        advance = partial(_advance, progress, sample_bytes, threading.Lock())
+        if engine.in_process:
+            work = partial(_counting, work, advance, count)
+        else:
+            sizes = [sum(map(count, group)) for group in groups]
+            done = lambda index: advance(sizes[index])
     if cut is not None:
         groups = [(cut(group), group) for group in groups]
         work = partial(_fold_own_task, work, combine)
     else:
         work = partial(fold_run, work, combine)
-    if progress is not None:
-        progress.phase(phase, sum(sizes))
-    for size, result in zip(sizes, engine.map(work, groups)):
-        yield result
-        if progress is not None:  # counted once the caller has merged (or written) it
-            progress.advance(size, size * sample_bytes)
+    yield from engine.map(work, groups) if done is None else engine.map(work, groups, done)
+
+
+def _advance(progress: Progress, sample_bytes: int, lock: threading.Lock, samples: int) -> None:
+    with lock:  # worker threads report too
+        progress.advance(samples, samples * sample_bytes)
+
+
+def _counting(work: Callable, advance: Callable[[int], None], count: Callable, *args):
+    """work(*args) (its item last), then `advance` by the item's samples."""
+    result = work(*args)
+    advance(count(args[-1]))
+    return result
 
 
 def _fold_own_task(work: Callable, combine: Callable | None, task_and_run: tuple):
@@ -798,7 +815,7 @@ def transform(dataset: Dataset, plan: Plan, output: str, *, dtype: str | None = 
                          check_finite=one_pass and not ignore_nan, table=table, clamp=clamp)
         items = [(unit, plan.keeps(unit)) for unit in units]
         done = Applied(None, None, None, (), 0, 0, None)  # nothing yet; merged with each result in order
-        for applied in _run(engine, apply_work, items, progress, "writing", sizes=[u.count for u in units],
+        for applied in _run(engine, apply_work, items, progress, "writing", count=lambda item: item[0].count,
                             sample_bytes=_sample_bytes(dataset),
                             combine=Applied.merge if sink.writer.positional else None, cut=task.cut):
             if applied.data is not None:

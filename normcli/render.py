@@ -380,8 +380,8 @@ def _range_text(values: np.ndarray) -> str:
 # -- progress -------------------------------------------------------------------------
 def remaining_seconds(began: float, done_at: float, now: float, completed: int, total: int) -> float | None:
     """An ETA smoothed over all completed work: the end that the average pace since the pass `began`
-    (up to the last completion, `done_at`) predicts, counted down between completions (results arrive
-    in runs, so a stall is expected); past that end, the pace with the stall included. None: no
+    (up to the last completion, `done_at`) predicts, counted down between completions (a block, or a
+    task of several on processes and Dask, completes at once, so a stall is expected); past that end, the pace with the stall included. None: no
     completion yet."""
     if completed <= 0:
         return None

@@ -289,6 +289,63 @@ def test_each_pass_is_named_and_counts_its_samples_and_bytes(tmp_path, data):
         assert progress.phases == [["fitting", n, n, array.nbytes], ["writing", n, n, array.nbytes]]
 
 
+class EachAdvance(RecordedProgress):
+    def __init__(self):
+        super().__init__()
+        self.advances: dict[str, list[int]] = {}  # each advance() of each pass, in the order heard
+
+    def phase(self, name: str, total: int) -> None:
+        super().phase(name, total)
+        self.advances[name] = []
+
+    def advance(self, samples: int, nbytes: int = 0) -> None:
+        super().advance(samples, nbytes)
+        self.advances[self.phases[-1][0]].append(samples)
+
+
+@pytest.fixture
+def mixed_sizes(tmp_path) -> Path:
+    """A folder whose images alternate between two sizes: one block an image (a block is one array),
+    so that 200 blocks fold into runs of 3 (engine.runs)."""
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        write_image(tmp_path / "mixed" / f"{i:03d}.png", rng.integers(0, 256, (8, 8 + i % 2), dtype=np.uint8))
+    return tmp_path / "mixed"
+
+
+@pytest.mark.parametrize("name", ["threads", "processes"])
+def test_progress_is_told_of_each_block_on_threads_and_of_each_task_elsewhere(tmp_path, mixed_sizes, name):
+    from normcli.engine import open_engine, runs
+    from normcli.passes import ScalePlan, measure, transform
+    from normcli.sources import open_dataset
+    from normcli.transforms import minmax
+
+    with open_dataset([str(mixed_sizes)]) as dataset, open_engine(name, workers=2) as engine:
+        blocks = [block.count for block in dataset.blocks()]
+        folded = [sum(run) for run in runs(blocks)]
+        assert len(blocks) == 200 and len(folded) < len(blocks) / 2  # runs of several blocks
+        progress = EachAdvance()
+        measure(dataset, "global", bins=10, engine=engine, progress=progress)
+        transform(dataset, ScalePlan("global", minmax), str(tmp_path / "out"), engine=engine, progress=progress)
+    assert [p[:3] for p in progress.phases] == [[n, 200, 200] for n in ("measuring", "fitting", "writing")]
+    for heard in progress.advances.values():
+        if name == "threads":  # every block as it completes, not its run when the driver takes it
+            assert sorted(heard) == sorted(blocks)
+        else:  # a process pool's tasks carry whole runs (some of them), each told as it ends
+            assert sum(heard) == 200 and 1 < len(heard) <= len(folded)
+
+
+@pytest.mark.parametrize("name, workers", [("threads", 1), ("threads", 3), ("processes", 2), ("dask", 2)])
+def test_map_tells_each_item_done_once_and_before_its_result(name, workers):
+    from normcli.engine import open_engine
+
+    told: list[int] = []
+    with open_engine(name, workers=workers) as engine:
+        for index, result in enumerate(engine.map(abs, [-i for i in range(100)], told.append)):
+            assert result == index and index in told
+    assert sorted(told) == list(range(100))
+
+
 def test_no_progress_bar_when_quiet_or_in_a_pipe():
     assert render.progress_display(quiet=False, terminal=False) is None  # a pipe
     assert render.progress_display(quiet=True, terminal=True) is None
@@ -546,6 +603,26 @@ def test_help_groups_the_options_with_the_common_ones_first(command):
     assert all(where[w] < first_rare for w in ("--per", "-o, --output") if w in where)
     assert where.get("--per", 0) < 25 and where.get("-o, --output", 0) < 25
     assert where["--debug"] > first_rare  # the rarely used last
+
+
+# Before the help had sections (d7dc594^), `stats --help` was the shortest at 64 lines of 80 columns
+# (normalize 72, standardize 76, batchnorm 86, groupnorm 73): sections must not cost lines.
+HELP_LINES_BEFORE_SECTIONS = 64
+
+
+@pytest.mark.parametrize("command", ["stats", "normalize", "standardize", "batchnorm", "groupnorm"])
+def test_help_is_shorter_than_before_it_had_sections_with_the_common_options_first(command):
+    lines = run_at(80, command, "--help").stdout.splitlines()
+    assert len(lines) <= HELP_LINES_BEFORE_SECTIONS
+    first = [line.lstrip() for line in lines[:20]]
+    assert any(line.startswith(("-o, --output", "--save-stats")) for line in first)
+    assert command == "groupnorm" or any(line.startswith("--per ") for line in first)
+    assert not re.search(r"x[<>]=|<=x", "\n".join(lines))  # Click's range suffixes: the help says the bounds
+
+
+def test_a_value_out_of_range_still_names_the_range(tmp_path, data):
+    result = run_at(80, "stats", data, "--bins", "2000", ok=False)
+    assert result.exit_code == 2 and "0<=x<=1000" in result.stderr
 
 
 def test_small_commands_keep_one_option_list():
