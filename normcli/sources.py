@@ -299,19 +299,11 @@ class ArrayPick:
 
 
 @dataclass(frozen=True)
-class FileRun:
+class FileRun(ArrayPick):
     """Samples of an array folder at `indices`, one file each: `names` are their output names."""
 
     part: ArrayFolderPart
-    indices: tuple[int, ...]
     names: tuple[str, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.indices)
-
-    def read(self) -> np.ndarray:
-        return self.part.read_indices(self.indices)
 
 
 @dataclass(frozen=True)
