@@ -79,7 +79,7 @@ def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarra
     per-sample scopes take the rows of this block's samples, `edges[0]` being `first_sample`'s."""
     v = layout.npc(data)
     bins = edges.shape[1] - 1
-    if scope.one_histogram or len(scope.reduced) == 3:
+    if scope.one_histogram or scope.single_key:
         groups = [v]
     elif scope.per_sample:
         groups = list(v)

@@ -273,7 +273,7 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same
     reduction runs at memory speed, and the L partial results fold into 3 at the end.
     """
-    if len(scope.reduced) == 3:
+    if scope.single_key:
         return np.atleast_1d(ufunc.reduce(a.reshape(-1) if a.flags.c_contiguous else a, axis=None, dtype=dtype))
     pieces = [piece for (piece,), () in scope.pieces((a,), ())]
     if not pieces or pieces[0].ndim == 3:  # any other scope (one piece, the array as it is), or no values
@@ -301,7 +301,7 @@ def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sampl
     keys = scope.keys_of(v.shape)
     first_key = first_sample if scope.per_sample else 0
     if counts_values(v.dtype, scope):
-        return counted(value_counts(v, 1 if len(scope.reduced) == 3 else v.shape[2]), v.dtype, scope)
+        return counted(value_counts(v, 1 if scope.single_key else v.shape[2]), v.dtype, scope)
     if v.dtype.kind in "uib":
         return BlockStats(_integer_sums(v, scope), NonFinite(), first_key, keys, scope.per_sample)
     moments, nonfinite = _float_moments(v, scope, first_sample, ignore_nan)
@@ -339,7 +339,7 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
             return None, nonfinite
         return _masked_moments(v, y, finite, scope, shift), nonfinite
     with np.errstate(over="ignore"):
-        if len(scope.reduced) == 3 and y.flags.c_contiguous:
+        if scope.single_key and y.flags.c_contiguous:
             flat = y.reshape(-1)
             squares = np.atleast_1d(np.dot(flat, flat))  # BLAS: 3x einsum (one BLAS thread: see cli.main)
         else:
@@ -421,7 +421,7 @@ def checked(stats: BlockStats, locate, *, ignore_nan: bool = False) -> Moments:
 def counted(channel_counts: np.ndarray, dtype, scope: Scope) -> BlockStats:
     """The statistics at a counting scope (counts_values) of values counted per channel, or all
     together: (channels or 1, values)."""
-    counts = channel_counts.sum(axis=0, keepdims=True) if len(scope.reduced) == 3 else channel_counts
+    counts = channel_counts.sum(axis=0, keepdims=True) if scope.single_key else channel_counts
     return BlockStats(ValueCounts(counts, np.dtype(dtype)), NonFinite(), 0, len(counts))
 
 

@@ -690,7 +690,7 @@ def value_table(applier, channels: int, work_dtype: np.dtype, writer, clamp=None
     one key) into `writer`'s integers, its values clamped to `clamp` if given; None for any other applier."""
     if not isinstance(applier, AffineApply) or applier.scope.per_sample or applier.scope.nested:
         return None
-    columns = 1 if len(applier.scope.reduced) == 3 else channels
+    columns = 1 if applier.scope.single_key else channels
     values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], columns, axis=1)[None]  # (1, 256, columns)
     mapped = np.empty(values.shape, work_dtype)
     applier.affine.apply(values, mapped, applier.scope, applier.clip)

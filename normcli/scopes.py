@@ -39,6 +39,11 @@ class Scope:
         return not self.per_sample
 
     @property
+    def single_key(self) -> bool:
+        """Whether every value belongs to one key (one row of statistics)."""
+        return set(self.reduced) == {SAMPLES, POSITIONS, CHANNELS}
+
+    @property
     def nested(self) -> bool:
         """Whether the keys are positions of a sample: one row whose values are shaped like a sample."""
         return POSITIONS not in self.reduced
