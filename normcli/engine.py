@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
-from functools import cache, partial, reduce
+from functools import cache, partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch
@@ -33,11 +33,9 @@ ENGINES = ("threads", "processes", "dask")
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 STOP_WAIT = 10.0  # seconds a failed run waits for tasks already running before it removes its outputs
 CLUSTER_TIMEOUT = 30.0  # seconds: --cluster-timeout's default (scheduler file, handshake, no workers)
-# Blocks one task folds into one result: the merge tree (hence every float's last bit) depends on
-# the block index and the number of blocks alone, never on the engine or its workers. At least
-# RUNS_WANTED runs where there are enough blocks, so that up to 8 workers finish together.
-FOLD_RUN = 16
-RUNS_WANTED = 64
+# The one knob of task size: how many blocks a task carries (Engine.task_blocks), chosen by the
+# engine from the number of blocks. The merge tree (reduction.py) does not depend on it.
+TASKS_PER_WORKER = 8  # at least this many tasks a worker where there are enough blocks, so they finish together
 
 
 _MALLOC_KEEP = 256 << 20  # bytes of freed memory glibc may keep (far above a few blocks in flight)
@@ -132,19 +130,6 @@ def _if_succeeded(once: _Once, index: int, future) -> None:
         once(index)
 
 
-def runs(items: Sequence[T], most: int = FOLD_RUN) -> list[list[T]]:
-    """items cut into consecutive runs of one size, up to `most`, chosen by their number alone:
-    at least RUNS_WANTED runs where there are enough items."""
-    size = max(1, min(most, len(items) // RUNS_WANTED))
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-def fold_run(work: Callable, combine: Callable, run: Sequence):
-    """combine(combine(work(run[0]), work(run[1])), ...): one task's results merged where they
-    were made, so the driver merges one value a run instead of one a block."""
-    return reduce(combine, map(work, run))
-
-
 class Stopped(Exception):
     """A task that found its run stopped before it began (its result is never used)."""
 
@@ -160,19 +145,16 @@ def _unless_stopped(engine_id: str, work: Callable, item):
     return work(item)
 
 
-def _run_batch(engine_id: str, work: Callable, batch: list) -> list:
-    """work over several items in one task (a process or a cluster worker)."""
-    return [_unless_stopped(engine_id, work, item) for item in batch]
-
-
 class Engine:
     """Runs work over blocks, results in block order. Use as a context manager; `map` may be
     called once per pass."""
 
-    name: str
     # Whether work runs on threads of this process, so that it may report to the driver itself (a
     # pass counts each block as it completes); elsewhere only a task's end is seen (Engine.map's done).
     in_process = False
+    # The most blocks one task carries: a task to another process or a cluster costs milliseconds
+    # (about 5 ms on Dask), so there each carries many; threads pay microseconds.
+    most_blocks = 16
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or DEFAULT_WORKERS
@@ -185,18 +167,10 @@ class Engine:
         always before its result is yielded: progress counted as work completes, not in order."""
         raise NotImplementedError
 
-    def _batched(self, submit: Callable, work: Callable, items: Sequence, most: int, result=None,
-                 done: Done | None = None) -> Iterator:
-        """work over items as tasks of up to `most` items each, results in order, one per item: a
-        task to another process or a cluster costs milliseconds, so each should carry several."""
-        size = max(1, min(most, len(items) // (8 * self.workers)))
-        batches = [list(items[i:i + size]) for i in range(0, len(items), size)]
-        self._pending.clear()
-        kwargs = {} if result is None else {"result": result}
-        batch_done = None if done is None else partial(_batch_done, done, size, len(items))
-        for results in _in_order(submit, partial(_run_batch, self._id, work), batches, 2 * self.workers,
-                                 self._pending, done=batch_done, **kwargs):
-            yield from results
+    def task_blocks(self, blocks: int) -> int:
+        """How many consecutive blocks one task carries, for a pass over `blocks` blocks: up to
+        `most_blocks`, at least TASKS_PER_WORKER tasks a worker where there are enough."""
+        return max(1, min(self.most_blocks, blocks // (TASKS_PER_WORKER * self.workers)))
 
     def stop(self) -> None:
         """Cancel the tasks not started and end, or wait for, the running ones (at most STOP_WAIT
@@ -218,12 +192,6 @@ class Engine:
         self.close()
 
 
-def _batch_done(done: Done, size: int, items: int, batch: int) -> None:
-    """done(i) for every item of the `batch`-th task of `size` items."""
-    for index in range(batch * size, min((batch + 1) * size, items)):
-        done(index)
-
-
 def _told(results: Iterator, done: Done) -> Iterator:
     for index, result in enumerate(results):
         done(index)
@@ -233,7 +201,6 @@ def _told(results: Iterator, done: Done) -> Iterator:
 class ThreadEngine(Engine):
     """Threads of this process (the default): numpy, reads and decoders release the GIL."""
 
-    name = "threads"
     in_process = True
 
     def __init__(self, workers: int | None = None):
@@ -263,7 +230,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = DEFA
 class ProcessEngine(Engine):
     """A pool of worker processes, for work that holds the GIL (counting with bincount, encoding)."""
 
-    name = "processes"
+    most_blocks = 64
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
@@ -278,8 +245,9 @@ class ProcessEngine(Engine):
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["normcli.passes"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pool_worker_start)
-        return self._batched(partial(_pool_died, self._pool.submit), work, items, most=16,
-                             result=partial(_pool_died, lambda future: future.result()), done=done)
+        self._pending.clear()
+        return _in_order(partial(_pool_died, self._pool.submit), partial(_unless_stopped, self._id, work), items,
+                         2 * self.workers, self._pending, partial(_pool_died, lambda future: future.result()), done)
 
     def stop(self) -> None:
         """Running tasks end with their processes (terminated), so nothing waits for a slow block."""
@@ -319,7 +287,7 @@ class DaskEngine(Engine):
     on a filesystem they share. Every wait on the cluster (its scheduler file, the scheduler's
     answer, a cluster without workers) ends after `cluster_timeout` seconds."""
 
-    name = "dask"
+    most_blocks = 64
 
     def __init__(self, workers: int | None = None, *, scheduler: str | None = None,
                  scheduler_file: str | None = None, cluster_timeout: float | None = None):
@@ -362,12 +330,16 @@ class DaskEngine(Engine):
             self._close_cluster()
             raise
 
+    def task_blocks(self, blocks: int) -> int:
+        """As Engine.task_blocks, for the workers the cluster has now."""
+        self.workers = max(self.workers, len(self._client.scheduler_info().get("workers", {})) or 1)
+        return super().task_blocks(blocks)
+
     def map(self, work, items, done=None):
-        workers = len(self._client.scheduler_info().get("workers", {})) or 1
-        self.workers = max(self.workers, workers)
-        # A Dask task costs about 5 ms: 64 blocks a task took a 1 GiB pass from 2x to 1.2x the threads'.
-        return self._batched(lambda fn, batch: self._client.submit(fn, batch, pure=False), work, items, most=64,
-                             result=self._result, done=done)
+        self._pending.clear()
+        return _in_order(lambda fn, item: self._client.submit(fn, item, pure=False),
+                         partial(_unless_stopped, self._id, work), items, 2 * self.workers, self._pending,
+                         self._result, done)
 
     def _result(self, future):
         """The task's result; a lost scheduler, a cluster left without workers for `timeout`

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from normcli.engine import ENGINES  # noqa: F401 (the CLI's --engine choices); engine.py imports no numpy
 from normcli.errors import BadOption, NormcliWarning, StatsFileError, UsageMismatch
+from normcli.options import Output
 from normcli.scopes import SCOPES as _SCOPES  # scopes.py imports no numpy either
 
 SCOPES = tuple(_SCOPES)  # the --per choices: a scope added in scopes.py is an option at once
@@ -72,21 +73,6 @@ class Inputs:
         read = ReadOptions(**{name: value for name, value in given.items() if value is not None})
         return open_dataset(self.paths, layout=layout or self.layout, key=self.key, mode=self.mode, images=read,
                             stdin=env.stdin)
-
-
-@dataclass(frozen=True)
-class Output:
-    """-o and how it is written."""
-
-    target: str
-    dtype: str | None = None
-    ext: str | None = None
-    clip: bool = False
-    force: bool = False
-
-    @property
-    def to_stdout(self) -> bool:
-        return self.target == "-"
 
 
 @dataclass(frozen=True)
@@ -147,9 +133,18 @@ class StatsParams:
     force: bool = False
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What a transform's parameters plan for one dataset."""
+
+    plan: Any  # plans.Plan
+    title: str  # the report's name for it
+    ddof: int = 0  # to report and save
+
+
 # Each transform's own options. run_transform calls check() before anything is opened, then
-# plan(dataset, saved, scope, output, ignore_nan) -> (passes.Plan, report title, ddof to report and save);
-# `fit` holds --save-stats / --stats-from, `default_per` the scope without --per.
+# plan(dataset, saved, scope, output, ignore_nan) -> Planned; `fit` holds --save-stats /
+# --stats-from, `default_per` the scope without --per.
 @dataclass(frozen=True)
 class NormalizeParams:
     """normalize: min-max to --range."""
@@ -164,7 +159,7 @@ class NormalizeParams:
             raise BadOption("LO must be below HI", "--range")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.passes import ScalePlan
+        from normcli.plans import ScalePlan
         from normcli.transforms import minmax
 
         out_range, inverse = self._range(saved), self.fit.inverse
@@ -173,7 +168,7 @@ class NormalizeParams:
                          input_scale=_input_scale(saved, self.fit, dataset, out_range),
                          saved={"range": list(out_range)})
         title = "inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]"
-        return plan, title, 0
+        return Planned(plan, title)
 
     def _range(self, saved) -> tuple[float, float]:
         """--range, else the range the --stats-from file was fitted with, else (0, 1). The inverse
@@ -203,7 +198,7 @@ class StandardizeParams:
         pass
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.passes import ScalePlan
+        from normcli.plans import ScalePlan
         from normcli.transforms import zscore
 
         if saved is not None and self.ddof is not None and self.ddof != saved.ddof:
@@ -213,7 +208,7 @@ class StandardizeParams:
         eps = self.eps
         plan = ScalePlan(scope, lambda m: zscore(m, ddof=ddof, eps=eps), fitted=saved.moments if saved else None,
                          inverse=self.fit.inverse, input_scale=_input_scale(saved, self.fit, dataset))
-        return plan, "inverse z-score" if self.fit.inverse else "z-score", ddof
+        return Planned(plan, "inverse z-score" if self.fit.inverse else "z-score", ddof)
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,8 @@ class BatchParams:
             raise UsageMismatch("--eval and --stats-from go together: inference uses saved running statistics")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.passes import BatchPlan, check_scope, eval_plan
+        from normcli.passes import check_scope
+        from normcli.plans import BatchPlan, eval_plan
         from normcli.scopes import scope as as_scope
 
         check_scope(dataset, scope)
@@ -246,7 +242,7 @@ class BatchParams:
         gammas, betas = _gamma_beta(self.gamma, self.beta, keys)
         if saved is not None:
             plan = eval_plan(saved, self.fit.stats_from, scope, gammas, betas, self.eps)
-            return plan, "batch norm (eval, running statistics)", 0
+            return Planned(plan, "batch norm (eval, running statistics)")
         order = None
         if self.shuffle:
             from normcli.sources import shuffled_order
@@ -258,7 +254,7 @@ class BatchParams:
         if plan.samples == 0:
             raise UsageMismatch(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
                                 f"--batch-size {self.batch_size}")
-        return plan, f"batch norm, batches of {self.batch_size}", 0
+        return Planned(plan, f"batch norm, batches of {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -277,14 +273,14 @@ class GroupParams:
         pass
 
     def plan(self, dataset, saved, scope, output: Output, ignore_nan: bool):
-        from normcli.passes import GroupPlan
+        from normcli.plans import GroupPlan
 
         channels = dataset.channels
         if channels % self.groups:
             raise BadOption(f"{self.groups} does not divide the {channels} channels", "--groups")
         gammas, betas = _gamma_beta(self.gamma, self.beta, channels)
         plan = GroupPlan(self.groups, gammas, betas, self.eps, ignore_nan=ignore_nan)
-        return plan, f"group norm, {self.groups} groups", 0
+        return Planned(plan, f"group norm, {self.groups} groups")
 
 
 TransformParams = NormalizeParams | StandardizeParams | BatchParams | GroupParams
@@ -306,7 +302,7 @@ def _gamma_beta(gamma, beta, keys: int):
 def _input_scale(saved, fit: Fit, dataset, out_range=None):
     """With --inverse: the scale the inputs' integers were written with, as the saved file records it
     (or, for a file without a record, inferred from a normalize range within [0, 1])."""
-    from normcli.sinks import input_scale
+    from normcli.encoding import input_scale
 
     if not fit.inverse:
         return None
@@ -356,7 +352,7 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
     """`normcli stats`: measure, and save the statistics with --save-stats."""
     from normcli import statsfile
     from normcli.passes import measure
-    from normcli.sinks import check_target
+    from normcli.sinks import Outputs, check_target
 
     if report.fmt == "torchvision" and params.per not in (None, "channel"):
         raise UsageMismatch("--format torchvision prints per-channel statistics; drop --per")
@@ -371,7 +367,9 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
             result = measure(dataset, params.per or "channel", bins=bins, hist_range=params.hist_range,
                              ignore_nan=inputs.ignore_nan, engine=running, progress=progress)
     if params.save:
-        statsfile.write(params.save, _stats_file(result, params.ddof), force=params.force, inputs=inputs.paths)
+        with Outputs() as outputs:
+            statsfile.write(params.save, _stats_file(result, params.ddof), outputs, force=params.force,
+                            inputs=inputs.paths)
     return StatsRun(result, params.ddof)
 
 
@@ -387,7 +385,7 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
     """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, and measure
     before and after; -o and --save-stats appear together, or neither does."""
     from normcli import statsfile
-    from normcli.passes import transform
+    from normcli.passes import Measuring, transform
     from normcli.sinks import Outputs
 
     params.check()
@@ -395,22 +393,20 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
     save_stats = params.fit.save_stats
     dataset, saved, scope = _fit_inputs(inputs, params, env)
     with dataset:
-        plan, title, ddof = params.plan(dataset, saved, scope, output, inputs.ignore_nan)
+        planned = params.plan(dataset, saved, scope, output, inputs.ignore_nan)
+        plan, ddof = planned.plan, planned.ddof
         if save_stats:
             _check_save_stats(save_stats, output, dataset.inputs)
-        # The engine closes first: its tasks have stopped before the outputs are discarded.
-        with Outputs() as outputs, engine.open() as running:
-            result = transform(dataset, plan, output.target, dtype=output.dtype, ext=output.ext, clip=output.clip,
-                               force=output.force, bins=report.bins, ignore_nan=inputs.ignore_nan,
-                               report=not report.quiet, engine=running, progress=progress, outputs=outputs,
-                               stdout=env.stdout)
+        measuring = Measuring(report.bins, inputs.ignore_nan, report=not report.quiet)
+        # The engine closes first: its tasks have stopped before the outputs commit, or are discarded.
+        with Outputs(env.stdout) as outputs, engine.open() as running:
+            result = transform(dataset, plan, output, outputs, measuring, running, progress)
             if save_stats:
                 encoding = {"encoding": result.encoding} if result.encoding else {}
                 statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
-                                force=output.force, inputs=dataset.inputs, outputs=outputs)
-            outputs.commit()
-    return TransformRun(result.before, result.after, ddof, title, list(dataset.inputs), result.written,
-                        result.clipped, getattr(plan, "batches", None), save_stats)
+                                outputs, force=output.force, inputs=dataset.inputs)
+    return TransformRun(result.before, result.after, ddof, planned.title, list(dataset.inputs), result.written,
+                        result.clipped, plan.batches, save_stats)
 
 
 def _fit_inputs(inputs: Inputs, params, env: Environment):
@@ -455,11 +451,12 @@ def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
 def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRun:
     """`normcli merge-stats`: statistics saved from shards, merged as if measured in one run."""
     from normcli import statsfile
-    from normcli.sinks import check_target
+    from normcli.sinks import Outputs, check_target
 
     check_target(output, files, force, folder=False)  # onto one of its own inputs: refused even with --force
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
-    statsfile.write(output, merged, force=force, inputs=files)
+    with Outputs() as outputs:
+        statsfile.write(output, merged, outputs, force=force, inputs=files)
     return MergeRun(len(files), int(merged.moments.count.sum()), output)
 
 
@@ -476,7 +473,7 @@ class SampleParams:
 def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
     """`normcli sample`: the tutorial's dataset written to `output`; returns what was written."""
     from normcli.layout import Layout
-    from normcli.sinks import output_kind, write_array
+    from normcli.sinks import Outputs, output_kind, write_array
     from normcli.sources import check_tutorial_size, tutorial_dataset
 
     kind = output_kind(output.target)
@@ -484,7 +481,8 @@ def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
     data = tutorial_dataset(params.samples, params.size, params.channels, params.seed)
     if kind == "folder":
         data = data.astype("float32")
-    return write_array(output.target, data, force=output.force, layout=Layout("NHWC"), stdout=env.stdout)
+    with Outputs(env.stdout) as outputs:
+        return write_array(output.target, data, outputs, force=output.force, layout=Layout("NHWC"))
 
 
 def run_demo(seed: int, bins: int):

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
+from normcli.encoding import INTEGER_DTYPES, check_clipped, to_integers
+from normcli.errors import OutputError, UsageMismatch, from_os_error
 from normcli.images import output_name, write_image
 from normcli.layout import Layout
 from normcli.sources import IMAGE_EXTENSIONS
 
-INTEGER_DTYPES = ("uint8", "uint16")
-# Values this close outside the encoding's range (as a fraction of it) are rounding, not data:
-# clamped silently for integer outputs.
-TOLERANCE = 1e-6
 
 
 def _umask() -> int:
@@ -63,15 +60,18 @@ def _remove(path: str) -> None:
 
 
 class Outputs:
-    """Every output of one run, committed together or not at all.
+    """Every output of one run, committed together or not at all: used as a context manager, they
+    commit as the block ends without an error, and are discarded if it raises.
 
     stage() prepares a temporary file or folder beside each target; commit() sets each existing
     target aside (a hard link for a file, so it is replaced atomically; a rename for a folder),
     renames every temporary into place, and only then removes what was set aside. If a rename
     fails, the ones already done are undone from those backups. discard() removes every temporary.
+    `stdout`: the binary stream an output `-` is written to (the run's, handed in).
     """
 
-    def __init__(self):
+    def __init__(self, stdout=None):
+        self.stdout = stdout
         self._staged: list[tuple[str, str, bool, str]] = []  # (temporary, target, is a folder, as named)
 
     def stage(self, target: str, *, folder: bool = False) -> str:
@@ -113,8 +113,11 @@ class Outputs:
     def __enter__(self) -> "Outputs":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.discard()  # after a commit there is nothing left to discard
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 def _set_aside(target: str, folder: bool) -> str:
@@ -321,89 +324,6 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
                               "them; remove it or write elsewhere", target)
 
 
-def choose_encoding(spec: OutputSpec, low: float, high: float, clip: bool, slack: float = 0.0):
-    """Decide, before writing, how an 8/16-bit output stores the predicted range [low, high]:
-    values that reach 2 or more without going negative are stored as those integers (0..255,
-    0..65535); any other values map [0, 1] onto the full integer range. Values outside the chosen
-    encoding's range are refused, or clipped to it with --clip. (Between 1 and 2 nothing is guessed:
-    as integers they would leave only the levels 0 and 1.) Values up to `slack` past the range (the
-    inverse of normcli's own 8/16-bit output, off by its quantisation) are accepted: returns the
-    range (0, limit) they are then clamped to, silently, or None when nothing needs clamping."""
-    if spec.dtype.name not in INTEGER_DTYPES:
-        return None
-    top = np.iinfo(spec.dtype).max
-    integers = high >= 2 and low >= -(TOLERANCE * top + slack)
-    spec.scale = 1 if integers else top
-    limit = _limit(spec.dtype, spec.scale)
-    if clip or not _outside(np.array([low, high]), limit, slack).any():
-        return (0.0, limit) if slack and not clip else None
-    what = f"{spec.ext.upper()} ({spec.dtype.name})" if spec.kind == "folder" else spec.dtype.name
-    floats = "--dtype float32" if spec.ext == "tiff" or spec.kind != "folder" else "--ext tiff, --ext npy or .npy"
-    raise OutputError(
-        f"the output spans [{low:.4g}, {high:.4g}], but {what} holds [0, 1] (mapped onto 0..{top}) or "
-        f"0..{top} as integers; write floats ({floats}), or pass --clip", spec.target)
-
-
-def input_scale(encoding, input_dtype: np.dtype, path: str, out_range=None) -> int | None:
-    """The scale an input of `input_dtype` was written with, from a --save-stats file's `encoding`.
-    Without one, 8/16-bit inputs of a normalize whose `out_range` lies within [0, 1] can only have been
-    written as [0, 1] onto the full range; otherwise (and for float inputs) None: taken as they are."""
-    input_dtype = np.dtype(input_dtype)
-    if encoding is None and out_range is not None and input_dtype.name in INTEGER_DTYPES \
-            and 0 <= min(out_range) and max(out_range) <= 1:
-        return int(np.iinfo(input_dtype).max)
-    if encoding is None or input_dtype.kind == "f":
-        return None
-    try:
-        dtype, scale = np.dtype(encoding["dtype"]), encoding["scale"]
-        if dtype.name not in INTEGER_DTYPES or scale not in (1, np.iinfo(dtype).max):
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise StatsFileError(f"malformed encoding {encoding!r}; expected {{\"dtype\": \"uint8\" or \"uint16\", "
-                             "\"scale\": 1 or the integer maximum}", path) from None
-    if dtype != input_dtype:
-        raise StatsFileError(f"its outputs were written as {dtype.name}, but these inputs are {input_dtype.name}; "
-                             "give the files it wrote", path)
-    return scale
-
-
-def to_integers(values: np.ndarray, dtype: np.dtype, clip: bool, target: str,
-                scale: int | None = None) -> tuple[np.ndarray, int]:
-    """round(values * scale) as `dtype` (scale: the integer maximum, [0, 1] onto the full range, by
-    default; or 1); returns the integers and how many values were clipped to the encoding's range."""
-    if np.isnan(values).any():
-        raise OutputError(f"NaN cannot be stored as {dtype.name}; write a float output", target)
-    integers, outside = encode_all(values, dtype, scale)
-    clipped = int(outside.sum())
-    check_clipped(clipped, clip, dtype, target, scale)
-    return integers, clipped
-
-
-def encode_all(values: np.ndarray, dtype: np.dtype, scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Finite values as integers of `dtype` (see to_integers), those outside the encoding's range
-    clipped to it, and where they were."""
-    limit = _limit(dtype, scale)
-    return np.rint(np.clip(values, 0.0, limit) * (scale or np.iinfo(dtype).max)).astype(dtype), _outside(values, limit)
-
-
-def _outside(values: np.ndarray, limit: float, slack: float = 0.0) -> np.ndarray:
-    """Where values fall outside the encoding's range [0, limit] by more than rounding (and `slack`) could."""
-    return (values < -(TOLERANCE * limit + slack)) | (values > limit * (1 + TOLERANCE) + slack)
-
-
-def check_clipped(clipped: int, clip: bool, dtype: np.dtype, target: str, scale: int | None = None) -> None:
-    """Refuse values that had to be clipped to fit an integer output, unless --clip."""
-    if clipped and not clip:
-        raise OutputError(f"{clipped} values fall outside [0, {_limit(dtype, scale):g}] and cannot be stored as "
-                          f"{dtype.name}; write a float output or pass --clip", target)
-
-
-def _limit(dtype: np.dtype, scale: int | None) -> float:
-    """The encoding's range in values, [0, limit]: [0, 1], or [0, top] when scale is 1."""
-    top = np.iinfo(dtype).max
-    return top / (scale or top)
-
-
 def _naming_target(method):
     """OSErrors while writing (full disk, /dev/full on stdout) become one line naming the output."""
     @functools.wraps(method)
@@ -431,6 +351,37 @@ class Encoder:
         if self.dtype.name in INTEGER_DTYPES:
             return to_integers(values, self.dtype, self.clip, self.target, self.scale)
         return values.astype(self.dtype, copy=False), 0
+
+    def put(self, values: np.ndarray, start: int, names=None, profiles=None) -> "Stored":
+        """Encode the samples `start`.. and store them (see store)."""
+        encoded, clipped = self.encode(values)
+        return self.store(encoded, clipped, start, names, profiles)
+
+    def store(self, encoded: np.ndarray, clipped: int, start: int, names=None, profiles=None) -> "Stored":
+        """Encoded samples `start`.. (`clipped` of their values clipped to fit, refused unless
+        --clip) written at their position, or handed back to be written in order on the driver."""
+        check_clipped(clipped, self.clip, self.dtype, self.target, self.scale)
+        if not self.positional:
+            return Stored(len(encoded), clipped, encoded)
+        self.write(encoded, start, names, profiles)
+        return Stored(len(encoded), clipped)
+
+    def overflow(self) -> OutputError:
+        """The error of a map whose finite values overflow this output's floats."""
+        return OutputError(f"the output overflows {self.dtype.name}; pass --dtype float64", self.target)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a writer stored of consecutive blocks: samples, values clipped to fit, and (for an output
+    written in order) the encoded samples themselves, until the driver writes them."""
+
+    samples: int = 0
+    clipped: int = 0
+    data: np.ndarray | None = None
+
+    def merge(self, later: "Stored") -> "Stored":
+        return Stored(self.samples + later.samples, self.clipped + later.clipped)
 
 
 @dataclass(frozen=True)
@@ -517,45 +468,39 @@ def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
 
 
 class Sink:
-    """An output under its temporary name: workers write blocks by position through `writer`
-    (picklable); commit() finishes it, discard() removes every trace.
-
-    Given `outputs` (the run's Outputs), the sink stages its temporary there and commit() only
-    finishes it: the owner of `outputs` commits everything together.
-    """
+    """An output under its temporary name, staged in the run's `outputs`: workers write blocks by
+    position through `writer` (picklable) and hand back what they stored; finish() checks that every
+    sample was stored and finishes the output, which appears when `outputs` commit. discard() removes
+    the sink's own temporaries (`outputs` remove the staged output)."""
 
     @_naming_target
-    def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, *, key: str | None = None,
-                 clip: bool = False, outputs: Outputs | None = None, stdout=None):
+    def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, outputs: Outputs, *,
+                 key: str | None = None, clip: bool = False):
         self.spec = spec
         self.shape = (samples, *sample_shape)
         self.key = key or "data"
-        self.written = 0
-        self._outputs = outputs or Outputs()
-        self._owns_outputs = outputs is None
         self._private: list[str] = []  # temporaries of our own, never committed
         self._stream = None
         target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
-            if stdout is None:
+            if outputs.stdout is None:
                 raise OutputError("no stdout stream was handed in to write the .npy stream to", target)
-            self._stream = stdout
+            self._stream = outputs.stdout
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target, spec.scale)
         elif spec.kind in ("folder", "image"):
-            folder = self._outputs.stage(target, folder=spec.kind == "folder")
+            folder = outputs.stage(target, folder=spec.kind == "folder")
             self.writer = FolderWriter(dtype, clip, target, spec.scale, folder=folder, ext=spec.ext, layout=layout,
                                        samples=samples, single_file=spec.kind == "image", alpha=spec.alpha)
         else:
-            self._staged = self._outputs.stage(target)
+            self._staged = outputs.stage(target)
             path = self._staged
             if spec.kind == "npz":  # written by position as a .npy, stored in the archive at commit
                 path = temp_beside(target, suffix=".npy.tmp")
                 self._private.append(path)
             header = _npy_header(dtype, self.shape)
             sample_bytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
-            # Only the header: blocks extend the file as they land (ext4 flushes a file that was
-            # truncated each time it is closed, which made every block's write cost 4x).
+            # Only the header: blocks extend the file as they land (see benchmarks/PROFILE.md).
             with open(path, "r+b") as f:
                 f.write(header)
             self.writer = NpyWriter(dtype, clip, target, spec.scale, path=path, data_offset=len(header),
@@ -570,29 +515,27 @@ class Sink:
         return self.spec.describe(self.shape[0], self.key)
 
     @_naming_target
-    def write_in_order(self, encoded: np.ndarray) -> None:
-        """The next samples of an output that is written in order (stdout)."""
-        self._stream.write(memoryview(np.ascontiguousarray(encoded)).cast("B"))
+    def write_in_order(self, stored: Stored) -> Stored:
+        """The next samples of an output written in order (stdout), as the writer handed them back;
+        returns what was stored, without the data."""
+        self._stream.write(memoryview(np.ascontiguousarray(stored.data)).cast("B"))
+        return Stored(stored.samples, stored.clipped)
 
     @_naming_target
-    def commit(self) -> None:
-        """Finish the output; it appears now, or (with the run's Outputs) when those commit."""
-        if self.written != self.shape[0]:
-            raise OutputError(f"wrote {self.written} of {self.shape[0]} samples", self.spec.target)
+    def finish(self, stored: Stored) -> None:
+        """Finish the output, given what its writer stored in all; it appears as the run's Outputs commit."""
+        if stored.samples != self.shape[0]:
+            raise OutputError(f"wrote {stored.samples} of {self.shape[0]} samples", self.spec.target)
         if self.spec.kind == "stdout":
             self._stream.flush()
             return
         if self.spec.kind == "npz":
             _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
         self._remove_private()
-        if self._owns_outputs:
-            self._outputs.commit()
 
     def discard(self) -> None:
-        """Remove the partial output (the target is left as it was)."""
+        """Remove the sink's own temporaries (the run's Outputs discard the staged output)."""
         self._remove_private()
-        if self._owns_outputs:
-            self._outputs.discard()
 
     def _remove_private(self) -> None:
         for path in self._private:
@@ -615,9 +558,9 @@ def _store_in_zip(path: str, archive_path: str, name: str) -> None:
         shutil.copyfileobj(source, member, 1 << 20)
 
 
-def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout, stdout=None) -> str:
-    """Write a whole in-memory array (e.g. `normcli sample`) through the same atomic sinks; returns
-    what was written (the closing report line). `stdout`: the binary stream `-` writes to."""
+def write_array(target: str, array: np.ndarray, outputs: Outputs, *, force: bool, layout: Layout) -> str:
+    """Write a whole in-memory array (e.g. `normcli sample`) through the same sinks, staged in the
+    run's `outputs`; returns what was written (the closing report line)."""
     kind = output_kind(target)
     spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
     if kind == "folder":
@@ -625,16 +568,10 @@ def write_array(target: str, array: np.ndarray, *, force: bool, layout: Layout, 
                      writes={relative_name(None, i, "tiff", len(array)) for i in range(len(array))})
     elif kind != "stdout":
         check_target(target, [], force)
-    sink = Sink(spec, layout, array.shape[1:], len(array), stdout=stdout)
+    sink = Sink(spec, layout, array.shape[1:], len(array), outputs)
     try:
-        encoded, _ = sink.writer.encode(array)
-        if sink.writer.positional:
-            sink.writer.write(encoded, 0)
-        else:
-            sink.write_in_order(encoded)
-        sink.written = len(array)
-        sink.commit()
-    except BaseException:
+        stored = sink.writer.put(array, 0)
+        sink.finish(sink.write_in_order(stored) if stored.data is not None else stored)
+    finally:
         sink.discard()
-        raise
     return sink.describe()

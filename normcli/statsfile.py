@@ -69,26 +69,19 @@ class StatsFile:
         return doc
 
 
-def write(path: str, stats: StatsFile, *, force: bool = False, inputs=(), outputs=None) -> None:
-    """Write atomically: to a temporary file beside `path`, then renamed; with `outputs` (the run's
-    sinks.Outputs) the rename waits for their commit, so that every output of the run appears together."""
-    from normcli.sinks import Outputs, check_target
+def write(path: str, stats: StatsFile, outputs, *, force: bool = False, inputs=()) -> None:
+    """Write to a temporary file beside `path`, staged in the run's `outputs` (sinks.Outputs): it
+    is renamed into place as they commit, so that every output of the run appears together."""
+    from normcli.sinks import check_target
 
     check_target(path, inputs, force, folder=False)
-    staged = outputs if outputs is not None else Outputs()
+    temp = outputs.stage(path)
     try:
-        temp = staged.stage(path)
-        try:
-            with open(temp, "w") as f:
-                json.dump(stats.to_json(), f, indent=1)
-                f.write("\n")
-        except OSError as error:
-            raise from_os_error(error, path, OutputError) from None
-        if outputs is None:
-            staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+        with open(temp, "w") as f:
+            json.dump(stats.to_json(), f, indent=1)
+            f.write("\n")
+    except OSError as error:
+        raise from_os_error(error, path, OutputError) from None
 
 
 def read(path: str) -> StatsFile:

@@ -74,6 +74,18 @@ def ref_groupnorm(x, groups, gamma=1.0, beta=0.0, eps=1e-5, *, channel_axis=1):
     return np.moveaxis(out, 1, channel_axis)
 
 
+def transform(dataset, plan, target: str, *, dtype=None, ext=None, clip=False, force=False, bins=30,
+              ignore_nan=False, report=True, engine=None, progress=None, stdout=None):
+    """passes.transform into `target` alone, committed as a run commits its Outputs."""
+    from normcli.options import Output
+    from normcli.passes import Measuring, transform as run_plan
+    from normcli.sinks import Outputs
+
+    with Outputs(stdout) as outputs:
+        return run_plan(dataset, plan, Output(target, dtype, ext, clip, force), outputs,
+                        Measuring(bins, ignore_nan, report), engine, progress)
+
+
 def fresh_path(folder: Path, stem: str, suffix: str = ".npy") -> Path:
     """A name in `folder` that no other call has given (`stem` followed by a number)."""
     return Path(folder) / f"{stem}{next(_names)}{suffix}"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from normcli.errors import UsageMismatch
-from normcli.passes import BatchPlan, ScalePlan, transform
+from normcli.plans import BatchPlan, ScalePlan
 from normcli.sources import open_dataset
 from normcli.transforms import zscore
 
-from helpers import fresh_path, ref_batchnorm, save
+from helpers import fresh_path, ref_batchnorm, save, transform
 
 # Axes each scope reduces in a batch, in the array's own axis order.
 AXES = {

@@ -527,11 +527,11 @@ def test_the_after_report_of_an_8bit_output_shows_the_values_it_encodes(tmp_path
 @pytest.mark.parametrize("case", ["fit", "wider", "narrower"])
 def test_an_8bit_input_looked_up_in_a_table_stores_the_mapped_and_encoded_integers(chdir, rng, layout, per, case):
     """A quiet normalize of uint8 data into uint8 looks every value up in a table of the map
-    (passes.ValueTable): the same bytes as mapping and encoding each value, with --clip too, and the
+    (encoding.ValueTable): the same bytes as mapping and encoding each value, with --clip too, and the
     same refusal without it."""
     from unittest import mock
 
-    from normcli import passes
+    from normcli import encoding
 
     shape = (7, 3, 5, 4) if layout == "NCHW" else (7, 5, 4, 3)
     x = rng.integers(40, 200, shape).astype(np.uint8)
@@ -544,8 +544,8 @@ def test_an_8bit_input_looked_up_in_a_table_stores_the_mapped_and_encoded_intege
     args = ["normalize", "x.npy", "--layout", layout, "--stats-from", "fit.json", "--dtype", "uint8", "-q", "--force"]
     for clip in ([], ["--clip"]):
         results = {}
-        for name, table in (("table", passes.value_table), ("arithmetic", lambda *a: None)):
-            with mock.patch.object(passes, "value_table", table):
+        for name, table in (("table", encoding.value_table), ("arithmetic", lambda *a: None)):
+            with mock.patch.object(encoding, "value_table", table):
                 result = run(*args, *clip, "-o", f"{name}.npy", ok=False)
             results[name] = (result.exit_code, result.stderr.replace(name, "OUT"), os.path.exists(f"{name}.npy"))
             if result.exit_code == 0:
@@ -559,7 +559,9 @@ def test_an_8bit_input_looked_up_in_a_table_stores_the_mapped_and_encoded_intege
 def test_a_value_table_counts_the_values_it_clips_as_encoding_them_does(rng, per):
     """The table's lookup stores what encoding the mapped values stores, and counts as many clipped
     values (what the run counts as clipped)."""
-    from normcli import passes, sinks
+    from functools import partial
+
+    from normcli import encoding, sinks
     from normcli.scopes import SCOPES
     from normcli.transforms import Affine
 
@@ -567,7 +569,8 @@ def test_a_value_table_counts_the_values_it_clips_as_encoding_them_does(rng, per
     keys = 1 if per == "global" else 3
     affine = Affine(rng.uniform(50, 150, keys), 1 / rng.uniform(50, 100, keys), np.zeros(keys))
     writer = sinks.Encoder(np.dtype(np.uint8), True, "out")
-    table = passes.value_table(passes.AffineApply(scope, affine), 3, np.dtype(np.float64), writer)
+    table = encoding.value_table(partial(affine.apply, scope=scope), keys, np.dtype(np.float64), writer.dtype,
+                                 writer.scale)
     v = rng.integers(0, 256, (4, 30, 3)).astype(np.uint8)
     mapped = np.empty(v.shape)
     affine.apply(v, mapped, scope)

@@ -305,11 +305,12 @@ def test_per_sample_tasks_carry_only_their_share_of_the_tables(tmp_path, rng, sm
     sent = []
 
     class Counting(engine.ProcessEngine):
-        def map(self, work, items):
+        def map(self, work, items, done=None):
             sent.extend(len(pickle.dumps(item)) for item in items)
-            return super().map(work, items)
+            return super().map(work, items, done)
 
-    from normcli.passes import ScalePlan, transform
+    from helpers import transform
+    from normcli.plans import ScalePlan
     from normcli.sources import open_dataset
     from normcli.transforms import zscore
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normcli.passes import GroupPlan, transform
+from normcli.plans import GroupPlan
 from normcli.sources import Dataset, open_dataset
 
-from helpers import fresh_path, ref_groupnorm, save
+from helpers import fresh_path, ref_groupnorm, save, transform
 
 C = 6
 

@@ -174,13 +174,15 @@ def test_inside_accepts_exactly_the_names_that_stay_inside(segments):
 
 def test_a_sink_refuses_a_name_outside_before_writing_it(workspace):
     spec = OutputSpec("out", "folder", np.dtype("float32"), "npy")
-    sink = Sink(spec, Layout("NHW"), (2, 2), 2)
+    outputs = Outputs()
+    sink = Sink(spec, Layout("NHW"), (2, 2), 2, outputs)
     try:
         sink.writer.write(np.zeros((1, 2, 2)), 0, ["ok.npy"])
         with pytest.raises(OutputError, match="outside"):
             sink.writer.write(np.zeros((1, 2, 2)), 1, ["../escaped.npy"])
     finally:
         sink.discard()
+        outputs.discard()
     assert list(workspace.root.iterdir()) == []
 
 

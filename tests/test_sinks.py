@@ -14,11 +14,11 @@ from PIL import Image
 
 from conftest import run_cli, write_image
 from normcli.errors import OutputError, UsageMismatch
-from normcli.passes import ScalePlan, transform
+from normcli.plans import ScalePlan
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
-from helpers import save
+from helpers import save, transform
 
 
 

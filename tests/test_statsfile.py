@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from normcli import statsfile
 from normcli.errors import StatsFileError, UsageMismatch
 from normcli.moments import Moments
-from normcli.passes import ScalePlan, measure, transform
+from normcli.passes import measure
+from normcli.plans import ScalePlan
+from normcli.sinks import Outputs
 from normcli.sources import open_dataset
 from normcli.statsfile import StatsFile
 from normcli.transforms import zscore
 
-from helpers import fresh_path, save
+from helpers import fresh_path, save, transform
 
 
 
@@ -33,7 +35,8 @@ def fitted(folder, x, scope, *, layout=None, ddof=0, ignore_nan=False, extra=Non
 
 def write_read(folder, stats: StatsFile):
     path = str(fresh_path(folder, "stats", ".json"))
-    statsfile.write(path, stats)
+    with Outputs() as outputs:
+        statsfile.write(path, stats, outputs)
     return path, statsfile.read(path)
 
 
@@ -140,10 +143,11 @@ def test_write_refuses_an_existing_file_without_force_and_leaves_no_temp(tmp_pat
     path = tmp_path / "s.json"
     path.write_text("keep")
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(Exception, match="already exists"):
-        statsfile.write(str(path), stats)
+    with pytest.raises(Exception, match="already exists"), Outputs() as outputs:
+        statsfile.write(str(path), stats, outputs)
     assert path.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == before
-    statsfile.write(str(path), stats, force=True)
+    with Outputs() as outputs:
+        statsfile.write(str(path), stats, outputs, force=True)
     assert statsfile.read(str(path)).per == "global"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

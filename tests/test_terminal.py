@@ -274,7 +274,9 @@ class RecordedProgress:
 
 
 def test_each_pass_is_named_and_counts_its_samples_and_bytes(tmp_path, data):
-    from normcli.passes import ScalePlan, measure, transform
+    from helpers import transform
+    from normcli.passes import measure
+    from normcli.plans import ScalePlan
     from normcli.sources import open_dataset
     from normcli.transforms import zscore
 
@@ -306,7 +308,7 @@ class EachAdvance(RecordedProgress):
 @pytest.fixture
 def mixed_sizes(tmp_path) -> Path:
     """A folder whose images alternate between two sizes: one block an image (a block is one array),
-    so that 200 blocks fold into runs of 3 (engine.runs)."""
+    so that 200 blocks go to tasks of several blocks (reduction.task_blocks)."""
     rng = np.random.default_rng(3)
     for i in range(200):
         write_image(tmp_path / "mixed" / f"{i:03d}.png", rng.integers(0, 256, (8, 8 + i % 2), dtype=np.uint8))
@@ -315,15 +317,19 @@ def mixed_sizes(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", ["threads", "processes"])
 def test_progress_is_told_of_each_block_on_threads_and_of_each_task_elsewhere(tmp_path, mixed_sizes, name):
-    from normcli.engine import open_engine, runs
-    from normcli.passes import ScalePlan, measure, transform
+    from helpers import transform
+    from normcli.engine import open_engine
+    from normcli.passes import measure
+    from normcli.plans import ScalePlan
+    from normcli.reduction import task_blocks
     from normcli.sources import open_dataset
     from normcli.transforms import minmax
 
     with open_dataset([str(mixed_sizes)]) as dataset, open_engine(name, workers=2) as engine:
         blocks = [block.count for block in dataset.blocks()]
-        folded = [sum(run) for run in runs(blocks)]
-        assert len(blocks) == 200 and len(folded) < len(blocks) / 2  # runs of several blocks
+        size = task_blocks(engine, len(blocks))
+        tasks = [sum(blocks[i:i + size]) for i in range(0, len(blocks), size)]
+        assert len(blocks) == 200 and len(tasks) < len(blocks) / 2  # tasks of several blocks
         progress = EachAdvance()
         measure(dataset, "global", bins=10, engine=engine, progress=progress)
         transform(dataset, ScalePlan("global", minmax), str(tmp_path / "out"), engine=engine, progress=progress)
@@ -331,8 +337,8 @@ def test_progress_is_told_of_each_block_on_threads_and_of_each_task_elsewhere(tm
     for heard in progress.advances.values():
         if name == "threads":  # every block as it completes, not its run when the driver takes it
             assert sorted(heard) == sorted(blocks)
-        else:  # a process pool's tasks carry whole runs (some of them), each told as it ends
-            assert sum(heard) == 200 and 1 < len(heard) <= len(folded)
+        else:  # a process pool's tasks carry several blocks, each told as it ends
+            assert sum(heard) == 200 and 1 < len(heard) <= len(tasks)
 
 
 @pytest.mark.parametrize("name, workers", [("threads", 1), ("threads", 3), ("processes", 2), ("dask", 2)])

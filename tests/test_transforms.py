@@ -21,12 +21,14 @@ from hypothesis import strategies as st
 
 from normcli import statsfile
 from normcli.errors import NonFiniteError, NormcliWarning
-from normcli.passes import ScalePlan, measure, transform
+from normcli.passes import measure
+from normcli.plans import ScalePlan
+from normcli.sinks import Outputs
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
 from conftest import run_cli
-from helpers import SCOPES, fresh_path, save
+from helpers import SCOPES, fresh_path, save, transform
 
 # Axes each scope reduces, written per layout in the array's own axis order.
 AXES = {
@@ -349,8 +351,9 @@ def test_fit_on_train_apply_to_test_through_a_stats_file(tmp_path, rng, scope, d
     with open_dataset([save(tmp_path, train)]) as dataset:
         stats = measure(dataset, scope, bins=0)
     path = str(tmp_path / "train.json")
-    statsfile.write(path, statsfile.StatsFile(stats.scope, stats.layout, stats.sample_shape, stats.moments, ddof,
-                                              stats.inputs))
+    with Outputs() as outputs:
+        statsfile.write(path, statsfile.StatsFile(stats.scope, stats.layout, stats.sample_shape, stats.moments,
+                                                  ddof, stats.inputs), outputs)
     saved = statsfile.read(path)
     assert (saved.per, saved.layout, saved.ddof) == (scope, "NHWC", ddof)
     with open_dataset([save(tmp_path, test)], layout=saved.layout) as dataset:

@@ -1,0 +1,100 @@
+"""The statistics pass that `stats` and every fit share (pass 1), and the histogram pass that
+follows it where the histograms' range is known only after it: block functions for
+reduction.reduce, pure and picklable, with an associative merge.
+
+Pass 1 takes each block's moments at the scope (value counts for 8/16-bit integers, from the
+decoder's own counts where it has them), histograms where their edges are known up front (given,
+or each sample's own range at per-sample scopes), and a plan's fit of the block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from normcli.histograms import HistogramCounts, count_block, histogram_edges
+from normcli.layout import Layout
+from normcli.moments import BlockStats, counted, counts_values, measure_block, merge
+from normcli.reduction import Pass
+from normcli.scopes import Scope
+from normcli.sources import Block, Chunk
+
+
+@dataclass(frozen=True)
+class StatsTask:
+    """What pass 1 takes of each block: moments, histograms when their edges are known (given
+    `edges`, or `bins` over each sample's own range for per-sample scopes), and the fit of
+    `fitter` (a plans.Fitter, which gets the block's statistics at the scope too)."""
+
+    scope: Scope
+    layout: Layout
+    ignore_nan: bool = False
+    bins: int = 0
+    edges: np.ndarray | None = None
+    fitter: object | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Pass 1's partial of consecutive blocks: their statistics, histogram counts (None where
+    not taken in this pass) and the fitter's partial fits, in block order."""
+
+    stats: BlockStats
+    counts: HistogramCounts | None = None
+    fits: tuple = ()
+
+    def merge(self, later: "Measured") -> "Measured":
+        counts = self.counts.merge(later.counts) if self.counts is not None and later.counts is not None else None
+        return Measured(merge(self.stats, later.stats), counts, self.fits + later.fits)
+
+
+def stats_pass(task: StatsTask, name: str, sample_bytes: int = 0) -> Pass[Measured]:
+    """Pass 1 as a reduction.Pass, called `name` in the progress display."""
+    return Pass(name, stats_work, task, sample_bytes=sample_bytes)
+
+
+def stats_work(task: StatsTask, block: Block) -> Measured:
+    if task.fitter is None:
+        stats = _counted(block, task.scope)
+        if stats is not None:
+            return Measured(stats)  # the histograms come from the value counts
+    chunk = block.read()
+    stats = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
+    fits = (task.fitter.fit(chunk, task.layout, stats),) if task.fitter is not None else ()
+    return Measured(stats, _first_counts(task, chunk, stats), fits)
+
+
+def _counted(block: Block, scope: Scope) -> BlockStats | None:
+    """A block's statistics at a counting scope from value counts its images' decoder makes (no
+    arrays), or None: the block is read."""
+    if not counts_values(block.dtype, scope):
+        return None
+    counts = block.band_counts()
+    return None if counts is None else counted(counts, block.dtype, scope)
+
+
+def _first_counts(task: StatsTask, chunk: Chunk, stats: BlockStats) -> HistogramCounts | None:
+    """The chunk's histograms, where pass 1 takes them (else None)."""
+    if not task.bins or stats.value_counts is not None:
+        return None
+    if task.edges is not None:
+        edges = task.edges if not task.scope.per_sample else np.repeat(task.edges[:1], len(chunk.data), axis=0)
+    elif stats.moments is None:
+        return None  # NaN or inf: the run fails after this pass
+    else:
+        edges = histogram_edges(stats.moments.min, stats.moments.max, task.bins)
+    counts = count_block(chunk.data, task.scope, task.layout, edges, first_sample=chunk.start)
+    return HistogramCounts(counts.counts, counts.first_row, counts.per_sample, edges)
+
+
+@dataclass(frozen=True)
+class HistogramTask:
+    scope: Scope
+    layout: Layout
+    edges: np.ndarray
+
+
+def histogram_work(task: HistogramTask, block: Block) -> HistogramCounts:
+    chunk = block.read()
+    return count_block(chunk.data, task.scope, task.layout, task.edges, first_sample=chunk.start)
