@@ -80,6 +80,17 @@ class Passes(Protocol):
         ...
 
 
+def on_chunks(work: Callable[[Any, Any, int], P]) -> Callable[[Any, Any], P]:
+    """A block function from `work(task, data, first_sample)` on the block's array (and the index of
+    its first sample), as quantiles.py writes them: the block is read where the task runs."""
+    return partial(_on_chunk, work)
+
+
+def _on_chunk(work: Callable, task, block):
+    chunk = block.read()
+    return work(task, chunk.data, chunk.start)
+
+
 def task_blocks(engine, blocks: int) -> int:
     """How many blocks each task of a pass over `blocks` blocks carries: what the engine asks for,
     in whole runs."""
