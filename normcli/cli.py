@@ -385,7 +385,7 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
     click.echo(json.dumps(doc, allow_nan=False), err=to_stderr)
 
 
-def _show_stats(result: run.StatsRun, report: run.Report, env: run.Environment) -> None:
+def _show_stats(result: run.StatsReport, report: run.Report, env: run.Environment) -> None:
     from normcli import render
 
     stats, ddof = result.stats, result.ddof
@@ -399,7 +399,7 @@ def _show_stats(result: run.StatsRun, report: run.Report, env: run.Environment) 
         _printer(False, report, env).stats(stats, ddof)
 
 
-def _show_transform(result: run.TransformRun, output: run.Output, report: run.Report, env: run.Environment) -> None:
+def _show_transform(result: run.TransformReport, output: run.Output, report: run.Report, env: run.Environment) -> None:
     """The statistics before and after (and per batch), then what was written; on stderr when
     stdout carries the data."""
     from normcli import render

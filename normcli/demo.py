@@ -12,7 +12,7 @@ import numpy as np
 from normcli.layout import Layout
 from normcli.options import Output
 from normcli.passes import Measuring, transform
-from normcli.plans import BatchPlan, ScalePlan
+from normcli.plans import Batching, BatchPlan, ScalePlan
 from normcli.sinks import Outputs, write_array
 from normcli.sources import open_dataset, tutorial_dataset
 from normcli.transforms import minmax, zscore
@@ -64,7 +64,7 @@ def run_demo(*, seed: int = 0, bins: int = 30) -> Iterator[DemoStep]:
                 [_named(case2.before, "data.npy"), _named(case2.after, "standardized")])
         with open_dataset([str(folder / "first10.npy")]) as first10:
             gamma, beta = np.ones(1), np.zeros(1)
-            plan = BatchPlan(first10, "channel", BATCH, gamma, beta, 1e-5)
+            plan = BatchPlan(first10, "channel", Batching(BATCH), gamma, beta, 1e-5)
             case3 = _transform(first10, plan, folder / "bn.npy", bins)
             _transform(first10, ScalePlan("global", lambda m: zscore(m)), folder / "z10.npy", 0, report=False)
         difference = np.abs(np.load(folder / "bn.npy").astype(np.float64)

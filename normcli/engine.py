@@ -46,8 +46,8 @@ def keep_freed_memory() -> None:
     """Let glibc keep freed block buffers for the next block instead of handing them back.
 
     Worker threads allocate from arenas of their own, which glibc shrinks (madvise) whenever a
-    block's arrays are freed, so every block paid for page faults that zero its memory again: a
-    1 GiB standardize spent 2.5 s of system time on it, 0.6 s with this. Peak memory is unchanged
+    block's arrays are freed, so every block paid for page faults that zero its memory again (see
+    benchmarks/PROFILE.md). Peak memory is unchanged
     (it is what a few blocks in flight need). A no-op where glibc's mallopt is missing. The
     settings are the process's: once a process is enough.
     """
@@ -55,7 +55,7 @@ def keep_freed_memory() -> None:
 
     try:
         # the symbols the process already has (libc's among them): ctypes.util.find_library would
-        # run ldconfig in a subprocess, ~5 ms of start-up
+        # run ldconfig in a subprocess
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
@@ -131,7 +131,7 @@ def _if_succeeded(once: _Once, index: int, future) -> None:
 
 
 class Stopped(Exception):
-    """A task that found its run stopped before it began (its result is never used)."""
+    """A task that found its engine stopped before it began (its result is never used)."""
 
 
 _STOPPED: set[str] = set()  # the engines of this process that stopped: their tasks here end early
@@ -153,7 +153,7 @@ class Engine:
     # pass counts each block as it completes); elsewhere only a task's end is seen (Engine.map's done).
     in_process = False
     # The most blocks one task carries: a task to another process or a cluster costs milliseconds
-    # (about 5 ms on Dask), so there each carries many; threads pay microseconds.
+    # (benchmarks/PROFILE.md), so there each carries many; threads pay microseconds.
     most_blocks = 16
 
     def __init__(self, workers: int | None = None):
@@ -381,7 +381,7 @@ class DaskEngine(Engine):
 
     def stop(self) -> None:
         """Tasks already running are waited for (at most STOP_WAIT seconds; in the in-process
-        cluster they end at their next run of blocks), the rest are cancelled."""
+        cluster they end with their task), the rest are cancelled."""
         _STOPPED.add(self._id)
         pending = list(self._pending)
         self._pending.clear()

@@ -210,7 +210,8 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     result = TransformResult(None, None, plan, done.stored.clipped, sink.describe(), spec.encoding())
     if one_pass:
         return result
-    before_stats = _stats(dataset, plan.scope, before, Histograms(done.before_counts.counts, edges[0]) if bins else None)
+    before_stats = _stats(dataset, plan.scope, before,
+                          Histograms(done.before_counts.counts, edges[0]) if bins else None)
     after_stats = None
     if measuring.report:
         after_stats = _stats(dataset, plan.scope, done.after_stats.aggregate(),

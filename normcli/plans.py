@@ -221,23 +221,32 @@ class BatchApply:
         return self
 
 
-class BatchPlan(Plan):
-    """Training-mode batch norm: each batch of `batch_size` by its own moments at `scope`."""
+@dataclass(frozen=True)
+class Batching:
+    """How batch norm cuts the samples into batches, and keeps its running statistics."""
 
-    def __init__(self, dataset: Dataset, scope, batch_size: int, gamma, beta, eps: float, *,
-                 momentum: float | None = 0.1, drop_last: bool = False, order: np.ndarray | None = None,
-                 seed: int | None = None, ignore_nan: bool = False):
-        """`order`: the input index of each position (--shuffle), made from `seed` (sources.shuffled_order)."""
+    size: int
+    momentum: float | None = 0.1  # None: the cumulative average
+    drop_last: bool = False
+    order: np.ndarray | None = None  # the input index of each position (--shuffle), made from `seed`
+    seed: int | None = None  # (sources.shuffled_order)
+
+
+class BatchPlan(Plan):
+    """Training-mode batch norm: each batch of `batching.size` by its own moments at `scope`."""
+
+    def __init__(self, dataset: Dataset, scope, batching: Batching, gamma, beta, eps: float, *,
+                 ignore_nan: bool = False):
         self.scope = as_scope(scope)
-        self.batch_size = batch_size
+        self.batch_size = batching.size
         self.gamma, self.beta, self.eps = gamma, beta, eps
-        self.order, self.seed = order, seed
+        self.order, self.seed = batching.order, batching.seed
         self.ignore_nan = ignore_nan
-        n = dataset.n_samples
-        self.n_batches = n // batch_size if drop_last else -(-n // batch_size)
-        self.samples = self.n_batches * batch_size if drop_last else n
+        n, size = dataset.n_samples, batching.size
+        self.n_batches = n // size if batching.drop_last else -(-n // size)
+        self.samples = self.n_batches * size if batching.drop_last else n
         keys = len(gamma)
-        self.running = RunningStats.start(keys, momentum)
+        self.running = RunningStats.start(keys, batching.momentum)
         self.batches: list[BatchSummary] = []
         self.applied = 0
         self.low = np.full(keys, np.inf)

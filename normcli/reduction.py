@@ -5,10 +5,10 @@ passes run through it in sequence (`reduce_passes()`: each pass built from the o
 A pass's `work(task, block) -> partial` is a module-level function of picklable arguments, run on
 a thread, a process or a Dask worker; `partial.merge(later)` is associative (not commutative: the
 later blocks' partial is the argument). The engine alone decides how many consecutive blocks a task
-carries (Engine.task_blocks, rounded to whole runs). The merge tree is a function of the number of
+carries (Engine.task_blocks, rounded to whole folds). The merge tree is a function of the number of
 blocks alone, so that every engine and every number of workers gives the same bytes: blocks are
-merged in runs of `run_blocks(n)` (in order, where a task ran), then the runs in order (on the
-driver); a pass with `each` merges its blocks one by one on the driver.
+merged in folds of `fold_blocks(n)` consecutive blocks (in order, where a task ran), then the folds
+in order (on the driver); a pass with `each` merges its blocks one by one on the driver.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 P = TypeVar("P", bound="Partial")
 
-# The merge tree: runs of up to FOLD_RUN blocks, and at least RUNS_WANTED runs where there are enough
-# blocks (so that up to 8 workers finish together).
-FOLD_RUN = 16
-RUNS_WANTED = 64
+# The merge tree: folds of up to FOLD_BLOCKS blocks, and at least FOLDS_WANTED folds where there are
+# enough blocks (so that up to 8 workers finish together).
+FOLD_BLOCKS = 16
+FOLDS_WANTED = 64
 
 
-def run_blocks(blocks: int) -> int:
-    """How many consecutive blocks are merged into one run, of a pass over `blocks` blocks."""
-    return max(1, min(FOLD_RUN, blocks // RUNS_WANTED))
+def fold_blocks(blocks: int) -> int:
+    """How many consecutive blocks are merged into one fold, in a pass over `blocks` blocks."""
+    return max(1, min(FOLD_BLOCKS, blocks // FOLDS_WANTED))
 
 
 class Partial(Protocol):
@@ -93,9 +93,9 @@ def _on_chunk(work: Callable, task, block):
 
 def task_blocks(engine, blocks: int) -> int:
     """How many blocks each task of a pass over `blocks` blocks carries: what the engine asks for,
-    in whole runs."""
-    run = run_blocks(blocks)
-    return max(1, engine.task_blocks(blocks) // run) * run
+    in whole folds."""
+    fold = fold_blocks(blocks)
+    return max(1, engine.task_blocks(blocks) // fold) * fold
 
 
 def reduce(engine, a_pass: Pass[P], blocks: Sequence, progress: Progress | None = None) -> P | None:
@@ -108,7 +108,7 @@ def reduce(engine, a_pass: Pass[P], blocks: Sequence, progress: Progress | None 
 
         with ThreadEngine() as own:
             return reduce(own, a_pass, blocks, progress)
-    run, size = run_blocks(len(blocks)), task_blocks(engine, len(blocks))
+    fold, size = fold_blocks(len(blocks)), task_blocks(engine, len(blocks))
     groups = [blocks[i:i + size] for i in range(0, len(blocks), size)]
     work, done = a_pass.work, None
     if progress is not None:
@@ -122,7 +122,7 @@ def reduce(engine, a_pass: Pass[P], blocks: Sequence, progress: Progress | None 
     tasks = [(a_pass.share(a_pass.task, group), group) for group in groups]
     each = a_pass.each
     total = None
-    for partials in engine.map(partial(_task, work, run if each is None else 1), tasks, done):
+    for partials in engine.map(partial(_task, work, fold if each is None else 1), tasks, done):
         for result in partials:
             result = result if each is None else each(result)
             total = result if total is None else total.merge(result)
@@ -137,11 +137,11 @@ def reduce_passes(engine, plan: Passes, blocks: Sequence, progress: Progress | N
     return results
 
 
-def _task(work: Callable, run: int, task_and_blocks: tuple) -> list:
-    """One engine task: work(task, block) over its blocks, merged in runs of `run` blocks."""
+def _task(work: Callable, fold: int, task_and_blocks: tuple) -> list:
+    """One engine task: work(task, block) over its blocks, merged in folds of `fold` blocks."""
     task, blocks = task_and_blocks
-    return [functools.reduce(_merge, (work(task, block) for block in blocks[start:start + run]))
-            for start in range(0, len(blocks), run)]
+    return [functools.reduce(_merge, (work(task, block) for block in blocks[start:start + fold]))
+            for start in range(0, len(blocks), fold)]
 
 
 def _merge(earlier, later):

@@ -234,7 +234,7 @@ class BatchParams:
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
         from normcli.passes import check_scope
-        from normcli.plans import BatchPlan, eval_plan
+        from normcli.plans import Batching, BatchPlan, eval_plan
         from normcli.scopes import scope as as_scope
 
         check_scope(dataset, scope)
@@ -248,9 +248,8 @@ class BatchParams:
             from normcli.sources import shuffled_order
 
             order = shuffled_order(dataset.n_samples, self.seed)
-        plan = BatchPlan(dataset, scope, self.batch_size, gammas, betas, self.eps, momentum=self.momentum,
-                         drop_last=self.drop_last, order=order, seed=self.seed if self.shuffle else None,
-                         ignore_nan=ignore_nan)
+        batching = Batching(self.batch_size, self.momentum, self.drop_last, order, self.seed if self.shuffle else None)
+        plan = BatchPlan(dataset, scope, batching, gammas, betas, self.eps, ignore_nan=ignore_nan)
         if plan.samples == 0:
             raise UsageMismatch(f"--drop-last leaves no batch: {dataset.n_samples} samples, "
                                 f"--batch-size {self.batch_size}")
@@ -311,13 +310,13 @@ def _input_scale(saved, fit: Fit, dataset, out_range=None):
 
 # -- results ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class StatsRun:
+class StatsReport:
     stats: Any  # passes.Stats
     ddof: int
 
 
 @dataclass(frozen=True)
-class TransformRun:
+class TransformReport:
     before: Any  # passes.Stats
     after: Any  # passes.Stats, or None with --quiet
     ddof: int
@@ -340,7 +339,7 @@ class TransformRun:
 
 
 @dataclass(frozen=True)
-class MergeRun:
+class MergeReport:
     files: int
     values: int
     output: str
@@ -348,7 +347,7 @@ class MergeRun:
 
 # -- entry points --------------------------------------------------------------------------
 def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: EngineOptions, env: Environment,
-              progress=None) -> StatsRun:
+              progress=None) -> StatsReport:
     """`normcli stats`: measure, and save the statistics with --save-stats."""
     from normcli import statsfile
     from normcli.passes import measure
@@ -370,7 +369,7 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
         with Outputs() as outputs:
             statsfile.write(params.save, _stats_file(result, params.ddof), outputs, force=params.force,
                             inputs=inputs.paths)
-    return StatsRun(result, params.ddof)
+    return StatsReport(result, params.ddof)
 
 
 def _stats_file(result, ddof: int, extra: dict | None = None):
@@ -381,7 +380,7 @@ def _stats_file(result, ddof: int, extra: dict | None = None):
 
 
 def run_transform(params: TransformParams, inputs: Inputs, output: Output, report: Report, engine: EngineOptions,
-                  env: Environment, progress=None) -> TransformRun:
+                  env: Environment, progress=None) -> TransformReport:
     """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, and measure
     before and after; -o and --save-stats appear together, or neither does."""
     from normcli import statsfile
@@ -405,7 +404,7 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
                 encoding = {"encoding": result.encoding} if result.encoding else {}
                 statsfile.write(save_stats, _stats_file(result.before, ddof, {**plan.saved_extra(), **encoding}),
                                 outputs, force=output.force, inputs=dataset.inputs)
-    return TransformRun(result.before, result.after, ddof, planned.title, list(dataset.inputs), result.written,
+    return TransformReport(result.before, result.after, ddof, planned.title, list(dataset.inputs), result.written,
                         result.clipped, plan.batches, save_stats)
 
 
@@ -448,7 +447,7 @@ def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
     check_target(save_stats, inputs, output.force, folder=False)
 
 
-def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRun:
+def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeReport:
     """`normcli merge-stats`: statistics saved from shards, merged as if measured in one run."""
     from normcli import statsfile
     from normcli.sinks import Outputs, check_target
@@ -457,7 +456,7 @@ def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeRu
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
     with Outputs() as outputs:
         statsfile.write(output, merged, outputs, force=force, inputs=files)
-    return MergeRun(len(files), int(merged.moments.count.sum()), output)
+    return MergeReport(len(files), int(merged.moments.count.sum()), output)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from normcli.errors import UsageMismatch
-from normcli.plans import BatchPlan, ScalePlan
+from normcli.plans import Batching, BatchPlan, ScalePlan
 from normcli.sources import open_dataset
 from normcli.transforms import zscore
 
@@ -34,8 +34,8 @@ def run_bn(folder, x, scope, batch_size, gamma=None, beta=None, eps=1e-5, *, lay
         keys = SCOPES[scope].keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
         gamma = np.ones(keys) if gamma is None else np.asarray(gamma, np.float64)
         beta = np.zeros(keys) if beta is None else np.asarray(beta, np.float64)
-        plan = BatchPlan(dataset, scope, batch_size, gamma, beta, eps, momentum=momentum, drop_last=drop_last,
-                         order=order, ignore_nan=ignore_nan)
+        plan = BatchPlan(dataset, scope, Batching(batch_size, momentum, drop_last, order), gamma, beta, eps,
+                         ignore_nan=ignore_nan)
         transform(dataset, plan, str(out), dtype=dtype, bins=0, ignore_nan=ignore_nan)
     return np.load(out), plan
 
@@ -283,7 +283,7 @@ def test_a_batch_with_one_value_per_key_is_a_usage_error(tmp_path, rng, layout, 
     out = tmp_path / "never.npy"
     with open_dataset([save(tmp_path, x)], layout=layout) as dataset:
         keys = int(np.prod(shape[1:])) if scope == "pixel" else shape[-1]
-        plan = BatchPlan(dataset, scope, 4, np.ones(keys), np.zeros(keys), 1e-5)
+        plan = BatchPlan(dataset, scope, Batching(4), np.ones(keys), np.zeros(keys), 1e-5)
         with pytest.raises(UsageMismatch, match="single value per key"):
             transform(dataset, plan, str(out), bins=0)
     assert not out.exists()
