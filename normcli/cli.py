@@ -15,13 +15,7 @@ import click
 
 from normcli import __version__, run
 from normcli.errors import BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line
-
-# Scopes and engines come from the core (scopes.py, engine.py: no numpy at import); layouts and
-# modes are spelled out here so that --help starts without numpy (tests/test_docs.py checks them).
-SCOPES = run.SCOPES
-ENGINES = run.ENGINES
-LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
-MODES = ("gray", "rgb", "rgba")
+from normcli.options import ENGINES, LAYOUTS, MODES, SCOPES  # numpy-free, so that --help starts without numpy
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
 

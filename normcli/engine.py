@@ -4,7 +4,7 @@ the results in block order; the pass merges them (associatively) on the driver.
 Work is a module-level function of picklable arguments (a frozen task and a block descriptor),
 and a block is read by whoever runs it, so threads, a process pool and Dask workers run the
 same code; only small values (statistics, counts) come back. Adding an engine is adding one
-class here and its name to ENGINES.
+class here and its name to options.ENGINES.
 
 A failed or interrupted run calls `Engine.stop()` before anything is removed: tasks not started
 are cancelled, running ones are ended (a process pool's workers) or waited for (threads, Dask
@@ -24,11 +24,11 @@ from functools import cache, partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch
+from normcli.options import ENGINES
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-ENGINES = ("threads", "processes", "dask")
 # numpy's kernels, file reads and image decoders release the GIL, so threads use every core.
 DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 STOP_WAIT = 10.0  # seconds a failed run waits for tasks already running before it removes its outputs

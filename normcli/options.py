@@ -1,8 +1,18 @@
-"""Option values that several layers share, free of numpy so that the CLI's --help stays quick."""
+"""Option values that several layers share, free of numpy so that the CLI's --help stays quick:
+the choices of --engine, --per, --layout and --mode, and -o's options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from normcli.scopes import SCOPES as _SCOPES  # scopes.py imports no numpy
+
+ENGINES = ("threads", "processes", "dask")  # engine.open_engine's
+SCOPES = tuple(_SCOPES)  # the --per choices: a scope added in scopes.py is an option at once
+# layout.LAYOUTS and images.MODES, spelled out (those modules import numpy); tests/test_docs.py
+# checks that they agree.
+LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
+MODES = ("gray", "rgb", "rgba")
 
 
 @dataclass(frozen=True)

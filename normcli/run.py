@@ -14,12 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from normcli.engine import ENGINES  # noqa: F401 (the CLI's --engine choices); engine.py imports no numpy
 from normcli.errors import BadOption, NormcliWarning, StatsFileError, UsageMismatch
 from normcli.options import Output
-from normcli.scopes import SCOPES as _SCOPES  # scopes.py imports no numpy either
-
-SCOPES = tuple(_SCOPES)  # the --per choices: a scope added in scopes.py is an option at once
 
 
 # -- the process's streams -----------------------------------------------------------------

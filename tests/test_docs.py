@@ -111,7 +111,7 @@ def choices(name: str) -> dict[str, tuple]:
 
 
 def test_the_cli_choices_are_the_core_registries():
-    """cli.py spells the choices out (so that --help starts without numpy): they must stay the core's."""
+    """options.py spells the choices out (so that --help starts without numpy): they must stay the core's."""
     from normcli.engine import ENGINES
     from normcli.images import MODES
     from normcli.layout import LAYOUTS
