@@ -37,7 +37,6 @@ class ApplyTask:
     alpha_factor: float = 1.0  # passed-through alpha: written as alpha * alpha_factor (encoding.alpha_factor)
     check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
     table: ValueTable | None = None  # 8-bit input to an integer output, nothing measured: look values up
-    clamp: tuple[float, float] | None = None  # the integer output's range, for values within Plan.slack of it
     first: int = 0  # the sample of the per-sample tables' first row (see share)
 
     def share(self, blocks: Sequence[Block]) -> "ApplyTask":
@@ -93,8 +92,7 @@ def apply_work(task: ApplyTask, block: Block) -> Applied:
         return Applied(before_counts, summaries=(None,), stored=stored)
     out = np.empty(chunk.data.shape, task.work_dtype)
     summary = task.applier.apply(chunk, task.layout, out)
-    if task.clamp is not None:
-        np.clip(out, *task.clamp, out=out)
+    task.writer.settle(out)
     # A finite map of finite values is finite: only a block whose output is not looks at its input.
     if task.check_finite and not np.isfinite(out).all():
         if not np.isfinite(chunk.data).all():

@@ -23,18 +23,18 @@ INTEGER_DTYPES = ("uint8", "uint16")
 TOLERANCE = 1e-6
 
 
-def guard_range(spec: "OutputSpec", low: np.ndarray, high: np.ndarray, clip: bool, slack: float = 0.0):
+def guard_range(spec: "OutputSpec", low: np.ndarray, high: np.ndarray, clip: bool, slack: float = 0.0) -> None:
     """Before writing: the encoding of an output whose values span the finite part of [low, high]
-    (per key), refused where the output cannot hold them, with a warning where a float32 output
-    holds them coarsely. Returns the range its values are clamped to (see choose_encoding), or None."""
+    (per key), set on `spec` (its scale, and the range its values are clamped to: see
+    choose_encoding); refused where the output cannot hold them, with a warning where a float32
+    output holds them coarsely."""
     finite = np.concatenate([low, high])
     finite = finite[np.isfinite(finite)]
     if not finite.size:
-        return None
-    clamp = choose_encoding(spec, finite.min(), finite.max(), clip, slack)
+        return
+    spec.clamp = choose_encoding(spec, finite.min(), finite.max(), clip, slack)
     _check_float_range(spec, finite.min(), finite.max())
     _warn_if_too_coarse(spec.dtype, finite.min(), finite.max())
-    return clamp
 
 
 def choose_encoding(spec: "OutputSpec", low: float, high: float, clip: bool, slack: float = 0.0):

@@ -185,15 +185,15 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     one_pass = not measuring.report and spec.dtype.kind == "f" and plan.fitted is not None
     before = plan.fitted if one_pass else _fit(dataset, plan, units, measuring.ignore_nan, engine, progress)
     low, high = plan.finish(before)
-    clamp = encoding.guard_range(spec, low, high, output.clip, plan.slack)
+    encoding.guard_range(spec, low, high, output.clip, plan.slack)
     samples = plan.samples if plan.samples is not None else dataset.n_samples
     edges = (edges_for(plan.scope, before.min, before.max, bins), edges_for(plan.scope, low, high, bins)) if bins \
         else (None, None)
     sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, outputs, key=dataset.key, clip=output.clip)
     try:
-        task = _apply_task(dataset, plan, spec, sink.writer, measuring, edges, clamp,
+        task = _apply_task(dataset, plan, spec, sink.writer, measuring, edges,
                            check_finite=one_pass and not measuring.ignore_nan)
-        each = None if sink.writer.positional else partial(_write_in_order, sink)
+        each = partial(_write_in_order, sink) if sink.in_order else None
         done = reduce(engine, Pass("writing", apply_work, task, ApplyTask.share, each, _sample_bytes(dataset)),
                       units, progress)
         if done.nonfinite.total:
@@ -237,7 +237,7 @@ def _fit(dataset: Dataset, plan: Plan, units: list, ignore_nan: bool, engine, pr
 
 
 def _apply_task(dataset: Dataset, plan: Plan, spec: sinks.OutputSpec, writer, measuring: Measuring, edges: tuple,
-                clamp, *, check_finite: bool) -> ApplyTask:
+                *, check_finite: bool) -> ApplyTask:
     """The last pass's task. Float outputs are measured as written; integer ones as the floats they
     encode, in float64 so that each integer is round(exact value * scale). An 8-bit input to an
     integer output, with nothing to measure, is looked up (encoding.ValueTable)."""
@@ -246,11 +246,11 @@ def _apply_task(dataset: Dataset, plan: Plan, spec: sinks.OutputSpec, writer, me
     value_map = plan.value_map(dataset.channels)
     if value_map is not None and not measuring.report and spec.encoding() and dataset.dtype == np.uint8 \
             and not dataset.alpha_passed:
-        table = encoding.value_table(*value_map, work_dtype, spec.dtype, spec.scale, clamp)
+        table = encoding.value_table(*value_map, work_dtype, spec.dtype, spec.scale, spec.clamp)
     samples = plan.samples if plan.samples is not None else dataset.n_samples
     return ApplyTask(plan.scope, dataset.layout, plan.applier(), writer, samples, work_dtype, measuring.ignore_nan,
                      measuring.report, *edges, encoding.alpha_factor(spec, dataset.dtype), check_finite=check_finite,
-                     table=table, clamp=clamp)
+                     table=table)
 
 
 def _write_in_order(sink: sinks.Sink, applied: Applied) -> Applied:

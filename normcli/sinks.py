@@ -150,6 +150,8 @@ class OutputSpec:
     # or 1 (values already within the integers' range); chosen by choose_encoding before writing.
     scale: int | None = None
     alpha: bool = False  # the last channel is alpha (image inputs that carry it), tagged so in TIFF outputs
+    # The range values within slack of an 8/16-bit output's range are clamped to (encoding.guard_range).
+    clamp: tuple[float, float] | None = None
 
     def encoding(self) -> dict | None:
         """How an integer output encodes its values, for the --save-stats file (None: a float output)."""
@@ -345,6 +347,13 @@ class Encoder:
     clip: bool
     target: str
     scale: int | None = None  # integer outputs: stored = round(value * scale) (see choose_encoding)
+    clamp: tuple[float, float] | None = None  # OutputSpec.clamp
+
+    def settle(self, values: np.ndarray) -> None:
+        """Clamp, in place, values within the allowed slack of an integer output's range into it (the
+        output's statistics are taken after this, as of the values stored)."""
+        if self.clamp is not None:
+            np.clip(values, *self.clamp, out=values)
 
     def encode(self, values: np.ndarray) -> tuple[np.ndarray, int]:
         """The stored values and how many were clipped to fit."""
@@ -487,11 +496,12 @@ class Sink:
                 raise OutputError("no stdout stream was handed in to write the .npy stream to", target)
             self._stream = outputs.stdout
             self._stream.write(_npy_header(dtype, self.shape))
-            self.writer = StreamWriter(dtype, clip, target, spec.scale)
+            self.writer = StreamWriter(dtype, clip, target, spec.scale, spec.clamp)
         elif spec.kind in ("folder", "image"):
             folder = outputs.stage(target, folder=spec.kind == "folder")
-            self.writer = FolderWriter(dtype, clip, target, spec.scale, folder=folder, ext=spec.ext, layout=layout,
-                                       samples=samples, single_file=spec.kind == "image", alpha=spec.alpha)
+            self.writer = FolderWriter(dtype, clip, target, spec.scale, spec.clamp, folder=folder, ext=spec.ext,
+                                       layout=layout, samples=samples, single_file=spec.kind == "image",
+                                       alpha=spec.alpha)
         else:
             self._staged = outputs.stage(target)
             path = self._staged
@@ -503,12 +513,17 @@ class Sink:
             # Only the header: blocks extend the file as they land (see benchmarks/PROFILE.md).
             with open(path, "r+b") as f:
                 f.write(header)
-            self.writer = NpyWriter(dtype, clip, target, spec.scale, path=path, data_offset=len(header),
+            self.writer = NpyWriter(dtype, clip, target, spec.scale, spec.clamp, path=path, data_offset=len(header),
                                     sample_bytes=sample_bytes)
 
     @property
     def target(self) -> str:
         return self.spec.target
+
+    @property
+    def in_order(self) -> bool:
+        """Whether the driver writes the samples, in order, as the writer hands them back (stdout)."""
+        return not self.writer.positional
 
     def describe(self) -> str:
         """What this sink writes, as the closing report line says it."""
