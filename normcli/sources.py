@@ -3,6 +3,8 @@
 Arrays are read with explicit reads into fresh buffers (never np.load of the whole file,
 never a memmap whose touched pages would count in RSS); image folders are listed by
 relative path, their headers read first, and decoded on every core in order.
+
+What a part answers (the interface a new input format implements) is normcli/parts.py.
 """
 
 from __future__ import annotations
