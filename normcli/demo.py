@@ -12,7 +12,8 @@ import numpy as np
 from normcli.layout import Layout
 from normcli.passes import BatchPlan, ScalePlan, transform
 from normcli.sinks import write_array
-from normcli.sources import open_dataset, tutorial_dataset
+from normcli.sources import open_dataset
+from normcli.tutorial import tutorial_dataset
 from normcli.transforms import minmax, zscore
 
 BATCH = 10

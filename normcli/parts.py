@@ -17,6 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from normcli.errors import InputError
 from normcli.images import ReadOptions
 from normcli.layout import Layout
 
@@ -24,9 +25,7 @@ from normcli.layout import Layout
 class Piece(Protocol):
     """Samples of one part, in a given order, read by whichever worker runs them: small and picklable."""
 
-    @property
-    def count(self) -> int:
-        """How many samples it reads."""
+    count: int  # how many samples it reads (a field, or a property)
 
     def read(self) -> np.ndarray:
         """Its samples as one array, (count, *sample shape), in the part's dtype (the block casts)."""
@@ -107,3 +106,15 @@ class OpenOptions:
 # or .npy samples: a recognizer says whether an existing path is its format, the opener opens it.
 Recognizer = Callable[[Path], bool]
 Opener = Callable[[str, OpenOptions], Part]
+
+
+def file_with_suffix(*suffixes: str) -> Recognizer:
+    """A recognizer of files (not folders) whose suffix, in any case, is one of `suffixes`."""
+    return lambda path: path.suffix.lower() in suffixes and not path.is_dir()
+
+
+def concatenated(arrays: list[np.ndarray], where: str | None = None) -> np.ndarray:
+    """Arrays of samples as one along the sample axis; samples of different sizes are refused."""
+    if len({a.shape[1:] for a in arrays}) > 1:
+        raise InputError("images of different sizes cannot form one batch; resize them first", where)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -14,7 +14,6 @@ import threading
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial, reduce
-from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -28,7 +27,7 @@ from normcli.layout import Layout
 from normcli.moments import (BlockStats, Moments, NonFinite, checked, counted, counts_values, measure_block, merge,
                              nonfinite_error)
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
-from normcli.sources import Block, Chunk, Dataset, ImagePart
+from normcli.sources import Block, Chunk, Dataset
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 DEFAULT_BINS = 30
@@ -46,7 +45,7 @@ class Stats:
     scope: str
     moments: Moments
     histograms: Histograms | None
-    names: list[str] | None = None  # at sample scope: each sample's file (see sample_files)
+    names: list[str] | None = None  # at sample scope: each sample's file (see Dataset.sample_files)
     alpha_passed: bool = False  # images whose alpha channel is left out of the statistics
 
 
@@ -232,24 +231,7 @@ def _sample_bytes(dataset: Dataset) -> int:
 def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtype=None, samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
                  dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope.name,
-                 moments, histograms, sample_files(dataset) if scope.per_sample else None, dataset.alpha_passed)
-
-
-def sample_files(dataset: Dataset) -> list[str] | None:
-    """Each sample's file, for per-sample rows: an image in a folder, its path inside (under the
-    folder's name when several inputs are given); any other input, its path as given (with #frame
-    for a frame of an image file, as in a folder). None for a single array input, whose sample
-    index says it all."""
-    names = dataset.sample_names()
-    if len(dataset.inputs) == 1 and names and names[0] is None:
-        return None
-    start = 0
-    for name, part in zip(dataset.inputs, dataset.parts):
-        if not Path(name).is_dir():
-            tags = [h.frame_tag for h in part.headers] if isinstance(part, ImagePart) else [""] * part.n_samples
-            names[start:start + part.n_samples] = [name + tag for tag in tags]
-        start += part.n_samples
-    return names
+                 moments, histograms, dataset.sample_files() if scope.per_sample else None, dataset.alpha_passed)
 
 
 # -- transforms ---------------------------------------------------------------
@@ -424,7 +406,7 @@ class BatchPlan(Plan):
     def __init__(self, dataset: Dataset, scope, batch_size: int, gamma, beta, eps: float, *,
                  momentum: float | None = 0.1, drop_last: bool = False, order: np.ndarray | None = None,
                  seed: int | None = None, ignore_nan: bool = False):
-        """`order`: the input index of each position (--shuffle), made from `seed` (sources.shuffled_order)."""
+        """`order`: the input index of each position (--shuffle), made from `seed` (tutorial.shuffled_order)."""
         self.scope = as_scope(scope)
         self.batch_size = batch_size
         self.gamma, self.beta, self.eps = gamma, beta, eps

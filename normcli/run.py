@@ -249,7 +249,7 @@ class BatchParams:
             return plan, "batch norm (eval, running statistics)", 0
         order = None
         if self.shuffle:
-            from normcli.sources import shuffled_order
+            from normcli.tutorial import shuffled_order
 
             order = shuffled_order(dataset.n_samples, self.seed)
         plan = BatchPlan(dataset, scope, self.batch_size, gammas, betas, self.eps, momentum=self.momentum,
@@ -477,7 +477,7 @@ def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
     """`normcli sample`: the tutorial's dataset written to `output`; returns what was written."""
     from normcli.layout import Layout
     from normcli.sinks import output_kind, write_array
-    from normcli.sources import check_tutorial_size, tutorial_dataset
+    from normcli.tutorial import check_tutorial_size, tutorial_dataset
 
     kind = output_kind(output.target)
     check_tutorial_size(params.samples, params.size, params.channels)
