@@ -30,7 +30,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, Ru
 
 
 class SampleArrays(Part):
-    """A part that reads samples by position and by index: its blocks are runs of whole samples of
+    """A part that reads samples by position and by index: its blocks are slices of whole samples of
     about the byte budget, its pieces a slice where the indices follow each other, else a pick."""
 
     sample_bytes: int

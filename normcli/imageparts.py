@@ -64,7 +64,7 @@ class ImagePart(Part):
             raise UsageMismatch(f"images are read as NHWC; --layout {layout_name} does not apply to them")
 
     def blocks(self, max_bytes: int) -> list[Piece]:
-        """Runs of consecutive images of one size, of about `max_bytes` each."""
+        """Spans of consecutive images of one size, of about `max_bytes` each."""
         return [self.piece(span) for span in _same_size_spans(self.headers, max_bytes, self.dtype.itemsize)]
 
     def piece(self, local: Sequence[int]) -> Piece:

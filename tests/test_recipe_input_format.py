@@ -5,7 +5,6 @@ data as .npy, on the threads and the processes engines."""
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
