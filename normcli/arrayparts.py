@@ -49,7 +49,7 @@ class SampleArrays(Part):
                 for start in range(0, self.n_samples, per_block)]
 
     def piece(self, local: Sequence[int]) -> Piece:
-        local = [int(i) for i in local]
+        local = list(local)
         if local == list(range(local[0], local[0] + len(local))):
             return ArraySlice(self, local[0], len(local))
         return ArrayPick(self, tuple(local))

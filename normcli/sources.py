@@ -107,12 +107,15 @@ class Dataset:
     # colour channels (sample_shape) and alpha goes through unchanged (output_shape has it back).
     alpha_passed: bool = False
     block_bytes: int = CHUNK_BYTES  # what a block of blocks() holds at most (at least one sample)
-    # Each part's samples' output names (None for a part whose samples have none), worked out once.
+    # Worked out once: each part's samples' output names (None for a part whose samples have none),
+    # and the global index of each part's first sample.
     _names: tuple = field(init=False, repr=False, compare=False)
+    _starts: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         several = len(self.parts) > 1
         object.__setattr__(self, "_names", tuple(_output_names(part, several) for part in self.parts))
+        object.__setattr__(self, "_starts", np.cumsum([0] + [part.n_samples for part in self.parts[:-1]]))
 
     @property
     def inputs(self) -> list[str]:
@@ -163,13 +166,12 @@ class Dataset:
         """Every sample in order, as blocks of about `block_bytes` (at least one sample; images of
         one size each, since a block is one array)."""
         blocks: list[Block] = []
-        start = 0
-        for part, names in zip(self.parts, self._names):
-            first = start
+        for part, names, first in zip(self.parts, self._names, self._starts.tolist()):
+            local = 0
             for piece in part.blocks(self.block_bytes):
-                local = start - first
-                blocks.append(self._block([piece], None if names is None else names[local:local + piece.count], start))
-                start += piece.count
+                end = local + piece.count
+                blocks.append(self._block([piece], None if names is None else names[local:end], first + local))
+                local = end
         return blocks
 
     def batches(self, batch_size: int, order: np.ndarray | None = None) -> list[Block]:
@@ -186,12 +188,12 @@ class Dataset:
     def _pieces(self, indices) -> tuple[list[Piece], tuple[str, ...] | None]:
         """The samples at global `indices` as pieces of one input each, in order, and their output
         names (None unless every input they come from names its samples)."""
-        groups: list[tuple[int, list[int]]] = []  # (which part, its local indices)
-        for index in indices:
-            which, local = self._locate(int(index))
-            if not groups or groups[-1][0] != which:
-                groups.append((which, []))
-            groups[-1][1].append(local)
+        indices = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self._starts, indices, side="right") - 1
+        cuts = np.flatnonzero(np.diff(which)) + 1  # where the samples move on to another part
+        groups = [(int(part[0]), local.tolist())  # (which part, its local indices)
+                  for part, local in zip(np.split(which, cuts), np.split(indices - self._starts[which], cuts))
+                  if len(part)]
         pieces = [self.parts[which].piece(local) for which, local in groups]
         if any(self._names[which] is None for which, _ in groups):
             return pieces, None
@@ -230,11 +232,10 @@ class Dataset:
 
     def _locate(self, index: int) -> tuple[int, int]:
         """Which part holds global sample `index`, and its index there."""
-        for which, part in enumerate(self.parts):
-            if index < part.n_samples:
-                return which, index
-            index -= part.n_samples
-        raise IndexError(index)
+        if not 0 <= index < self.n_samples:
+            raise IndexError(index)
+        which = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return which, index - int(self._starts[which])
 
     def close(self) -> None:
         for part in self.parts:
