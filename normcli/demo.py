@@ -14,7 +14,8 @@ from normcli.options import Output
 from normcli.passes import Measuring, transform
 from normcli.plans import Batching, BatchPlan, ScalePlan
 from normcli.sinks import Outputs, write_array
-from normcli.sources import open_dataset, tutorial_dataset
+from normcli.sources import open_dataset
+from normcli.tutorial import tutorial_dataset
 from normcli.transforms import minmax, zscore
 
 BATCH = 10

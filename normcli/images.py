@@ -5,7 +5,7 @@ Pillow decodes every format except TIFF (tifffile, with imagecodecs for every co
 orientation applied, a palette as its colours, MinIsWhite inverted, CMYK and YCbCr as RGB (as Pillow
 converts them), a multi-frame file never silently cut to its first frame, and no decoder allocates
 more than --max-pixels allow.
-Nothing here knows about datasets or chunks: sources.py builds on it.
+Nothing here knows about datasets or blocks: imageparts.py builds on it.
 """
 
 from __future__ import annotations

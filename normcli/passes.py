@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from normcli.options import Output
 from normcli.plans import Plan
 from normcli.reduction import Pass, Progress, reduce, reduce_passes
 from normcli.scopes import Scope, scope as as_scope
-from normcli.sources import Dataset, ImagePart
+from normcli.sources import Dataset
 from normcli.statspass import HistogramTask, Measured, StatsTask, histogram_work, stats_pass
 
 DEFAULT_BINS = 30
@@ -45,7 +44,7 @@ class Stats:
     scope: str
     moments: Moments
     histograms: Histograms | None
-    names: list[str] | None = None  # at sample scope: each sample's file (see sample_files)
+    names: list[str] | None = None  # at sample scope: each sample's file (see Dataset.sample_files)
     alpha_passed: bool = False  # images whose alpha channel is left out of the statistics
 
 
@@ -127,24 +126,7 @@ def _sample_bytes(dataset: Dataset) -> int:
 def _stats(dataset: Dataset, scope: Scope, moments: Moments, histograms, *, dtype=None, samples=None) -> Stats:
     return Stats(dataset.inputs, dataset.n_samples if samples is None else samples,
                  dataset.sample_shape, str(dtype or dataset.dtype), dataset.layout.name, scope.name,
-                 moments, histograms, sample_files(dataset) if scope.per_sample else None, dataset.alpha_passed)
-
-
-def sample_files(dataset: Dataset) -> list[str] | None:
-    """Each sample's file, for per-sample rows: an image in a folder, its path inside (under the
-    folder's name when several inputs are given); any other input, its path as given (with #frame
-    for a frame of an image file, as in a folder). None for a single array input, whose sample
-    index says it all."""
-    names = dataset.sample_names()
-    if len(dataset.inputs) == 1 and names and names[0] is None:
-        return None
-    start = 0
-    for name, part in zip(dataset.inputs, dataset.parts):
-        if not Path(name).is_dir():
-            tags = [h.frame_tag for h in part.headers] if isinstance(part, ImagePart) else [""] * part.n_samples
-            names[start:start + part.n_samples] = [name + tag for tag in tags]
-        start += part.n_samples
-    return names
+                 moments, histograms, dataset.sample_files() if scope.per_sample else None, dataset.alpha_passed)
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ class Batching:
     momentum: float | None = 0.1  # None: the cumulative average
     drop_last: bool = False
     order: np.ndarray | None = None  # the input index of each position (--shuffle), made from `seed`
-    seed: int | None = None  # (sources.shuffled_order)
+    seed: int | None = None  # (tutorial.shuffled_order)
 
 
 class BatchPlan(Plan):

@@ -241,7 +241,7 @@ class BatchParams:
             return Planned(plan, "batch norm (eval, running statistics)")
         order = None
         if self.shuffle:
-            from normcli.sources import shuffled_order
+            from normcli.tutorial import shuffled_order
 
             order = shuffled_order(dataset.n_samples, self.seed)
         batching = Batching(self.batch_size, self.momentum, self.drop_last, order, self.seed if self.shuffle else None)
@@ -469,7 +469,7 @@ def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
     """`normcli sample`: the tutorial's dataset written to `output`; returns what was written."""
     from normcli.layout import Layout
     from normcli.sinks import Outputs, output_kind, write_array
-    from normcli.sources import check_tutorial_size, tutorial_dataset
+    from normcli.tutorial import check_tutorial_size, tutorial_dataset
 
     kind = output_kind(output.target)
     check_tutorial_size(params.samples, params.size, params.channels)

@@ -72,7 +72,7 @@ def image_tree(tmp_path, rng) -> Path:
 
 @pytest.fixture
 def tutorial_npy(tmp_path) -> Path:
-    from normcli.sources import tutorial_dataset
+    from normcli.tutorial import tutorial_dataset
 
     path = tmp_path / "data.npy"
     np.save(path, tutorial_dataset(n=50, size=8, seed=3))

@@ -4,6 +4,7 @@ normcli's results are checked against (each written once, so that every test che
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -155,3 +156,19 @@ def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def read_blocks(dataset, max_bytes: int | None = None):
+    """Every block of `dataset` read in order, here (passes read them on their engine), in blocks of
+    about `max_bytes` where given."""
+    if max_bytes is not None:
+        dataset = dataclasses.replace(dataset, block_bytes=max_bytes)
+    for block in dataset.blocks():
+        yield block.read()
+
+
+def take(dataset, indices) -> np.ndarray:
+    """The samples of `dataset` at global `indices`, in that order: the first batch of an order that
+    starts with them."""
+    order = np.resize(np.asarray(indices, dtype=np.int64), dataset.n_samples)
+    return dataset.batches(len(indices), order)[0].read().data

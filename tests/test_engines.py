@@ -34,8 +34,7 @@ def cluster():
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    original = Dataset.blocks
-    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=SMALL_BLOCKS: original(self, max_bytes))
+    monkeypatch.setattr(Dataset, "block_bytes", SMALL_BLOCKS)  # the blocks of every dataset opened from now
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ are put back into sample shape with Layout.to_sample (tested on its own in test_
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import tempfile
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from normcli.layout import Layout
 from normcli.moments import BlockStats, Moments, chan_merge, checked, measure_block, merge, merge_all
 from normcli.scopes import SCOPES as SCOPE_VALUES
 from normcli.passes import measure
-from normcli.sources import Dataset, open_dataset
+from normcli.sources import open_dataset
 
 from helpers import SCOPES, reference_rows
 
@@ -108,8 +107,8 @@ def measure_file(x: np.ndarray, layout: str, scope: str, max_bytes: int, **kwarg
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.npy"
         np.save(path, x)
-        with open_dataset([str(path)], layout=layout) as dataset, \
-                mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, max_bytes)):
+        with open_dataset([str(path)], layout=layout) as opened:
+            dataset = replace(opened, block_bytes=max_bytes)
             sizes = [block.count for block in dataset.blocks()]
             return measure(dataset, scope, **kwargs), sizes
 
@@ -294,9 +293,8 @@ def test_large_offset_through_a_dataset(offset_data, tmp_path):
     path = tmp_path / "offset.npy"
     np.save(path, x.reshape(-1, 10))
     for max_bytes in (80 * 9_999, 80 * 1_000):
-        with open_dataset([str(path)]) as dataset, \
-                mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, max_bytes)):
-            stats = measure(dataset, "global", bins=0)
+        with open_dataset([str(path)]) as dataset:
+            stats = measure(replace(dataset, block_bytes=max_bytes), "global", bins=0)
         assert rel_err(stats.moments.var()[0], var_ref) <= REL
         assert rel_err(stats.moments.mean[0], mean_ref) <= REL
 
@@ -390,10 +388,9 @@ def test_nonfinite_without_ignore_nan_counts_and_locates(tmp_path):
     path = tmp_path / "bad.npy"
     np.save(path, x)
     # chunks of 2 samples: the first bad sample is not in the first chunk
-    with open_dataset([str(path)]) as dataset, \
-            mock.patch.object(Dataset, "blocks", functools.partialmethod(Dataset.blocks, x[0].nbytes * 2)):
+    with open_dataset([str(path)]) as dataset:
         with pytest.raises(NonFiniteError) as info:
-            measure(dataset, "channel", bins=0)
+            measure(replace(dataset, block_bytes=x[0].nbytes * 2), "channel", bins=0)
     message = str(info.value)
     assert "\n" not in message
     assert "2 NaN" in message and "1 +inf" in message and "1 -inf" in message

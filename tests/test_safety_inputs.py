@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
-from normcli import sources, statsfile
+from normcli import arrayparts, statsfile
 from normcli.errors import StatsFileError
 from refusals import workspace  # noqa: F401  (the fixture)
 
@@ -173,7 +173,7 @@ def test_fortran_npz_members_are_read_whole_only_below_the_limit(workspace, monk
     run_cli("standardize", "f.npz", "-o", "zf.npy")
     run_cli("standardize", "c.npy", "-o", "zc.npy")
     np.testing.assert_array_equal(np.load("zf.npy"), np.load("zc.npy"))
-    monkeypatch.setattr(sources, "FORTRAN_NPZ_MAX_BYTES", ARRAY.nbytes - 1)
+    monkeypatch.setattr(arrayparts, "FORTRAN_NPZ_MAX_BYTES", ARRAY.nbytes - 1)
     workspace.refused("stats", "f.npz", contains="save it in C order")
 
 

@@ -16,6 +16,7 @@ from conftest import run_cli, write_image
 from normcli.errors import OutputError
 from normcli.layout import Layout
 from normcli.sinks import OutputSpec, Outputs, Sink, inside
+from helpers import read_blocks
 from refusals import snapshot, workspace  # noqa: F401  (the fixture)
 
 
@@ -119,7 +120,7 @@ def test_one_image_input_with_an_image_suffix_writes_that_one_file(inputs, suffi
     from normcli.sources import open_dataset
 
     with open_dataset([f"result{suffix}"]) as written, open_dataset([f"as_folder/one.{ext.lower()}"]) as reference:
-        np.testing.assert_array_equal(next(written.chunks()).data, next(reference.chunks()).data)
+        np.testing.assert_array_equal(next(read_blocks(written)).data, next(read_blocks(reference)).data)
 
 
 def test_the_closing_line_goes_to_stderr_when_stdout_carries_data(inputs):

@@ -18,7 +18,7 @@ from normcli.plans import ScalePlan
 from normcli.sources import Dataset, open_dataset
 from normcli.transforms import Affine, minmax, zscore
 
-from helpers import save, transform
+from helpers import read_blocks, save, transform
 
 
 
@@ -223,7 +223,7 @@ def test_tiff_folder_holds_every_channel_count(tmp_path, rng, channels):
     # ...and normcli reads its own output back as the same samples.
     with open_dataset([str(out)]) as dataset:
         assert dataset.sample_shape == (5, 4, channels)
-        np.testing.assert_array_equal(np.concatenate([c.data for c in dataset.chunks()]), x.astype(np.float32))
+        np.testing.assert_array_equal(np.concatenate([c.data for c in read_blocks(dataset)]), x.astype(np.float32))
 
 
 def test_npy_folder(tmp_path, array):
@@ -358,8 +358,7 @@ class Boom(RuntimeError):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """One sample per chunk, so that a run writes in several steps."""
-    original = Dataset.blocks
-    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
+    monkeypatch.setattr(Dataset, "block_bytes", 1)  # the blocks of every dataset opened from now
 
 
 def failing_on_second_chunk(plan: ScalePlan) -> ScalePlan:
@@ -417,8 +416,7 @@ def test_a_failed_forced_run_keeps_the_old_output(tmp_path, array, small_chunks,
 def test_several_chunks_write_the_same_as_one(tmp_path, array, monkeypatch):
     source = save(tmp_path, array)
     run([source], standardize_plan(), tmp_path / "one.npz")
-    original = Dataset.blocks
-    monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
+    monkeypatch.setattr(Dataset, "block_bytes", 1)  # the blocks of every dataset opened from now
     run([source], standardize_plan(), tmp_path / "many.npz")
     with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "many.npz") as many:
         np.testing.assert_array_equal(one["data"], many["data"])

@@ -26,6 +26,8 @@ from normcli.png16 import png16_channels, write_png16
 from normcli.images import ReadOptions
 from normcli.sources import open_dataset
 
+from helpers import read_blocks, take
+
 EVERY_CHANNEL = ReadOptions(include_alpha=True)  # decoding tests: alpha as decoded, not set apart
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -33,7 +35,7 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 # ----------------------------------------------------------------------------- helpers
 def read_all(dataset, max_bytes=None):
-    chunks = list(dataset.chunks() if max_bytes is None else dataset.chunks(max_bytes))
+    chunks = list(read_blocks(dataset) if max_bytes is None else read_blocks(dataset, max_bytes))
     return chunks, np.concatenate([c.data for c in chunks])
 
 
@@ -353,7 +355,7 @@ def test_stdin_reads_an_npy_stream(tmp_path, monkeypatch):
     chunks, got = read_all(dataset, 100)
     np.testing.assert_array_equal(got, x)
     assert got.dtype == np.float32 and got.dtype.isnative
-    np.testing.assert_array_equal(dataset.take([8, 2]), x[[8, 2]])  # read twice: spooled, not consumed
+    np.testing.assert_array_equal(take(dataset, [8, 2]), x[[8, 2]])  # read twice: spooled, not consumed
     dataset.close()
     assert list(tmp_path.iterdir()) == []  # the spool is gone
 
@@ -498,7 +500,7 @@ def test_mixed_sizes_give_none_and_chunks_split_at_size_changes(image_tree):
         assert dataset.sample_shape == (None, None, 3)
         assert not dataset.uniform and dataset.channels == 3
         for max_bytes in (1, 1 << 20):
-            chunks = list(dataset.chunks(max_bytes))
+            chunks = list(read_blocks(dataset, max_bytes))
             assert check_chunk_starts(chunks) == len(files)
             names = [n for c in chunks for n in c.names]
             assert names == files
@@ -712,9 +714,9 @@ def test_an_npy_folder_reads_one_sample_a_file_in_sorted_order(tmp_path, n, shap
     (folder / ".hidden.npy").write_bytes(b"not read")  # dot-files are skipped as in image folders
     with open_dataset([str(folder)]) as dataset:
         assert (dataset.n_samples, dataset.sample_shape, dataset.dtype) == (n, tuple(shape), samples.dtype)
-        got = np.concatenate([chunk.data for chunk in dataset.chunks(max_bytes)])
+        got = np.concatenate([chunk.data for chunk in read_blocks(dataset, max_bytes)])
         assert dataset.sample_names() == [f"{i:06d}.npy" for i in range(n)]
-        np.testing.assert_array_equal(dataset.take(list(range(n))[::-1]), samples[::-1])
+        np.testing.assert_array_equal(take(dataset, list(range(n))[::-1]), samples[::-1])
     np.testing.assert_array_equal(got, samples)
 
 

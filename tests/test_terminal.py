@@ -45,7 +45,7 @@ def normcli(*args, cwd, **extra) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    from normcli.sources import tutorial_dataset
+    from normcli.tutorial import tutorial_dataset
 
     path = tmp_path / "data.npy"
     np.save(path, tutorial_dataset(n=40, size=8, seed=1))

@@ -98,8 +98,7 @@ def data(rng):
 def chunking(request, monkeypatch):
     """Run with the default chunks, or with one sample per chunk (merged on several threads)."""
     if request.param != "one chunk":
-        original = Dataset.blocks
-        monkeypatch.setattr(Dataset, "blocks", lambda self, max_bytes=1: original(self, max_bytes))
+        monkeypatch.setattr(Dataset, "block_bytes", 1)  # the blocks of every dataset opened from now
     return request.param
 
 
