@@ -121,7 +121,7 @@ def _fold(total, value, combine=HistogramCounts.merge):
 
 def check_scope(dataset: Dataset, scope: Scope | str) -> None:
     scope = as_scope(scope)
-    if scope.nested and not dataset.uniform:
+    if scope.by_position and not dataset.uniform:
         raise InputError(f"--per {scope.name} needs samples of one size, but these images differ in size; "
                          "use --per channel, global or sample", dataset.inputs[0])
 
@@ -688,7 +688,7 @@ class ValueTable:
 def value_table(applier, channels: int, work_dtype: np.dtype, writer, clamp=None) -> ValueTable | None:
     """The table of a fixed per-key affine map (AffineApply at a scope whose keys are channels, or
     one key) into `writer`'s integers, its values clamped to `clamp` if given; None for any other applier."""
-    if not isinstance(applier, AffineApply) or applier.scope.per_sample or applier.scope.nested:
+    if not isinstance(applier, AffineApply) or applier.scope.per_sample or applier.scope.by_position:
         return None
     columns = 1 if applier.scope.single_key else channels
     values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], columns, axis=1)[None]  # (1, 256, columns)
