@@ -3,8 +3,8 @@ each one reduces, and everything that follows from that.
 
 A scope is a frozen value, as a Layout is: its keys and the shape they take, how per-key values
 broadcast against a chunk, how its rows are labelled, whether its statistics can be saved and
-applied to other data. Adding a scope is adding one value to SCOPES; everything that reads the
-scopes (the --per choices, reports, saved files) reads SCOPES when it runs.
+applied to other data. Adding a scope is adding one value to SCOPES: the --per choices, reports
+and saved files follow from its axes.
 """
 
 from __future__ import annotations
