@@ -79,12 +79,7 @@ def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarra
     per-sample scopes take the rows of this block's samples, `edges[0]` being `first_sample`'s."""
     v = layout.npc(data)
     bins = edges.shape[1] - 1
-    if scope.one_histogram or scope.single_key:
-        groups = [v]
-    elif scope.per_sample:
-        groups = list(v)
-    else:
-        groups = [v[:, :, c] for c in range(v.shape[2])]
+    groups = [v] if scope.one_histogram else scope.key_views(v)
     counts = []
     for row_edges, values in zip(edges, groups):
         low, high = row_edges[0], row_edges[-1]

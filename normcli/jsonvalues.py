@@ -11,11 +11,11 @@ from normcli.scopes import SCOPES
 
 
 def json_values(values: np.ndarray, scope: str, layout: str, sample_shape) -> list:
-    """Per-key values for JSON: nested like one sample for the pixel scope, a flat list otherwise;
-    NaN and inf (a key without values) become null."""
+    """Per-key values for JSON: laid out as the keys' shape for a scope whose keys are positions
+    (pixel: like one sample), a flat list otherwise; NaN and inf (a key without values) become null."""
     values = np.asarray(values)
-    if SCOPES[scope].nested:
-        values = Layout(layout).to_sample(values, sample_shape)
+    if SCOPES[scope].by_position:
+        values = SCOPES[scope].key_grid(values, Layout(layout), sample_shape)
     return finite_or_null(values.tolist())
 
 

@@ -24,8 +24,13 @@ class Layout:
     def has_channels(self) -> bool:
         return "C" in self.name
 
+    @property
+    def channel_axis(self) -> int | None:
+        """The axis of a sample that holds the channels (None: one channel, no axis)."""
+        return self.name.index("C") - 1 if self.has_channels else None
+
     def channels(self, sample_shape) -> int:
-        return sample_shape[self.name.index("C") - 1] if self.has_channels else 1
+        return sample_shape[self.channel_axis] if self.has_channels else 1
 
     def npc(self, data: np.ndarray) -> np.ndarray:
         """A view of `data` (samples first) shaped (samples, positions, channels).

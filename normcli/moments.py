@@ -262,7 +262,7 @@ def merge_all(parts) -> BlockStats:
 def counts_values(dtype, scope: Scope) -> bool:
     """Whether a scope counts every value: small integers at scopes that reduce over positions
     (few keys), which gives exact moments and exact histograms of any binning from one pass."""
-    return np.dtype(dtype).type in SMALL_INTEGERS and not scope.per_sample and not scope.nested
+    return np.dtype(dtype).type in SMALL_INTEGERS and not scope.per_sample and not scope.by_position
 
 
 # -- measuring one block ------------------------------------------------------------

@@ -107,7 +107,7 @@ def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=Non
 
 def check_scope(dataset: Dataset, scope: Scope | str) -> None:
     scope = as_scope(scope)
-    if scope.nested and not dataset.uniform:
+    if scope.by_position and not dataset.uniform:
         raise InputError(f"--per {scope.name} needs samples of one size, but these images differ in size; "
                          "use --per channel, global or sample", dataset.inputs[0])
 

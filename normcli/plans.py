@@ -151,7 +151,7 @@ class ScalePlan(Plan):
         return AffineApply(self.scope, self.affine, self.clip)
 
     def value_map(self, channels: int):
-        if self.scope.per_sample or self.scope.nested:
+        if self.scope.per_sample or self.scope.by_position:
             return None
         return (partial(self.affine.apply, scope=self.scope, clip=self.clip),
                 1 if self.scope.single_key else channels)

@@ -46,8 +46,8 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
     shaped = {name: json_values(values, stats.scope, stats.layout, stats.sample_shape)
               for name, values in columns.items()}
     rows = []
-    if SCOPES[stats.scope].nested:  # one row whose values are shaped like a sample
-        rows.append({"key": SCOPES[stats.scope].label, **shaped})
+    if SCOPES[stats.scope].by_position:  # one row whose values are laid out as the keys
+        rows.append({"key": row_keys(stats)[0], **shaped})
     else:
         files = sample_files(stats)
         for k, key in enumerate(row_keys(stats)):
@@ -70,7 +70,8 @@ def stats_json(stats, ddof: int = 0) -> dict:
 
 
 def stats_csv(stats, ddof: int = 0) -> str:
-    """One line per key; the pixel scope gets one line per position and channel."""
+    """One line per key; keys by position are named by their index in the keys' shape (pixel: the
+    sample's, "row:column:channel" for NHWC)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     named = _columns(stats, ddof)
@@ -78,8 +79,8 @@ def stats_csv(stats, ddof: int = 0) -> str:
     writer.writerow(["key", *(["file"] if files is not None else []), *named])
     m = stats.moments
     columns = list(named.values())
-    if SCOPES[stats.scope].nested:
-        index = Layout(stats.layout).to_sample(np.arange(len(m)), stats.sample_shape)
+    if SCOPES[stats.scope].by_position:  # a line per key, named by its place in the keys' shape
+        index = SCOPES[stats.scope].key_grid(np.arange(len(m)), Layout(stats.layout), stats.sample_shape)
         keys = [""] * len(m)
         for position in np.ndindex(index.shape):
             keys[index[position]] = ":".join(map(str, position))
@@ -185,8 +186,8 @@ def _clip_left(text: str, width: int) -> str:
 def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_ROWS, shown=str) -> TextTable:
     """The stats table in at most `width` columns: six significant digits, else four, else
     without std (the square root of var), else without count too; long file names keep their end,
-    as `shown` spells them for the stream. The pixel scope shows the lowest and the highest value of
-    each statistic over its positions."""
+    as `shown` spells them for the stream. A scope of keys by position (pixel) shows the lowest and the
+    highest value of each statistic over its keys."""
     named = _columns(stats, ddof)
     files = sample_files(stats)
     files = None if files is None else [shown(name) for name in files]
@@ -194,7 +195,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_R
     kept = range(len(keys) if max_rows is None else min(len(keys), max_rows))
     for digits, dropped in ((6, ()), (4, ()), (4, ("std",)), (4, ("std", "count"))):
         columns = {name: values for name, values in named.items() if name not in dropped}
-        if SCOPES[stats.scope].nested:
+        if SCOPES[stats.scope].by_position:
             rows = [[which, *(fmt(_finite_extreme(c, pick), digits) for c in columns.values())]
                     for which, pick in (("lowest", np.min), ("highest", np.max))]
         else:
@@ -207,7 +208,7 @@ def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_R
             _fit_file_column(table, width)
         if table.width() <= width:
             break
-    if not SCOPES[stats.scope].nested:
+    if not SCOPES[stats.scope].by_position:
         table.more = len(keys) - len(kept)
     return table
 
@@ -334,7 +335,7 @@ class Printer:
         if title:
             self.line(title, style="bold")
         samples = f"{stats.samples:,} sample" + ("" if stats.samples == 1 else "s")
-        scope = f"per {stats.scope}" + (f" ({len(stats.moments):,} positions)" if SCOPES[stats.scope].nested else "")
+        scope = f"per {stats.scope}" + (f" ({len(stats.moments):,} positions)" if SCOPES[stats.scope].by_position else "")
         alpha = ", alpha passed through" if stats.alpha_passed else ""
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
@@ -344,7 +345,8 @@ class Printer:
 
     def histograms(self, stats) -> None:
         keys = row_keys(stats)
-        shown = min(len(keys), MAX_HISTOGRAMS)
+        rows = len(stats.histograms.counts)  # one of all values, or one per key
+        shown = min(rows, MAX_HISTOGRAMS)
         for k in range(shown):
             counts, edges = stats.histograms.counts[k], stats.histograms.edges[k]
             label = "all values" if SCOPES[stats.scope].one_histogram else f"{stats.scope} {keys[k]}"
@@ -353,8 +355,8 @@ class Printer:
             for text in lines[:-1]:
                 self.line("  " + text, style="cyan")
             self.line("  " + lines[-1], style="dim")
-        if len(keys) > shown:
-            self.line(f"  (histograms of {len(keys) - shown:,} more rows in --format json)", style="dim")
+        if rows > shown:
+            self.line(f"  (histograms of {rows - shown:,} more rows in --format json)", style="dim")
 
     def batches(self, batches) -> None:
         # a summary row for two or more batches left out; one left out is shown as itself

@@ -1,9 +1,10 @@
 """The scopes of statistics (`--per`): which axes of the (samples, positions, channels) view
 each one reduces, and everything that follows from that.
 
-A scope is a frozen value, as a Layout is: its keys, how per-key values broadcast against a
-chunk, how its rows are labelled, whether its statistics can be saved and applied to other
-data. Adding a scope is adding one value here.
+A scope is a frozen value, as a Layout is: its keys and the shape they take, how per-key values
+broadcast against a chunk, how its rows are labelled, whether its statistics can be saved and
+applied to other data. Adding a scope is adding one value to SCOPES: the --per choices, reports
+and saved files follow from its axes.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ class Scope:
 
     name: str
     reduced: tuple[int, ...]
-    label: str | None  # the one row's name, or None: rows are numbered by key
+    label: str | None = None  # the name of a report's one row (see row_labels); None: the scope's name
 
     @property
     def per_sample(self) -> bool:
-        """Whether the keys are the samples themselves (each chunk then holds whole keys)."""
+        """Whether the keys follow the samples (each chunk then holds whole keys, in sample order)."""
         return SAMPLES not in self.reduced
 
     @property
@@ -44,24 +45,60 @@ class Scope:
         return set(self.reduced) == {SAMPLES, POSITIONS, CHANNELS}
 
     @property
-    def nested(self) -> bool:
-        """Whether the keys are positions of a sample: one row whose values are shaped like a sample."""
+    def by_position(self) -> bool:
+        """Whether the keys include the positions of a sample (pixel): they are many, the data needs
+        samples of one shape, and a report shows them as one row of values laid out as `key_shape`."""
         return POSITIONS not in self.reduced
 
     @property
     def one_histogram(self) -> bool:
-        """Whether the scope's histogram is of all values (one row), rather than one per key."""
-        return self.nested
+        """Whether the scope has one histogram of all its values (one row of keys by position) rather
+        than one per key."""
+        return self.by_position
+
+    def key_shape(self, layout: Layout, sample_shape, n_samples: int) -> tuple[int, ...]:
+        """The shape per-key values take: (n_samples,) when keys follow the samples, then the sample's
+        own axes that the keys keep (positions: every axis but C; channels: C, or 1 where the
+        layout has none). () global, (C,) channel, (N,) sample, the sample's shape pixel."""
+        shape = (n_samples,) if self.per_sample else ()
+        channel_axis = layout.channel_axis
+        if self.by_position:
+            return shape + tuple(d for a, d in enumerate(sample_shape)
+                                 if a != channel_axis or CHANNELS not in self.reduced)
+        return shape + ((layout.channels(sample_shape),) if CHANNELS not in self.reduced else ())
+
+    def key_grid(self, values, layout: Layout, sample_shape) -> np.ndarray:
+        """Per-key values (flat, in key order) laid out as `key_shape`: in the sample's own axis
+        order, which differs from the key order (positions, then channels) for NCHW."""
+        import numpy as np
+
+        kept = self._kept_sample_shape(layout, sample_shape)
+        samples = np.asarray(values).reshape(-1, math.prod(kept))  # one row of keys per sample they follow
+        grid = np.stack([layout.to_sample(keys, kept) for keys in samples])
+        return grid.reshape(self.key_shape(layout, sample_shape, len(samples)))
+
+    def key_order(self, grid, layout: Layout, sample_shape) -> np.ndarray:
+        """Values laid out as `key_shape` back into a flat array in key order (key_grid's inverse)."""
+        import numpy as np
+
+        grid = np.asarray(grid)
+        kept = self._kept_sample_shape(layout, sample_shape)
+        samples = grid.reshape(-1, *kept)
+        return np.ascontiguousarray(layout.npc(samples)).reshape(-1)
+
+    def _kept_sample_shape(self, layout: Layout, sample_shape) -> tuple[int, ...]:
+        """One sample's shape with the axes the keys do not keep as 1."""
+        channel_axis = layout.channel_axis
+        return tuple(d if (CHANNELS if a == channel_axis else POSITIONS) not in self.reduced else 1
+                     for a, d in enumerate(sample_shape))
 
     def keys_of(self, npc_shape) -> int:
         """How many keys a (samples, positions, channels) array has."""
         return math.prod(npc_shape[a] for a in range(3) if a not in self.reduced)
 
     def keys(self, layout: Layout, sample_shape, n_samples: int) -> int:
-        """How many keys (rows of statistics) a dataset has."""
-        channels = layout.channels(sample_shape)
-        positions = 1 if POSITIONS in self.reduced else math.prod(sample_shape) // channels
-        return self.keys_of((n_samples, positions, channels))
+        """How many keys a dataset has."""
+        return math.prod(self.key_shape(layout, sample_shape, n_samples))
 
     def values_per_key(self, npc_shape) -> int:
         """How many values each key has in a (samples, positions, channels) array."""
@@ -79,7 +116,7 @@ class Scope:
 
         Per-channel values against C-contiguous arrays come as rows of about 4096 values against
         the values repeated along a row: numpy's loop over (M, C) rows against a (C,) vector is
-        three times slower. Any other scope is one piece.
+        slower (benchmarks/PROFILE.md). Any other scope is one piece.
         """
         import numpy as np
 
@@ -97,20 +134,29 @@ class Scope:
         if whole < len(rows[0]):
             yield tuple(r[whole:] for r in rows), tuple(np.asarray(v) for v in values)
 
+    def key_views(self, v: np.ndarray):
+        """One view of a (samples, positions, channels) array per key, in key order."""
+        import numpy as np
+
+        kept = [a for a in range(3) if a not in self.reduced]
+        for index in np.ndindex(*(v.shape[a] for a in kept)):
+            at = dict(zip(kept, index))
+            yield v[tuple(at.get(a, slice(None)) for a in range(3))]
+
     def row_labels(self, keys: int) -> list[str]:
-        """The names of a report's rows: the one row's label, else each key's index."""
-        if self.label is not None:
-            return [self.label]
+        """The names of a report's rows: a scope with one key, or keys by position, has one row (its
+        label); any other, a row per key, named by its index."""
+        if self.single_key or self.by_position:
+            return [self.label or self.name]
         return [str(k) for k in range(keys)]
 
 
 GLOBAL = Scope("global", (SAMPLES, POSITIONS, CHANNELS), "all")  # every value
-CHANNEL = Scope("channel", (SAMPLES, POSITIONS), None)  # all samples and positions, per channel
-SAMPLE = Scope("sample", (POSITIONS, CHANNELS), None)  # each sample on its own
+CHANNEL = Scope("channel", (SAMPLES, POSITIONS))  # all samples and positions, per channel
+SAMPLE = Scope("sample", (POSITIONS, CHANNELS))  # each sample on its own
 PIXEL = Scope("pixel", (SAMPLES,), "pixel")  # each (position, channel) across samples
 
 SCOPES: dict[str, Scope] = {s.name: s for s in (GLOBAL, CHANNEL, SAMPLE, PIXEL)}
-FITTABLE = tuple(name for name, s in SCOPES.items() if s.reapplicable)
 
 
 def scope(name: str | Scope) -> Scope:

@@ -4,7 +4,8 @@
      "count": [...], "mean": [...], "m2": [...], "var": [...], "min": [...], "max": [...],
      "ddof": 0, "inputs": [...]}
 
-Arrays are shaped like the scope (global: 1, channel: C, pixel: one sample's shape).
+Arrays are shaped like the scope's keys (global: 1, channel: C, pixel: one sample's shape:
+Scope.key_shape for scopes of keys by position, a flat list otherwise).
 Integer data keep min and max as JSON integers. What an exact merge needs comes too, so that
 files merge exactly as one run's blocks do: float data their "shift" (a value near each key's
 data) and "shifted_mean" (the mean of x - shift), about which "m2" is summed; integer data their
@@ -24,10 +25,9 @@ from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_e
 from normcli.jsonvalues import json_values
 from normcli.layout import LAYOUTS, Layout
 from normcli.moments import FloatMoments, IntegerSums, Moments, python_ints, whole_numbers
-from normcli.scopes import FITTABLE, SCOPES
+from normcli.scopes import SCOPES
 
 SCHEMA_VERSION = 1
-FITTABLE_SCOPES = FITTABLE
 _ARRAYS = ("count", "mean", "m2", "min", "max")
 _EXTRA_ARRAYS = ("running_mean", "running_var")
 _FLOAT_SOURCE = ("shift", "shifted_mean")  # FloatMoments' shift and mean, relative to it
@@ -172,11 +172,10 @@ def _check_values(arrays: dict, extra: dict) -> None:
 
 
 def _keys(per: str, layout: str, sample_shape, doc) -> int:
-    if SCOPES[per].per_sample:
-        return len(doc["count"])
-    if SCOPES[per].nested and None in sample_shape:
+    scope = SCOPES[per]
+    if scope.by_position and None in sample_shape:
         raise ValueError(f"a {per}-scope file needs a fixed sample shape")
-    return SCOPES[per].keys(Layout(layout), sample_shape, 0)
+    return scope.keys(Layout(layout), sample_shape, len(doc["count"]) if scope.per_sample else 0)
 
 
 def _flat(values, keys: int, name: str) -> np.ndarray:
@@ -198,11 +197,11 @@ def _flat(values, keys: int, name: str) -> np.ndarray:
 
 
 def _keyed(array: np.ndarray, per: str, layout: str, sample_shape) -> np.ndarray:
-    """Pixel-scope arrays are stored shaped like one sample: back into the keys' (position, channel)
-    order, which differs from the sample's own order for NCHW (the inverse of StatsFile.shaped)."""
-    if not SCOPES[per].nested:
+    """Arrays of keys by position are stored laid out as the keys' shape (pixel: one sample's): back
+    into key order, which differs from the sample's own order for NCHW (the inverse of StatsFile.shaped)."""
+    if not SCOPES[per].by_position:
         return array
-    return np.ascontiguousarray(Layout(layout).npc(array.reshape(1, *sample_shape))[0]).reshape(-1)
+    return SCOPES[per].key_order(array, Layout(layout), sample_shape)
 
 
 def _leaves(value):
@@ -251,15 +250,15 @@ def check_options(stats: StatsFile, path: str, *, per: str | None, layout: str |
 
 def check_fits(stats: StatsFile, dataset, path: str) -> None:
     """A file applied to data must agree with it: scope, layout and shape (else a file error)."""
-    if stats.per not in FITTABLE_SCOPES:
+    scope = SCOPES[stats.per]
+    if not scope.reapplicable:
         raise StatsFileError(f"{stats.per} statistics belong to the samples they came from; they cannot be "
                              "applied to other data", path)
     if dataset.layout.name != stats.layout:
         raise StatsFileError(f"fitted on layout {stats.layout}, but the data is {dataset.layout.name}", path)
-    scope = SCOPES[stats.per]
-    if not scope.nested and scope.keys(dataset.layout, dataset.sample_shape, 0) != len(stats.moments):
+    if not scope.by_position and scope.keys(dataset.layout, dataset.sample_shape, 0) != len(stats.moments):
         raise StatsFileError(f"fitted on {len(stats.moments)} channels, but the data has {dataset.channels}", path)
-    if scope.nested and tuple(stats.sample_shape) != tuple(dataset.sample_shape):
+    if scope.by_position and tuple(stats.sample_shape) != tuple(dataset.sample_shape):
         raise StatsFileError(f"fitted on samples of shape {list(stats.sample_shape)}, but the data's are "
                              f"{list(dataset.sample_shape)}", path)
 
@@ -268,7 +267,7 @@ def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
     """Several files' statistics as one, as if measured in one run (exactly so where every file holds
     its source: see the module's docstring)."""
     name, first = files[0]
-    if first.per not in FITTABLE_SCOPES:
+    if not SCOPES[first.per].reapplicable:
         raise StatsFileError("per-sample statistics do not merge; they belong to their own samples", name)
     merged = first.moments
     inputs = list(first.inputs)
@@ -277,7 +276,7 @@ def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
             if getattr(other, attr) != getattr(first, attr):
                 raise StatsFileError(f"{attr} {getattr(other, attr)} differs from {files[0][0]}'s "
                                      f"{getattr(first, attr)}", name)
-        if len(other.moments) != len(merged) or (SCOPES[first.per].nested and other.sample_shape != first.sample_shape):
+        if len(other.moments) != len(merged) or (SCOPES[first.per].by_position and other.sample_shape != first.sample_shape):
             raise StatsFileError(f"shape differs from {files[0][0]}'s", name)
         merged = merged.merge(other.moments)
         inputs += other.inputs
