@@ -1,0 +1,563 @@
+"""Exact quantiles of data larger than memory: `np.percentile` over a scope's values, bit for bit,
+in a few passes of bounded memory.
+
+Every value is mapped to an unsigned integer key of its width whose order is the values' order
+(`order_keys`: floats by the sign-magnitude to two's-complement trick on their bits, so -inf < ...
+< -0.0 < 0.0 < ... < +inf, NaN beyond both ends). An order statistic is then found by radix
+selection in key space: a pass counts, for each *cell* (an aligned range of keys) that holds a
+wanted rank, how many values fall in each of its 2**bits sub-cells, or, once a cell holds few
+values (`Request.collect_limit`), collects them; the next pass looks only inside the sub-cells that
+hold the ranks. Counts are integers over integer ranges, so no rounding can misplace a value, and a
+cell of ties is refined down to a single key rather than collected. A cell's first pass splits the
+whole key space (or, given exact bounds, the smallest aligned cell holding them), so float32 takes
+two passes of 16 bits and float16, 8- and 16-bit integers one; 8/16-bit value counts from the stats
+pass need none.
+
+Once the ranks are known values, the quantile is numpy's own arithmetic (`finish`): its virtual
+index and gamma for each method, and its linear interpolation that switches form at gamma >= 0.5,
+on values of the input's dtype (so the dtype of the result, the wrap-around of an int8 difference
+and the inf - inf of two infinities are numpy's too).
+
+The passes are data, for whatever driver runs them: `first()` makes a `State`; `next_task(state)`
+is the `Task` of the next pass or None; `work(task, data, first_sample)` is a pure, picklable block
+function whose `Partial`s merge associatively and commutatively (any grouping or order gives the
+same results); `advance(state, merged)` is the state after the pass; `results(state)` the
+quantiles per key. Per-sample keys lie wholly in one block, so that scope is one pass that selects
+each sample's quantiles where its block is read. Signed zeros tie as they do in numpy's partition:
+which of -0.0 and 0.0 a quantile of both is cannot be predicted, from numpy either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from normcli.layout import Layout
+from normcli.scopes import Scope
+
+METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
+           "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher", "midpoint",
+           "nearest")  # numpy's, in its order
+_TAKEN = ("inverted_cdf", "closest_observation", "lower", "higher", "nearest")  # no interpolation
+_ALPHA_BETA = {"interpolated_inverted_cdf": (0, 1), "hazen": (0.5, 0.5), "weibull": (0, 0),
+               "median_unbiased": (1 / 3.0, 1 / 3.0), "normal_unbiased": (3 / 8.0, 3 / 8.0)}
+COUNTERS = 1 << 22  # sub-cell counters a pass may hold (32 MiB of int64): fewer bits for many keys
+
+
+def refusal(scope: Scope) -> str | None:
+    """Why quantiles cannot be taken at `scope`, or None: a quantile of each pixel across samples
+    needs ranks among every sample's value of that pixel, state that grows with the dataset."""
+    if scope.nested:
+        return (f"percentiles --per {scope.name} are not supported: exact quantiles of every "
+                "(position, channel) across samples need memory that grows with the dataset")
+    return None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What is asked: percentiles `q` (a number, or a tuple of numbers, in [0, 100], as numpy takes
+    them: a number gives results of the input's float dtype, a tuple float64), numpy's `method`,
+    NaN left out (`np.nanpercentile`) or not; `bits` per pass and `collect_limit` bound the state."""
+
+    q: float | tuple[float, ...]
+    method: str = "linear"
+    ignore_nan: bool = False
+    bits: int = 16
+    collect_limit: int = 1 << 16
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown quantile method {self.method!r}: one of {', '.join(METHODS)}")
+        fractions = np.true_divide(self.q, 100)
+        if np.ndim(fractions) > 1 or not (np.all(fractions >= 0) and np.all(fractions <= 1)):
+            raise ValueError("percentiles must be numbers in [0, 100]")
+
+    @property
+    def weak(self) -> bool:
+        """Whether q is one Python number (numpy then keeps a float input's dtype)."""
+        return type(self.q) in (int, float)
+
+    @property
+    def fractions(self) -> np.ndarray:
+        """q / 100, as numpy divides it (a 0-d array for one number)."""
+        return np.true_divide(self.q, 100, out=...)
+
+
+# -- keys --------------------------------------------------------------------------------
+def key_bits(dtype) -> int:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise ValueError(f"quantiles of {dtype} data are not supported")
+    return 8 * dtype.itemsize
+
+
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned integers of the values' width in the values' order (NaN with its sign bit below
+    -inf, without it above +inf): unsigned as they are, signed with the sign bit flipped, floats
+    with every bit flipped when negative and the sign bit flipped when not."""
+    values = np.ascontiguousarray(values)
+    bits = key_bits(values.dtype)
+    unsigned, signed = np.dtype(f"u{bits // 8}"), np.dtype(f"i{bits // 8}")
+    if values.dtype.kind == "u":
+        return values.view(unsigned)
+    lowest = np.array(-(1 << (bits - 1)), signed)
+    if values.dtype.kind == "i":
+        return (values.view(signed) ^ lowest).view(unsigned)
+    s = values.view(signed)
+    return (s ^ ((s >> np.array(bits - 1, signed)) | lowest)).view(unsigned)
+
+
+def from_keys(keys: np.ndarray, dtype) -> np.ndarray:
+    """The values of order keys (the inverse of order_keys)."""
+    dtype = np.dtype(dtype)
+    bits = key_bits(dtype)
+    keys = np.asarray(keys, f"u{bits // 8}")
+    top = np.array(1 << (bits - 1), keys.dtype)
+    if dtype.kind == "u":
+        return keys.view(dtype)
+    if dtype.kind == "i":
+        return (keys ^ top).view(dtype)
+    return np.where(keys & top, keys ^ top, ~keys).astype(keys.dtype).view(dtype)
+
+
+def _nan_bounds(dtype) -> tuple[int, int] | None:
+    """The keys of -inf and +inf for a float dtype (NaN keys lie outside them), else None."""
+    if np.dtype(dtype).kind != "f":
+        return None
+    low, high = order_keys(np.array([-np.inf, np.inf], dtype))
+    return int(low), int(high)
+
+
+# -- numpy's quantile arithmetic ---------------------------------------------------------
+def _boundaries(index: np.ndarray, lower) -> np.ndarray:
+    """A discrete method's rank: floor(index) where `lower(gamma, index)`, else the next; never < 0."""
+    previous = np.floor(index)
+    rank = np.where(lower(index - previous, index), previous, previous + 1).astype(np.intp)
+    rank[rank < 0] = 0
+    return rank
+
+
+def _virtual_index(n: int, p: np.ndarray, method: str) -> np.ndarray:
+    """numpy's virtual index of each fraction p among n sorted values (an intp rank for the
+    methods that take a value, a float position for those that interpolate)."""
+    if method == "inverted_cdf":
+        return _boundaries(np.asanyarray(n * p - 1), lambda gamma, _: gamma == 0)
+    if method == "closest_observation":
+        return _boundaries(np.asanyarray(n * p - 1 - 0.5),
+                           lambda gamma, index: (gamma == 0) & (np.floor(index) % 2 == 1))
+    if method == "averaged_inverted_cdf":
+        return np.asanyarray(n * p - 1)
+    if method in _ALPHA_BETA:
+        alpha, beta = _ALPHA_BETA[method]
+        return np.asanyarray(n * p + (alpha + p * (1 - alpha - beta)) - 1)
+    if method == "lower":
+        return np.floor((n - 1) * p).astype(np.intp)
+    if method == "higher":
+        return np.ceil((n - 1) * p).astype(np.intp)
+    if method == "nearest":
+        return np.around((n - 1) * p).astype(np.intp)
+    if method == "midpoint":
+        return np.asanyarray(0.5 * (np.floor((n - 1) * p) + np.ceil((n - 1) * p)))
+    return np.asanyarray((n - 1) * p)  # linear
+
+
+def _neighbours(virtual: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks each side of a float virtual index, as numpy picks them: -1 (the last) at or past
+    the last value, 0 before the first."""
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= n - 1
+    previous[above] = -1
+    following[above] = -1
+    below = virtual < 0
+    previous[below] = 0
+    following[below] = 0
+    return previous.astype(np.intp), following.astype(np.intp)
+
+
+def _gamma(virtual: np.ndarray, previous: np.ndarray, method: str) -> np.ndarray:
+    gamma = np.asanyarray(virtual - previous)
+    if method == "averaged_inverted_cdf":
+        gamma = np.where(gamma == 0, 0.5, 1.0)
+    elif method == "midpoint":
+        gamma = np.where(virtual % 1 == 0, 0.0, 0.5)
+    return np.asanyarray(gamma, dtype=virtual.dtype)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Which order statistics (0-based ranks among n values) a request needs, and how numpy makes
+    the quantiles of them: taken at `take`, or interpolated between `previous` and `following`."""
+
+    n: int
+    take: np.ndarray | None
+    previous: np.ndarray | None = None
+    following: np.ndarray | None = None
+    gamma: np.ndarray | None = None
+
+    @property
+    def wanted(self) -> list[int]:
+        indexes = [self.take] if self.take is not None else [self.previous, self.following]
+        return sorted({int(i) % self.n for a in indexes for i in np.asarray(a).reshape(-1)})
+
+
+def ranks(n: int, request: Request) -> Ranks:
+    """The ranks that the quantiles of `n` values need (n >= 1)."""
+    virtual = _virtual_index(n, request.fractions, request.method)
+    if request.method in _TAKEN:
+        return Ranks(n, virtual)
+    previous, following = _neighbours(virtual, n)
+    return Ranks(n, None, previous, following, _gamma(virtual, previous, request.method))
+
+
+def finish(order: dict[int, object], plan: Ranks, request: Request, dtype, has_nan: bool = False):
+    """numpy's quantiles from the order statistics `order` (rank -> value of `dtype`) that `plan`
+    wants: as np.percentile gives them (a numpy scalar for one q, else an array), NaN of the result's
+    dtype if `has_nan`."""
+    wanted = plan.wanted
+    known = np.array([order[r] for r in wanted], dtype)  # the order statistics, as a tiny sorted array
+    where = {r: i for i, r in enumerate(wanted)}
+
+    def local(indexes):  # the positions in `known` of numpy's indexes, shaped as numpy's
+        return np.array([where[int(i) % plan.n] for i in np.reshape(indexes, -1)], np.intp).reshape(np.shape(indexes))
+
+    if plan.take is not None:
+        result = known.take(local(plan.take))
+    else:
+        a, b = known[local(plan.previous)], known[local(plan.following)]
+        t = float(plan.gamma) if request.weak else plan.gamma
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = _lerp(a, b, t)
+    if has_nan:
+        result = np.full(np.shape(result), np.nan, np.asarray(result).dtype)[()]
+    return result
+
+
+def _lerp(a, b, t):
+    """numpy's interpolation a + (b - a) t, written b - (b - a)(1 - t) where t >= 0.5 (exact at
+    t = 1); the difference in the values' dtype, as numpy takes it."""
+    diff = b - a
+    result = np.add(a, diff * t, out=...)
+    np.subtract(b, diff * (1 - t), out=result, where=t >= 0.5, casting="unsafe", dtype=result.dtype)
+    return result[()] if result.ndim == 0 else result
+
+
+def _all_nan(request: Request, dtype):
+    """np.nanpercentile of a key without a value: NaN of the input's dtype, shaped like q."""
+    return np.full(np.shape(request.fractions), np.nan, dtype)[()]
+
+
+# -- the passes ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bounds:
+    """Exact per-key count, minimum and maximum of data without NaN or inf (from the stats pass),
+    which let the first pass start at the smallest cell holding them, or collect a small key."""
+
+    count: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Keys prefix << shift .. ((prefix + 1) << shift) - 1 of one scope key, which a pass splits
+    into 2**bits sub-cells or (bits 0) collects; `whole`: the cell holds every value of its key."""
+
+    key: int
+    prefix: int
+    shift: int
+    bits: int
+    whole: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """One counting pass over every block: the cells to count, per scope key."""
+
+    scope: Scope
+    layout: Layout
+    dtype: str
+    cells: tuple[Cell, ...]
+    count_nan: bool  # the first pass of floats without bounds: count NaN keys per scope key
+
+    def measure(self, data: np.ndarray, first_sample: int = 0) -> "Partial":
+        return _count_cells(self, data)
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """The one pass of per-sample quantiles: each sample's, where its block is read."""
+
+    layout: Layout
+    request: Request
+
+    def measure(self, data: np.ndarray, first_sample: int = 0) -> "SampleResults":
+        return _sample_quantiles(self, data, first_sample)
+
+
+def work(task: Task | SampleTask, data: np.ndarray, first_sample: int = 0):
+    """One block's share of a pass: `data` shaped (n, *sample_shape), its first sample the dataset's
+    sample `first_sample` (pure, module level: runs on any thread, process or worker)."""
+    return task.measure(data, first_sample)
+
+
+_EMPTY_LOW = 1 << 64  # a cell's lowest key before it has any
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Counts of one pass over some blocks, per cell of its Task: sub-cell counts (split cells) or
+    the keys themselves (collected cells), the lowest and highest key seen, and per scope key how
+    many NaN keys lie below -inf and above +inf (first pass of floats)."""
+
+    counts: tuple[np.ndarray | None, ...]
+    keys: tuple[np.ndarray | None, ...]
+    low: tuple[int, ...]
+    high: tuple[int, ...]
+    nan_below: tuple[int, ...]
+    nan_above: tuple[int, ...]
+
+    def merge(self, other: "Partial") -> "Partial":
+        """Both blocks' counts (associative and commutative: collected keys are selected from
+        after sorting, so their order does not matter)."""
+        return Partial(
+            tuple(None if a is None else a + b for a, b in zip(self.counts, other.counts)),
+            tuple(None if a is None else np.concatenate([a, b]) for a, b in zip(self.keys, other.keys)),
+            tuple(map(min, self.low, other.low)), tuple(map(max, self.high, other.high)),
+            tuple(map(int.__add__, self.nan_below, other.nan_below)),
+            tuple(map(int.__add__, self.nan_above, other.nan_above)))
+
+
+@dataclass(frozen=True)
+class SampleResults:
+    """Per-sample quantiles of some blocks: (first sample, results of consecutive samples) runs."""
+
+    runs: tuple[tuple[int, tuple], ...]
+
+    def merge(self, other: "SampleResults") -> "SampleResults":
+        return SampleResults(tuple(sorted(self.runs + other.runs, key=lambda run: run[0])))
+
+
+def _columns(u: np.ndarray, scope: Scope) -> list[np.ndarray]:
+    """The keys of each scope key (global or channel) of a (samples, positions, channels) array."""
+    if scope.single_key:
+        return [u.reshape(-1)]
+    return [u[..., c].reshape(-1) for c in range(u.shape[2])]
+
+
+def _count_cells(task: Task, data: np.ndarray) -> Partial:
+    columns = _columns(task.layout.npc(order_keys(np.asarray(data, task.dtype))), task.scope)
+    counts, keys, low, high = [], [], [], []
+    for cell in task.cells:
+        col = columns[cell.key]
+        inside = col if cell.whole else col[(col >> np.array(cell.shift, col.dtype)) == cell.prefix]
+        if cell.bits:
+            sub = inside >> np.array(cell.shift - cell.bits, col.dtype)
+            if not cell.whole or cell.shift < 8 * col.itemsize:
+                sub = sub & np.array((1 << cell.bits) - 1, col.dtype)
+            counts.append(np.bincount(sub.astype(np.intp), minlength=1 << cell.bits))
+            keys.append(None)
+        else:
+            counts.append(None)
+            keys.append(inside.copy())
+        low.append(int(inside.min()) if inside.size else _EMPTY_LOW)
+        high.append(int(inside.max()) if inside.size else -1)
+    nan_below, nan_above = [0] * len(columns), [0] * len(columns)
+    bounds = _nan_bounds(task.dtype)
+    if task.count_nan:
+        for i, cell in enumerate(task.cells):
+            col = columns[cell.key]
+            if low[i] < bounds[0]:
+                nan_below[cell.key] = int(np.count_nonzero(col < bounds[0]))
+            if high[i] > bounds[1]:
+                nan_above[cell.key] = int(np.count_nonzero(col > bounds[1]))
+    return Partial(tuple(counts), tuple(keys), tuple(low), tuple(high), tuple(nan_below), tuple(nan_above))
+
+
+def _sample_quantiles(task: SampleTask, data: np.ndarray, first_sample: int) -> SampleResults:
+    """np.percentile of each sample's values (np.nanpercentile of those holding NaN, if asked)."""
+    request = task.request
+    rows = task.layout.npc(np.asarray(data)).reshape(len(data), -1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN samples, and numpy's int8 lerp overflow
+        together = np.percentile(rows, request.q, axis=1, method=request.method)
+        per_sample = [together[..., i][()] for i in range(len(rows))]
+        if request.ignore_nan and rows.dtype.kind == "f":
+            for i in np.flatnonzero(np.isnan(rows).any(axis=1)):
+                per_sample[i] = np.nanpercentile(rows[i], request.q, method=request.method)
+    return SampleResults(((first_sample, tuple(per_sample)),))
+
+
+# -- the state between passes -------------------------------------------------------------
+@dataclass(frozen=True)
+class Open:
+    """A cell known to hold some wanted positions (indexes into the key-ordered values of its scope
+    key, NaN keys below -inf counted): `below` values lie before it, `count` in it (None: not yet
+    counted), its keys between `low` and `high`."""
+
+    prefix: int
+    shift: int
+    below: int
+    count: int | None
+    low: int
+    high: int
+    positions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One scope key's search: its open cells, the keys found at wanted positions, and the
+    quantiles once every one is found."""
+
+    cells: tuple[Open, ...]
+    found: tuple[tuple[int, int], ...] = ()
+    plan: Ranks | None = None  # None before the first pass has counted the values
+    nan_below: int = 0
+    done: bool = False
+    result: object = None
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything the passes have learnt so far (plain, picklable data)."""
+
+    request: Request
+    dtype: str
+    scope: Scope
+    layout: Layout
+    keys: tuple[KeyState, ...]
+    passes: int = 0
+    bits: int = 16  # per pass: fewer where many scope keys would hold too many counters
+
+    @property
+    def per_sample(self) -> bool:
+        return self.scope.per_sample
+
+
+def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, bounds: Bounds | None = None,
+          value_counts: np.ndarray | None = None) -> State:
+    """The state before the first quantile pass, for `keys` scope keys of `dtype` data. `bounds`
+    (exact, for data without NaN or inf) narrow the first pass; `value_counts` (keys, 2**bits) of
+    8/16-bit integers counted from the type's minimum (moments.ValueCounts) finish it at once."""
+    reason = refusal(scope)
+    if reason:
+        raise ValueError(reason)
+    dtype = np.dtype(dtype)
+    width = key_bits(dtype)
+    bits = max(1, min(request.bits, (COUNTERS // max(keys, 1)).bit_length() - 1))
+    if scope.per_sample:
+        return State(request, dtype.str, scope, layout, tuple(KeyState(()) for _ in range(keys)), bits=bits)
+    roots = []
+    for k in range(keys):
+        if bounds is None:
+            roots.append(Open(0, width, 0, None, 0, (1 << width) - 1))
+            continue
+        low, high = (int(x) for x in order_keys(np.array([bounds.low[k], bounds.high[k]], dtype)))
+        shift = (low ^ high).bit_length()
+        roots.append(Open(low >> shift, shift, 0, int(bounds.count[k]), low, high))
+    state = State(request, dtype.str, scope, layout, tuple(KeyState((root,)) for root in roots), bits=bits)
+    if value_counts is None:
+        return state
+    return advance(state, _counted_partial(state, np.asarray(value_counts)))
+
+
+def _counted_partial(state: State, value_counts: np.ndarray) -> Partial:
+    """Value counts (keys, 2**width), as the first pass's counts would be."""
+    task = next_task(state)
+    counts, low, high = [], [], []
+    for cell, row in zip(task.cells, value_counts):
+        seen = np.flatnonzero(row)
+        low.append(int(seen[0]) if seen.size else _EMPTY_LOW)
+        high.append(int(seen[-1]) if seen.size else -1)
+        counts.append(row.reshape(1 << cell.bits, -1).sum(axis=1).astype(np.int64))
+    zeros = (0,) * len(value_counts)
+    return Partial(tuple(counts), (None,) * len(counts), tuple(low), tuple(high), zeros, zeros)
+
+
+def next_task(state: State) -> Task | SampleTask | None:
+    """The next pass, or None when every quantile is known."""
+    if all(k.done for k in state.keys):
+        return None
+    if state.per_sample:
+        return SampleTask(state.layout, state.request)
+    cells = []
+    for index, key in enumerate(state.keys):
+        for cell in key.cells:
+            collect = cell.count is not None and cell.count <= state.request.collect_limit
+            cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(state.bits, cell.shift),
+                              whole=key.plan is None))
+    count_nan = np.dtype(state.dtype).kind == "f" and any(k.plan is None and k.cells[0].count is None
+                                                          for k in state.keys)
+    return Task(state.scope, state.layout, state.dtype, tuple(cells), count_nan)
+
+
+def advance(state: State, merged: Partial | SampleResults) -> State:
+    """The state after a pass whose blocks' partials, merged, are `merged`."""
+    if state.per_sample:
+        results = [r for _, run in sorted(merged.runs, key=lambda run: run[0]) for r in run]
+        if len(results) != len(state.keys):
+            raise ValueError("per-sample quantiles must cover every sample once")
+        return replace(state, keys=tuple(KeyState((), done=True, result=r) for r in results),
+                       passes=state.passes + 1)
+    task = next_task(state)
+    by_key: dict[int, list[int]] = {}
+    for i, cell in enumerate(task.cells):
+        by_key.setdefault(cell.key, []).append(i)
+    keys = list(state.keys)
+    for index, cell_indexes in by_key.items():
+        keys[index] = _advance_key(state, keys[index], [(task.cells[i], merged, i) for i in cell_indexes],
+                                   merged.nan_below[index], merged.nan_above[index])
+    return replace(state, keys=tuple(keys), passes=state.passes + 1)
+
+
+def _advance_key(state: State, key: KeyState, counted, nan_below: int, nan_above: int) -> KeyState:
+    request, dtype = state.request, np.dtype(state.dtype)
+    if key.plan is None:  # the first pass: now the values are counted, the wanted ranks are known
+        (cell, merged, i), = counted
+        total = len(merged.keys[i]) if merged.counts[i] is None else int(merged.counts[i].sum())
+        n = total - nan_below - nan_above
+        if n == 0:
+            return KeyState((), done=True, result=_all_nan(request, dtype))
+        plan = ranks(n, request)
+        if nan_below + nan_above and not request.ignore_nan:
+            return KeyState((), done=True, result=finish({r: 0 for r in plan.wanted}, plan, request, dtype, True))
+        root = replace(key.cells[0], count=total, positions=tuple(r + nan_below for r in plan.wanted))
+        key = replace(key, cells=(root,), plan=plan, nan_below=nan_below)
+    found = list(key.found)
+    cells = []
+    for (cell, merged, i), open_cell in zip(counted, key.cells):
+        low, high = max(open_cell.low, merged.low[i]), min(open_cell.high, merged.high[i])
+        if merged.counts[i] is None:
+            ordered = np.sort(merged.keys[i])
+            found += [(p, int(ordered[p - open_cell.below])) for p in open_cell.positions]
+            continue
+        counts = merged.counts[i]
+        ends = np.cumsum(counts)
+        groups: dict[int, list[int]] = {}
+        for p in open_cell.positions:
+            groups.setdefault(int(np.searchsorted(ends, p - open_cell.below, side="right")), []).append(p)
+        shift = open_cell.shift - cell.bits
+        for j, positions in groups.items():
+            prefix = (open_cell.prefix << cell.bits) | j
+            first_key, last_key = max(prefix << shift, low), min(((prefix + 1) << shift) - 1, high)
+            if first_key == last_key:
+                found += [(p, first_key) for p in positions]
+                continue
+            below = open_cell.below + (int(ends[j - 1]) if j else 0)
+            cells.append(Open(prefix, shift, below, int(counts[j]), first_key, last_key, tuple(positions)))
+    key = replace(key, cells=tuple(cells), found=tuple(found))
+    if cells:
+        return key
+    values = from_keys(np.array([k for _, k in found], np.uint64), dtype)
+    order = {p - key.nan_below: v for (p, _), v in zip(found, values)}
+    return replace(key, done=True, result=finish(order, key.plan, request, dtype))
+
+
+def results(state: State) -> list:
+    """Each scope key's quantiles, as np.percentile gives them (np.nanpercentile with ignore_nan)."""
+    if not all(k.done for k in state.keys):
+        raise ValueError("the quantile passes have not finished")
+    return [k.result for k in state.keys]
