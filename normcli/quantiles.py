@@ -165,8 +165,8 @@ def _virtual_index(n: int, p: np.ndarray, method: str) -> np.ndarray:
 def _neighbours(virtual: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ranks each side of a float virtual index, as numpy picks them: -1 (the last) at or past
     the last value, 0 before the first."""
-    previous = np.floor(virtual)
-    following = previous + 1
+    previous = np.floor(virtual, out=...)
+    following = np.add(previous, 1, out=...)
     above = virtual >= n - 1
     previous[above] = -1
     following[above] = -1
@@ -405,6 +405,7 @@ class Open:
     low: int
     high: int
     positions: tuple[int, ...] = ()
+    whole: bool = False  # the first cell of its key: it holds every value
 
 
 @dataclass(frozen=True)
@@ -450,18 +451,69 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
     bits = max(1, min(request.bits, (COUNTERS // max(keys, 1)).bit_length() - 1))
     if scope.per_sample:
         return State(request, dtype.str, scope, layout, tuple(KeyState(()) for _ in range(keys)), bits=bits)
-    roots = []
-    for k in range(keys):
-        if bounds is None:
-            roots.append(Open(0, width, 0, None, 0, (1 << width) - 1))
-            continue
-        low, high = (int(x) for x in order_keys(np.array([bounds.low[k], bounds.high[k]], dtype)))
-        shift = (low ^ high).bit_length()
-        roots.append(Open(low >> shift, shift, 0, int(bounds.count[k]), low, high))
-    state = State(request, dtype.str, scope, layout, tuple(KeyState((root,)) for root in roots), bits=bits)
-    if value_counts is None:
-        return state
-    return advance(state, _counted_partial(state, np.asarray(value_counts)))
+    if bounds is None:
+        whole = Open(0, width, 0, None, 0, (1 << width) - 1, whole=True)
+        state = State(request, dtype.str, scope, layout, tuple(KeyState((whole,)) for _ in range(keys)), bits=bits)
+        if value_counts is None:
+            return state
+        return replace(state, keys=tuple(_counted(request, dtype, row) for row in np.asarray(value_counts)))
+    return State(request, dtype.str, scope, layout,
+                 tuple(_bounded(request, dtype, n, low, high) for n, low, high in
+                       zip(bounds.count, bounds.low, bounds.high)), bits=bits)
+
+
+def _counted(request: Request, dtype: np.dtype, counts: np.ndarray) -> KeyState:
+    """A key whose every value is counted (counts[i]: how often the i-th key occurs): no pass."""
+    ends = np.cumsum(counts)
+    if not ends[-1]:
+        return KeyState((), done=True, result=_all_nan(request, dtype))
+    plan = ranks(int(ends[-1]), request)
+    return _found(KeyState((), plan=plan), [(r, int(np.searchsorted(ends, r, side="right"))) for r in plan.wanted],
+                  request, dtype)
+
+
+def _bounded(request: Request, dtype: np.dtype, n, low, high) -> KeyState:
+    """A key whose count and range are known: its wanted ranks lie in the smallest aligned cell
+    holding its range (no NaN: bounds are only for data without)."""
+    n = int(n)
+    if n == 0:
+        return KeyState((), done=True, result=_all_nan(request, dtype))
+    plan = ranks(n, request)
+    ends = np.array([low, high], dtype)
+    if dtype.kind == "f":  # a minimum or maximum of 0 may be either zero: the cell holds both
+        ends = np.where(ends == 0, np.array([-0.0, 0.0], dtype), ends)
+    low, high = (int(x) for x in order_keys(ends))
+    if low == high:
+        return _found(KeyState((), plan=plan), [(r, low) for r in plan.wanted], request, dtype)
+    shift = (low ^ high).bit_length()
+    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), plan=plan)
+
+
+def _counted(request: Request, dtype: np.dtype, counts: np.ndarray) -> KeyState:
+    """A key whose every value is counted (counts[i]: how often the i-th key occurs): no pass."""
+    ends = np.cumsum(counts)
+    if not ends[-1]:
+        return KeyState((), done=True, result=_all_nan(request, dtype))
+    plan = ranks(int(ends[-1]), request)
+    return _found(KeyState((), plan=plan), [(r, int(np.searchsorted(ends, r, side="right"))) for r in plan.wanted],
+                  request, dtype)
+
+
+def _bounded(request: Request, dtype: np.dtype, n, low, high) -> KeyState:
+    """A key whose count and range are known: its wanted ranks lie in the smallest aligned cell
+    holding its range (no NaN: bounds are only for data without)."""
+    n = int(n)
+    if n == 0:
+        return KeyState((), done=True, result=_all_nan(request, dtype))
+    plan = ranks(n, request)
+    ends = np.array([low, high], dtype)
+    if dtype.kind == "f":  # a minimum or maximum of 0 may be either zero: the cell holds both
+        ends = np.where(ends == 0, np.array([-0.0, 0.0], dtype), ends)
+    low, high = (int(x) for x in order_keys(ends))
+    if low == high:
+        return _found(KeyState((), plan=plan), [(r, low) for r in plan.wanted], request, dtype)
+    shift = (low ^ high).bit_length()
+    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), plan=plan)
 
 
 def _counted_partial(state: State, value_counts: np.ndarray) -> Partial:
@@ -488,7 +540,7 @@ def next_task(state: State) -> Task | SampleTask | None:
         for cell in key.cells:
             collect = cell.count is not None and cell.count <= state.request.collect_limit
             cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(state.bits, cell.shift),
-                              whole=key.plan is None))
+                              whole=cell.whole))
     count_nan = np.dtype(state.dtype).kind == "f" and any(k.plan is None and k.cells[0].count is None
                                                           for k in state.keys)
     return Task(state.scope, state.layout, state.dtype, tuple(cells), count_nan)
@@ -519,11 +571,12 @@ def _advance_key(state: State, key: KeyState, counted, nan_below: int, nan_above
         (cell, merged, i), = counted
         total = len(merged.keys[i]) if merged.counts[i] is None else int(merged.counts[i].sum())
         n = total - nan_below - nan_above
+        if n < total and not request.ignore_nan:  # numpy's NaN, of the dtype its result has
+            plan = ranks(total, request)
+            return KeyState((), done=True, result=finish({r: 0 for r in plan.wanted}, plan, request, dtype, True))
         if n == 0:
             return KeyState((), done=True, result=_all_nan(request, dtype))
         plan = ranks(n, request)
-        if nan_below + nan_above and not request.ignore_nan:
-            return KeyState((), done=True, result=finish({r: 0 for r in plan.wanted}, plan, request, dtype, True))
         root = replace(key.cells[0], count=total, positions=tuple(r + nan_below for r in plan.wanted))
         key = replace(key, cells=(root,), plan=plan, nan_below=nan_below)
     found = list(key.found)
@@ -548,12 +601,15 @@ def _advance_key(state: State, key: KeyState, counted, nan_below: int, nan_above
                 continue
             below = open_cell.below + (int(ends[j - 1]) if j else 0)
             cells.append(Open(prefix, shift, below, int(counts[j]), first_key, last_key, tuple(positions)))
-    key = replace(key, cells=tuple(cells), found=tuple(found))
-    if cells:
-        return key
+    key = replace(key, cells=tuple(cells))
+    return _found(key, found, request, dtype) if not cells else replace(key, found=tuple(found))
+
+
+def _found(key: KeyState, found, request: Request, dtype: np.dtype) -> KeyState:
+    """The key with every wanted position's key found: its quantiles."""
     values = from_keys(np.array([k for _, k in found], np.uint64), dtype)
     order = {p - key.nan_below: v for (p, _), v in zip(found, values)}
-    return replace(key, done=True, result=finish(order, key.plan, request, dtype))
+    return replace(key, found=tuple(found), done=True, result=finish(order, key.plan, request, dtype))
 
 
 def results(state: State) -> list:
