@@ -105,7 +105,10 @@ def order_keys(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "i":
         return (values.view(signed) ^ lowest).view(unsigned)
     s = values.view(signed)
-    return (s ^ ((s >> np.array(bits - 1, signed)) | lowest)).view(unsigned)
+    keys = s >> np.array(bits - 1, signed)  # -1 where negative, else 0: one new array, then in place
+    keys |= lowest
+    keys ^= s
+    return keys.view(unsigned)
 
 
 def from_keys(keys: np.ndarray, dtype) -> np.ndarray:
@@ -279,6 +282,7 @@ class Task:
     layout: Layout
     dtype: str
     cells: tuple[Cell, ...]
+    roots: tuple[tuple[int, int], ...]  # per scope key: (prefix, shift) of the cell holding all its values
     count_nan: bool  # the first pass of floats without bounds: count NaN keys per scope key
 
     def measure(self, data: np.ndarray, first_sample: int = 0) -> "Partial":
@@ -340,39 +344,109 @@ class SampleResults:
 
 
 def _columns(u: np.ndarray, scope: Scope) -> list[np.ndarray]:
-    """The keys of each scope key (global or channel) of a (samples, positions, channels) array."""
+    """The values of each scope key (global or channel) of a (samples, positions, channels) array."""
     if scope.single_key:
         return [u.reshape(-1)]
     return [u[..., c].reshape(-1) for c in range(u.shape[2])]
 
 
 def _count_cells(task: Task, data: np.ndarray) -> Partial:
-    columns = _columns(task.layout.npc(order_keys(np.asarray(data, task.dtype))), task.scope)
-    counts, keys, low, high = [], [], [], []
-    for cell in task.cells:
-        col = columns[cell.key]
-        inside = col if cell.whole else col[(col >> np.array(cell.shift, col.dtype)) == cell.prefix]
-        if cell.bits:
-            sub = inside >> np.array(cell.shift - cell.bits, col.dtype)
-            if not cell.whole or cell.shift < 8 * col.itemsize:
-                sub = sub & np.array((1 << cell.bits) - 1, col.dtype)
-            counts.append(np.bincount(sub.astype(np.intp), minlength=1 << cell.bits))
-            keys.append(None)
+    """Count one block into the task's cells.
+
+    A key whose root is the whole key space is counted on the values' bit patterns: the top k bits
+    of a key are a permutation of the top k bits of its value (floats flip them by the sign), so
+    the first pass permutes its bincount and later passes look candidates up in a permuted table,
+    and only the few candidates become keys. Other roots (from exact bounds) count keys.
+    """
+    dtype = np.dtype(task.dtype)
+    width = 8 * dtype.itemsize
+    raw = _columns(task.layout.npc(np.asarray(data, dtype).view(f"u{dtype.itemsize}")), task.scope)
+    by_key: dict[int, list[int]] = {}
+    for i, cell in enumerate(task.cells):
+        by_key.setdefault(cell.key, []).append(i)
+    counts, keys = [None] * len(task.cells), [None] * len(task.cells)
+    low, high = [_EMPTY_LOW] * len(task.cells), [-1] * len(task.cells)
+    nan_below, nan_above = [0] * len(raw), [0] * len(raw)
+    for key, indexes in by_key.items():
+        cells = [task.cells[i] for i in indexes]
+        full = task.roots[key][1] == width
+        if cells[0].whole and full:
+            (i,), (cell,) = indexes, cells
+            counts[i] = np.empty(1 << cell.bits, np.int64)
+            counts[i][_top_keys(dtype, cell.bits)] = _bincount(raw[key] >> np.array(width - cell.bits, raw[key].dtype),
+                                                               cell.bits)
+            seen = np.flatnonzero(counts[i])
+            if seen.size:
+                low[i], high[i] = int(seen[0]) << (width - cell.bits), ((int(seen[-1]) + 1) << (width - cell.bits)) - 1
+            if task.count_nan:
+                nan_below[key], nan_above[key] = _nan_counts(raw[key], dtype, low[i], high[i])
+            continue
+        if cells[0].whole:
+            inside = [order_keys(raw[key].view(dtype))]
         else:
-            counts.append(None)
-            keys.append(inside.copy())
-        low.append(int(inside.min()) if inside.size else _EMPTY_LOW)
-        high.append(int(inside.max()) if inside.size else -1)
-    nan_below, nan_above = [0] * len(columns), [0] * len(columns)
-    bounds = _nan_bounds(task.dtype)
-    if task.count_nan:
-        for i, cell in enumerate(task.cells):
-            col = columns[cell.key]
-            if low[i] < bounds[0]:
-                nan_below[cell.key] = int(np.count_nonzero(col < bounds[0]))
-            if high[i] > bounds[1]:
-                nan_above[cell.key] = int(np.count_nonzero(col > bounds[1]))
+            inside = _inside(cells, raw[key], dtype, task.roots[key], full)
+        for i, cell, values in zip(indexes, cells, inside):
+            if cell.bits:
+                sub = values >> np.array(cell.shift - cell.bits, values.dtype)
+                sub &= np.array((1 << cell.bits) - 1, values.dtype)
+                counts[i] = _bincount(sub, cell.bits)
+            else:
+                keys[i] = values.copy()
+            if values.size:
+                low[i], high[i] = int(values.min()), int(values.max())
+            if task.count_nan:
+                nan_below[key], nan_above[key] = _nan_counts(raw[key], dtype, low[i], high[i])
     return Partial(tuple(counts), tuple(keys), tuple(low), tuple(high), tuple(nan_below), tuple(nan_above))
+
+
+def _bincount(values: np.ndarray, bits: int) -> np.ndarray:
+    return np.bincount(values if values.itemsize < 8 else values.astype(np.intp), minlength=1 << bits)
+
+
+def _top_keys(dtype: np.dtype, bits: int) -> np.ndarray:
+    """For each value of the top `bits` bits of a bit pattern, the top bits of its key."""
+    width = 8 * dtype.itemsize
+    patterns = np.arange(1 << bits, dtype=f"u{dtype.itemsize}") << np.array(width - bits, f"u{dtype.itemsize}")
+    return (order_keys(patterns.view(dtype)) >> np.array(width - bits, patterns.dtype)).astype(np.intp)
+
+
+def _nan_counts(raw: np.ndarray, dtype: np.dtype, low: int, high: int) -> tuple[int, int]:
+    """How many NaN keys lie below -inf and above +inf, looked for only where the block's keys
+    (between low and high) reach past an infinity."""
+    bounds = _nan_bounds(dtype)
+    if bounds is None or (low >= bounds[0] and high <= bounds[1]):
+        return 0, 0
+    keys = order_keys(raw.view(dtype))
+    return int(np.count_nonzero(keys < bounds[0])), int(np.count_nonzero(keys > bounds[1]))
+
+
+_TABLE_BITS = 16  # the first look at a key's values is a table of the top bits below its root
+
+
+def _inside(cells: list[Cell], raw: np.ndarray, dtype: np.dtype, root: tuple[int, int], full: bool) -> list:
+    """The keys of the block inside each of one scope key's cells (which share one shift).
+
+    Comparing every value with every cell would take a pass over the block per cell: instead a
+    table of the top 16 bits below the root marks the ranges that hold a cell, one lookup picks the
+    few candidates, and only they are compared.
+    """
+    root_prefix, root_shift = root
+    level = max(cells[0].shift, root_shift - _TABLE_BITS)
+    table = np.zeros(1 << (root_shift - level), bool)
+    base = root_prefix << (root_shift - level)
+    table[[(c.prefix >> (level - c.shift)) - base for c in cells]] = True
+    if full:  # look the bit patterns up: their top bits are a permutation of the keys'
+        candidates = order_keys(raw[table.take(_top_keys(dtype, root_shift - level)).take(
+            raw >> np.array(level, raw.dtype))].view(dtype))
+    else:
+        keys = order_keys(raw.view(dtype))
+        top = keys >> np.array(level, keys.dtype)
+        if base:
+            top -= np.array(base, keys.dtype)
+        candidates = keys[table.take(top)]
+    if level == cells[0].shift and len(cells) == 1:
+        return [candidates]
+    return [candidates[(candidates >> np.array(c.shift, candidates.dtype)) == c.prefix] for c in cells]
 
 
 def _sample_quantiles(task: SampleTask, data: np.ndarray, first_sample: int) -> SampleResults:
@@ -414,6 +488,7 @@ class KeyState:
     quantiles once every one is found."""
 
     cells: tuple[Open, ...]
+    root: tuple[int, int] = (0, 0)  # (prefix, shift) of the first cell, which holds every value
     found: tuple[tuple[int, int], ...] = ()
     plan: Ranks | None = None  # None before the first pass has counted the values
     nan_below: int = 0
@@ -453,7 +528,7 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
         return State(request, dtype.str, scope, layout, tuple(KeyState(()) for _ in range(keys)), bits=bits)
     if bounds is None:
         whole = Open(0, width, 0, None, 0, (1 << width) - 1, whole=True)
-        state = State(request, dtype.str, scope, layout, tuple(KeyState((whole,)) for _ in range(keys)), bits=bits)
+        state = State(request, dtype.str, scope, layout, tuple(KeyState((whole,), (0, width)) for _ in range(keys)), bits=bits)
         if value_counts is None:
             return state
         return replace(state, keys=tuple(_counted(request, dtype, row) for row in np.asarray(value_counts)))
@@ -486,47 +561,8 @@ def _bounded(request: Request, dtype: np.dtype, n, low, high) -> KeyState:
     if low == high:
         return _found(KeyState((), plan=plan), [(r, low) for r in plan.wanted], request, dtype)
     shift = (low ^ high).bit_length()
-    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), plan=plan)
-
-
-def _counted(request: Request, dtype: np.dtype, counts: np.ndarray) -> KeyState:
-    """A key whose every value is counted (counts[i]: how often the i-th key occurs): no pass."""
-    ends = np.cumsum(counts)
-    if not ends[-1]:
-        return KeyState((), done=True, result=_all_nan(request, dtype))
-    plan = ranks(int(ends[-1]), request)
-    return _found(KeyState((), plan=plan), [(r, int(np.searchsorted(ends, r, side="right"))) for r in plan.wanted],
-                  request, dtype)
-
-
-def _bounded(request: Request, dtype: np.dtype, n, low, high) -> KeyState:
-    """A key whose count and range are known: its wanted ranks lie in the smallest aligned cell
-    holding its range (no NaN: bounds are only for data without)."""
-    n = int(n)
-    if n == 0:
-        return KeyState((), done=True, result=_all_nan(request, dtype))
-    plan = ranks(n, request)
-    ends = np.array([low, high], dtype)
-    if dtype.kind == "f":  # a minimum or maximum of 0 may be either zero: the cell holds both
-        ends = np.where(ends == 0, np.array([-0.0, 0.0], dtype), ends)
-    low, high = (int(x) for x in order_keys(ends))
-    if low == high:
-        return _found(KeyState((), plan=plan), [(r, low) for r in plan.wanted], request, dtype)
-    shift = (low ^ high).bit_length()
-    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), plan=plan)
-
-
-def _counted_partial(state: State, value_counts: np.ndarray) -> Partial:
-    """Value counts (keys, 2**width), as the first pass's counts would be."""
-    task = next_task(state)
-    counts, low, high = [], [], []
-    for cell, row in zip(task.cells, value_counts):
-        seen = np.flatnonzero(row)
-        low.append(int(seen[0]) if seen.size else _EMPTY_LOW)
-        high.append(int(seen[-1]) if seen.size else -1)
-        counts.append(row.reshape(1 << cell.bits, -1).sum(axis=1).astype(np.int64))
-    zeros = (0,) * len(value_counts)
-    return Partial(tuple(counts), (None,) * len(counts), tuple(low), tuple(high), zeros, zeros)
+    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), (low >> shift, shift),
+                    plan=plan)
 
 
 def next_task(state: State) -> Task | SampleTask | None:
@@ -541,9 +577,9 @@ def next_task(state: State) -> Task | SampleTask | None:
             collect = cell.count is not None and cell.count <= state.request.collect_limit
             cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(state.bits, cell.shift),
                               whole=cell.whole))
-    count_nan = np.dtype(state.dtype).kind == "f" and any(k.plan is None and k.cells[0].count is None
+    count_nan = np.dtype(state.dtype).kind == "f" and any(not k.done and k.plan is None and k.cells[0].count is None
                                                           for k in state.keys)
-    return Task(state.scope, state.layout, state.dtype, tuple(cells), count_nan)
+    return Task(state.scope, state.layout, state.dtype, tuple(cells), tuple(k.root for k in state.keys), count_nan)
 
 
 def advance(state: State, merged: Partial | SampleResults) -> State:
