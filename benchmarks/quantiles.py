@@ -35,10 +35,23 @@ def make(dtype: str, gib: float) -> np.ndarray:
 def timed_pass(blocks, work, merge=lambda a, b: a.merge(b)):
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     merged = reduce(merge, (work(block, first) for first, block in blocks))
-    seconds = time.perf_counter() - start
+    seconds = Seconds(time.perf_counter() - start, time.process_time() - cpu)
     return merged, seconds, tracemalloc.get_traced_memory()[1] - before
+
+
+class Seconds(tuple):
+    """Wall and CPU seconds (CPU time is steadier on a shared machine)."""
+
+    def __new__(cls, wall, cpu):
+        return super().__new__(cls, (wall, cpu))
+
+    def __add__(self, other):
+        return Seconds(self[0] + other[0], self[1] + other[1])
+
+    def __format__(self, spec):
+        return f"{self[0]:.2f} s wall, {self[1]:.2f} s CPU"
 
 
 def partial_bytes(partial) -> int:
@@ -55,13 +68,12 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
     tracemalloc.start()
     stats, seconds, peak = timed_pass(blocks, lambda b, i: moments.measure_block(b, scope, layout, first_sample=i),
                                          moments.merge)
-    print(f"{dtype} {scope_name} {x.nbytes / 2**30:.2f} GiB, {len(blocks)} blocks: stats pass {seconds:.2f} s")
+    print(f"{dtype} {scope_name} {x.nbytes / 2**30:.2f} GiB, {len(blocks)} blocks: stats pass {seconds}")
     extra = {}
     if stats.value_counts is not None:
         extra["value_counts"] = stats.value_counts
     else:
-        m = stats.aggregate()
-        extra["bounds"] = Q.Bounds(m.count, m.min.astype(dtype), m.max.astype(dtype))
+        extra["bounds"] = Q.Bounds.of(stats.aggregate(), dtype)
     start = time.perf_counter()
     state = Q.first(Q.Request(Q_LIST), x.dtype, scope, layout, keys, **extra)
     print(f"  first(): {time.perf_counter() - start:.3f} s")
@@ -71,12 +83,12 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
         start = time.perf_counter()
         state = Q.advance(state, merged)
         total += seconds
-        print(f"  quantile pass {state.passes}: {seconds:.2f} s ({len(task.cells)} cells, "
+        print(f"  quantile pass {state.passes}: {seconds} ({len(task.cells)} cells, "
               f"{sum(c.bits == 0 for c in task.cells)} collected), advance {time.perf_counter() - start:.3f} s, "
               f"peak {peak / 2**20:.1f} MiB, merged partial {partial_bytes(merged) / 2**20:.2f} MiB")
     tracemalloc.stop()
     got = Q.results(state)
-    print(f"  passes with stats: {state.passes + 1}, {total:.2f} s; {got}")
+    print(f"  passes with stats: {state.passes + 1}, {total}; {got}")
     if scope_name == "global":
         start = time.perf_counter()
         want = np.percentile(x, Q_LIST)

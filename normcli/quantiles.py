@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from normcli.layout import Layout
-from normcli.scopes import Scope
+from normcli.scopes import POSITIONS, Scope
 
 METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
            "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher", "midpoint",
@@ -49,7 +49,7 @@ COUNTERS = 1 << 22  # sub-cell counters a pass may hold (32 MiB of int64): fewer
 def refusal(scope: Scope) -> str | None:
     """Why quantiles cannot be taken at `scope`, or None: a quantile of each pixel across samples
     needs ranks among every sample's value of that pixel, state that grows with the dataset."""
-    if scope.nested:
+    if POSITIONS not in scope.reduced:
         return (f"percentiles --per {scope.name} are not supported: exact quantiles of every "
                 "(position, channel) across samples need memory that grows with the dataset")
     return None
@@ -261,6 +261,13 @@ class Bounds:
     count: np.ndarray
     low: np.ndarray
     high: np.ndarray
+
+    @classmethod
+    def of(cls, moments, dtype) -> "Bounds":
+        """The bounds in a stats pass's aggregate (moments.Moments: count, min, max per key), for a
+        run whose data held no NaN or inf (its min and max, float64 or whole numbers, are exact)."""
+        return cls(np.asarray(moments.count), np.asarray(moments.min).astype(dtype),
+                   np.asarray(moments.max).astype(dtype))
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ def run(x: np.ndarray, layout: str, scope: str, request: Q.Request, *, cuts=(), 
     v = lay.npc(x)
     keys = sc.keys_of(v.shape)
     extra = {}
-    if bounds:
+    if isinstance(bounds, Q.Bounds):
+        extra["bounds"] = bounds
+    elif bounds:
         rows = reference_rows(x, layout, scope)
         extra["bounds"] = Q.Bounds(np.array([r.size for r in rows]), np.array([r.min() for r in rows], x.dtype),
                                    np.array([r.max() for r in rows], x.dtype))
@@ -221,6 +223,23 @@ def test_keys_keep_the_order_of_values():
         keys = Q.order_keys(values)
         assert keys.dtype.kind == "u" and np.all(np.diff(keys.astype(object)) > 0), dtype
         assert_same(Q.from_keys(keys, dt), values)
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "int64", "uint64", "float32"])
+def test_bounds_of_the_stats_pass(dtype):
+    """Bounds.of takes the stats pass's aggregate as it is (float64 or whole-number min and max)."""
+    from normcli import moments
+
+    x = np.random.default_rng(3).integers(0, 2**31, size=(45, 3)).astype(dtype)
+    x[0, 0] = np.iinfo(dtype).max if dtype != "float32" else 3e38
+    stats = moments.measure_block(x, SCOPES["channel"], Layout("NC"))
+    bounds = Q.Bounds.of(stats.aggregate(), dtype)
+    assert_same(bounds.low, x.min(axis=0))
+    assert_same(bounds.high, x.max(axis=0))
+    request = Q.Request((0, 50, 100), collect_limit=4)
+    got, _ = run(x, "NC", "channel", request, cuts=(10, 30), bounds=bounds)
+    for g, w in zip(got, reference(x, "NC", "channel", request)):
+        assert_same(g, w)
 
 
 def test_pixel_scope_is_refused_with_a_reason():
