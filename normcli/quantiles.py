@@ -556,7 +556,7 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
         raise ValueError(reason)
     dtype = np.dtype(dtype)
     width = key_bits(dtype)
-    bits = max(1, min(request.bits, (COUNTERS // max(keys, 1)).bit_length() - 1))
+    bits = min(request.bits, _budget_bits(keys))
     if scope.per_sample:
         return State(request, dtype.str, scope, layout, tuple(KeyState(()) for _ in range(keys)), bits=bits)
     if bounds is None:
@@ -568,6 +568,11 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
     return State(request, dtype.str, scope, layout,
                  tuple(_bounded(request, dtype, n, low, high) for n, low, high in
                        zip(bounds.count, bounds.low, bounds.high)), bits=bits)
+
+
+def _budget_bits(cells: int) -> int:
+    """The bits a pass may split each of `cells` cells into, for at most COUNTERS counters."""
+    return max(1, (COUNTERS // max(cells, 1)).bit_length() - 1)
 
 
 def _counted(request: Request, dtype: np.dtype, counts: np.ndarray) -> KeyState:
@@ -604,12 +609,14 @@ def next_task(state: State) -> Task | SampleTask | None:
         return None
     if state.per_sample:
         return SampleTask(state.layout, state.request)
+    limit = state.request.collect_limit
+    splits = sum(c.count is None or c.count > limit for k in state.keys for c in k.cells)
+    bits = min(state.bits, _budget_bits(splits))  # many cells (many q, many keys): fewer bits each
     cells = []
     for index, key in enumerate(state.keys):
         for cell in key.cells:
-            collect = cell.count is not None and cell.count <= state.request.collect_limit
-            cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(state.bits, cell.shift),
-                              whole=cell.whole))
+            collect = cell.count is not None and cell.count <= limit
+            cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(bits, cell.shift), whole=cell.whole))
     count_nan = np.dtype(state.dtype).kind == "f" and any(not k.done and k.plan is None and k.cells[0].count is None
                                                           for k in state.keys)
     return Task(state.scope, state.layout, state.dtype, tuple(cells), tuple(k.root for k in state.keys), count_nan)

@@ -210,6 +210,19 @@ def test_a_large_block_set_with_ties_and_outliers(dtype):
             assert state.passes <= (2 if dtype in ("float32", "int32") else 4)
 
 
+def test_many_quantiles_of_many_channels_split_into_fewer_bins(monkeypatch):
+    """The counters of a pass stay within the budget: many cells split into fewer sub-cells each."""
+    monkeypatch.setattr(Q, "COUNTERS", 1 << 10)
+    x = np.random.default_rng(5).normal(size=(40, 7)).astype(np.float32)
+    request = Q.Request(tuple(np.linspace(0, 100, 21)), collect_limit=2)
+
+    def check(task, whole):
+        assert sum(len(c) for c in whole.counts if c is not None) <= 1 << 10
+
+    state = check_all(x, "NC", "channel", request, cuts=(13, 20), check=check)
+    assert state.bits == 7
+
+
 def test_keys_keep_the_order_of_values():
     for dtype in DTYPES:
         dt = np.dtype(dtype)
