@@ -1,7 +1,7 @@
 """Exact quantiles (normcli.quantiles) on 1 GiB in memory, in a plain loop over 2 MiB blocks on one
 thread: the passes needed, the time of each, the peak memory of the state (tracemalloc: every
 allocation of the passes, the block's temporaries included, not the data), against np.percentile
-on the whole array. Usage: python benchmarks/quantiles.py [GiB]"""
+on the whole array. Usage: python benchmarks/quantiles.py [GiB [DTYPE...]]"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ BLOCK = 2 << 20
 
 
 def make(dtype: str, gib: float) -> np.ndarray:
-    """(N, 64, 64, 3) samples, as benchmarks/run.py makes them: normal float32, or uint8 'pixels'."""
+    """(N, 64, 64, 3) samples, as benchmarks/run.py makes them: normal floats, or uint8 'pixels'."""
     n = int(gib * (1 << 30)) // (64 * 64 * 3 * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(0)
     x = np.empty((n, 64, 64, 3), dtype)
@@ -99,7 +99,7 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
 
 if __name__ == "__main__":
     gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    for dtype in ("float32", "uint8"):
+    for dtype in sys.argv[2:] or ("float32", "uint8"):
         data = None
         for scope_name in ("global", "channel"):
             data = measure(dtype, scope_name, gib, data)
