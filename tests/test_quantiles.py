@@ -280,3 +280,27 @@ def test_tasks_and_partials_pickle():
         task = Q.next_task(state)
         part = Q.work(pickle.loads(pickle.dumps(task)), x, 0)
         assert pickle.loads(pickle.dumps(part)) is not None
+
+
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+def test_passes_on_an_engine(engine):
+    """The passes' work runs on the engines' threads and worker processes (tasks and partials
+    pickled), and their partials, merged in block order, give numpy's numbers."""
+    from functools import partial, reduce
+
+    from normcli.engine import open_engine
+
+    x = np.random.default_rng(11).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    x[3] = np.round(x[3])
+    lay, request = Layout("NHWC"), Q.Request((1, 50, 99), "median_unbiased", collect_limit=50)
+    runner = open_engine(engine, workers=2)
+    try:
+        for scope in ("global", "channel"):
+            state = Q.first(request, x.dtype, SCOPES[scope], lay, 1 if scope == "global" else 3)
+            while (task := Q.next_task(state)) is not None:
+                parts = runner.map(partial(Q.work, task), [x[i:i + 3] for i in range(0, len(x), 3)])
+                state = Q.advance(state, reduce(lambda a, b: a.merge(b), parts))
+            for got, want in zip(Q.results(state), reference(x, "NHWC", scope, request)):
+                assert_same(got, want)
+    finally:
+        runner.close()
