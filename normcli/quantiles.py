@@ -97,7 +97,7 @@ def order_keys(values: np.ndarray) -> np.ndarray:
     """Unsigned integers of the values' width in the values' order (NaN with its sign bit below
     -inf, without it above +inf): unsigned as they are, signed with the sign bit flipped, floats
     with every bit flipped when negative and the sign bit flipped when not."""
-    values = np.ascontiguousarray(values)
+    values = np.ascontiguousarray(values, np.asarray(values).dtype.newbyteorder("="))
     bits = key_bits(values.dtype)
     unsigned, signed = np.dtype(f"u{bits // 8}"), np.dtype(f"i{bits // 8}")
     if values.dtype.kind == "u":
@@ -554,7 +554,7 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
     reason = refusal(scope)
     if reason:
         raise ValueError(reason)
-    dtype = np.dtype(dtype)
+    dtype = np.dtype(dtype).newbyteorder("=")  # blocks of a big-endian .npy are converted as they are read
     width = key_bits(dtype)
     bits = min(request.bits, _budget_bits(keys))
     if scope.per_sample:

@@ -255,6 +255,16 @@ def test_bounds_of_the_stats_pass(dtype):
         assert_same(g, w)
 
 
+def test_big_endian_data():
+    x = np.random.default_rng(2).normal(size=(12, 5, 2)).astype(">f4")
+    for scope in ("global", "channel"):
+        for bounds in (False, True):
+            got, _ = run(x, "NHW", scope, Q.Request((1, 50, 99), "hazen", collect_limit=3), cuts=(5,), bounds=bounds)
+            want = reference(x.astype("<f4"), "NHW", scope, Q.Request((1, 50, 99), "hazen"))
+            for g, w in zip(got, want):
+                assert_same(g, w)
+
+
 def test_pixel_scope_is_refused_with_a_reason():
     assert Q.refusal(SCOPES["pixel"]) and "memory" in Q.refusal(SCOPES["pixel"])
     assert all(Q.refusal(SCOPES[s]) is None for s in ("global", "channel", "sample"))
