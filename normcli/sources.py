@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
@@ -611,6 +612,9 @@ def _open_part(name: str, key: str | None, mode: str | None, spools: list[str], 
     path = Path(name)
     if not path.exists():
         raise InputError("no such file or folder", name)
+    from normcli.stores import FORMATS as STORES  # imported here: stores imports this module
+    if opener := next((opener for recognizes, opener in STORES if recognizes(path)), None):
+        return opener(name, SimpleNamespace(key=key))
     suffix = path.suffix.lower()
     if path.is_dir():
         return _folder_part(name, mode, images)
