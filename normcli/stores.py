@@ -34,13 +34,18 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 _ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # what marks a Zarr node (v3, v2 array, v2 group)
 
 
+# The package each extra installs, as pyproject.toml pins it.
+_EXTRAS = {"zarr": "zarr>=3.1", "hdf5": "h5py>=3.8"}
+
+
 def _require(module: str, extra: str, name: str):
-    """The optional package `module`, or a one-line error naming the extra that installs it."""
+    """The optional package `module`, or a one-line error naming the extra that installs it (as the
+    Dask engine's does: normcli is installed from a clone, so 'normcli[zarr]' would name no package)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"reading this store needs the {module} package: pip install 'normcli[{extra}]'",
-                         name) from None
+        raise InputError(f"reading it needs {module} (normcli's [{extra}] extra): pip install '{_EXTRAS[extra]}', "
+                         f"or pip install '.[{extra}]' in a clone of normcli", name) from None
 
 
 def _first_line(error: BaseException) -> str:
