@@ -337,3 +337,90 @@ def test_inputs_are_left_as_they_were(tmp_path, x):
     run_cli("standardize", store, "-o", tmp_path / "out.npy")
     assert snapshot(store) == before
     shutil.rmtree(store)
+
+
+# -- outputs: the writers, as a sink would drive them --------------------------------------------------
+from normcli.storewriters import (check_compressor, check_store_target, chunk_rows, create_hdf5,  # noqa: E402
+                                  create_zarr)
+
+
+def write_blocks(writer, x: np.ndarray, starts: list[int], pool=None) -> None:
+    """Encode and write `x` in blocks beginning at `starts`, on `pool` (in any order) or here, in order."""
+    ends = starts[1:] + [len(x)]
+    jobs = [(x[a:b], a) for a, b in zip(starts, ends)]
+    if pool is None:
+        for block, start in jobs:
+            writer.write(writer.encode(block)[0], start)
+    else:
+        list(pool.map(_write_one, [writer] * len(jobs), *zip(*reversed(jobs))))
+
+
+def _write_one(writer, block, start):
+    writer.write(writer.encode(block)[0], start)
+
+
+@pytest.mark.parametrize("starts,rows", [([0, 4, 8], 4), ([0, 6, 10, 16], 2), ([0], 23), ([0, 7, 14, 21], 7)])
+def test_chunk_rows_make_every_block_whole_chunks(starts, rows):
+    assert chunk_rows(starts, 23) == rows
+    assert all(start % rows == 0 for start in starts)
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "blosc", "gzip", "none"])
+@pytest.mark.parametrize("pool_kind", ["threads", "processes"])
+def test_zarr_writers_on_many_workers_write_what_normcli_reads_back(tmp_path, x, compressor, pool_kind):
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    starts = list(range(0, len(x), 6))
+    folder = tmp_path / ".out.zarr.tmp"
+    folder.mkdir()
+    writer = create_zarr(str(folder), "out.zarr", x.shape, np.dtype("float32"), chunk_rows(starts, len(x)),
+                         check_compressor("zarr", compressor))
+    with (ThreadPoolExecutor if pool_kind == "threads" else ProcessPoolExecutor)(2) as pool:
+        write_blocks(writer, x, starts, pool)
+    np.testing.assert_array_equal(zarr.open_array(str(folder), mode="r")[:], x)
+    assert ZarrPart(str(folder)).read(0, len(x)).tobytes() == x.tobytes()  # every chunk stored, none missing
+
+
+def test_a_zarr_writer_refuses_a_block_that_is_not_whole_chunks(tmp_path, x):
+    folder = tmp_path / "o.zarr"
+    folder.mkdir()
+    writer = create_zarr(str(folder), "o.zarr", x.shape, np.dtype("float32"), 6, "zstd")
+    with pytest.raises(Exception, match=r"samples 3..8 are not whole chunks of 6 \(o.zarr\)"):
+        writer.write(x[3:9], 3)
+    writer.write(x[18:], 18)  # the last chunk, cut by the array's end
+
+
+def test_a_zarr_writer_never_recreates_a_discarded_output(tmp_path, x):
+    folder = tmp_path / "o.zarr"
+    folder.mkdir()
+    writer = create_zarr(str(folder), "o.zarr", x.shape, np.dtype("float32"), 6, "zstd")
+    shutil.rmtree(folder)
+    with pytest.raises(Exception):
+        writer.write(x[:6], 0)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("compressor", ["gzip", "lzf", "none"])
+def test_the_hdf5_writer_writes_in_order_on_the_driver(tmp_path, x, compressor):
+    path = tmp_path / ".out.h5.tmp"
+    path.touch()  # as Outputs.stage leaves it
+    starts = list(range(0, len(x), 5))
+    writer = create_hdf5(str(path), "out.h5", "group/data", x.shape, np.dtype("float64"),
+                         chunk_rows(starts, len(x)), check_compressor("hdf5", compressor))
+    assert not writer.positional  # its blocks come back to the driver
+    write_blocks(writer, x, starts)
+    assert Hdf5Part(str(path), "/group/data").read(0, len(x)).tobytes() == x.astype(np.float64).tobytes()
+
+
+def test_compressor_and_target_rules(tmp_path):
+    assert check_compressor("zarr", None) == "zstd" and check_compressor("hdf5", None) == "gzip"
+    with pytest.raises(Exception, match="HDF5 outputs take gzip, lzf, none"):
+        check_compressor("hdf5", "blosc")
+    zarr_store(tmp_path / "old.zarr", np.zeros(3), (3,))
+    (tmp_path / "notes.zarr").mkdir()
+    check_store_target(str(tmp_path / "new.zarr"), force=False)
+    check_store_target(str(tmp_path / "old.zarr"), force=True)
+    with pytest.raises(Exception, match="already exists; pass --force"):
+        check_store_target(str(tmp_path / "old.zarr"), force=False)
+    with pytest.raises(Exception, match="exists and is not a Zarr store; --force replaces only what this run writes"):
+        check_store_target(str(tmp_path / "notes.zarr"), force=True)
