@@ -133,7 +133,7 @@ class ZarrPart(StorePart):
             needed = math.prod(math.ceil(n / c) for n, c in zip(array.shape, storage))
             if held < needed:
                 raise InputError(f"holds {held:,} of the {needed:,} chunks its shape {tuple(array.shape)} needs; "
-                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value)}", name)
+                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='the missing ones')}", name)
 
     @contextlib.contextmanager
     def _opened_store(self) -> Iterator:
@@ -171,11 +171,11 @@ class ZarrPart(StorePart):
             key = array.metadata.encode_chunk_key(coords)
             if not sync(store.exists(prefix + key)):
                 raise InputError(f"chunk {key} (samples {coords[0] * self.rows}..) is missing; "
-                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value)}", self.name)
+                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='it')}", self.name)
 
 
-_FILL_REFUSAL = ("Zarr reads a missing chunk as the fill value {fill}, which normcli does not count as data "
-                 "(write the store with write_empty_chunks=True)")
+_FILL_REFUSAL = ("normcli does not count Zarr's fill value {fill} for {them} as data (write_empty_chunks=True "
+                 "writes every chunk)")
 
 
 def _zarr_array(zarr, store, key: str | None, name: str):

@@ -205,21 +205,22 @@ def refuse_everywhere(workspace, store, contains: str, *options):
 def test_a_missing_chunk_is_refused_not_read_as_fill_value(workspace):
     store = small(workspace.root)
     (store / "c" / "1" / "0").unlink()
-    refuse_everywhere(workspace, "s.zarr", "holds 3 of the 4 chunks its shape (10, 4) needs; Zarr reads a missing "
-                                           "chunk as the fill value 0.0")
+    refuse_everywhere(workspace, "s.zarr", "holds 3 of the 4 chunks its shape (10, 4) needs; normcli does not "
+                                           "count Zarr's fill value 0.0 for the missing ones as data")
 
 
 def test_a_missing_chunk_hidden_by_a_stray_file_is_found_where_it_is_read(workspace):
     store = small(workspace.root)
     (store / "c" / "2" / "0").rename(store / "c" / "stray")
-    refuse_everywhere(workspace, "s.zarr", "chunk c/2/0 (samples 6..) is missing")
+    refuse_everywhere(workspace, "s.zarr", "chunk c/2/0 (samples 6..) is missing; normcli does not count Zarr's "
+                                           "fill value 0.0 for it as data")
 
 
 def test_a_store_zarr_wrote_without_empty_chunks_is_refused_with_the_way_out(workspace):
     x = np.zeros((6, 2))
     x[:3] = 1.0
     zarr_store(workspace.root / "z.zarr", x, (3, 2), fill_value=0.0)  # zarr leaves the chunk of zeros out
-    workspace.refused("stats", "z.zarr", contains="(write the store with write_empty_chunks=True) (z.zarr)")
+    workspace.refused("stats", "z.zarr", contains="(write_empty_chunks=True writes every chunk) (z.zarr)")
     zarr_store(workspace.root / "full.zarr", x, (3, 2), fill_value=0.0, config={"write_empty_chunks": True})
     assert report("stats", "full.zarr")["rows"][0]["mean"] == 0.5
 
