@@ -109,6 +109,19 @@ def test_every_dtype_normcli_reads(tmp_path, rng, dtype):
     assert report("stats", tmp_path / "a.h5", "--per", "global") == want
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("zip_store", [False, True])
+def test_key_picks_the_array_of_a_group(tmp_path, x, zarr_format, zip_store):
+    np.save(tmp_path / "x.npy", x)
+    store = zarr_store(tmp_path / ("g.zip" if zip_store else "g.zarr"), x, (5, 6, 5, 3), zarr_format=zarr_format,
+                       zip_store=zip_store, name="scans/raw")
+    want = report("stats", tmp_path / "x.npy")
+    assert report("stats", store, "--key", "scans/raw") == want
+    assert report("stats", store) == want  # its only array
+    if not zip_store:
+        assert report("stats", store / "scans" / "raw") == want  # the array's own folder
+
+
 def test_layout_rules_are_those_of_npy(tmp_path, x):
     nchw = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     np.save(tmp_path / "x.npy", nchw)
@@ -254,6 +267,12 @@ def test_a_corrupt_hdf5_chunk_is_refused(workspace, rng):
 def test_metadata_whose_dtype_lies_is_refused(workspace):
     store = small(workspace.root)  # float64 chunks, uncompressed
     edit_metadata(store, data_type="int16", fill_value=0)
+    refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
+
+
+def test_metadata_whose_chunk_shape_lies_is_refused(workspace):
+    store = small(workspace.root)  # chunks of (3, 4)
+    edit_metadata(store, shape=[10, 8], chunk_grid={"name": "regular", "configuration": {"chunk_shape": [3, 8]}})
     refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
 
 
