@@ -35,7 +35,7 @@ _ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # what marks a Zarr node (
 
 
 # The package each extra installs, as pyproject.toml pins it.
-_EXTRAS = {"zarr": "zarr>=3.1", "hdf5": "h5py>=3.8"}
+_EXTRAS = {"zarr": ("zarr>=3.1",), "hdf5": ("h5py>=3.8", "hdf5plugin>=4.0")}
 
 
 def _require(module: str, extra: str, name: str):
@@ -44,7 +44,7 @@ def _require(module: str, extra: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"reading it needs {module} (normcli's [{extra}] extra): pip install '{_EXTRAS[extra]}', "
+        raise InputError(f"reading it needs {module} (normcli's [{extra}] extra): pip install {' '.join(repr(r) for r in _EXTRAS[extra])}, "
                          f"or pip install '.[{extra}]' in a clone of normcli", name) from None
 
 
@@ -249,10 +249,13 @@ class Hdf5Part(StorePart):
             rows = dataset.chunks[0] if dataset.chunks else 1
             self._facts(name, name, dataset.name, tuple(dataset.shape), dataset.dtype, rows)
             _check_allocated(dataset, name)
+            self.plugins = _needs_plugins(h5py, dataset, name)
 
     @contextlib.contextmanager
     def _opened_file(self) -> Iterator:
         h5py = _require("h5py", "hdf5", self.name)  # on a worker, too: it may lack the extra
+        if getattr(self, "plugins", False):
+            importlib.import_module("hdf5plugin")  # registers its filters with HDF5, in this process too
         try:
             file = h5py.File(self.path, "r")
         except OSError as error:
@@ -293,6 +296,27 @@ def _hdf5_dataset(h5py, file, key: str | None, name: str):
     if node.file.filename != file.filename:  # a soft link on to an external one
         raise InputError(f"{key} leads to another file; normcli reads only data the file holds", name)
     return node
+
+
+# HDF5's own filters (deflate, shuffle, fletcher32, szip, nbit, scaleoffset) and h5py's LZF.
+_H5PY_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
+
+
+def _needs_plugins(h5py, dataset, name: str) -> bool:
+    """Whether the dataset's filters (blosc, zstd, lz4, ...) need hdf5plugin, which h5py lacks; a filter
+    that neither decodes is refused here, not as a damaged chunk later."""
+    plist = dataset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    if all(number in _H5PY_FILTERS for number, *_ in filters):
+        return False
+    with contextlib.suppress(ImportError):
+        importlib.import_module("hdf5plugin")  # part of the [hdf5] extra
+    for number, _, _, label in filters:
+        if not h5py.h5z.filter_avail(number):
+            raise InputError(f"dataset {dataset.name} is compressed with HDF5 filter {number} "
+                             f"({label.decode(errors='replace') or 'unnamed'}), which neither h5py nor hdf5plugin "
+                             "decodes here", name)
+    return True
 
 
 def _check_allocated(dataset, name: str) -> None:

@@ -122,6 +122,21 @@ def test_key_picks_the_array_of_a_group(tmp_path, x, zarr_format, zip_store):
         assert report("stats", store / "scans" / "raw") == want  # the array's own folder
 
 
+@pytest.mark.parametrize("codec", ["Blosc", "Zstd", "LZ4"])
+def test_hdf5_filters_of_hdf5plugin(tmp_path, x, codec):
+    hdf5plugin = pytest.importorskip("hdf5plugin", reason="part of the [hdf5] extra")
+    np.save(tmp_path / "x.npy", x)
+    store = hdf5_file(tmp_path / "p.h5", x, chunks=(4, 6, 5, 3), **getattr(hdf5plugin, codec)())
+    assert report("stats", store, "--engine", "processes", "--workers", "2") == report("stats", tmp_path / "x.npy")
+
+
+def test_an_hdf5_filter_no_one_here_decodes_is_refused_at_open(workspace):
+    with h5py.File(workspace.root / "f.h5", "w") as f:
+        f.create_dataset("d", data=np.zeros((4, 2)), chunks=(2, 2), compression=32767, allow_unknown_filter=True)
+    workspace.refused("stats", "f.h5", contains="dataset /d is compressed with HDF5 filter 32767 (unnamed), which "
+                                                "neither h5py nor hdf5plugin decodes here")
+
+
 def test_layout_rules_are_those_of_npy(tmp_path, x):
     nchw = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     np.save(tmp_path / "x.npy", nchw)
