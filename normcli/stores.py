@@ -172,6 +172,27 @@ class ZarrPart(StorePart):
             if not sync(store.exists(prefix + key)):
                 raise InputError(f"chunk {key} (samples {coords[0] * self.rows}..) is missing; "
                                  f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='it')}", self.name)
+            if array.shards and not _whole_shard(array, coords, key):
+                raise InputError(f"shard {key} (samples {coords[0] * self.rows}..) lacks some of its chunks; "
+                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='them')}", self.name)
+
+
+def _whole_shard(array, shard: tuple[int, ...], key: str) -> bool:
+    """Whether the shard at `shard` (its coordinates) holds every inner chunk that lies inside the array:
+    its index marks a chunk that was left out (as zarr leaves out chunks of only the fill value)."""
+    from zarr.codecs import ShardingCodec
+    from zarr.core.sync import sync
+
+    codec = next(c for c in array.metadata.codecs if isinstance(c, ShardingCodec))
+    per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
+    index = sync(codec._load_shard_index_maybe(array.store_path / key, per_shard))  # zarr's own reader of it
+    if index is None:
+        return False
+    inside = np.ones(per_shard, dtype=bool)
+    for axis, (at, count, chunk, size) in enumerate(zip(shard, per_shard, array.chunks, array.shape)):
+        beyond = (at * count + np.arange(count)) * chunk >= size  # inner chunks past the array's end are never written
+        inside[(slice(None),) * axis + (beyond,)] = False
+    return bool(index.get_full_chunk_map()[inside].all())
 
 
 _FILL_REFUSAL = ("normcli does not count Zarr's fill value {fill} for {them} as data (write_empty_chunks=True "

@@ -253,6 +253,16 @@ def test_a_store_zarr_wrote_without_empty_chunks_is_refused_with_the_way_out(wor
     assert report("stats", "full.zarr")["rows"][0]["mean"] == 0.5
 
 
+def test_a_chunk_left_out_of_a_shard_is_refused(workspace):
+    x = np.ones((10, 4))
+    x[4:6] = 0.0  # an inner chunk of only the fill value, which zarr leaves out of its shard
+    zarr_store(workspace.root / "sh.zarr", x, (2, 4), shards=(4, 4), fill_value=0.0)
+    refuse_everywhere(workspace, "sh.zarr", "shard c/1/0 (samples 4..) lacks some of its chunks")
+    x[4:6] = 2.0  # the last shard's second inner chunk lies past the array's end: never written, not needed
+    zarr_store(workspace.root / "whole.zarr", x, (2, 4), shards=(4, 4), fill_value=0.0)
+    assert report("stats", "whole.zarr", "--per", "global")["rows"][0]["max"] == 2.0
+
+
 def test_a_huge_claimed_shape_with_no_chunks_is_refused_at_once(workspace):
     store = small(workspace.root)
     edit_metadata(store, shape=[10**15, 4])
