@@ -57,13 +57,17 @@ class StorePart:
     """An array inside a store, read by sample ranges: what Zarr and HDF5 parts share. `rows` is
     how many samples one chunk holds along the sample axis (1 for unchunked storage)."""
 
-    key = None  # an .npz output names its member after the input's key only for .npz inputs
+    key = None  # not an .npz member: an .npz output names its array `data`
     npy_files = False
     varied_sizes = False
 
-    def _facts(self, name: str, path: str, array_path: str, shape: tuple, dtype: np.dtype, rows: int) -> None:
+    def __init__(self, name: str):
         self.name = name
-        self.path = os.path.abspath(path)  # read by workers that may not share our working directory
+        self.path = os.path.abspath(name)  # read by workers that may not share our working directory
+
+    def _facts(self, array_path: str, shape: tuple, dtype: np.dtype, rows: int) -> None:
+        """What the store's metadata says, checked before anything is allocated."""
+        name = self.name
         self.array_path = array_path
         check_array_header(shape, False, dtype, math.inf, name)  # the bytes are checked chunk by chunk
         self.dtype = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
@@ -103,8 +107,6 @@ class StorePart:
     def _get(self, array, selection, start: int, count: int) -> np.ndarray:
         try:
             return np.asarray(array[selection] if isinstance(selection, slice) else self._pick(array, selection))
-        except InputError:
-            raise
         except Exception as error:  # a codec's, a file's or a shape's complaint: the chunk does not decode
             raise InputError(f"cannot read samples {start}..{start + count - 1}: a chunk is damaged "
                              f"({_first_line(error)})", self.name) from None
@@ -123,11 +125,11 @@ class ZarrPart(StorePart):
     def __init__(self, name: str, key: str | None = None):
         self.zip = not Path(name).is_dir()
         zarr = _require("zarr", "zarr", name)
-        self.name, self.path, self.array_path = name, os.path.abspath(name), ""
+        super().__init__(name)
         with self._opened_store() as store:
             array = _zarr_array(zarr, store, key, name)
             storage = array.shards or array.chunks  # what the store holds one object per: shards, else chunks
-            self._facts(name, name, array.path, tuple(array.shape), np.dtype(array.dtype), storage[0])
+            self._facts(array.path, tuple(array.shape), np.dtype(array.dtype), storage[0])
             self.storage = tuple(storage)
             held = _count_chunks(store, array.path)
             needed = math.prod(math.ceil(n / c) for n, c in zip(array.shape, storage))
@@ -256,7 +258,7 @@ class Hdf5Part(StorePart):
 
     def __init__(self, name: str, key: str | None = None):
         h5py = _require("h5py", "hdf5", name)
-        self.name, self.path = name, os.path.abspath(name)
+        super().__init__(name)
         with self._opened_file() as file:
             dataset = _hdf5_dataset(h5py, file, key, name)
             if dataset.is_virtual:
@@ -268,7 +270,7 @@ class Hdf5Part(StorePart):
             if dataset.shape is None:
                 raise InputError(f"dataset {dataset.name} holds no values (a null dataspace)", name)
             rows = dataset.chunks[0] if dataset.chunks else 1
-            self._facts(name, name, dataset.name, tuple(dataset.shape), dataset.dtype, rows)
+            self._facts(dataset.name, tuple(dataset.shape), dataset.dtype, rows)
             _check_allocated(dataset, name)
             self.plugins = _needs_plugins(h5py, dataset, name)
 
@@ -287,7 +289,10 @@ class Hdf5Part(StorePart):
     @contextlib.contextmanager
     def _opened(self) -> Iterator:
         with self._opened_file() as file:
-            yield file[self.array_path]
+            dataset = file.get(self.array_path)
+            if dataset is None:
+                raise InputError(f"has no dataset {self.array_path} any more", self.name)
+            yield dataset
 
     def _pick(self, dataset, indices: np.ndarray) -> np.ndarray:
         return dataset[indices]  # h5py wants increasing indices: read_indices hands them sorted, once each
