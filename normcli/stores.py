@@ -18,6 +18,7 @@ import importlib
 import itertools
 import math
 import os
+import threading
 import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,7 +32,8 @@ from normcli.sources import ArrayRun, check_array_header
 # decompressed whole: a store whose chunk rows are larger than this is refused, as memory would be.
 CHUNK_ROW_MAX_BYTES = 512 << 20
 HDF5_SUFFIXES = (".h5", ".hdf5")
-_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # what marks a Zarr node (v3, v2 array, v2 group)
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+_OPENING = threading.Lock()  # a part's threads open its store once  # what marks a Zarr node (v3, v2 array, v2 group)
 
 
 # The package each extra installs, as pyproject.toml pins it.
@@ -64,6 +66,24 @@ class StorePart:
     def __init__(self, name: str):
         self.name = name
         self.path = os.path.abspath(name)  # read by workers that may not share our working directory
+        self._handle = None  # (what to close, the array): opened once per process by the first read
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None}  # each process opens the store itself
+
+    def _array(self):
+        """The store's array, opened once by this process's first read of this part."""
+        with _OPENING:
+            if self._handle is None:
+                self._handle = self._open()
+            return self._handle[1]
+
+    def close(self) -> None:
+        """Close the store this process opened to read (a zip or HDF5 file stays open between blocks)."""
+        with _OPENING:
+            if self._handle is not None:
+                self._handle[0].close()
+                self._handle = None
 
     def _facts(self, array_path: str, shape: tuple, dtype: np.dtype, rows: int) -> None:
         """What the store's metadata says, checked before anything is allocated."""
@@ -90,19 +110,19 @@ class StorePart:
 
     def read(self, start: int, count: int) -> np.ndarray:
         """Samples start..start+count."""
-        with self._opened() as array:
-            self._check_stored(array, start, count)
-            return self._native(self._get(array, slice(start, start + count), start, count))
+        array = self._array()
+        self._check_stored(array, start, count)
+        return self._native(self._get(array, slice(start, start + count), start, count))
 
     def read_indices(self, indices: Sequence[int]) -> np.ndarray:
         """The samples at `indices`, in that order: each chunk they touch read once."""
         if not len(indices):
             return np.empty((0, *self.sample_shape), self.dtype)
         wanted, order = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-        with self._opened() as array:
-            for row in np.unique(wanted // self.rows):
-                self._check_stored(array, int(row) * self.rows, 1)
-            return self._native(self._get(array, wanted, int(wanted[0]), int(wanted[-1]) - int(wanted[0]) + 1))[order]
+        array = self._array()
+        for row in np.unique(wanted // self.rows):
+            self._check_stored(array, int(row) * self.rows, 1)
+        return self._native(self._get(array, wanted, int(wanted[0]), int(wanted[-1]) - int(wanted[0]) + 1))[order]
 
     def _get(self, array, selection, start: int, count: int) -> np.ndarray:
         try:
@@ -137,27 +157,29 @@ class ZarrPart(StorePart):
                 raise InputError(f"holds {held:,} of the {needed:,} chunks its shape {tuple(array.shape)} needs; "
                                  f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='the missing ones')}", name)
 
-    @contextlib.contextmanager
-    def _opened_store(self) -> Iterator:
-        zarr = importlib.import_module("zarr")
+    def _store(self):
+        zarr = _require("zarr", "zarr", self.name)  # on a worker, too: it may lack the extra
         try:
-            store = (zarr.storage.ZipStore(self.path, mode="r") if self.zip
-                     else zarr.storage.LocalStore(self.path, read_only=True))
+            return (zarr.storage.ZipStore(self.path, mode="r") if self.zip
+                    else zarr.storage.LocalStore(self.path, read_only=True))
         except (OSError, zipfile.BadZipFile) as error:
             raise InputError(f"cannot open the Zarr store: {_first_line(error)}", self.name) from None
+
+    @contextlib.contextmanager
+    def _opened_store(self) -> Iterator:
+        store = self._store()
         try:
             yield store
         finally:
             store.close()
 
-    @contextlib.contextmanager
-    def _opened(self) -> Iterator:
-        zarr = _require("zarr", "zarr", self.name)  # on a worker, too: it may lack the extra
-        with self._opened_store() as store:
-            try:
-                yield zarr.open_array(store=store, path=self.array_path, mode="r")
-            except (FileNotFoundError, KeyError, ValueError) as error:
-                raise InputError(f"cannot open the Zarr array: {_first_line(error)}", self.name) from None
+    def _open(self) -> tuple:
+        store = self._store()
+        try:
+            return store, importlib.import_module("zarr").open_array(store=store, path=self.array_path, mode="r")
+        except Exception as error:  # gone or rewritten since it was opened
+            store.close()
+            raise InputError(f"cannot open the Zarr array: {_first_line(error)}", self.name) from None
 
     def _pick(self, array, indices: np.ndarray) -> np.ndarray:
         return array.get_orthogonal_selection((indices,))
@@ -274,25 +296,27 @@ class Hdf5Part(StorePart):
             _check_allocated(dataset, name)
             self.plugins = _needs_plugins(h5py, dataset, name)
 
-    @contextlib.contextmanager
-    def _opened_file(self) -> Iterator:
+    def _file(self):
         h5py = _require("h5py", "hdf5", self.name)  # on a worker, too: it may lack the extra
         if getattr(self, "plugins", False):
             importlib.import_module("hdf5plugin")  # registers its filters with HDF5, in this process too
         try:
-            file = h5py.File(self.path, "r")
+            return h5py.File(self.path, "r")
         except OSError as error:
             raise InputError(f"not a readable HDF5 file ({_first_line(error)})", self.name) from None
-        with file:
-            yield file
 
     @contextlib.contextmanager
-    def _opened(self) -> Iterator:
-        with self._opened_file() as file:
-            dataset = file.get(self.array_path)
-            if dataset is None:
-                raise InputError(f"has no dataset {self.array_path} any more", self.name)
-            yield dataset
+    def _opened_file(self) -> Iterator:
+        with self._file() as file:
+            yield file
+
+    def _open(self) -> tuple:
+        file = self._file()
+        dataset = file.get(self.array_path)
+        if dataset is None:
+            file.close()
+            raise InputError(f"has no dataset {self.array_path} any more", self.name)
+        return file, dataset
 
     def _pick(self, dataset, indices: np.ndarray) -> np.ndarray:
         return dataset[indices]  # h5py wants increasing indices: read_indices hands them sorted, once each
