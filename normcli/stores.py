@@ -32,9 +32,8 @@ from normcli.sources import ArrayRun, check_array_header
 # decompressed whole: a store whose chunk rows are larger than this is refused, as memory would be.
 CHUNK_ROW_MAX_BYTES = 512 << 20
 HDF5_SUFFIXES = (".h5", ".hdf5")
-_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
-_OPENING = threading.Lock()  # a part's threads open its store once  # what marks a Zarr node (v3, v2 array, v2 group)
-
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # what marks a Zarr node (v3, v2 array, v2 group)
+_OPENING = threading.Lock()  # a part's threads open its store once
 
 # The package each extra installs, as pyproject.toml pins it.
 _EXTRAS = {"zarr": ("zarr>=3.1",), "hdf5": ("h5py>=3.8", "hdf5plugin>=4.0")}
@@ -46,7 +45,8 @@ def _require(module: str, extra: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"reading it needs {module} (normcli's [{extra}] extra): pip install {' '.join(repr(r) for r in _EXTRAS[extra])}, "
+        packages = " ".join(f"'{requirement}'" for requirement in _EXTRAS[extra])
+        raise InputError(f"reading it needs {module} (normcli's [{extra}] extra): pip install {packages}, "
                          f"or pip install '.[{extra}]' in a clone of normcli", name) from None
 
 
@@ -154,8 +154,9 @@ class ZarrPart(StorePart):
             held = _count_chunks(store, array.path)
             needed = math.prod(math.ceil(n / c) for n, c in zip(array.shape, storage))
             if held < needed:
+                refusal = _FILL_REFUSAL.format(fill=array.metadata.fill_value, them="the missing ones")
                 raise InputError(f"holds {held:,} of the {needed:,} chunks its shape {tuple(array.shape)} needs; "
-                                 f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='the missing ones')}", name)
+                                 f"{refusal}", name)
 
     def _store(self):
         zarr = _require("zarr", "zarr", self.name)  # on a worker, too: it may lack the extra
@@ -177,7 +178,7 @@ class ZarrPart(StorePart):
         store = self._store()
         try:
             return store, importlib.import_module("zarr").open_array(store=store, path=self.array_path, mode="r")
-        except Exception as error:  # gone or rewritten since it was opened
+        except Exception as error:  # gone or rewritten since this process's driver opened it
             store.close()
             raise InputError(f"cannot open the Zarr array: {_first_line(error)}", self.name) from None
 

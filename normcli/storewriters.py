@@ -48,7 +48,8 @@ def _zarr_compressors(name: str):
 
 
 def check_compressor(kind: str, compressor: str | None) -> str:
-    """The compressor a store output uses: `compressor`, else its default; a usage error where the store has none such."""
+    """The compressor a store output uses: `compressor`, else its default; a usage error where the
+    store has no such codec."""
     choices = ZARR_COMPRESSORS if kind == "zarr" else HDF5_COMPRESSORS
     if compressor is None:
         return choices[0]
