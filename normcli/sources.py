@@ -18,6 +18,7 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
+from normcli import stores
 from normcli.arrayparts import ArrayFolderPart, ArrayPart, open_npy, open_npz
 from normcli.errors import InputError, NormcliWarning, UsageMismatch, from_os_error
 from normcli.imageparts import ImagePart, open_image
@@ -34,6 +35,7 @@ FORMATS: list[tuple[Recognizer, Opener]] = [
     (file_with_suffix(*IMAGE_EXTENSIONS), open_image),
     (file_with_suffix(".npz"), open_npz),
     (file_with_suffix(".npy"), open_npy),
+    *stores.FORMATS,
 ]
 
 
