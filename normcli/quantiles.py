@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from normcli.layout import Layout
-from normcli.scopes import POSITIONS, Scope
+from normcli.scopes import Scope
 
 METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
            "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher", "midpoint",
@@ -49,7 +49,7 @@ COUNTERS = 1 << 22  # sub-cell counters a pass may hold (32 MiB of int64): fewer
 def refusal(scope: Scope) -> str | None:
     """Why quantiles cannot be taken at `scope`, or None: a quantile of each pixel across samples
     needs ranks among every sample's value of that pixel, state that grows with the dataset."""
-    if POSITIONS not in scope.reduced:
+    if scope.by_position:
         return (f"percentiles --per {scope.name} are not supported: exact quantiles of every "
                 "(position, channel) across samples need memory that grows with the dataset")
     return None
