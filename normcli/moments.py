@@ -18,6 +18,8 @@ aggregate shape of dask's reductions:
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -279,18 +281,8 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     if not pieces or pieces[0].ndim == 3:  # any other scope (one piece, the array as it is), or no values
         return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
     # rows of channels, or of values repeating them: reduced down the rows, folded onto the channels
-    return reduce(ufunc, [ufunc.reduce(_reduce_rows(ufunc, piece, dtype).reshape(-1, a.shape[2]), axis=0)
+    return reduce(ufunc, [ufunc.reduce(ufunc.reduce(piece, axis=0, dtype=dtype).reshape(-1, a.shape[2]), axis=0)
                           for piece in pieces])
-
-
-def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
-    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones
-    (BLAS): each column's values are still added in running sums down the rows, whose error
-    grows with the rows (a hundred or so) as numpy's reduce over axis 0 does, at 3-4x the speed
-    (36 vs 105-147 us for 2 MiB of float32 deviations)."""
-    if ufunc is np.add and dtype is None and rows.dtype == np.float64:
-        return np.ones(len(rows)) @ rows
-    return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
 def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sample: int = 0,
@@ -327,45 +319,128 @@ def _probe_shift(v: np.ndarray, scope: Scope) -> np.ndarray:
 def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: bool):
     count = scope.values_per_key(v.shape)
     shift = _probe_shift(v, scope)
-    y = _deviations(v, scope, shift)
     with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf in one key sum to NaN: counted below
-        total = keyed_reduce(np.add, y, scope)
-    if not np.isfinite(total).all():
-        finite = np.isfinite(v)
-        nonfinite = _count_nonfinite(v, finite, first_sample)
-        if not nonfinite.total:
-            raise _too_large()
-        if not ignore_nan:
-            return None, nonfinite
-        return _masked_moments(v, y, finite, scope, shift), nonfinite
-    with np.errstate(over="ignore"):
-        if scope.single_key and y.flags.c_contiguous:
-            flat = y.reshape(-1)
-            squares = np.atleast_1d(np.dot(flat, flat))  # BLAS: 3x einsum (one BLAS thread: see cli.main)
-        else:
-            squares = keyed_reduce(np.add, np.square(y, out=y), scope)
-    if not np.isfinite(squares).all():
+        total, squares, low, high = _shifted_sums(v, scope, shift)
+        if not (np.isfinite(total).all() and np.isfinite(squares).all()):
+            return _nonfinite_moments(v, scope, shift, first_sample, ignore_nan)
+        mean_dev = total / count
+        m2 = squares - total * mean_dev
+        # Sums of squares about the shift cancel when the shift is far from the block's values
+        # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
+        # those: a key's numbers must not depend on which other keys share its block.
+        # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
+        far = total * mean_dev > 0.5 * squares
+        if far.any():
+            near_total, near_squares = _shifted_sums(v, scope, shift + mean_dev, extremes=False)
+            m2 = np.where(far, near_squares - near_total * (near_total / count), m2)
+    return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2, low.astype(np.float64),
+                        high.astype(np.float64)), NonFinite()
+
+
+_SLICE_VALUES = 1 << 16  # values a slice: its float64 deviations (512 KiB) stay in the core's L2 cache
+
+
+def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: bool = True) -> tuple:
+    """Per key, each (keys,): the sum of v - shift, the sum of its squares, and (with `extremes`)
+    the minimum and maximum of v.
+
+    Each piece of the block (Scope.pieces) in five numpy calls: v - shift in float64 into this
+    thread's scratch, its sum, its sum of squares (BLAS), v's minimum and maximum. Narrower floats
+    go a few samples at a time (about _SLICE_VALUES values), so that the deviations are read back
+    from the cache rather than from memory (benchmarks/PROFILE.md); the slices' sums add up, their
+    minima and maxima fold exactly. float64 data are measured whole, so that their numbers stay
+    bit for bit those of earlier versions (saved statistics, the README's transcripts). Per-sample
+    keys are measured whole: their own reductions are pairwise already.
+    """
+    keys = len(shift)
+    if scope.single_key and v.flags.c_contiguous:
+        pieces = [((v.reshape(-1),), (shift,))]
+    else:
+        pieces = list(scope.pieces((v,), (shift,)))
+    sliced = not scope.per_sample and v.dtype.itemsize < 8
+    found = []
+    for (values,), (key_shift,) in pieces:
+        reduced = (0,) if values.ndim < 3 else scope.reduced  # down a piece's rows, or the view's axes
+        step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
+        sums = None
+        for start in range(0, len(values), step):
+            part = values[start:start + step]
+            y = float64_scratch(part.shape)
+            np.copyto(y, part)  # then subtract in float64: 1.3x subtracting with the cast
+            y -= key_shift
+            slice_sums = [*_sum_and_squares(y, scope, reduced)]
+            if extremes:
+                slice_sums += [np.minimum.reduce(part, axis=reduced), np.maximum.reduce(part, axis=reduced)]
+            if sums is None:
+                sums = [s.reshape(-1) for s in slice_sums]
+            else:
+                for fold, total, more in zip(_FOLDS, sums, slice_sums):
+                    fold(total, more.reshape(-1), out=total)
+        if sums is not None:  # rows repeating the keys fold onto them
+            found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
+                          for fold, total in zip(_FOLDS, sums)])
+    return tuple(reduce(fold, column) for fold, column in zip(_FOLDS, zip(*found)))
+
+
+_FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts of a key's values combine
+
+
+def _sum_and_squares(y: np.ndarray, scope: Scope, reduced: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of y and of y * y over the `reduced` axes (y is scratch: it may be squared in place).
+
+    One key: a pairwise sum and a BLAS dot of the flat values (3x einsum; one BLAS thread: see
+    cli.main). Rows (2-D pieces): products with a vector of ones (BLAS), whose column sums are still
+    running sums down the rows, as numpy's reduce over axis 0, at 3-4x its speed."""
+    if scope.single_key:
+        flat = y.reshape(-1)
+        return np.add.reduce(flat, keepdims=True), np.dot(flat, flat).reshape(1)
+    if y.ndim == 2:
+        ones = _ones(len(y))
+        return ones @ y, ones @ np.square(y, out=y)
+    return np.add.reduce(y, axis=reduced), np.add.reduce(np.square(y, out=y), axis=reduced)
+
+
+def _ones(size: int) -> np.ndarray:
+    """`size` float64 ones, this thread's (not to be written)."""
+    ones = getattr(_scratch, "ones", None)
+    if ones is None or ones.size < size:
+        ones = _scratch.ones = np.ones(size)
+    return ones[:size]
+
+
+def _nonfinite_moments(v: np.ndarray, scope: Scope, shift: np.ndarray, first_sample: int, ignore_nan: bool):
+    """(moments, NonFinite) of a block whose sums are not finite: NaN or inf in it (moments None,
+    or over the finite values with ignore_nan), else values too large for float64 (an error)."""
+    finite = np.isfinite(v)
+    nonfinite = _count_nonfinite(v, finite, first_sample)
+    if not nonfinite.total:
         raise _too_large()
-    mean_dev = total / count
-    m2 = squares - total * mean_dev
-    # Sums of squares about the shift cancel when the shift is far from the block's values
-    # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
-    # those: a key's numbers must not depend on which other keys share its block.
-    # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
-    far = total * mean_dev > 0.5 * squares
-    if far.any():
-        y = _deviations(v, scope, shift + mean_dev)
-        near_total = keyed_reduce(np.add, y, scope)
-        near_m2 = keyed_reduce(np.add, np.square(y, out=y), scope) - near_total * (near_total / count)
-        m2 = np.where(far, near_m2, m2)
-    return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2,
-                        keyed_reduce(np.minimum, v, scope).astype(np.float64),
-                        keyed_reduce(np.maximum, v, scope).astype(np.float64)), NonFinite()
+    if not ignore_nan:
+        return None, nonfinite
+    return _masked_moments(v, _deviations(v, scope, shift), finite, scope, shift), nonfinite
+
+
+# Scratch for the float64 deviations, one per thread (threads, and the threads of each process or
+# Dask worker, never share one): a fresh temporary for every block cost its allocation and page faults
+# each time. A block larger than _SCRATCH_MAX_VALUES gets a temporary of its own, not kept.
+_scratch = threading.local()
+_SCRATCH_MAX_VALUES = 1 << 23  # 64 MiB of float64: any block of the default size (2 MiB) fits
+
+
+def float64_scratch(shape) -> np.ndarray:
+    """An uninitialised float64 array of `shape`, this thread's (valid until its next call)."""
+    size = math.prod(shape)
+    if size > _SCRATCH_MAX_VALUES:
+        return np.empty(shape, np.float64)
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch.buffer = np.empty(size, np.float64)
+    return buffer[:size].reshape(shape)
 
 
 def _deviations(v: np.ndarray, scope: Scope, shift: np.ndarray) -> np.ndarray:
-    """v - shift per key, in float64."""
-    y = np.empty(v.shape, np.float64)
+    """v - shift per key, in float64, in this thread's scratch."""
+    y = float64_scratch(v.shape)
     for (values, out), (key_shift,) in scope.pieces((v, y), (shift,)):
         np.subtract(values, key_shift, out=out)
     return y
