@@ -256,11 +256,6 @@ def merge(a: BlockStats, b: BlockStats) -> BlockStats:
     return BlockStats(moments, nonfinite, 0, a.keys, False)
 
 
-def merge_all(parts) -> BlockStats:
-    """Every block's statistics as one, merged in the order given."""
-    return reduce(merge, parts)
-
-
 def counts_values(dtype, scope: Scope) -> bool:
     """Whether a scope counts every value: small integers at scopes that reduce over positions
     (few keys), which gives exact moments and exact histograms of any binning from one pass."""
@@ -362,23 +357,24 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
     for (values,), (key_shift,) in pieces:
         reduced = (0,) if values.ndim < 3 else scope.reduced  # down a piece's rows, or the view's axes
         step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
-        sums = None
+        by_slice = []
         for start in range(0, len(values), step):
             part = values[start:start + step]
             y = float64_scratch(part.shape)
             np.copyto(y, part)  # then subtract in float64: 1.3x subtracting with the cast
             y -= key_shift
-            slice_sums = [*_sum_and_squares(y, scope, reduced)]
+            sums = [*_sum_and_squares(y, scope, reduced)]
             if extremes:
-                slice_sums += [np.minimum.reduce(part, axis=reduced), np.maximum.reduce(part, axis=reduced)]
-            if sums is None:
-                sums = [s.reshape(-1) for s in slice_sums]
-            else:
-                for fold, total, more in zip(_FOLDS, sums, slice_sums):
-                    fold(total, more.reshape(-1), out=total)
-        if sums is not None:  # rows repeating the keys fold onto them
-            found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
-                          for fold, total in zip(_FOLDS, sums)])
+                sums += [np.minimum.reduce(part, axis=reduced), np.maximum.reduce(part, axis=reduced)]
+            by_slice.append([s.reshape(-1) for s in sums])
+        if not by_slice:
+            continue
+        # the slices' partial results added down the columns: pairwise for one key (numpy's reduce
+        # of an (n, 1) array), running sums otherwise, as a piece's rows within a slice
+        sums = by_slice[0] if len(by_slice) == 1 else \
+            [fold.reduce(np.stack(column), axis=0) for fold, column in zip(_FOLDS, zip(*by_slice))]
+        found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
+                      for fold, total in zip(_FOLDS, sums)])  # rows repeating the keys fold onto them
     return tuple(reduce(fold, column) for fold, column in zip(_FOLDS, zip(*found)))
 
 
