@@ -266,9 +266,9 @@ def counts_values(dtype, scope: Scope) -> bool:
 def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     """ufunc.reduce of a (samples, positions, channels) array over the scope's axes, one value per key.
 
-    numpy reduces the leading axes of an (M, 3) array one short row at a time (slowly: about
-    0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same
-    reduction runs at memory speed, and the L partial results fold into 3 at the end.
+    numpy reduces the leading axes of an (M, 3) array one short row at a time, slowly; viewed as
+    (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same reduction runs at memory
+    speed, and the L partial results fold into 3 at the end (benchmarks/PROFILE.md).
     """
     if scope.single_key:
         return np.atleast_1d(ufunc.reduce(a.reshape(-1) if a.flags.c_contiguous else a, axis=None, dtype=dtype))
@@ -361,7 +361,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
         for start in range(0, len(values), step):
             part = values[start:start + step]
             y = float64_scratch(part.shape)
-            np.copyto(y, part)  # then subtract in float64: 1.3x subtracting with the cast
+            np.copyto(y, part)  # a plain cast, then a float64 subtraction: faster than both in one call
             y -= key_shift
             sums = [*_sum_and_squares(y, scope, reduced)]
             if extremes:
@@ -384,9 +384,9 @@ _FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts o
 def _sum_and_squares(y: np.ndarray, scope: Scope, reduced: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The sums of y and of y * y over the `reduced` axes (y is scratch: it may be squared in place).
 
-    One key: a pairwise sum and a BLAS dot of the flat values (3x einsum; one BLAS thread: see
-    cli.main). Rows (2-D pieces): products with a vector of ones (BLAS), whose column sums are still
-    running sums down the rows, as numpy's reduce over axis 0, at 3-4x its speed."""
+    One key: a pairwise sum and a BLAS dot of the flat values (one BLAS thread: see cli.main). Rows
+    (2-D pieces): products with a vector of ones (BLAS), whose column sums are still running sums
+    down the rows, as numpy's reduce over axis 0, and faster (benchmarks/PROFILE.md)."""
     if scope.single_key:
         flat = y.reshape(-1)
         return np.add.reduce(flat, keepdims=True), np.dot(flat, flat).reshape(1)
