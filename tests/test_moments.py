@@ -8,7 +8,6 @@ are put back into sample shape with Layout.to_sample (tested on its own in test_
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -712,11 +711,15 @@ def test_per_sample_variance_at_an_offset_does_not_depend_on_the_block(far_probe
 
 
 # ------------------------------------------------------------- the float kernel's slices and scratch
-@contextlib.contextmanager
-def slices_of(values: int):
-    """measure_block's float slices shrunk to about `values` values (at least one sample each)."""
-    with mock.patch.object(moments, "_SLICE_VALUES", values):
-        yield
+def in_slices(values: int, function, *args, **kwargs):
+    """function(*args, **kwargs) with measure_block's float slices shrunk to about `values` values
+    (at least one sample each)."""
+    saved = moments._SLICE_VALUES
+    moments._SLICE_VALUES = values
+    try:
+        return function(*args, **kwargs)
+    finally:
+        moments._SLICE_VALUES = saved
 
 
 @st.composite
@@ -747,8 +750,7 @@ def test_sliced_float_moments_match_the_exact_reference(case, scope, slice_value
     exact rational mean and variance, a few ulps of the data's magnitude), exact counts and extremes."""
     layout, x = case
     cuts = data.draw(cut_points(len(x)))
-    with slices_of(slice_values):
-        m = accumulate(x, layout, scope, cuts).aggregate()
+    m = in_slices(slice_values, accumulate, x, layout, scope, cuts).aggregate()
     check_moments(m, x, layout, scope)
 
 
@@ -759,8 +761,7 @@ def test_slices_change_no_exact_result(dtype, scope, rng):
     x = (rng.standard_normal((30, 20, 20, 3)) * 50).astype(dtype)
     whole = measure_block(x, SCOPE_VALUES[scope], Layout("NHWC")).aggregate()
     for values in (1, 100, 5000):
-        with slices_of(values):
-            sliced = measure_block(x, SCOPE_VALUES[scope], Layout("NHWC")).aggregate()
+        sliced = in_slices(values, measure_block, x, SCOPE_VALUES[scope], Layout("NHWC")).aggregate()
         np.testing.assert_array_equal(sliced.count, whole.count)
         np.testing.assert_array_equal(sliced.min, whole.min)
         np.testing.assert_array_equal(sliced.max, whole.max)
@@ -775,8 +776,7 @@ def test_float_moments_far_from_zero_against_fsum_and_fractions(dtype, offset, s
     """Per channel at 1e9 and -1e12: the mean within 1e-15 of math.fsum's, the variance within 1e-12
     of the exact rational one, whatever the slices."""
     x = (offset + scale * np.random.default_rng(23).standard_normal((50, 30, 3))).astype(dtype)
-    with slices_of(slice_values):
-        m = measure_block(x, SCOPE_VALUES["channel"], Layout("NHWC")).aggregate()
+    m = in_slices(slice_values, measure_block, x, SCOPE_VALUES["channel"], Layout("NHWC")).aggregate()
     for c in range(3):
         column = x[..., c].reshape(-1).astype(np.float64)
         assert rel_err(m.mean[c], math.fsum(column) / len(column)) <= 1e-15
@@ -804,8 +804,7 @@ def test_float64_blocks_are_measured_whole():
     """float64 data are not sliced: the sums are numpy's over the whole block, bit for bit (for one
     key, the pairwise sum and the BLAS dot of the deviations from the shift)."""
     x = np.random.default_rng(8).normal(26.0, 17.0, (64, 32, 32, 1))
-    with slices_of(1):
-        stats = measure_block(x, SCOPE_VALUES["global"], Layout("NHWC")).moments
+    stats = in_slices(1, measure_block, x, SCOPE_VALUES["global"], Layout("NHWC")).moments
     y = x.reshape(-1) - stats.shift[0]
     total = np.add.reduce(y)
     assert stats.mean[0] == total / y.size
