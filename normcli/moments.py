@@ -276,8 +276,17 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     if not pieces or pieces[0].ndim == 3:  # any other scope (one piece, the array as it is), or no values
         return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
     # rows of channels, or of values repeating them: reduced down the rows, folded onto the channels
-    return reduce(ufunc, [ufunc.reduce(ufunc.reduce(piece, axis=0, dtype=dtype).reshape(-1, a.shape[2]), axis=0)
+    return reduce(ufunc, [ufunc.reduce(_reduce_rows(ufunc, piece, dtype).reshape(-1, a.shape[2]), axis=0)
                           for piece in pieces])
+
+
+def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
+    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones (BLAS):
+    each column's values are still added in running sums down the rows, as numpy's reduce over
+    axis 0 does, and faster (benchmarks/PROFILE.md)."""
+    if ufunc is np.add and dtype is None and rows.dtype == np.float64:
+        return _ones(len(rows)) @ rows
+    return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
 def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sample: int = 0,
@@ -363,7 +372,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
             y = float64_scratch(part.shape)
             np.copyto(y, part)  # a plain cast, then a float64 subtraction: faster than both in one call
             y -= key_shift
-            sums = [*_sum_and_squares(y, scope, reduced)]
+            sums = [*_sum_and_squares(y, scope)]
             if extremes:
                 sums += [np.minimum.reduce(part, axis=reduced), np.maximum.reduce(part, axis=reduced)]
             by_slice.append([s.reshape(-1) for s in sums])
@@ -381,19 +390,16 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
 _FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts of a key's values combine
 
 
-def _sum_and_squares(y: np.ndarray, scope: Scope, reduced: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The sums of y and of y * y over the `reduced` axes (y is scratch: it may be squared in place).
-
-    One key: a pairwise sum and a BLAS dot of the flat values (one BLAS thread: see cli.main). Rows
-    (2-D pieces): products with a vector of ones (BLAS), whose column sums are still running sums
-    down the rows, as numpy's reduce over axis 0, and faster (benchmarks/PROFILE.md)."""
+def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of y and of y * y, per key of a block (3-D) or per column of rows (2-D pieces); y
+    is scratch, squared in place. One key: a pairwise sum and a BLAS dot of the flat values (one
+    BLAS thread: see cli.main)."""
     if scope.single_key:
         flat = y.reshape(-1)
         return np.add.reduce(flat, keepdims=True), np.dot(flat, flat).reshape(1)
     if y.ndim == 2:
-        ones = _ones(len(y))
-        return ones @ y, ones @ np.square(y, out=y)
-    return np.add.reduce(y, axis=reduced), np.add.reduce(np.square(y, out=y), axis=reduced)
+        return _reduce_rows(np.add, y), _reduce_rows(np.add, np.square(y, out=y))
+    return keyed_reduce(np.add, y, scope), keyed_reduce(np.add, np.square(y, out=y), scope)
 
 
 def _ones(size: int) -> np.ndarray:
