@@ -14,6 +14,7 @@ import numpy as np
 
 from normcli.layout import Layout
 from normcli.scopes import Scope
+from normcli.scratch import scratch
 
 SMALL_INTEGERS = (np.uint8, np.uint16, np.int8, np.int16)  # every value can be counted
 
@@ -288,9 +289,11 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
         return numpy_histogram(values)
     ctype, L, s, lo, hi = plan
     size = min(values.size, _HIST_BLOCK)
-    f, whole, index = np.empty(size, ctype), np.empty(size, ctype), np.empty(size, np.intp)
+    f, whole = scratch("histogram fractions", size, ctype), scratch("histogram bins", size, ctype)
+    index = scratch("histogram indices", size, np.intp)
     flags = index.view(bool)  # 8 bytes a value: room for two masks, used up before `index` is
     b1 = bins + 1
+    top = ctype(bins)  # exact (bins < 2**24 here); a Python int would make numpy cast `whole` for the comparison
     counts = np.zeros(b1, np.int64)
     pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
     rejected = []
@@ -306,7 +309,7 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
             np.greater_equal(fb, lo, out=ok)
             np.less_equal(fb, hi, out=inside)
             ok &= inside
-            np.less(wb, bins, out=inside)  # at or past the last edge (cheaper than np.minimum)
+            np.less(wb, top, out=inside)  # at or past the last edge (cheaper than np.minimum)
             ok &= inside
             if not ok.all():
                 bad = np.flatnonzero(np.logical_not(ok, out=inside))

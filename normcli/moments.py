@@ -19,7 +19,6 @@ aggregate shape of dask's reductions:
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -29,6 +28,7 @@ from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
+from normcli.scratch import ones, scratch
 
 
 @dataclass
@@ -285,7 +285,7 @@ def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
     each column's values are still added in running sums down the rows, as numpy's reduce over
     axis 0 does, and faster (benchmarks/PROFILE.md)."""
     if ufunc is np.add and dtype is None and rows.dtype == np.float64:
-        return _ones(len(rows)) @ rows
+        return ones(len(rows)) @ rows
     return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
@@ -369,7 +369,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
         by_slice = []
         for start in range(0, len(values), step):
             part = values[start:start + step]
-            y = float64_scratch(part.shape)
+            y = scratch("deviations", part.shape, np.float64)
             np.copyto(y, part)  # a plain cast, then a float64 subtraction: faster than both in one call
             y -= key_shift
             sums = [*_sum_and_squares(y, scope)]
@@ -402,14 +402,6 @@ def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarra
     return keyed_reduce(np.add, y, scope), keyed_reduce(np.add, np.square(y, out=y), scope)
 
 
-def _ones(size: int) -> np.ndarray:
-    """`size` float64 ones, this thread's (not to be written)."""
-    ones = getattr(_scratch, "ones", None)
-    if ones is None or ones.size < size:
-        ones = _scratch.ones = np.ones(size)
-    return ones[:size]
-
-
 def _nonfinite_moments(v: np.ndarray, scope: Scope, shift: np.ndarray, first_sample: int, ignore_nan: bool):
     """(moments, NonFinite) of a block whose sums are not finite: NaN or inf in it (moments None,
     or over the finite values with ignore_nan), else values too large for float64 (an error)."""
@@ -422,27 +414,9 @@ def _nonfinite_moments(v: np.ndarray, scope: Scope, shift: np.ndarray, first_sam
     return _masked_moments(v, _deviations(v, scope, shift), finite, scope, shift), nonfinite
 
 
-# Scratch for the float64 deviations, one per thread (threads, and the threads of each process or
-# Dask worker, never share one): a fresh temporary for every block cost its allocation and page faults
-# each time. A block larger than _SCRATCH_MAX_VALUES gets a temporary of its own, not kept.
-_scratch = threading.local()
-_SCRATCH_MAX_VALUES = 1 << 23  # 64 MiB of float64: any block of the default size (2 MiB) fits
-
-
-def float64_scratch(shape) -> np.ndarray:
-    """An uninitialised float64 array of `shape`, this thread's (valid until its next call)."""
-    size = math.prod(shape)
-    if size > _SCRATCH_MAX_VALUES:
-        return np.empty(shape, np.float64)
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.size < size:
-        buffer = _scratch.buffer = np.empty(size, np.float64)
-    return buffer[:size].reshape(shape)
-
-
 def _deviations(v: np.ndarray, scope: Scope, shift: np.ndarray) -> np.ndarray:
     """v - shift per key, in float64, in this thread's scratch."""
-    y = float64_scratch(v.shape)
+    y = scratch("deviations", v.shape, np.float64)
     for (values, out), (key_shift,) in scope.pieces((v, y), (shift,)):
         np.subtract(values, key_shift, out=out)
     return y
