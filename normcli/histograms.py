@@ -14,6 +14,7 @@ import numpy as np
 
 from normcli.layout import Layout
 from normcli.scopes import Scope
+from normcli.scratch import scratch
 
 SMALL_INTEGERS = (np.uint8, np.uint16, np.int8, np.int16)  # every value can be counted
 
@@ -118,7 +119,8 @@ def value_counts(values: np.ndarray, channels: int) -> np.ndarray:
 
 def _byte_counts(values: np.ndarray, channels: int) -> np.ndarray:
     """value_counts of 8-bit data by Pillow's Image.histogram, which counts every band in C in one
-    pass: 2.7 times numpy's per-channel bincount, and threads share it (bincount holds the GIL)."""
+    pass, faster than numpy's per-channel bincount, and threads share it (bincount holds the GIL;
+    benchmarks/PROFILE.md)."""
     from PIL import Image
 
     data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
@@ -148,9 +150,9 @@ def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.
     return Histograms(np.rint(counts).astype(np.int64).reshape(len(edges), bins), edges)
 
 
-# Fast float histograms. np.histogram(values, bins, range=(low, high)) runs at ~0.6-0.8 GB/s on
-# float32: it casts every value to float64, filters the range, and corrects every index against
-# the edges. The kernel below computes f = (v - low) * (bins / (high - low)) in float32 for
+# Fast float histograms. np.histogram(values, bins, range=(low, high)) is slow on float32 (its speed
+# is in benchmarks/PROFILE.md): it casts every value to float64, filters the range, and corrects
+# every index against the edges. The kernel below computes f = (v - low) * (bins / (high - low)) in float32 for
 # float16/float32 data (float64 when float32 is not accurate enough, and for float64 data), takes
 # idx = trunc(f), and accepts idx for every value whose fractional part f - idx lies at least
 # `margin` away from 0 and from 1. The values it rejects (near an edge, outside the range, NaN,
@@ -282,9 +284,11 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
         return numpy_histogram(values)
     ctype, L, s, lo, hi = plan
     size = min(values.size, _HIST_BLOCK)
-    f, whole, index = np.empty(size, ctype), np.empty(size, ctype), np.empty(size, np.intp)
+    f, whole = scratch("histogram fractions", size, ctype), scratch("histogram bins", size, ctype)
+    index = scratch("histogram indices", size, np.intp)
     flags = index.view(bool)  # 8 bytes a value: room for two masks, used up before `index` is
     b1 = bins + 1
+    top = ctype(bins)  # exact (bins < 2**24 here); a Python int would make numpy cast `whole` for the comparison
     counts = np.zeros(b1, np.int64)
     pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
     rejected = []
@@ -300,7 +304,7 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
             np.greater_equal(fb, lo, out=ok)
             np.less_equal(fb, hi, out=inside)
             ok &= inside
-            np.less(wb, bins, out=inside)  # at or past the last edge (np.minimum would cost 5x this)
+            np.less(wb, top, out=inside)  # at or past the last edge (cheaper than np.minimum)
             ok &= inside
             if not ok.all():
                 bad = np.flatnonzero(np.logical_not(ok, out=inside))

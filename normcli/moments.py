@@ -18,6 +18,7 @@ aggregate shape of dask's reductions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -27,6 +28,7 @@ from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
+from normcli.scratch import ones, scratch
 
 
 @dataclass
@@ -254,11 +256,6 @@ def merge(a: BlockStats, b: BlockStats) -> BlockStats:
     return BlockStats(moments, nonfinite, 0, a.keys, False)
 
 
-def merge_all(parts) -> BlockStats:
-    """Every block's statistics as one, merged in the order given."""
-    return reduce(merge, parts)
-
-
 def counts_values(dtype, scope: Scope) -> bool:
     """Whether a scope counts every value: small integers at scopes that reduce over positions
     (few keys), which gives exact moments and exact histograms of any binning from one pass."""
@@ -269,9 +266,9 @@ def counts_values(dtype, scope: Scope) -> bool:
 def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     """ufunc.reduce of a (samples, positions, channels) array over the scope's axes, one value per key.
 
-    numpy reduces the leading axes of an (M, 3) array one short row at a time (slowly: about
-    0.1-0.3 GB/s); viewed as (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same
-    reduction runs at memory speed, and the L partial results fold into 3 at the end.
+    numpy reduces the leading axes of an (M, 3) array one short row at a time, slowly; viewed as
+    (M / L, L * 3) rows of a few thousand values (Scope.pieces) the same reduction runs at memory
+    speed, and the L partial results fold into 3 at the end (benchmarks/PROFILE.md).
     """
     if scope.single_key:
         return np.atleast_1d(ufunc.reduce(a.reshape(-1) if a.flags.c_contiguous else a, axis=None, dtype=dtype))
@@ -284,12 +281,11 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
 
 
 def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
-    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones
-    (BLAS): each column's values are still added in running sums down the rows, whose error
-    grows with the rows (a hundred or so) as numpy's reduce over axis 0 does, at 3-4x the speed
-    (36 vs 105-147 us for 2 MiB of float32 deviations)."""
+    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones (BLAS):
+    each column's values are still added in running sums down the rows, as numpy's reduce over
+    axis 0 does, and faster (benchmarks/PROFILE.md)."""
     if ufunc is np.add and dtype is None and rows.dtype == np.float64:
-        return np.ones(len(rows)) @ rows
+        return ones(len(rows)) @ rows
     return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
@@ -327,45 +323,100 @@ def _probe_shift(v: np.ndarray, scope: Scope) -> np.ndarray:
 def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: bool):
     count = scope.values_per_key(v.shape)
     shift = _probe_shift(v, scope)
-    y = _deviations(v, scope, shift)
     with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf in one key sum to NaN: counted below
-        total = keyed_reduce(np.add, y, scope)
-    if not np.isfinite(total).all():
-        finite = np.isfinite(v)
-        nonfinite = _count_nonfinite(v, finite, first_sample)
-        if not nonfinite.total:
-            raise _too_large()
-        if not ignore_nan:
-            return None, nonfinite
-        return _masked_moments(v, y, finite, scope, shift), nonfinite
-    with np.errstate(over="ignore"):
-        if scope.single_key and y.flags.c_contiguous:
-            flat = y.reshape(-1)
-            squares = np.atleast_1d(np.dot(flat, flat))  # BLAS: 3x einsum (one BLAS thread: see cli.main)
-        else:
-            squares = keyed_reduce(np.add, np.square(y, out=y), scope)
-    if not np.isfinite(squares).all():
+        total, squares, low, high = _shifted_sums(v, scope, shift)
+        if not (np.isfinite(total).all() and np.isfinite(squares).all()):
+            return _nonfinite_moments(v, scope, shift, first_sample, ignore_nan)
+        mean_dev = total / count
+        m2 = squares - total * mean_dev
+        # Sums of squares about the shift cancel when the shift is far from the block's values
+        # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
+        # those: a key's numbers must not depend on which other keys share its block.
+        # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
+        far = total * mean_dev > 0.5 * squares
+        if far.any():
+            near_total, near_squares = _shifted_sums(v, scope, shift + mean_dev, extremes=False)
+            m2 = np.where(far, near_squares - near_total * (near_total / count), m2)
+    return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2, low.astype(np.float64),
+                        high.astype(np.float64)), NonFinite()
+
+
+_SLICE_VALUES = 1 << 16  # values a slice: its float64 deviations (512 KiB) stay in the core's L2 cache
+
+
+def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: bool = True) -> tuple:
+    """Per key, each (keys,): the sum of v - shift, the sum of its squares, and (with `extremes`)
+    the minimum and maximum of v.
+
+    Each piece of the block (Scope.pieces) in five numpy calls: v - shift in float64 into this
+    thread's scratch, its sum, its sum of squares (BLAS), v's minimum and maximum. Narrower floats
+    go a few samples at a time (about _SLICE_VALUES values), so that the deviations are read back
+    from the cache rather than from memory (benchmarks/PROFILE.md); the slices' sums add up, their
+    minima and maxima fold exactly. float64 data are measured whole, so that their numbers stay
+    bit for bit those of earlier versions (saved statistics, the README's transcripts). Per-sample
+    keys are measured whole: their own reductions are pairwise already.
+    """
+    keys = len(shift)
+    if scope.single_key and v.flags.c_contiguous:
+        pieces = [((v.reshape(-1),), (shift,))]
+    else:
+        pieces = list(scope.pieces((v,), (shift,)))
+    sliced = not scope.per_sample and v.dtype.itemsize < 8
+    found = []
+    for (values,), (key_shift,) in pieces:
+        reduced = (0,) if values.ndim < 3 else scope.reduced  # down a piece's rows, or the view's axes
+        step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
+        by_slice = []
+        for start in range(0, len(values), step):
+            part = values[start:start + step]
+            y = scratch("deviations", part.shape, np.float64)
+            np.copyto(y, part)  # a plain cast, then a float64 subtraction: faster than both in one call
+            y -= key_shift
+            sums = [*_sum_and_squares(y, scope)]
+            if extremes:
+                sums += [np.minimum.reduce(part, axis=reduced), np.maximum.reduce(part, axis=reduced)]
+            by_slice.append([s.reshape(-1) for s in sums])
+        if not by_slice:
+            continue
+        # the slices' partial results added down the columns: pairwise for one key (numpy's reduce
+        # of an (n, 1) array), running sums otherwise, as a piece's rows within a slice
+        sums = by_slice[0] if len(by_slice) == 1 else \
+            [fold.reduce(np.stack(column), axis=0) for fold, column in zip(_FOLDS, zip(*by_slice))]
+        found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
+                      for fold, total in zip(_FOLDS, sums)])  # rows repeating the keys fold onto them
+    return tuple(reduce(fold, column) for fold, column in zip(_FOLDS, zip(*found)))
+
+
+_FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts of a key's values combine
+
+
+def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of y and of y * y, per key of a block (3-D) or per column of rows (2-D pieces); y
+    is scratch, squared in place. One key: a pairwise sum and a BLAS dot of the flat values (one
+    BLAS thread: see cli.main)."""
+    if scope.single_key:
+        flat = y.reshape(-1)
+        return np.add.reduce(flat, keepdims=True), np.dot(flat, flat).reshape(1)
+    if y.ndim == 2:
+        return _reduce_rows(np.add, y), _reduce_rows(np.add, np.square(y, out=y))
+    return keyed_reduce(np.add, y, scope), keyed_reduce(np.add, np.square(y, out=y), scope)
+
+
+def _nonfinite_moments(v: np.ndarray, scope: Scope, shift: np.ndarray, first_sample: int, ignore_nan: bool):
+    """(moments, NonFinite) of a block whose sums are not finite: NaN or inf in it (moments None,
+    or over the finite values with ignore_nan), else values too large for float64 (an error)."""
+    finite = np.isfinite(v)
+    nonfinite = _count_nonfinite(v, finite, first_sample)
+    if not nonfinite.total:
         raise _too_large()
-    mean_dev = total / count
-    m2 = squares - total * mean_dev
-    # Sums of squares about the shift cancel when the shift is far from the block's values
-    # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
-    # those: a key's numbers must not depend on which other keys share its block.
-    # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
-    far = total * mean_dev > 0.5 * squares
-    if far.any():
-        y = _deviations(v, scope, shift + mean_dev)
-        near_total = keyed_reduce(np.add, y, scope)
-        near_m2 = keyed_reduce(np.add, np.square(y, out=y), scope) - near_total * (near_total / count)
-        m2 = np.where(far, near_m2, m2)
-    return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2,
-                        keyed_reduce(np.minimum, v, scope).astype(np.float64),
-                        keyed_reduce(np.maximum, v, scope).astype(np.float64)), NonFinite()
+    if not ignore_nan:
+        return None, nonfinite
+    return _masked_moments(v, _deviations(v, scope, shift), finite, scope, shift), nonfinite
 
 
 def _deviations(v: np.ndarray, scope: Scope, shift: np.ndarray) -> np.ndarray:
-    """v - shift per key, in float64."""
-    y = np.empty(v.shape, np.float64)
+    """v - shift per key, in float64, in this thread's scratch."""
+    y = scratch("deviations", v.shape, np.float64)
     for (values, out), (key_shift,) in scope.pieces((v, y), (shift,)):
         np.subtract(values, key_shift, out=out)
     return y

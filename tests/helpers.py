@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 from pathlib import Path
 
 import numpy as np
 
+from normcli.moments import merge
 from normcli.scopes import SCOPES as _SCOPES
 
 SCOPES = tuple(_SCOPES)  # the core's registry, in its order
@@ -21,6 +23,11 @@ def save(folder: Path, array: np.ndarray, name: str | None = None) -> str:
     path = Path(folder) / (name or f"in{next(_names)}.npy")
     np.save(path, array)
     return str(path)
+
+
+def merge_all(parts):
+    """Every block's statistics (moments.BlockStats) as one, merged in the order given."""
+    return functools.reduce(merge, parts)
 
 
 def reference_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:

@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import write_image
+from normcli import moments
 from normcli.errors import InputError, NonFiniteError
 from normcli.layout import Layout
-from normcli.moments import BlockStats, Moments, chan_merge, checked, measure_block, merge, merge_all
+from normcli.moments import BlockStats, Moments, chan_merge, checked, measure_block, merge
 from normcli.scopes import SCOPES as SCOPE_VALUES
 from normcli.passes import measure
 from normcli.sources import open_dataset
 
-from helpers import SCOPES, reference_rows
+from helpers import SCOPES, merge_all, reference_rows
 
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
 INT_DTYPES = (np.uint8, np.uint16, np.int16)
@@ -704,3 +705,104 @@ def test_per_sample_variance_at_an_offset_does_not_depend_on_the_block(far_probe
     assert sum(sizes) == 12
     for got, want in zip(stats.moments.var(), exact):
         assert rel_err(got, want) <= 1e-12
+
+
+# ------------------------------------------------------------- the float kernel's slices and scratch
+def in_slices(values: int, function, *args, **kwargs):
+    """function(*args, **kwargs) with measure_block's float slices shrunk to about `values` values
+    (at least one sample each)."""
+    saved = moments._SLICE_VALUES
+    moments._SLICE_VALUES = values
+    try:
+        return function(*args, **kwargs)
+    finally:
+        moments._SLICE_VALUES = saved
+
+
+@st.composite
+def offset_floats(draw):
+    """Float blocks at an offset (0, 1e9 or -1e12) with noise of any scale, in any layout and width,
+    sometimes with the probed first sample far from the rest; channel rows long enough that Scope.pieces cuts them into rows of ~4096 values and a tail."""
+    layout = draw(st.sampled_from(("NHWC", "NCHW", "NC", "N")))
+    dtype = draw(st.sampled_from((np.float16, np.float32, np.float64)))
+    offset = draw(st.sampled_from((0.0, 1e9, -1e12)))
+    assume(not (dtype == np.float16 and offset))
+    n = draw(st.integers(1, 6))
+    side = draw(st.sampled_from((1, 3, 40)))
+    shape = {"NHWC": (n, side, side, 3), "NCHW": (n, 3, side, side), "NC": (n * side * 12, 3), "N": (n * side,)}[layout]
+    scale = draw(st.sampled_from((1e-3, 1.0, 1e3)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    x = offset + scale * np.random.default_rng(seed).standard_normal(shape)
+    if draw(st.booleans()):  # the first sample, where the shift is probed, far from the others
+        x[0] += 1e4 * scale
+    x = x.astype(dtype)
+    assume(np.isfinite(x).all())  # float16 stops at 65504
+    return layout, x
+
+
+@settings(max_examples=120, deadline=None)
+@given(offset_floats(), st.sampled_from(SCOPES), st.sampled_from((1, 7, 64, 1 << 16)), st.data())
+def test_sliced_float_moments_match_the_exact_reference(case, scope, slice_values, data):
+    """Any slice size, block size, width and offset: within the bound of check_moments (1e-12 of the
+    exact rational mean and variance, a few ulps of the data's magnitude), exact counts and extremes."""
+    layout, x = case
+    cuts = data.draw(cut_points(len(x)))
+    m = in_slices(slice_values, accumulate, x, layout, scope, cuts).aggregate()
+    check_moments(m, x, layout, scope)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("scope", ["global", "channel", "pixel"])
+def test_slices_change_no_exact_result(dtype, scope, rng):
+    """Counts, minima and maxima do not depend on the slices; mean and variance only by rounding."""
+    x = (rng.standard_normal((30, 20, 20, 3)) * 50).astype(dtype)
+    whole = measure_block(x, SCOPE_VALUES[scope], Layout("NHWC")).aggregate()
+    for values in (1, 100, 5000):
+        sliced = in_slices(values, measure_block, x, SCOPE_VALUES[scope], Layout("NHWC")).aggregate()
+        np.testing.assert_array_equal(sliced.count, whole.count)
+        np.testing.assert_array_equal(sliced.min, whole.min)
+        np.testing.assert_array_equal(sliced.max, whole.max)
+        np.testing.assert_allclose(sliced.mean, whole.mean, rtol=1e-13)
+        np.testing.assert_allclose(sliced.var(), whole.var(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, offset, scale", [(np.float32, 1e9, 1e3), (np.float32, -1e12, 1e6),
+                                                  (np.float64, 1e9, 1.0), (np.float64, -1e12, 1.0)])
+@pytest.mark.parametrize("slice_values", [97, 1 << 16])
+def test_float_moments_far_from_zero_against_fsum_and_fractions(dtype, offset, scale, slice_values):
+    """Per channel at 1e9 and -1e12: the mean within 1e-15 of math.fsum's, the variance within 1e-12
+    of the exact rational one, whatever the slices."""
+    x = (offset + scale * np.random.default_rng(23).standard_normal((50, 30, 3))).astype(dtype)
+    m = in_slices(slice_values, measure_block, x, SCOPE_VALUES["channel"], Layout("NHWC")).aggregate()
+    for c in range(3):
+        column = x[..., c].reshape(-1).astype(np.float64)
+        assert rel_err(m.mean[c], math.fsum(column) / len(column)) <= 1e-15
+        assert rel_err(m.var()[c], _exact_var(column)) <= REL
+
+
+def test_threads_share_no_scratch():
+    """Eight threads measuring different blocks at once get, bit for bit, what one thread gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    blocks = [(rng.standard_normal((9, 30, 30, 3)) * (k + 1) + k).astype(np.float32) for k in range(32)]
+    cases = [(block, SCOPE_VALUES[scope]) for block in blocks for scope in ("global", "channel", "sample")]
+
+    def numbers(case):
+        m = measure_block(case[0], case[1], Layout("NHWC")).aggregate()
+        return m.mean.tobytes() + m.m2.tobytes() + m.min.tobytes() + m.max.tobytes()
+
+    alone = [numbers(case) for case in cases]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(numbers, cases * 3)) == alone * 3
+
+
+def test_float64_blocks_are_measured_whole():
+    """float64 data are not sliced: the sums are numpy's over the whole block, bit for bit (for one
+    key, the pairwise sum and the BLAS dot of the deviations from the shift)."""
+    x = np.random.default_rng(8).normal(26.0, 17.0, (64, 32, 32, 1))
+    stats = in_slices(1, measure_block, x, SCOPE_VALUES["global"], Layout("NHWC")).moments
+    y = x.reshape(-1) - stats.shift[0]
+    total = np.add.reduce(y)
+    assert stats.mean[0] == total / y.size
+    assert stats.m2[0] == np.dot(y, y) - total * (total / y.size)

@@ -1,0 +1,40 @@
+"""Per-thread scratch arrays for the kernels' temporaries (moments, histograms).
+
+A kernel that allocated its temporaries afresh for every block paid for them in page faults
+whenever glibc mapped them afresh (allocations of a few MiB, unless an earlier free of one as large
+raised its threshold): benchmarks/PROFILE.md. Each thread keeps its own arrays here instead, so
+threads never share one, and processes and Dask workers have their own threads; an array larger
+than MAX_BYTES is allocated for the call and not kept.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+MAX_BYTES = 64 << 20  # any block of the default size (2 MiB) fits, float64 deviations included
+_local = threading.local()
+
+
+def scratch(name: str, shape, dtype) -> np.ndarray:
+    """An uninitialised array of `shape` and `dtype`: this thread's array `name`, valid until the
+    thread asks for `name` again."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_BYTES:
+        return np.empty(shape, dtype)
+    buffer = _local.__dict__.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _local.__dict__[name] = np.empty(max(nbytes, 1), np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def ones(size: int) -> np.ndarray:
+    """`size` float64 ones, this thread's (never to be written)."""
+    kept = _local.__dict__.get("ones")
+    if kept is None or kept.size < size:
+        kept = _local.__dict__["ones"] = np.ones(size)
+    return kept[:size]
