@@ -112,12 +112,12 @@ def value_counts(values: np.ndarray, channels: int) -> np.ndarray:
     long, or 1 for all values together): shaped (channels, values), indexed from the type's minimum."""
     n_values = 1 << (8 * values.dtype.itemsize)
     if values.dtype.itemsize == 1 and channels in _BAND_MODES and values.size:
-        return _byte_counts(values, channels)
+        return _byte_value_counts(values, channels)
     columns = [values.reshape(-1)] if channels == 1 else [values[..., c].reshape(-1) for c in range(channels)]
     return np.stack([np.bincount(from_zero(c), minlength=n_values) for c in columns])
 
 
-def _byte_counts(values: np.ndarray, channels: int) -> np.ndarray:
+def _byte_value_counts(values: np.ndarray, channels: int) -> np.ndarray:
     """value_counts of 8-bit data by Pillow's Image.histogram, which counts every band in C in one
     pass, faster than numpy's per-channel bincount, and threads share it (bincount holds the GIL;
     benchmarks/PROFILE.md)."""
@@ -142,7 +142,7 @@ def integer_bins(dtype: np.dtype, edges: np.ndarray) -> np.ndarray:
     return index.astype(np.intp)
 
 
-def histograms_from_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.ndarray) -> Histograms:
+def histograms_from_value_counts(value_counts: np.ndarray, dtype: np.dtype, edges: np.ndarray) -> Histograms:
     """Exact histograms (numpy's binning) of small-integer data from its value counts (keys, values)."""
     bins = edges.shape[1] - 1
     counts = [np.bincount(integer_bins(dtype, row_edges), weights=row, minlength=bins + 1)[:bins]

@@ -13,8 +13,8 @@ import numpy as np
 
 from normcli.engine import ordered_map
 from normcli.errors import InputError, UsageMismatch
-from normcli.images import (MODES, ImageHeader, ReadOptions, band_counts, close_frame_readers, convert_channels,
-                            counts_bands, decode, list_images, read_header)
+from normcli.images import (MODES, ImageHeader, ReadOptions, can_count_values, close_frame_readers, convert_channels,
+                            decode, image_value_counts, list_images, read_header)
 from normcli.parts import OpenOptions, Part, Piece, concatenated
 
 
@@ -72,7 +72,7 @@ class ImagePart(Part):
         headers = tuple(replace(self.headers[i], path=self.headers[i].path.absolute()) for i in local)
         # Pillow's counts of each value stand for the decoded image only where no --mode converts it.
         return ImagePiece(functools.partial(decode_image, mode=self.mode), headers,
-                          band_counts if self.mode is None else None)
+                          image_value_counts if self.mode is None else None)
 
     def close(self) -> None:
         close_frame_readers()
@@ -112,7 +112,7 @@ class ImagePiece(Piece):
 
     decode: Callable  # header -> (H, W, C) array
     headers: tuple
-    count_bands: Callable | None = None  # header -> (channels, 256) value counts, for 8-bit stills
+    count_values: Callable | None = None  # header -> (channels, 256) value counts, for 8-bit stills
 
     @property
     def count(self) -> int:
@@ -121,10 +121,10 @@ class ImagePiece(Piece):
     def read(self) -> np.ndarray:
         return concatenated([self.decode(header)[None] for header in self.headers], str(self.headers[0].path))
 
-    def band_counts(self) -> np.ndarray | None:
-        if self.count_bands is None or not all(counts_bands(header) for header in self.headers):
+    def value_counts(self) -> np.ndarray | None:
+        if self.count_values is None or not all(can_count_values(header) for header in self.headers):
             return None
-        return sum(self.count_bands(header) for header in self.headers)
+        return sum(self.count_values(header) for header in self.headers)
 
     def profiles(self) -> list[bytes | None]:
         return [header.icc for header in self.headers]

@@ -351,14 +351,14 @@ def decode(header: ImageHeader) -> np.ndarray:
     return image
 
 
-def counts_bands(header: ImageHeader) -> bool:
-    """Whether band_counts() can count this sample: an 8-bit still that Pillow decodes."""
+def can_count_values(header: ImageHeader) -> bool:
+    """Whether image_value_counts() can count this sample: an 8-bit still that Pillow decodes."""
     return (header.dtype == np.uint8 and header.frame is None
             and header.path.suffix.lower() not in (".tif", ".tiff"))
 
 
-def band_counts(header: ImageHeader) -> np.ndarray:
-    """How often each value occurs in each channel of the image decode() gives (counts_bands()
+def image_value_counts(header: ImageHeader) -> np.ndarray:
+    """How often each value occurs in each channel of the image decode() gives (can_count_values()
     samples only), shaped (channels, 256): Pillow counts its decoded bands in C, with no array made
     (the orientation moves pixels, not values)."""
     try:

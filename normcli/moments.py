@@ -256,7 +256,7 @@ def merge(a: BlockStats, b: BlockStats) -> BlockStats:
     return BlockStats(moments, nonfinite, 0, a.keys, False)
 
 
-def counts_values(dtype, scope: Scope) -> bool:
+def keeps_value_counts(dtype, scope: Scope) -> bool:
     """Whether a scope counts every value: small integers at scopes that reduce over positions
     (few keys), which gives exact moments and exact histograms of any binning from one pass."""
     return np.dtype(dtype).type in SMALL_INTEGERS and not scope.per_sample and not scope.by_position
@@ -296,8 +296,8 @@ def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sampl
     v = layout.npc(data)
     keys = scope.keys_of(v.shape)
     first_key = first_sample if scope.per_sample else 0
-    if counts_values(v.dtype, scope):
-        return counted(value_counts(v, 1 if scope.single_key else v.shape[2]), v.dtype, scope)
+    if keeps_value_counts(v.dtype, scope):
+        return from_value_counts(value_counts(v, 1 if scope.single_key else v.shape[2]), v.dtype, scope)
     if v.dtype.kind in "uib":
         return BlockStats(_integer_sums(v, scope), NonFinite(), first_key, keys, scope.per_sample)
     moments, nonfinite = _float_moments(v, scope, first_sample, ignore_nan)
@@ -469,10 +469,10 @@ def checked(stats: BlockStats, locate, *, ignore_nan: bool = False) -> Moments:
 
 
 # -- exact integers -------------------------------------------------------------------
-def counted(channel_counts: np.ndarray, dtype, scope: Scope) -> BlockStats:
-    """The statistics at a counting scope (counts_values) of values counted per channel, or all
+def from_value_counts(value_counts: np.ndarray, dtype, scope: Scope) -> BlockStats:
+    """The statistics at a counting scope (keeps_value_counts) of values counted per channel, or all
     together: (channels or 1, values)."""
-    counts = channel_counts.sum(axis=0, keepdims=True) if scope.single_key else channel_counts
+    counts = value_counts.sum(axis=0, keepdims=True) if scope.single_key else value_counts
     return BlockStats(ValueCounts(counts, np.dtype(dtype)), NonFinite(), 0, len(counts))
 
 

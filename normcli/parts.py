@@ -30,7 +30,7 @@ class Piece(Protocol):
     def read(self) -> np.ndarray:
         """Its samples as one array, (count, *sample shape), in the part's dtype (the block casts)."""
 
-    def band_counts(self) -> np.ndarray | None:
+    def value_counts(self) -> np.ndarray | None:
         """How often each value occurs per channel, (channels, 256), counted without decoding to an
         array (8-bit still images); None where it cannot: then the block is read()."""
         return None

@@ -20,8 +20,8 @@ from normcli import encoding, sinks
 from normcli.applypass import Applied, ApplyTask, apply_work
 from normcli.engine import Engine
 from normcli.errors import InputError
-from normcli.histograms import Histograms, edges_for, histogram_edges, histograms_from_counts
-from normcli.moments import Moments, checked, counts_values, nonfinite_error
+from normcli.histograms import Histograms, edges_for, histogram_edges, histograms_from_value_counts
+from normcli.moments import Moments, checked, keeps_value_counts, nonfinite_error
 from normcli.options import Output
 from normcli.plans import Plan
 from normcli.reduction import Pass, Progress, reduce, reduce_passes
@@ -90,7 +90,7 @@ class StatsPlan:
             return Histograms(first.counts.counts, first.counts.edges)
         edges = edges_for(self.scope, self.moments.min, self.moments.max, self.bins, self.hist_range)
         if first.stats.value_counts is not None:
-            return histograms_from_counts(first.stats.value_counts, self.dataset.dtype, edges)
+            return histograms_from_value_counts(first.stats.value_counts, self.dataset.dtype, edges)
         return Histograms(results[1].counts, edges)
 
 
@@ -115,7 +115,7 @@ def check_scope(dataset: Dataset, scope: Scope | str) -> None:
 def _histograms_in_first_pass(dtype, scope: Scope, hist_range) -> bool:
     """Whether histograms need no pass of their own: value counts hold them, each sample's own
     range is in its block, or the range is given."""
-    return counts_values(dtype, scope) or scope.per_sample or hist_range is not None
+    return keeps_value_counts(dtype, scope) or scope.per_sample or hist_range is not None
 
 
 def _sample_bytes(dataset: Dataset) -> int:

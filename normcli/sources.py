@@ -74,14 +74,14 @@ class Block:
             return None
         return [profile for found in profiles for profile in found]
 
-    def band_counts(self) -> np.ndarray | None:
+    def value_counts(self) -> np.ndarray | None:
         """How often each value occurs per channel in this block's samples, (channels, 256), counted
         without arrays where every piece can (8-bit still images that need no conversion); else None."""
         if self.dtype != np.uint8:
             return None
         total = None
         for piece in self.pieces:
-            counts = piece.band_counts()
+            counts = piece.value_counts()
             if counts is None:
                 return None
             total = counts if total is None else total + counts

@@ -15,7 +15,7 @@ import numpy as np
 
 from normcli.histograms import HistogramCounts, count_block, histogram_edges
 from normcli.layout import Layout
-from normcli.moments import BlockStats, counted, counts_values, measure_block, merge
+from normcli.moments import BlockStats, from_value_counts, keeps_value_counts, measure_block, merge
 from normcli.reduction import Pass
 from normcli.scopes import Scope
 from normcli.sources import Block, Chunk
@@ -68,10 +68,10 @@ def stats_work(task: StatsTask, block: Block) -> Measured:
 def _counted(block: Block, scope: Scope) -> BlockStats | None:
     """A block's statistics at a counting scope from value counts its images' decoder makes (no
     arrays), or None: the block is read."""
-    if not counts_values(block.dtype, scope):
+    if not keeps_value_counts(block.dtype, scope):
         return None
-    counts = block.band_counts()
-    return None if counts is None else counted(counts, block.dtype, scope)
+    counts = block.value_counts()
+    return None if counts is None else from_value_counts(counts, block.dtype, scope)
 
 
 def _first_counts(task: StatsTask, chunk: Chunk, stats: BlockStats) -> HistogramCounts | None:

@@ -670,7 +670,7 @@ def test_gray_with_alpha_measures_one_channel(tmp_path, rng):
 
 # ------------------------------------------------------------------------------ counting without arrays
 def test_band_counts_are_the_counts_of_the_decoded_arrays(tmp_path, rng):
-    """8-bit stills are counted by Pillow without an array (Block.band_counts): for every kind of
+    """8-bit stills are counted by Pillow without an array (Block.value_counts): for every kind of
     image, oriented or not, with alpha passed through or measured, the counts are those of the
     arrays the same blocks read; TIFFs, frames and --mode conversions are read instead."""
     color = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
@@ -692,7 +692,7 @@ def test_band_counts_are_the_counts_of_the_decoded_arrays(tmp_path, rng):
                 with open_dataset([str(folder / name)], mode=mode,
                                   images=ReadOptions(include_alpha=include_alpha)) as dataset:
                     (block,) = dataset.blocks()
-                    counts = block.band_counts()
+                    counts = block.value_counts()
                     if name.endswith(".tif") or mode is not None:
                         assert counts is None, name
                         continue
@@ -704,7 +704,7 @@ def test_band_counts_are_the_counts_of_the_decoded_arrays(tmp_path, rng):
 
 def test_folder_statistics_counted_without_arrays_equal_the_arrays_statistics(tmp_path, rng):
     """stats of a folder of 8-bit images: the same JSON whether the blocks are counted by Pillow
-    or read as arrays (forced here by making band_counts decline)."""
+    or read as arrays (forced here by making value_counts decline)."""
     from unittest import mock
 
     from normcli.sources import Block
@@ -713,7 +713,7 @@ def test_folder_statistics_counted_without_arrays_equal_the_arrays_statistics(tm
         Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     for per in ("global", "channel"):
         counted = run_cli("stats", str(tmp_path), "--per", per, "--format", "json").stdout
-        with mock.patch.object(Block, "band_counts", lambda self: None):
+        with mock.patch.object(Block, "value_counts", lambda self: None):
             read = run_cli("stats", str(tmp_path), "--per", per, "--format", "json").stdout
         assert json.loads(counted) == json.loads(read)
 
