@@ -15,7 +15,7 @@ import click
 
 from normcli import __version__, run
 from normcli.errors import BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line
-from normcli.options import ENGINES, LAYOUTS, MODES, SCOPES  # numpy-free, so that --help starts without numpy
+from normcli.options import ENGINES, LAYOUTS, MODES, QUANTILE_METHODS, SCOPES  # numpy-free: --help starts quick
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
 
@@ -197,6 +197,34 @@ class Numbers(click.ParamType):
             return value
         finite = FiniteFloat()
         return tuple(finite.convert(v, param, ctx) for v in str(value).split(","))
+
+
+class Percentile(click.ParamType):
+    """A percentile: a number in [0, 100]."""
+
+    name = "percentile"
+
+    def convert(self, value, param, ctx):
+        number = FiniteFloat().convert(value, param, ctx)
+        if not 0 <= number <= 100:
+            self.fail(f"{value!r} is not a percentile in [0, 100]", param, ctx)
+        return number
+
+
+class Percentiles(click.ParamType):
+    """Comma-separated percentiles, each in [0, 100], as a tuple."""
+
+    name = "percentiles"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return tuple(Percentile().convert(v, param, ctx) for v in str(value).split(","))
+
+
+quantile_method_option = option(
+    "--quantile-method", type=click.Choice(QUANTILE_METHODS), default="linear", show_default=True, metavar="METHOD",
+    help="numpy's percentile method: " + "|".join(QUANTILE_METHODS) + ".")
 
 
 class Momentum(click.ParamType):
@@ -432,22 +460,28 @@ def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
               help="Histogram range [default: each row's min and max].")
 @option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, metavar="0|1",
         help="Variance divisor N - ddof.")
+@option("--percentiles", type=Percentiles(), metavar="Q,...",
+        help="Exact percentiles, as np.percentile (e.g. 1,50,99).")
+@option("--median", is_flag=True, help="The median (--percentiles 50).")
+@quantile_method_option
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
 @in_section("Where to write",
             option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
                          help="Also save them (for --stats-from, merge-stats)."),
             force_option("Replace an existing --save-stats file."))
-def stats(inputs, per, hist_range, ddof, report, engine, save, force):
-    """Print mean, variance, min, max and histograms of a dataset.
+def stats(inputs, per, hist_range, ddof, percentiles, median, quantile_method, report, engine, save, force):
+    """Print mean, variance, min, max, histograms and percentiles of a dataset.
 
     \b
     Example:
         normcli stats data.npy --per global
         normcli stats sample_images/rgb --format torchvision
+        normcli stats sample_images/rgb --percentiles 1,50,99
     """
     env = _environment()
-    params = run.StatsParams(per, hist_range, ddof, save, force)
+    q = (percentiles or ()) + ((50.0,) if median and 50.0 not in (percentiles or ()) else ())
+    params = run.StatsParams(per, hist_range, ddof, save, force, q, quantile_method)
     with _progress(report, engine, env) as progress:
         result = run.run_stats(inputs, params, report, engine, env, progress)
     if not report.quiet:

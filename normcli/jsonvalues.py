@@ -26,3 +26,9 @@ def finite_or_null(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def quantile_label(q: float) -> str:
+    """A percentile's name, as its q is written: "1", "99.8" (JSON keys, CSV and table columns)."""
+    q = float(q)
+    return str(int(q)) if q.is_integer() else repr(q)

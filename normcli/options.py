@@ -9,10 +9,13 @@ from normcli.scopes import SCOPES as _SCOPES  # scopes.py imports no numpy
 
 ENGINES = ("threads", "processes", "dask")  # engine.open_engine's
 SCOPES = tuple(_SCOPES)  # the --per choices: a scope added in scopes.py is an option at once
-# layout.LAYOUTS and images.MODES, spelled out (those modules import numpy); tests/test_docs.py
-# checks that they agree.
+# layout.LAYOUTS, images.MODES and quantiles.METHODS, spelled out (those modules import numpy);
+# tests/test_docs.py checks that they agree.
 LAYOUTS = ("NHWC", "NCHW", "NHW", "NC", "N")
 MODES = ("gray", "rgb", "rgba")
+QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
+                    "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher",
+                    "midpoint", "nearest")
 
 
 @dataclass(frozen=True)

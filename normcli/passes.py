@@ -16,7 +16,7 @@ from functools import partial
 
 import numpy as np
 
-from normcli import encoding, sinks
+from normcli import encoding, quantiles, sinks
 from normcli.applypass import Applied, ApplyTask, apply_work
 from normcli.engine import Engine
 from normcli.errors import InputError
@@ -24,7 +24,7 @@ from normcli.histograms import Histograms, edges_for, histogram_edges, histogram
 from normcli.moments import Moments, checked, keeps_value_counts, nonfinite_error
 from normcli.options import Output
 from normcli.plans import Plan
-from normcli.reduction import Pass, Progress, reduce, reduce_passes
+from normcli.reduction import Pass, Progress, on_chunks, reduce, reduce_passes
 from normcli.scopes import Scope, scope as as_scope
 from normcli.sources import Dataset
 from normcli.statspass import HistogramTask, Measured, StatsTask, histogram_work, stats_pass
@@ -46,40 +46,65 @@ class Stats:
     histograms: Histograms | None
     names: list[str] | None = None  # at sample scope: each sample's file (see Dataset.sample_files)
     alpha_passed: bool = False  # images whose alpha channel is left out of the statistics
+    percentiles: "Percentiles | None" = None
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Percentiles `q` per scope key, exactly np.percentile's (np.nanpercentile's with NaN left out)
+    over the key's values with numpy's `method`: `values[k]` holds key k's, one per q."""
+
+    q: tuple[float, ...]
+    method: str
+    values: list
 
 
 @dataclass
 class StatsPlan:
     """`stats` as passes (reduction.Passes): the statistics pass, then one for the histograms
-    where their range is known only after it."""
+    where their range is known only after it, then the quantile passes of `request` (if any),
+    which start from the statistics pass's exact bounds or value counts (quantiles.first)."""
 
     dataset: Dataset
     scope: Scope
     bins: int
     hist_range: tuple[float, float] | None
     ignore_nan: bool
+    request: quantiles.Request | None = None
     moments: Moments | None = None  # after the first pass
+    quantiles: quantiles.State | None = None  # after the first pass, advanced by each quantile pass
+    counting: bool = False  # whether the last pass asked for was a quantile pass
 
     def next_pass(self, results: tuple) -> Pass | None:
-        dataset, scope, bins = self.dataset, self.scope, self.bins
         if not results:
-            first_bins = bins if _histograms_in_first_pass(dataset.dtype, scope, self.hist_range) else 0
-            edges = None
-            if self.hist_range is not None and bins:
-                rows = 1 if scope.one_histogram or scope.per_sample else scope.keys(dataset.layout,
-                                                                                     dataset.sample_shape, 0)
-                edges = histogram_edges(np.full(rows, self.hist_range[0]), np.full(rows, self.hist_range[1]), bins)
-            task = StatsTask(scope, dataset.layout, self.ignore_nan, first_bins, edges)
-            return stats_pass(task, "measuring", _sample_bytes(dataset))
-        if len(results) > 1:
-            return None
-        first: Measured = results[0]
-        self.moments = checked(first.stats, dataset.locate, ignore_nan=self.ignore_nan)
-        if not bins or first.stats.value_counts is not None or first.counts is not None:
-            return None
-        edges = edges_for(scope, self.moments.min, self.moments.max, bins, self.hist_range)
-        return Pass("histograms", histogram_work, HistogramTask(scope, dataset.layout, edges),
-                    sample_bytes=_sample_bytes(dataset))
+            return self._stats_pass()
+        if len(results) == 1:
+            first: Measured = results[0]
+            self.moments = checked(first.stats, self.dataset.locate, ignore_nan=self.ignore_nan)
+            self.quantiles = quantile_state(self.request, self.dataset, self.scope, first.stats, self.moments)
+            if self.bins and first.stats.value_counts is None and first.counts is None:
+                edges = edges_for(self.scope, self.moments.min, self.moments.max, self.bins, self.hist_range)
+                return Pass("histograms", histogram_work, HistogramTask(self.scope, self.dataset.layout, edges),
+                            sample_bytes=_sample_bytes(self.dataset))
+        elif self.counting:
+            self.quantiles = quantiles.advance(self.quantiles, results[-1])
+        return self._quantile_pass()
+
+    def _stats_pass(self) -> Pass:
+        dataset, scope, bins = self.dataset, self.scope, self.bins
+        first_bins = bins if _histograms_in_first_pass(dataset.dtype, scope, self.hist_range) else 0
+        edges = None
+        if self.hist_range is not None and bins:
+            rows = 1 if scope.one_histogram or scope.per_sample else scope.keys(dataset.layout,
+                                                                                 dataset.sample_shape, 0)
+            edges = histogram_edges(np.full(rows, self.hist_range[0]), np.full(rows, self.hist_range[1]), bins)
+        task = StatsTask(scope, dataset.layout, self.ignore_nan, first_bins, edges)
+        return stats_pass(task, "measuring", _sample_bytes(dataset))
+
+    def _quantile_pass(self) -> Pass | None:
+        step = quantile_pass(self.quantiles, self.dataset)
+        self.counting = step is not None
+        return step
 
     def histograms(self, results: tuple) -> Histograms | None:
         """The histograms that the passes' `results` hold (None without bins)."""
@@ -93,16 +118,47 @@ class StatsPlan:
             return histograms_from_value_counts(first.stats.value_counts, self.dataset.dtype, edges)
         return Histograms(results[1].counts, edges)
 
+    def percentiles(self) -> Percentiles | None:
+        """The percentiles, once every pass has run (None if none were asked for)."""
+        if self.request is None:
+            return None
+        return Percentiles(tuple(self.request.q), self.request.method, quantiles.results(self.quantiles))
+
+
+def quantile_state(request: quantiles.Request | None, dataset: Dataset, scope: Scope, stats, moments: Moments):
+    """The quantile passes' start (None without a request), from what the statistics pass knows:
+    value counts of 8/16-bit integers (no pass), else exact bounds where no NaN or inf was seen."""
+    if request is None:
+        return None
+    keys = scope.keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
+    known = {}
+    if stats.value_counts is not None:
+        known["value_counts"] = stats.value_counts
+    elif not stats.nonfinite.total and not scope.per_sample:
+        known["bounds"] = quantiles.Bounds.of(moments, dataset.dtype)
+    return quantiles.first(request, dataset.dtype, scope, dataset.layout, keys, **known)
+
+
+def quantile_pass(state: quantiles.State | None, dataset: Dataset) -> Pass | None:
+    """The next quantile pass over the data, or None: every quantile is known."""
+    task = None if state is None else quantiles.next_task(state)
+    if task is None:
+        return None
+    return Pass("percentiles", on_chunks(quantiles.work), task, sample_bytes=_sample_bytes(dataset))
+
 
 def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=None, ignore_nan: bool = False,
-            engine: Engine | None = None, progress: Progress | None = None) -> Stats:
+            request: quantiles.Request | None = None, engine: Engine | None = None,
+            progress: Progress | None = None) -> Stats:
     """The statistics of `dataset` at `scope`: one pass for the moments (and the histograms when
-    their edges are known up front), a second for histograms over the measured range."""
+    their edges are known up front), a second for histograms over the measured range, then the
+    quantile passes of `request` (none for 8/16-bit integers, whose values are counted)."""
     scope = as_scope(scope)
     check_scope(dataset, scope)
-    plan = StatsPlan(dataset, scope, bins, hist_range, ignore_nan)
+    plan = StatsPlan(dataset, scope, bins, hist_range, ignore_nan, request)
     results = reduce_passes(engine, plan, dataset.blocks(), progress)
-    return _stats(dataset, scope, plan.moments, plan.histograms(results))
+    stats = _stats(dataset, scope, plan.moments, plan.histograms(results))
+    return replace(stats, percentiles=plan.percentiles())
 
 
 def check_scope(dataset: Dataset, scope: Scope | str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normcli.errors import one_line
-from normcli.jsonvalues import finite_or_null, json_values
+from normcli.jsonvalues import finite_or_null, json_values, quantile_label
 from normcli.layout import Layout
 from normcli.scopes import SCOPES
 
@@ -53,6 +53,10 @@ def stats_rows(stats, ddof: int = 0) -> list[dict]:
         for k, key in enumerate(row_keys(stats)):
             file = {"file": files[k]} if files is not None else {}
             rows.append({"key": key, **file, **{name: shaped[name][k] for name in columns}})
+    if stats.percentiles is not None:
+        labels = [quantile_label(q) for q in stats.percentiles.q]
+        for row, values in zip(rows, stats.percentiles.values):
+            row["percentiles"] = dict(zip(labels, finite_or_null(np.asarray(values).tolist())))
     if stats.histograms is not None:
         for k, row in enumerate(rows):
             row["histogram"] = {"edges": finite_or_null(stats.histograms.edges[k].tolist()),
@@ -74,7 +78,7 @@ def stats_csv(stats, ddof: int = 0) -> str:
     sample's, "row:column:channel" for NHWC)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    named = _columns(stats, ddof)
+    named = {**_columns(stats, ddof), **_percentile_columns(stats)}
     files = sample_files(stats)
     writer.writerow(["key", *(["file"] if files is not None else []), *named])
     m = stats.moments
@@ -90,6 +94,14 @@ def stats_csv(stats, ddof: int = 0) -> str:
         file = [files[k]] if files is not None else []
         writer.writerow([key, *file, *(_csv_value(c[k].item()) for c in columns)])
     return out.getvalue()
+
+
+def _percentile_columns(stats) -> dict:
+    """A column per percentile ("p1", "p99.8"): each key's value of it (none without percentiles)."""
+    if stats.percentiles is None:
+        return {}
+    values = np.array([np.asarray(v) for v in stats.percentiles.values])
+    return {f"p{quantile_label(q)}": values[:, i] for i, q in enumerate(stats.percentiles.q)}
 
 
 def _csv_value(value) -> str:
@@ -211,6 +223,38 @@ def stats_table(stats, ddof: int, width: int, max_rows: int | None = MAX_TABLE_R
     if not SCOPES[stats.scope].by_position:
         table.more = len(keys) - len(kept)
     return table
+
+
+def percentile_tables(stats, width: int, max_rows: int | None = MAX_TABLE_ROWS) -> list[TextTable]:
+    """The percentiles beside each key, a column per percentile, in tables of at most `width` columns
+    (six significant digits, else four; the columns that do not fit go on to a table of their own)."""
+    if stats.percentiles is None:
+        return []
+    columns = _percentile_columns(stats)
+    keys = row_keys(stats)
+    kept = range(len(keys) if max_rows is None else min(len(keys), max_rows))
+    for digits in (6, 4):
+        cells = {name: [fmt(values[k].item(), digits) for k in kept] for name, values in columns.items()}
+        tables = _tables_of_columns([keys[k] for k in kept], cells, width)
+        if len(tables) == 1:
+            break
+    tables[-1].more = len(keys) - len(kept)
+    return tables
+
+
+def _tables_of_columns(keys: list[str], cells: dict, width: int) -> list[TextTable]:
+    """Tables of the key column and as many of the other `cells` columns as fit `width` each."""
+    key_width = max(len("key"), *map(len, keys))
+    groups, used = [[]], key_width
+    for name, column in cells.items():
+        need = _GAP + max(len(name), *map(len, column))
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = key_width
+        groups[-1].append(name)
+        used += need
+    return [TextTable(["key", *names], [[key, *(cells[name][k] for name in names)] for k, key in enumerate(keys)])
+            for names in groups]
 
 
 def _fit_file_column(table: TextTable, width: int) -> None:
@@ -340,6 +384,9 @@ class Printer:
         self.line(f"{inputs_text(stats.inputs)}: {samples} of {shape_text(stats.sample_shape)}{alpha}, "
                   f"{stats.dtype}, {stats.layout}, {scope}", style="dim")
         self._table(stats_table(stats, ddof, self.width, self.rows, shown=self.shown))
+        for table in percentile_tables(stats, self.width, self.rows):
+            self.line(f"percentiles ({stats.percentiles.method}):", style="dim")
+            self._table(table)
         if stats.histograms is not None:
             self.histograms(stats)
 

@@ -127,6 +127,22 @@ class StatsParams:
     ddof: int = 0
     save: str | None = None
     force: bool = False
+    percentiles: tuple[float, ...] = ()  # --percentiles (and --median)
+    quantile_method: str = "linear"
+
+
+def _quantile_request(q: tuple[float, ...], method: str, scope: str, ignore_nan: bool):
+    """The quantiles.Request of percentiles `q` at `scope` (None for none): a scope whose quantiles
+    need memory that grows with the data is a usage error, found before anything is read."""
+    from normcli import quantiles
+    from normcli.scopes import SCOPES
+
+    if not q:
+        return None
+    reason = quantiles.refusal(SCOPES[scope])
+    if reason:
+        raise UsageMismatch(reason)
+    return quantiles.Request(tuple(sorted(set(q))), method, ignore_nan)
 
 
 @dataclass(frozen=True)
@@ -354,16 +370,19 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
     if params.hist_range is not None and not params.hist_range[0] < params.hist_range[1]:
         raise BadOption("LO must be below HI", "--range")
     bins = 0 if report.fmt in ("csv", "torchvision") else report.bins
+    scope = params.per or "channel"
+    request = _quantile_request(params.percentiles, params.quantile_method, scope, inputs.ignore_nan)
     engine.check(inputs)
     with inputs.open(env) as dataset:
         if params.save:
             check_target(params.save, dataset.inputs, params.force, folder=False)
         with engine.open() as running:
-            result = measure(dataset, params.per or "channel", bins=bins, hist_range=params.hist_range,
-                             ignore_nan=inputs.ignore_nan, engine=running, progress=progress)
+            result = measure(dataset, scope, bins=bins, hist_range=params.hist_range, ignore_nan=inputs.ignore_nan,
+                             request=request, engine=running, progress=progress)
     if params.save:
+        extra = {"percentiles": statsfile.percentiles_record(result.percentiles)} if result.percentiles else {}
         with Outputs() as outputs:
-            statsfile.write(params.save, _stats_file(result, params.ddof), outputs, force=params.force,
+            statsfile.write(params.save, _stats_file(result, params.ddof, extra), outputs, force=params.force,
                             inputs=inputs.paths)
     return StatsReport(result, params.ddof)
 

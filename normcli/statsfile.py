@@ -11,6 +11,14 @@ files merge exactly as one run's blocks do: float data their "shift" (a value ne
 data) and "shifted_mean" (the mean of x - shift), about which "m2" is summed; integer data their
 exact "sum" and "sum_squares" (JSON integers). Files saved without these (before they were
 added, same schema) are still read, and merge by Chan et al. on their rounded means.
+
+Percentiles, where taken (`stats --percentiles`, `standardize --robust`, `normalize
+--percentiles`), are one more field, which older readers pass over:
+
+    "percentiles": {"q": [25.0, 50.0, 75.0], "method": "linear", "values": [[...], ...]}
+
+`values` holds one list per key, one value per q (null for NaN). They do not merge: a quantile of
+several files is not a function of each file's quantiles.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from normcli.errors import OutputError, StatsFileError, UsageMismatch, from_os_error
-from normcli.jsonvalues import json_values
+from normcli.jsonvalues import finite_or_null, json_values
 from normcli.layout import LAYOUTS, Layout
 from normcli.moments import FloatMoments, IntegerSums, Moments, python_ints, whole_numbers
 from normcli.scopes import SCOPES
@@ -32,7 +40,7 @@ _ARRAYS = ("count", "mean", "m2", "min", "max")
 _EXTRA_ARRAYS = ("running_mean", "running_var")
 _FLOAT_SOURCE = ("shift", "shifted_mean")  # FloatMoments' shift and mean, relative to it
 _INTEGER_SOURCE = ("sum", "sum_squares")  # IntegerSums' s1 and s2
-_EXTRA_VALUES = ("momentum", "batches", "encoding", "range", "order", "shuffle")
+_EXTRA_VALUES = ("momentum", "batches", "encoding", "range", "order", "shuffle", "percentiles")
 
 
 @dataclass
@@ -116,6 +124,7 @@ def read(path: str) -> StatsFile:
             if name in doc:
                 extra[name] = doc[name]
         _check_values(arrays, extra)
+        _check_percentiles(extra.get("percentiles"), len(arrays["count"]))
         moments = _moments(doc, arrays, keyed)
         ddof = doc.get("ddof", 0)
         if ddof not in (0, 1):
@@ -169,6 +178,34 @@ def _check_values(arrays: dict, extra: dict) -> None:
     batches = extra.get("batches")
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
         raise ValueError(f"'batches' is {batches!r}, not a whole number >= 0")
+
+
+def percentiles_record(percentiles) -> dict:
+    """The file's "percentiles" field of passes.Percentiles."""
+    return {"q": [float(q) for q in percentiles.q], "method": percentiles.method,
+            "values": [finite_or_null(np.asarray(v).tolist()) for v in percentiles.values]}
+
+
+def _check_percentiles(record, keys: int) -> None:
+    """A "percentiles" field as percentiles_record writes it: q in [0, 100], numpy's method names,
+    one list of a number (or null) per q for each key."""
+    from normcli.options import QUANTILE_METHODS
+
+    if record is None:
+        return
+    if not isinstance(record, dict) or record.get("method") not in QUANTILE_METHODS:
+        raise ValueError("'percentiles' is not {\"q\": [...], \"method\": ..., \"values\": [...]} of a numpy method")
+    q, values = record.get("q"), record.get("values")
+    if not isinstance(q, list) or not q or not all(_number(v) and 0 <= v <= 100 for v in q):
+        raise ValueError("'percentiles' 'q' is not a list of numbers in [0, 100]")
+    if not isinstance(values, list) or len(values) != keys or not all(
+            isinstance(row, list) and len(row) == len(q) and all(v is None or _number(v) for v in row)
+            for row in values):
+        raise ValueError(f"'percentiles' 'values' is not {keys} list(s) of {len(q)} numbers")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _keys(per: str, layout: str, sample_shape, doc) -> int:
@@ -269,6 +306,10 @@ def merge(files: list[tuple[str, StatsFile]]) -> StatsFile:
     name, first = files[0]
     if not SCOPES[first.per].reapplicable:
         raise StatsFileError("per-sample statistics do not merge; they belong to their own samples", name)
+    for name, other in files:
+        if "percentiles" in other.extra:
+            raise StatsFileError("holds percentiles, which cannot be merged exactly (a quantile of several "
+                                 "files is not a function of theirs); measure the files together instead", name)
     merged = first.moments
     inputs = list(first.inputs)
     for name, other in files[1:]:

@@ -120,6 +120,9 @@ def test_the_cli_choices_are_the_core_registries():
     per = choices("per")
     assert per["stats"] == per["normalize"] == per["standardize"] == tuple(SCOPES)
     assert set(per["batchnorm"]) < set(SCOPES)
-    for name, registry in (("layout", LAYOUTS), ("engine", ENGINES), ("mode", tuple(MODES))):
+    from normcli.quantiles import METHODS
+
+    for name, registry in (("layout", LAYOUTS), ("engine", ENGINES), ("mode", tuple(MODES)),
+                           ("quantile_method", METHODS)):
         found = choices(name)
         assert found and set(found.values()) == {tuple(registry)}, name
