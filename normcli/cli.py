@@ -505,19 +505,25 @@ def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Repor
 @scope_option("global")
 @option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
               help="Target range [default: 0 1, or the fitted one].")
+@option("--percentiles", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
+        help="Map these percentiles to the range, not min and max (clipped).")
+@option("--no-clip", is_flag=True, help="With --percentiles: keep values outside the range.")
+@quantile_method_option
 @fit_options
 @report_options()
 @engine_options
-def normalize(inputs, output, per, out_range, fit, report, engine):
-    """Min-max scale a dataset to a range (default [0, 1]).
+def normalize(inputs, output, per, out_range, percentiles, no_clip, quantile_method, fit, report, engine):
+    """Min-max scale a dataset to a range (default [0, 1]), or stretch its percentiles to it.
 
     \b
     Example:
         normcli normalize data.npy -o unit.npy
         normcli normalize sample_images -o normalized --per channel
+        normcli normalize sample_images/rgb -o stretched --percentiles 1 99.8
     """
-    _transform(run.NormalizeParams(per, tuple(out_range) if out_range else None, fit), inputs, output, report,
-               engine)
+    params = run.NormalizeParams(per, tuple(out_range) if out_range else None, fit,
+                                 tuple(percentiles) if percentiles else None, no_clip, quantile_method)
+    _transform(params, inputs, output, report, engine)
 
 
 @cli.command(short_help="Z-score: mean 0, variance 1.")
@@ -528,19 +534,26 @@ def normalize(inputs, output, per, out_range, fit, report, engine):
         help="Variance divisor N - ddof [default: 0, or saved].")
 @option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Added to the variance.")
+@option("--robust", is_flag=True, help="Median and interquartile range (as RobustScaler).")
+@option("--quantile-range", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
+        help="With --robust: the range's percentiles [default: 25 75].")
+@quantile_method_option
 @fit_options
 @report_options()
 @engine_options
-def standardize(inputs, output, per, ddof, eps, fit, report, engine):
-    """Z-score a dataset: mean 0, variance 1.
+def standardize(inputs, output, per, ddof, eps, robust, quantile_range, quantile_method, fit, report, engine):
+    """Z-score a dataset: mean 0, variance 1; or, --robust, median 0 and interquartile range 1.
 
     \b
     Example:
         normcli standardize data.npy -o z.npy
         normcli standardize train.npy -o tz.npy --per pixel --save-stats t.json
         normcli standardize test.npy -o z.npy --stats-from t.json
+        normcli standardize data.npy -o r.npy --robust
     """
-    _transform(run.StandardizeParams(per, ddof, eps, fit), inputs, output, report, engine)
+    params = run.StandardizeParams(per, ddof, eps, fit, robust, tuple(quantile_range) if quantile_range else None,
+                                   quantile_method)
+    _transform(params, inputs, output, report, engine)
 
 
 def affine_options(gamma_help: str):

@@ -24,10 +24,11 @@ from normcli.histograms import Histograms, edges_for, histogram_edges, histogram
 from normcli.moments import Moments, checked, keeps_value_counts, nonfinite_error
 from normcli.options import Output
 from normcli.plans import Plan
-from normcli.reduction import Pass, Progress, on_chunks, reduce, reduce_passes
+from normcli.reduction import Pass, Progress, reduce, reduce_passes
 from normcli.scopes import Scope, scope as as_scope
 from normcli.sources import Dataset
-from normcli.statspass import HistogramTask, Measured, StatsTask, histogram_work, stats_pass
+from normcli.statspass import (HistogramTask, Measured, StatsTask, histogram_work, quantile_pass, quantile_state,
+                               stats_pass)
 
 DEFAULT_BINS = 30
 
@@ -81,7 +82,7 @@ class StatsPlan:
         if len(results) == 1:
             first: Measured = results[0]
             self.moments = checked(first.stats, self.dataset.locate, ignore_nan=self.ignore_nan)
-            self.quantiles = quantile_state(self.request, self.dataset, self.scope, first.stats, self.moments)
+            self.quantiles = quantile_state(self.request, self.dataset, self.scope, first.stats)
             if self.bins and first.stats.value_counts is None and first.counts is None:
                 edges = edges_for(self.scope, self.moments.min, self.moments.max, self.bins, self.hist_range)
                 return Pass("histograms", histogram_work, HistogramTask(self.scope, self.dataset.layout, edges),
@@ -102,7 +103,7 @@ class StatsPlan:
         return stats_pass(task, "measuring", _sample_bytes(dataset))
 
     def _quantile_pass(self) -> Pass | None:
-        step = quantile_pass(self.quantiles, self.dataset)
+        step = quantile_pass(self.quantiles, _sample_bytes(self.dataset))
         self.counting = step is not None
         return step
 
@@ -122,29 +123,7 @@ class StatsPlan:
         """The percentiles, once every pass has run (None if none were asked for)."""
         if self.request is None:
             return None
-        return Percentiles(tuple(self.request.q), self.request.method, quantiles.results(self.quantiles))
-
-
-def quantile_state(request: quantiles.Request | None, dataset: Dataset, scope: Scope, stats, moments: Moments):
-    """The quantile passes' start (None without a request), from what the statistics pass knows:
-    value counts of 8/16-bit integers (no pass), else exact bounds where no NaN or inf was seen."""
-    if request is None:
-        return None
-    keys = scope.keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
-    known = {}
-    if stats.value_counts is not None:
-        known["value_counts"] = stats.value_counts
-    elif not stats.nonfinite.total and not scope.per_sample:
-        known["bounds"] = quantiles.Bounds.of(moments, dataset.dtype)
-    return quantiles.first(request, dataset.dtype, scope, dataset.layout, keys, **known)
-
-
-def quantile_pass(state: quantiles.State | None, dataset: Dataset) -> Pass | None:
-    """The next quantile pass over the data, or None: every quantile is known."""
-    task = None if state is None else quantiles.next_task(state)
-    if task is None:
-        return None
-    return Pass("percentiles", on_chunks(quantiles.work), task, sample_bytes=_sample_bytes(dataset))
+        return Percentiles(self.request.q, self.request.method, quantiles.results(self.quantiles))
 
 
 def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=None, ignore_nan: bool = False,

@@ -1,7 +1,8 @@
 """The transforms' plans: what each pass of a transform does, as values the driver
 (passes.transform) runs: the fit of pass 1 (and any passes after it), the map of the last.
 
-ScalePlan (normalize, standardize, their inverses, batchnorm --eval), BatchPlan (training-mode
+ScalePlan (normalize, standardize, their inverses, batchnorm --eval), QuantilePlan (a ScalePlan
+made of percentiles: standardize --robust, normalize --percentiles), BatchPlan (training-mode
 batch norm, each batch by its own moments) and GroupPlan (group norm, each sample by its own
 groups). Their arithmetic is transforms.py's.
 """
@@ -14,12 +15,15 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from normcli import quantiles
 from normcli.errors import StatsFileError, UsageMismatch
 from normcli.layout import Layout
 from normcli.moments import BlockStats, Moments, measure_block
 from normcli.reduction import Pass
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset
+from normcli.statsfile import percentiles_record
+from normcli.statspass import quantile_pass, quantile_state
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 
@@ -158,6 +162,35 @@ class ScalePlan(Plan):
 
     def saved_extra(self) -> dict:
         return self.saved
+
+
+class QuantilePlan(ScalePlan):
+    """A ScalePlan whose map is made of each key's percentiles of `request` (standardize --robust,
+    normalize --percentiles): fitted by the quantile passes after the statistics pass, or given as
+    `values` (keys, q), saved by --save-stats, which it saves in turn."""
+
+    def __init__(self, dataset: Dataset, scope, request: quantiles.Request,
+                 make_affine: Callable[[np.ndarray], Affine], values: np.ndarray | None = None, **options):
+        """`options`: ScalePlan's (fitted, inverse, clip, input_scale, saved)."""
+        super().__init__(scope, lambda _: make_affine(self.values), **options)
+        self.dataset, self.request = dataset, request
+        self.values = values
+        self.state: quantiles.State | None = None
+
+    def next_pass(self, results: tuple) -> Pass | None:
+        if self.values is not None and self.state is None:  # saved percentiles: nothing to fit
+            return None
+        if len(results) == 1:
+            self.state = quantile_state(self.request, self.dataset, self.scope, results[0].stats)
+        else:
+            self.state = quantiles.advance(self.state, results[-1])
+        step = quantile_pass(self.state)
+        if step is None:
+            self.values = np.array([np.asarray(v) for v in quantiles.results(self.state)])
+        return step
+
+    def saved_extra(self) -> dict:
+        return {**self.saved, "percentiles": percentiles_record(self.request.q, self.request.method, self.values)}
 
 
 @dataclass

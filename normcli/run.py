@@ -142,7 +142,7 @@ def _quantile_request(q: tuple[float, ...], method: str, scope: str, ignore_nan:
     reason = quantiles.refusal(SCOPES[scope])
     if reason:
         raise UsageMismatch(reason)
-    return quantiles.Request(tuple(sorted(set(q))), method, ignore_nan)
+    return quantiles.Request(tuple(q), method, ignore_nan)
 
 
 @dataclass(frozen=True)
@@ -164,22 +164,48 @@ class NormalizeParams:
     per: str | None = None
     out_range: tuple[float, float] | None = None  # None: (0, 1), or the range --stats-from recorded
     fit: Fit = Fit()
+    percentiles: tuple[float, float] | None = None  # --percentiles LO HI: a stretch of those, clipped
+    no_clip: bool = False
+    quantile_method: str = "linear"
     default_per = "global"
 
     def check(self) -> None:
         if self.out_range is not None and not self.out_range[0] < self.out_range[1]:
             raise BadOption("LO must be below HI", "--range")
+        if self.percentiles is not None and not self.percentiles[0] < self.percentiles[1]:
+            raise BadOption("LO must be below HI", "--percentiles")
+        if self.no_clip and self.percentiles is None:
+            raise UsageMismatch("--no-clip goes with --percentiles (min-max maps never fall outside)")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
         from normcli.plans import ScalePlan
         from normcli.transforms import minmax
 
         out_range, inverse = self._range(saved), self.fit.inverse
+        percentiles = self.percentiles or _recorded_q(saved, "stretch")
+        if percentiles:
+            return self._stretch(dataset, saved, scope, output, ignore_nan, out_range, tuple(percentiles))
         plan = ScalePlan(scope, lambda m: minmax(m, out_range), fitted=saved.moments if saved else None,
                          inverse=inverse, clip=out_range if output.clip and not inverse else None,
                          input_scale=_input_scale(saved, self.fit, dataset, out_range),
                          saved={"range": list(out_range)})
         title = "inverse min-max" if inverse else f"min-max to [{out_range[0]:g}, {out_range[1]:g}]"
+        return Planned(plan, title)
+
+    def _stretch(self, dataset, saved, scope: str, output: Output, ignore_nan: bool, out_range,
+                 percentiles: tuple[float, float]) -> Planned:
+        """normalize --percentiles LO HI: each key's LO..HI percentiles onto the range, clipped to it
+        unless --no-clip (CSBDeep's normalize, ImageMagick's -contrast-stretch)."""
+        from normcli.transforms import stretch
+
+        inverse, (low, high) = self.fit.inverse, percentiles
+        clip = out_range if (output.clip or not self.no_clip) and not inverse else None
+        plan = _quantile_plan(dataset, saved, scope, self.fit, percentiles, self.quantile_method, ignore_nan,
+                              lambda values: stretch(values, out_range), clip=clip,
+                              input_scale=_input_scale(saved, self.fit, dataset, out_range),
+                              saved={"range": list(out_range), "map": "stretch"})
+        title = "inverse percentile stretch" if inverse else \
+            f"percentiles {low:g}..{high:g} to [{out_range[0]:g}, {out_range[1]:g}]"
         return Planned(plan, title)
 
     def _range(self, saved) -> tuple[float, float]:
@@ -204,14 +230,31 @@ class StandardizeParams:
     ddof: int | None = None  # None: 0, or the saved file's
     eps: float = 0.0
     fit: Fit = Fit()
+    robust: bool = False  # --robust: median and interquartile range (RobustScaler)
+    quantile_range: tuple[float, float] | None = None  # None: (25, 75)
+    quantile_method: str = "linear"
     default_per = "global"
 
     def check(self) -> None:
-        pass
+        if not self.robust and self.quantile_range is not None:
+            raise UsageMismatch("--quantile-range goes with --robust")
+        if self.robust and (self.ddof is not None or self.eps):
+            raise UsageMismatch("--ddof and --eps belong to the z-score; drop them with --robust")
+        if self.quantile_range is not None and not self.quantile_range[0] <= self.quantile_range[1]:
+            raise BadOption("LO must not be above HI", "--quantile-range")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
         from normcli.plans import ScalePlan
-        from normcli.transforms import zscore
+        from normcli.transforms import robust, zscore
+
+        recorded = _recorded_q(saved, "robust")
+        if self.robust or recorded:
+            low, high = self.quantile_range or (recorded and (recorded[0], recorded[2])) or (25.0, 75.0)
+            plan = _quantile_plan(dataset, saved, scope, self.fit, (low, 50.0, high), self.quantile_method,
+                                  ignore_nan, robust, input_scale=_input_scale(saved, self.fit, dataset),
+                                  saved={"map": "robust"})
+            return Planned(plan, "inverse robust scaling" if self.fit.inverse else
+                           f"robust scaling (median, {low:g}..{high:g} percentile range)")
 
         if saved is not None and self.ddof is not None and self.ddof != saved.ddof:
             raise UsageMismatch(f"--ddof {self.ddof} contradicts {self.fit.stats_from}, which was fitted with "
@@ -294,6 +337,27 @@ class GroupParams:
         return Planned(plan, f"group norm, {self.groups} groups")
 
 
+def _recorded_q(saved, fitted_map: str) -> list | None:
+    """The percentiles a --stats-from file's map of `fitted_map` ("robust", "stretch") was made of, or
+    None: the file decides the map, as it decides the scope."""
+    if saved is None or saved.extra.get("map") != fitted_map:
+        return None
+    return saved.extra["percentiles"]["q"]
+
+
+def _quantile_plan(dataset, fitted, scope: str, fit: Fit, q: tuple, method: str, ignore_nan: bool, make_affine,
+                   **options):
+    """A plans.QuantilePlan of percentiles `q`: fitted, or those of the --stats-from file `fitted` (a StatsFile);
+    `options`: ScalePlan's (clip, input_scale, saved)."""
+    from normcli.plans import QuantilePlan
+    from normcli.statsfile import saved_percentiles
+
+    request = _quantile_request(q, method, scope, ignore_nan)
+    values = saved_percentiles(fitted, fit.stats_from, q) if fitted is not None else None
+    return QuantilePlan(dataset, scope, request, make_affine, values, fitted=fitted.moments if fitted else None,
+                        inverse=fit.inverse, **options)
+
+
 TransformParams = NormalizeParams | StandardizeParams | BatchParams | GroupParams
 
 
@@ -371,7 +435,8 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
         raise BadOption("LO must be below HI", "--range")
     bins = 0 if report.fmt in ("csv", "torchvision") else report.bins
     scope = params.per or "channel"
-    request = _quantile_request(params.percentiles, params.quantile_method, scope, inputs.ignore_nan)
+    request = _quantile_request(tuple(sorted(set(params.percentiles))), params.quantile_method, scope,
+                                inputs.ignore_nan)
     engine.check(inputs)
     with inputs.open(env) as dataset:
         if params.save:
@@ -380,7 +445,8 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
             result = measure(dataset, scope, bins=bins, hist_range=params.hist_range, ignore_nan=inputs.ignore_nan,
                              request=request, engine=running, progress=progress)
     if params.save:
-        extra = {"percentiles": statsfile.percentiles_record(result.percentiles)} if result.percentiles else {}
+        taken = result.percentiles
+        extra = {"percentiles": statsfile.percentiles_record(taken.q, taken.method, taken.values)} if taken else {}
         with Outputs() as outputs:
             statsfile.write(params.save, _stats_file(result, params.ddof, extra), outputs, force=params.force,
                             inputs=inputs.paths)

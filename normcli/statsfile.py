@@ -40,7 +40,8 @@ _ARRAYS = ("count", "mean", "m2", "min", "max")
 _EXTRA_ARRAYS = ("running_mean", "running_var")
 _FLOAT_SOURCE = ("shift", "shifted_mean")  # FloatMoments' shift and mean, relative to it
 _INTEGER_SOURCE = ("sum", "sum_squares")  # IntegerSums' s1 and s2
-_EXTRA_VALUES = ("momentum", "batches", "encoding", "range", "order", "shuffle", "percentiles")
+_EXTRA_VALUES = ("momentum", "batches", "encoding", "range", "order", "shuffle", "percentiles", "map")
+MAPS = ("robust", "stretch")  # "map": what a file's percentiles were fitted for (standardize --robust, normalize)
 
 
 @dataclass
@@ -125,6 +126,8 @@ def read(path: str) -> StatsFile:
                 extra[name] = doc[name]
         _check_values(arrays, extra)
         _check_percentiles(extra.get("percentiles"), len(arrays["count"]))
+        if "map" in extra and (extra["map"] not in MAPS or "percentiles" not in extra):
+            raise ValueError(f"'map' is {extra['map']!r}, not one of {', '.join(MAPS)} with its 'percentiles'")
         moments = _moments(doc, arrays, keyed)
         ddof = doc.get("ddof", 0)
         if ddof not in (0, 1):
@@ -180,10 +183,23 @@ def _check_values(arrays: dict, extra: dict) -> None:
         raise ValueError(f"'batches' is {batches!r}, not a whole number >= 0")
 
 
-def percentiles_record(percentiles) -> dict:
-    """The file's "percentiles" field of passes.Percentiles."""
-    return {"q": [float(q) for q in percentiles.q], "method": percentiles.method,
-            "values": [finite_or_null(np.asarray(v).tolist()) for v in percentiles.values]}
+def percentiles_record(q, method: str, values) -> dict:
+    """The file's "percentiles" field: percentiles `q` by numpy's `method`, `values[k]` key k's."""
+    return {"q": [float(p) for p in q], "method": method,
+            "values": [finite_or_null(np.asarray(v).tolist()) for v in values]}
+
+
+def saved_percentiles(stats: StatsFile, path: str, q) -> np.ndarray:
+    """The file's percentiles `q` per key, (keys, len(q)) float64 (NaN for null): an error if the
+    file holds none, or not these."""
+    record = stats.extra.get("percentiles")
+    held = [] if record is None else record["q"]
+    missing = [p for p in q if float(p) not in held]
+    if missing:
+        raise StatsFileError(f"holds no percentile {', '.join(f'{p:g}' for p in missing)}; save them with "
+                             "--save-stats from a run that takes them", path)
+    values = np.array(_none_to_nan(record["values"]), np.float64).reshape(len(record["values"]), len(held))
+    return values[:, [held.index(float(p)) for p in q]]
 
 
 def _check_percentiles(record, keys: int) -> None:

@@ -4,7 +4,8 @@ reduction.reduce, pure and picklable, with an associative merge.
 
 Pass 1 takes each block's moments at the scope (value counts for 8/16-bit integers, from the
 decoder's own counts where it has them), histograms where their edges are known up front (given,
-or each sample's own range at per-sample scopes), and a plan's fit of the block.
+or each sample's own range at per-sample scopes), and a plan's fit of the block. The quantile
+passes (quantiles.py) start from what it knows: 8/16-bit value counts or exact bounds.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from normcli import quantiles
 from normcli.histograms import HistogramCounts, count_block, histogram_edges
 from normcli.layout import Layout
 from normcli.moments import BlockStats, from_value_counts, keeps_value_counts, measure_block, merge
-from normcli.reduction import Pass
+from normcli.reduction import Pass, on_chunks
 from normcli.scopes import Scope
 from normcli.sources import Block, Chunk
 
@@ -98,3 +100,25 @@ class HistogramTask:
 def histogram_work(task: HistogramTask, block: Block) -> HistogramCounts:
     chunk = block.read()
     return count_block(chunk.data, task.scope, task.layout, task.edges, first_sample=chunk.start)
+
+
+def quantile_state(request: quantiles.Request | None, dataset, scope: Scope, stats: BlockStats):
+    """The quantile passes' start (None without a request), from what the statistics pass knows:
+    value counts of 8/16-bit integers (no pass), else exact bounds where no NaN or inf was seen."""
+    if request is None:
+        return None
+    keys = scope.keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
+    known = {}
+    if stats.value_counts is not None:
+        known["value_counts"] = stats.value_counts
+    elif not stats.nonfinite.total and not scope.per_sample:
+        known["bounds"] = quantiles.Bounds.of(stats.aggregate(), dataset.dtype)
+    return quantiles.first(request, dataset.dtype, scope, dataset.layout, keys, **known)
+
+
+def quantile_pass(state: quantiles.State | None, sample_bytes: int = 0) -> Pass | None:
+    """The next quantile pass over the data, or None: every quantile is known."""
+    task = None if state is None else quantiles.next_task(state)
+    if task is None:
+        return None
+    return Pass("percentiles", on_chunks(quantiles.work), task, sample_bytes=sample_bytes)

@@ -113,7 +113,6 @@ def _degenerate(mask: np.ndarray, what: str, result: str) -> None:
 def minmax(moments: Moments, out_range: tuple[float, float] = (0.0, 1.0)) -> Affine:
     """Min-max scaling of each key's [min, max] onto `out_range` (as MinMaxScaler); integer minima
     are the shift's exact whole part, and spans are taken in exact integers."""
-    low, high = out_range
     keys = len(moments)
     if moments.min.dtype.kind in "iuO":
         to_min = Affine(np.zeros(keys), np.ones(keys), np.zeros(keys), whole_numbers(moments.min))
@@ -121,10 +120,46 @@ def minmax(moments: Moments, out_range: tuple[float, float] = (0.0, 1.0)) -> Aff
         to_min = Affine(np.where(np.isfinite(moments.min), moments.min, 0.0), np.ones(keys), np.zeros(keys))
     with np.errstate(invalid="ignore"):
         span = to_min.map_keys(moments.max)
+    return _onto(to_min, span, out_range, "max == min")
+
+
+def _onto(to_low: Affine, span: np.ndarray, out_range: tuple[float, float], flat_means: str) -> Affine:
+    """`to_low` (x - low per key) followed by the map of [0, span] onto `out_range`; a key whose span
+    is not positive goes to the range's low end."""
+    low, high = out_range
     flat = ~(span > 0)
-    _degenerate(flat, "max == min", f"the range's low end ({low:g})")
+    _degenerate(flat, flat_means, f"the range's low end ({low:g})")
     scale = np.where(flat, 0.0, (high - low) / np.where(flat, 1.0, span))
-    return replace(to_min, scale=scale, offset=np.full(keys, float(low)))
+    return replace(to_low, scale=scale, offset=np.full(len(span), float(low)))
+
+
+def _float_quantiles(values) -> np.ndarray:
+    """Percentiles per key (keys, q) as float64 where they are integers (floats keep their dtype)."""
+    values = np.asarray(values)
+    return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def stretch(percentiles, out_range: tuple[float, float] = (0.0, 1.0)) -> Affine:
+    """Each key's [p_lo, p_hi] (the columns of `percentiles`, (keys, 2)) onto `out_range`:
+    (x - p_lo) / (p_hi - p_lo), as CSBDeep's normalize(x, pmin, pmax) and ImageMagick's stretch."""
+    values = _float_quantiles(percentiles).astype(np.float64)
+    keys = len(values)
+    with np.errstate(invalid="ignore"):
+        span = values[:, 1] - values[:, 0]
+    return _onto(Affine(values[:, 0], np.ones(keys), np.zeros(keys)), span, out_range, "equal low and high percentiles")
+
+
+def robust(percentiles) -> Affine:
+    """(x - median) / (q_hi - q_lo) per key from percentiles (keys, 3) at (q_lo, 50, q_hi), as
+    scikit-learn's RobustScaler: the range taken in the percentiles' dtype, and a range below ten
+    times its epsilon (zero) scales by 1."""
+    values = _float_quantiles(percentiles)
+    with np.errstate(invalid="ignore"):
+        spread = values[:, 2] - values[:, 0]
+        flat = spread < 10 * np.finfo(spread.dtype).eps
+    spread = np.where(flat, 1.0, spread.astype(np.float64))
+    keys = len(values)
+    return Affine(values[:, 1].astype(np.float64), 1.0 / spread, np.zeros(keys))
 
 
 def zscore(moments: Moments, *, ddof: int = 0, eps: float = 0.0) -> Affine:
