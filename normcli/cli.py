@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -188,15 +189,18 @@ class FiniteFloat(click.ParamType):
 
 
 class Numbers(click.ParamType):
-    """One finite number or a comma-separated list of them (e.g. one per channel), as a tuple."""
+    """One finite number or a comma-separated list of them (e.g. one per channel), as a tuple; each
+    one a value of `each` (a finite number unless given)."""
 
     name = "numbers"
+
+    def __init__(self, each: click.ParamType | None = None):
+        self.each = each or FiniteFloat()
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        finite = FiniteFloat()
-        return tuple(finite.convert(v, param, ctx) for v in str(value).split(","))
+        return tuple(self.each.convert(v, param, ctx) for v in str(value).split(","))
 
 
 class Percentile(click.ParamType):
@@ -209,17 +213,6 @@ class Percentile(click.ParamType):
         if not 0 <= number <= 100:
             self.fail(f"{value!r} is not a percentile in [0, 100]", param, ctx)
         return number
-
-
-class Percentiles(click.ParamType):
-    """Comma-separated percentiles, each in [0, 100], as a tuple."""
-
-    name = "percentiles"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        return tuple(Percentile().convert(v, param, ctx) for v in str(value).split(","))
 
 
 quantile_method_option = option(
@@ -453,24 +446,31 @@ def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
 
 
 # -- stats ---------------------------------------------------------------------------
-@cli.command(short_help="Mean, variance, min, max and histograms.")
+def _stats_params(per, hist_range, ddof, percentiles, median, quantile_method) -> run.StatsParams:
+    q = (percentiles or ()) + ((50.0,) if median else ())
+    return run.StatsParams(per, hist_range, ddof, percentiles=q, quantile_method=quantile_method)
+
+
+@cli.command(short_help="Mean, variance, min, max, histograms, percentiles.")
 @input_options
-@scope_option("channel")
-@option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
-              help="Histogram range [default: each row's min and max].")
-@option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, metavar="0|1",
-        help="Variance divisor N - ddof.")
-@option("--percentiles", type=Percentiles(), metavar="Q,...",
-        help="Exact percentiles, as np.percentile (e.g. 1,50,99).")
-@option("--median", is_flag=True, help="The median (--percentiles 50).")
-@quantile_method_option
+@_packed("params", _stats_params, (
+    scope_option("channel"),
+    option("--range", "hist_range", type=(FiniteFloat(), FiniteFloat()), metavar="LO HI",
+           help="Histogram range [default: each row's min and max]."),
+    option("--ddof", type=click.IntRange(0, 1), default=0, show_default=True, metavar="0|1",
+           help="Variance divisor N - ddof."),
+    option("--percentiles", type=Numbers(Percentile()), metavar="Q,...",
+           help="Exact percentiles, as np.percentile (e.g. 1,50,99)."),
+    option("--median", is_flag=True, help="The median (--percentiles 50)."),
+    quantile_method_option,
+))
 @report_options(("table", "json", "csv", "torchvision"))
 @engine_options
 @in_section("Where to write",
             option("--save-stats", "--save", "save", metavar="FILE", type=PATH,
                          help="Also save them (for --stats-from, merge-stats)."),
             force_option("Replace an existing --save-stats file."))
-def stats(inputs, per, hist_range, ddof, percentiles, median, quantile_method, report, engine, save, force):
+def stats(inputs, params, report, engine, save, force):
     """Print mean, variance, min, max, histograms and percentiles of a dataset.
 
     \b
@@ -480,8 +480,7 @@ def stats(inputs, per, hist_range, ddof, percentiles, median, quantile_method, r
         normcli stats sample_images/rgb --percentiles 1,50,99
     """
     env = _environment()
-    q = (percentiles or ()) + ((50.0,) if median and 50.0 not in (percentiles or ()) else ())
-    params = run.StatsParams(per, hist_range, ddof, save, force, q, quantile_method)
+    params = dataclasses.replace(params, save=save, force=force)
     with _progress(report, engine, env) as progress:
         result = run.run_stats(inputs, params, report, engine, env, progress)
     if not report.quiet:
@@ -502,17 +501,19 @@ def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Repor
 @cli.command(short_help="Min-max scale to a range (default [0, 1]).")
 @input_options
 @output_options
-@scope_option("global")
-@option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
-              help="Target range [default: 0 1, or the fitted one].")
-@option("--percentiles", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
-        help="Map these percentiles to the range, not min and max (clipped).")
-@option("--no-clip", is_flag=True, help="With --percentiles: keep values outside the range.")
-@quantile_method_option
+@_packed("params", run.NormalizeParams, (
+    scope_option("global"),
+    option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
+           help="Target range [default: 0 1, or the fitted one]."),
+    option("--percentiles", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
+           help="Map these percentiles to the range, not min and max (clipped)."),
+    option("--no-clip", is_flag=True, help="With --percentiles: keep values outside the range."),
+    quantile_method_option,
+))
 @fit_options
 @report_options()
 @engine_options
-def normalize(inputs, output, per, out_range, percentiles, no_clip, quantile_method, fit, report, engine):
+def normalize(inputs, output, params, fit, report, engine):
     """Min-max scale a dataset to a range (default [0, 1]), or stretch its percentiles to it.
 
     \b
@@ -521,27 +522,25 @@ def normalize(inputs, output, per, out_range, percentiles, no_clip, quantile_met
         normcli normalize sample_images -o normalized --per channel
         normcli normalize sample_images/rgb -o stretched --percentiles 1 99.8
     """
-    params = run.NormalizeParams(per, tuple(out_range) if out_range else None, fit,
-                                 tuple(percentiles) if percentiles else None, no_clip, quantile_method)
-    _transform(params, inputs, output, report, engine)
+    _transform(dataclasses.replace(params, fit=fit), inputs, output, report, engine)
 
 
 @cli.command(short_help="Z-score: mean 0, variance 1.")
 @input_options
 @output_options
-@scope_option("global")
-@option("--ddof", type=click.IntRange(0, 1), metavar="0|1",
-        help="Variance divisor N - ddof [default: 0, or saved].")
-@option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True,
-              help="Added to the variance.")
-@option("--robust", is_flag=True, help="Median and interquartile range (as RobustScaler).")
-@option("--quantile-range", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
-        help="With --robust: the range's percentiles [default: 25 75].")
-@quantile_method_option
+@_packed("params", run.StandardizeParams, (
+    scope_option("global"),
+    option("--ddof", type=click.IntRange(0, 1), metavar="0|1", help="Variance divisor N - ddof [default: 0, or saved]."),
+    option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True, help="Added to the variance."),
+    option("--robust", is_flag=True, help="Median and interquartile range (as RobustScaler)."),
+    option("--quantile-range", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
+           help="With --robust: the range's percentiles [default: 25 75]."),
+    quantile_method_option,
+))
 @fit_options
 @report_options()
 @engine_options
-def standardize(inputs, output, per, ddof, eps, robust, quantile_range, quantile_method, fit, report, engine):
+def standardize(inputs, output, params, fit, report, engine):
     """Z-score a dataset: mean 0, variance 1; or, --robust, median 0 and interquartile range 1.
 
     \b
@@ -551,9 +550,7 @@ def standardize(inputs, output, per, ddof, eps, robust, quantile_range, quantile
         normcli standardize test.npy -o z.npy --stats-from t.json
         normcli standardize data.npy -o r.npy --robust
     """
-    params = run.StandardizeParams(per, ddof, eps, fit, robust, tuple(quantile_range) if quantile_range else None,
-                                   quantile_method)
-    _transform(params, inputs, output, report, engine)
+    _transform(dataclasses.replace(params, fit=fit), inputs, output, report, engine)
 
 
 def affine_options(gamma_help: str):

@@ -200,8 +200,9 @@ class NormalizeParams:
 
         inverse, (low, high) = self.fit.inverse, percentiles
         clip = out_range if (output.clip or not self.no_clip) and not inverse else None
-        plan = _quantile_plan(dataset, saved, scope, self.fit, percentiles, self.quantile_method, ignore_nan,
-                              lambda values: stretch(values, out_range), clip=clip,
+        request = _quantile_request(percentiles, self.quantile_method, scope, ignore_nan)
+        plan = _quantile_plan(dataset, saved, scope, self.fit, request, lambda values: stretch(values, out_range),
+                              clip=clip,
                               input_scale=_input_scale(saved, self.fit, dataset, out_range),
                               saved={"range": list(out_range), "map": "stretch"})
         title = "inverse percentile stretch" if inverse else \
@@ -250,9 +251,9 @@ class StandardizeParams:
         recorded = _recorded_q(saved, "robust")
         if self.robust or recorded:
             low, high = self.quantile_range or (recorded and (recorded[0], recorded[2])) or (25.0, 75.0)
-            plan = _quantile_plan(dataset, saved, scope, self.fit, (low, 50.0, high), self.quantile_method,
-                                  ignore_nan, robust, input_scale=_input_scale(saved, self.fit, dataset),
-                                  saved={"map": "robust"})
+            request = _quantile_request((low, 50.0, high), self.quantile_method, scope, ignore_nan)
+            plan = _quantile_plan(dataset, saved, scope, self.fit, request, robust,
+                                  input_scale=_input_scale(saved, self.fit, dataset), saved={"map": "robust"})
             return Planned(plan, "inverse robust scaling" if self.fit.inverse else
                            f"robust scaling (median, {low:g}..{high:g} percentile range)")
 
@@ -345,15 +346,13 @@ def _recorded_q(saved, fitted_map: str) -> list | None:
     return saved.extra["percentiles"]["q"]
 
 
-def _quantile_plan(dataset, fitted, scope: str, fit: Fit, q: tuple, method: str, ignore_nan: bool, make_affine,
-                   **options):
-    """A plans.QuantilePlan of percentiles `q`: fitted, or those of the --stats-from file `fitted` (a StatsFile);
+def _quantile_plan(dataset, fitted, scope: str, fit: Fit, request, make_affine, **options):
+    """A plans.QuantilePlan of `request`'s percentiles: fitted, or those of the --stats-from file `fitted` (a StatsFile);
     `options`: ScalePlan's (clip, input_scale, saved)."""
     from normcli.plans import QuantilePlan
     from normcli.statsfile import saved_percentiles
 
-    request = _quantile_request(q, method, scope, ignore_nan)
-    values = saved_percentiles(fitted, fit.stats_from, q) if fitted is not None else None
+    values = saved_percentiles(fitted, fit.stats_from, request.q) if fitted is not None else None
     return QuantilePlan(dataset, scope, request, make_affine, values, fitted=fitted.moments if fitted else None,
                         inverse=fit.inverse, **options)
 
