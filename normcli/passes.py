@@ -2,11 +2,11 @@
 histograms) and transform (source -> fit -> transform -> sink), each pass a pure block function
 merged in block order on the driver.
 
-`stats` is the statistics pass (statspass.py), and a second for the histograms where their range
-is known only after it. A transform shares that first pass (with its plan's fit), then runs the
-plan's own passes (plans.Plan.next_pass, none yet), then the last: apply the fitted map, write
-each block into the temporary output at its position, and measure the input's histograms and the
-output's statistics (applypass.py). Memory is bounded by a few blocks (or batches) in flight.
+`stats` is the statistics pass (statspass.py), a second for the histograms where their range is
+known only after it, and the quantile passes of --percentiles. A transform shares that first pass
+(with its plan's fit), then runs the plan's own passes (plans.Plan.next_pass: QuantilePlan's
+quantile passes), then the last: apply the fitted map, write each block into the temporary output
+at its position, and measure the input's histograms and the output's statistics (applypass.py). Memory is bounded by a few blocks (or batches) in flight.
 """
 
 from __future__ import annotations

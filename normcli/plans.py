@@ -48,8 +48,8 @@ class Applier(Protocol):
 class Plan:
     """What one transform does in each pass, stated as values: pass 1 is the shared statistics
     pass (passes.py) with the plan's `fitter()`, passes 2..k are the plan's own (`next_pass()`,
-    built from the merged results before: none for the plans here), the last applies `applier()`
-    and writes. The driver keeps the plan; add_fit(), finish() and add_applied() run on the
+    built from the merged results before: QuantilePlan's quantile passes), the last applies
+    `applier()` and writes. The driver keeps the plan; add_fit(), finish() and add_applied() run on the
     driver, in block order."""
 
     scope: Scope  # the scope of the before/after report
