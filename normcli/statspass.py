@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normcli import quantiles
+from normcli.errors import InputError
 from normcli.histograms import HistogramCounts, count_block, histogram_edges
 from normcli.layout import Layout
 from normcli.moments import BlockStats, from_value_counts, keeps_value_counts, measure_block, merge
@@ -107,6 +108,9 @@ def quantile_state(request: quantiles.Request | None, dataset, scope: Scope, sta
     value counts of 8/16-bit integers (no pass), else exact bounds where no NaN or inf was seen."""
     if request is None:
         return None
+    if dataset.dtype.kind == "b":
+        raise InputError("holds booleans, which have no percentiles (numpy cannot interpolate them); "
+                         "convert them to integers first", dataset.inputs[0])
     keys = scope.keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
     known = {}
     if stats.value_counts is not None:

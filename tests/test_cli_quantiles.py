@@ -253,6 +253,13 @@ def test_merge_stats_refuses_percentiles(chdir):
     assert "(a.json)" in done.stderr and not os.path.exists("all.json")
 
 
+def test_booleans_have_no_percentiles(chdir):
+    np.save("b.npy", np.ones((3, 2, 2, 1), bool))
+    done = run_cli("normalize", "b.npy", "-o", "out.npy", "--percentiles", "1", "99", ok=False)
+    assert done.exit_code == 1 and done.stderr.startswith("error: holds booleans") and "(b.npy)" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and sorted(os.listdir(".")) == ["b.npy"]
+
+
 def test_stats_from_without_the_percentiles_is_refused(chdir):
     np.save("x.npy", np.arange(24.0).reshape(2, 3, 4, 1))
     run_cli("stats", "x.npy", "--per", "global", "--save-stats", "s.json", "-q")
