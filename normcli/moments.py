@@ -24,6 +24,7 @@ from functools import reduce
 
 import numpy as np
 
+from normcli.compiled import kernels
 from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
@@ -362,9 +363,16 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
     else:
         pieces = list(scope.pieces((v,), (shift,)))
     sliced = not scope.per_sample and v.dtype.itemsize < 8
+    fast = kernels(v.nbytes) if v.dtype == np.float32 and not scope.per_sample else None
     found = []
     for (values,), (key_shift,) in pieces:
         reduced = (0,) if values.ndim < 3 else scope.reduced  # down a piece's rows, or the view's axes
+        if fast is not None and values.ndim < 3 and values.flags.c_contiguous:
+            sums = _compiled_sums(fast, values, key_shift)
+            if extremes:
+                sums += [np.minimum.reduce(values, axis=0).reshape(-1), np.maximum.reduce(values, axis=0).reshape(-1)]
+            found.append(_fold_onto_keys(sums, keys))
+            continue
         step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
         by_slice = []
         for start in range(0, len(values), step):
@@ -382,12 +390,26 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
         # of an (n, 1) array), running sums otherwise, as a piece's rows within a slice
         sums = by_slice[0] if len(by_slice) == 1 else \
             [fold.reduce(np.stack(column), axis=0) for fold, column in zip(_FOLDS, zip(*by_slice))]
-        found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
-                      for fold, total in zip(_FOLDS, sums)])  # rows repeating the keys fold onto them
+        found.append(_fold_onto_keys(sums, keys))
     return tuple(reduce(fold, column) for fold, column in zip(_FOLDS, zip(*found)))
 
 
 _FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts of a key's values combine
+
+
+def _fold_onto_keys(sums: list, keys: int) -> list:
+    """A piece's results per column folded onto the keys (rows repeating the keys)."""
+    return [fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
+            for fold, total in zip(_FOLDS, sums)]
+
+
+def _compiled_sums(fast, values: np.ndarray, shift: np.ndarray) -> list:
+    """The sums of values - shift and of its squares by the compiled kernels (normcli.compiled): of
+    the flat values of one key, or per column of 2-D rows; in one call, without a temporary."""
+    if values.ndim == 1:
+        total, squares = fast.flat_sums(values, shift[0])
+        return [np.array([total]), np.array([squares])]
+    return list(fast.column_sums(values, shift))
 
 
 def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarray]:
