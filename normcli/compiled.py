@@ -92,9 +92,13 @@ def _load() -> None:
             raise RuntimeError("no cache folder can be written (NUMBA_CACHE_DIR, ~/.cache, the temporary folder)")
         os.environ["NUMBA_CACHE_DIR"] = folder
         _kernels = _Kernels()
-    except Exception as error:  # ImportError, numba's errors (compile, cache): numpy does the work
+    except ImportError as error:
         _kernels = False
-        logging.getLogger("normcli").debug("compiled kernels off, numpy kernels used: %s: %s",
+        logging.getLogger("normcli").debug("compiled kernels off (numba not importable: %s; "
+                                           "pip install 'normcli[fast]'), numpy kernels used", error)
+    except Exception as error:  # numba's errors (compile, cache): numpy does the work
+        _kernels = False
+        logging.getLogger("normcli").debug("compiled kernels off (%s: %s), numpy kernels used",
                                            type(error).__name__, error)
     else:
         logging.getLogger("normcli").debug("compiled kernels on (numba, cache %s)", folder)
