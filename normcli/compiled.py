@@ -1,13 +1,13 @@
 """Compiled, GIL-free kernels: the optional `[fast]` extra (numba), used only where they pay.
 
-Two kernels of the float path run compiled when numba is installed: the shifted sums of float32
-moments (moments._shifted_sums) and the counting loop of the float histogram with histograms.py's
-margin test. Their numbers are the numpy kernels': histogram counts identical (the same margin test
-decides which values np.histogram bins), float sums within the same bound (chunks of a few
-thousand values summed in vectorized partial sums, the chunks' sums added up).
+With numba installed these run compiled: the shifted sums of float32 moments (moments._shifted_sums),
+the counting loop of the float histogram with histograms.py's margin test, and the quantile passes'
+count of top bits (quantiles._top_counts). Their numbers are the numpy kernels': counts identical
+(the same margin test decides which values np.histogram bins), float sums within the same tested
+bound (chunks of a few thousand values summed in vectorized partial sums, the chunks' sums added up).
 
-numba costs ~0.2 s to import and ~1 s to compile the kernels (~0.3 s in all from a warm cache:
-benchmarks/PROFILE.md), so a process turns them on only once the kernels have been handed
+numba costs ~0.2-0.5 s to import and ~0.3 s a kernel to compile, less from a warm cache
+(benchmarks/PROFILE.md), so a process turns them on only once the kernels have been handed
 COLD_BYTES of values (WARM_BYTES when the cache holds them); small inputs and `--help` never import
 numba. NORMCLI_COMPILED=1 turns them on from the first block, NORMCLI_COMPILED=0 off. A missing
 numba, a failed compile or no writable cache folder leave the numpy kernels, with a note in the
@@ -26,19 +26,21 @@ WARM_BYTES = 1 << 30
 _CHUNK = 4096  # values a partial sum: its vectorized lanes add few enough values to stay exact enough
 
 _lock = threading.Lock()
-_kernels = None  # the compiled kernels (a _Kernels) once loaded, False when numba cannot give them
-_seen = 0  # bytes handed to the kernels while numba was not loaded
+_ready: dict = {}  # name: the compiled kernel, or False when numba cannot give it
+_numba = None  # the numba module once imported, False when it cannot be
+_seen = 0  # bytes handed to the kernels before they were on
 _warm = None
 
 
-def kernels(nbytes: int):
-    """The compiled kernels for a call on `nbytes` of data, or None for the numpy ones."""
+def kernel(name: str, nbytes: int):
+    """The compiled kernel `name` (see _KERNELS) for a call on `nbytes` of data, or None for numpy."""
     global _seen
     mode = os.environ.get("NORMCLI_COMPILED", "")
     if mode == "0":
         return None
-    if _kernels is not None:
-        return _kernels or None
+    found = _ready.get(name)
+    if found is not None:
+        return found or None
     _seen += nbytes  # unlocked: an estimate is all it needs
     if mode != "1" and _seen < (WARM_BYTES if _warm_cache() else COLD_BYTES):
         return None
@@ -46,11 +48,11 @@ def kernels(nbytes: int):
     if not _lock.acquire(blocking=mode == "1"):
         return None
     try:
-        if _kernels is None:
-            _load()
+        if name not in _ready:
+            _ready[name] = _compile(name)
     finally:
         _lock.release()
-    return _kernels or None
+    return _ready[name] or None
 
 
 def _cache_dir() -> str | None:
@@ -82,67 +84,41 @@ def _warm_cache() -> bool:
     return _warm
 
 
-def _load() -> None:
+def _compile(name: str):
+    """numba's compiled `name`, tried on a small input (or loaded from the cache); False, with a note
+    in the log, when numba is missing, cannot cache or fails."""
     import logging
 
-    global _kernels
-    folder = _cache_dir()
+    global _numba
+    log = logging.getLogger("normcli")
+    if _numba is False:
+        return False
     try:
-        if folder is None:
-            raise RuntimeError("no cache folder can be written (NUMBA_CACHE_DIR, ~/.cache, the temporary folder)")
-        os.environ["NUMBA_CACHE_DIR"] = folder
-        _kernels = _Kernels()
+        if _numba is None:
+            folder = _cache_dir()
+            if folder is None:
+                raise RuntimeError("no cache folder can be written (NUMBA_CACHE_DIR, ~/.cache, the temporary folder)")
+            os.environ["NUMBA_CACHE_DIR"] = folder
+            import numba
+
+            _numba = numba
+            log.debug("compiled kernels on (numba %s, cache %s)", numba.__version__, folder)
+        function, options, probe = _KERNELS[name]
+        compiled = _numba.njit(nogil=True, cache=True, error_model="numpy", **options)(function)
+        probe(compiled)
+        return compiled
     except ImportError as error:
-        _kernels = False
-        logging.getLogger("normcli").debug("compiled kernels off (numba not importable: %s; "
-                                           "pip install 'normcli[fast]'), numpy kernels used", error)
-    except Exception as error:  # numba's errors (compile, cache): numpy does the work
-        _kernels = False
-        logging.getLogger("normcli").debug("compiled kernels off (%s: %s), numpy kernels used",
-                                           type(error).__name__, error)
-    else:
-        logging.getLogger("normcli").debug("compiled kernels on (numba, cache %s)", folder)
+        _numba = False
+        log.debug("compiled kernels off (numba not importable: %s; pip install 'normcli[fast]'), numpy kernels used",
+                  error)
+    except Exception as error:  # no cache folder, numba's errors (compile, cache): numpy does the work
+        if _numba is None:
+            _numba = False
+        log.debug("compiled kernel %s off (%s: %s), numpy kernels used", name, type(error).__name__, error)
+    return False
 
 
-class _Kernels:
-    """The kernels compiled (nogil, cached); a first call with each argument type compiles it."""
-
-    def __init__(self):
-        import numba
-
-        jit = numba.njit(nogil=True, cache=True, error_model="numpy")
-        self._flat = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})(_flat_sums)
-        self._columns = jit(_column_sums)
-        self._histogram = jit(_histogram_counts)
-        self._check()
-
-    def _check(self) -> None:
-        """Compile (or load) every kernel now, so that a failure falls back before any result."""
-        values = np.arange(8, dtype=np.float32)
-        self.flat_sums(values, 1.0)
-        self.column_sums(values.reshape(2, 4), np.zeros(4))
-        counts = np.zeros(3, np.int64)
-        for ctype in (np.float32, np.float64):
-            self.histogram_counts(values, ctype(0), ctype(0.25), ctype(0.01), ctype(0.99), ctype(2), counts,
-                                  np.empty(8, np.intp))
-
-    def flat_sums(self, values, shift: float) -> tuple[float, float]:
-        """The sums of values - shift and of its squares, in float64 (values 1-D, contiguous)."""
-        return self._flat(values, float(shift))
-
-    def column_sums(self, rows, shift):
-        """Per column of 2-D C-contiguous rows: the sums of rows - shift and of their squares."""
-        total, squares = np.zeros(rows.shape[1]), np.zeros(rows.shape[1])
-        self._columns(rows, np.ascontiguousarray(shift, np.float64), total, squares)
-        return total, squares
-
-    def histogram_counts(self, values, low, scale, lo, hi, top, counts, rejected) -> int:
-        """histograms.float_histogram's counting of 1-D `values`: adds to `counts` the values the
-        margin test accepts, puts the others' indices in `rejected`, returns how many."""
-        return self._histogram(values, low, scale, lo, hi, top, counts, rejected)
-
-
-# The kernels, plain Python here; _Kernels compiles them.
+# The kernels, plain Python here; _compile compiles them (nogil, cached), each on first use.
 def _flat_sums(values, shift):
     total = 0.0
     squares = 0.0
@@ -180,3 +156,30 @@ def _histogram_counts(values, low, scale, lo, hi, top, counts, rejected):
             rejected[n_rejected] = i
             n_rejected += 1
     return n_rejected
+
+
+def _top_bit_counts(patterns, shift, counts):
+    # histograms of each column's top bits (patterns >> shift): quantiles._top_counts's bincount
+    for r in range(patterns.shape[0]):
+        for k in range(patterns.shape[1]):
+            counts[k, patterns[r, k] >> shift] += 1
+
+
+def _histogram_probe(compiled):
+    for ctype in (np.float32, np.float64):
+        compiled(np.zeros(8, np.float32), ctype(0), ctype(0.25), ctype(0.01), ctype(0.99), ctype(2),
+                 np.zeros(2, np.int64), np.empty(8, np.intp))
+
+
+def _top_bits_probe(compiled):
+    for dtype in (np.uint32, np.uint64):
+        compiled(np.zeros((4, 1), dtype), dtype(8 * np.dtype(dtype).itemsize - 4), np.zeros((1, 16), np.int64))
+
+
+# name: (the kernel, numba options, a first call with the argument types the callers use)
+_KERNELS = {
+    "flat_sums": (_flat_sums, {"fastmath": {"reassoc"}}, lambda f: f(np.zeros(8, np.float32), 0.0)),
+    "column_sums": (_column_sums, {}, lambda f: f(np.zeros((2, 4), np.float32), np.zeros(4), np.zeros(4), np.zeros(4))),
+    "histogram_counts": (_histogram_counts, {}, _histogram_probe),
+    "top_bit_counts": (_top_bit_counts, {}, _top_bits_probe),
+}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from normcli.compiled import kernels
+from normcli.compiled import kernel
 from normcli.layout import Layout
 from normcli.scopes import Scope
 from normcli.scratch import scratch
@@ -284,7 +284,7 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
     if plan is None:
         return numpy_histogram(values)
     ctype, L, s, lo, hi = plan
-    fast = kernels(values.nbytes) if values.dtype.type in (np.float32, np.float64) else None
+    fast = kernel("histogram_counts", values.nbytes) if values.dtype == np.float32 else None
     if fast is not None:
         return _compiled_histogram(fast, values, plan, bins, numpy_histogram)
     size = min(values.size, _HIST_BLOCK)
@@ -349,7 +349,7 @@ def _compiled_histogram(fast, values: np.ndarray, plan, bins: int, numpy_histogr
     first = True
     for block in _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE):
         flat = block.reshape(-1)
-        n_bad = fast.histogram_counts(flat, L, s, lo, hi, ctype(bins), counts, rejected_at)
+        n_bad = fast(flat, L, s, lo, hi, ctype(bins), counts, rejected_at)
         if first and n_bad > _HIST_GIVE_UP * flat.size:
             return numpy_histogram(values)
         first = False

@@ -20,7 +20,8 @@ from normcli import compiled
 @pytest.fixture
 def fresh(monkeypatch):
     """normcli.compiled as in a new process: nothing loaded, nothing seen."""
-    monkeypatch.setattr(compiled, "_kernels", None)
+    monkeypatch.setattr(compiled, "_ready", {})
+    monkeypatch.setattr(compiled, "_numba", None)
     monkeypatch.setattr(compiled, "_seen", 0)
     monkeypatch.setattr(compiled, "_warm", None)
 
@@ -42,11 +43,13 @@ def test_without_numba_the_numpy_kernels_give_the_numbers_and_debug_says_why(fre
     monkeypatch.setenv("NORMCLI_COMPILED", "1")
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
     assert stats(data) == want
-    assert compiled.kernels(0) is None
-    monkeypatch.setattr(compiled, "_kernels", None)
+    assert compiled.kernel("flat_sums", 0) is None
+    monkeypatch.setattr(compiled, "_ready", {})
+    monkeypatch.setattr(compiled, "_numba", None)
     result = run_cli("stats", data, "--debug", "--format", "json")
     assert result.stderr.startswith("note: compiled kernels off (numba not importable")
-    monkeypatch.setattr(compiled, "_kernels", None)
+    monkeypatch.setattr(compiled, "_ready", {})
+    monkeypatch.setattr(compiled, "_numba", None)
     assert "note:" not in run_cli("stats", data, "--format", "json").stderr
 
 
@@ -54,26 +57,26 @@ def test_no_writable_cache_folder_means_the_numpy_kernels(fresh, monkeypatch, tm
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "file" / "cache"))  # under a file: cannot be made
     monkeypatch.setenv("NORMCLI_COMPILED", "1")
-    assert compiled.kernels(0) is None
+    assert compiled.kernel("flat_sums", 0) is None
 
 
 def test_small_inputs_stay_on_numpy_until_the_threshold(fresh, monkeypatch):
     monkeypatch.delenv("NORMCLI_COMPILED", raising=False)
     monkeypatch.setattr(compiled, "_warm", False)
     loads = []
-    monkeypatch.setattr(compiled, "_load", lambda: loads.append(1))
-    assert compiled.kernels(compiled.COLD_BYTES - 1) is None and not loads
-    compiled.kernels(1)
-    assert loads == [1]
+    monkeypatch.setattr(compiled, "_compile", lambda name: loads.append(name))
+    assert compiled.kernel("flat_sums", compiled.COLD_BYTES - 1) is None and not loads
+    compiled.kernel("flat_sums", 1)
+    assert loads == ["flat_sums"]
 
 
 def test_a_warm_cache_lowers_the_threshold(fresh, monkeypatch):
     monkeypatch.delenv("NORMCLI_COMPILED", raising=False)
     monkeypatch.setattr(compiled, "_warm", True)
     loads = []
-    monkeypatch.setattr(compiled, "_load", lambda: loads.append(1))
-    compiled.kernels(compiled.WARM_BYTES)
-    assert loads == [1]
+    monkeypatch.setattr(compiled, "_compile", lambda name: loads.append(name))
+    compiled.kernel("flat_sums", compiled.WARM_BYTES)
+    assert loads == ["flat_sums"]
 
 
 def test_a_small_run_never_imports_numba(data):
