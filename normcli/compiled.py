@@ -21,8 +21,11 @@ import threading
 
 import numpy as np
 
-COLD_BYTES = 3 << 30  # measured in benchmarks/PROFILE.md ("Compiled kernels")
-WARM_BYTES = 1 << 30
+# Measured (benchmarks/PROFILE.md, "Compiled kernels"): loading numba costs ~0.5 s of CPU and
+# ~130 MiB of RSS (LLVM), and the kernels save 0.1-0.3 s of CPU a GiB, so they pay only some
+# GiB after they are on; below these sizes a run stays within the numpy path's time and memory.
+COLD_BYTES = 8 << 30
+WARM_BYTES = 4 << 30
 _CHUNK = 4096  # values a partial sum: its vectorized lanes add few enough values to stay exact enough
 
 _lock = threading.Lock()
