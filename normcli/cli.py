@@ -47,13 +47,14 @@ def _debug_notes(ctx: click.Context):
             if ctx.params.get("debug"):
                 click.echo(f"note: {record.getMessage()}", err=True)
 
-    log, notes = logging.getLogger("normcli"), Notes()
+    log, notes, level = logging.getLogger("normcli"), Notes(), logging.getLogger("normcli").level
     log.addHandler(notes)
     log.setLevel(logging.DEBUG)
     try:
         yield
     finally:
         log.removeHandler(notes)
+        log.setLevel(level)
 
 
 def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
