@@ -7,7 +7,8 @@ copied out of the file first, so that every block comes from memory as a read bl
 per kernel, the best and the median over the rounds of: CPU time a block on one thread
 (time.thread_time, which other processes' load disturbs less than the wall clock), and wall time a
 block with two threads sharing the blocks (which the GIL and the other cores' load both show).
-Run it for two checkouts in turn (PYTHONPATH) to compare them; benchmarks/PROFILE.md has numbers.
+Run it for two checkouts in turn (PYTHONPATH) to compare them, or with NORMCLI_COMPILED=0 and =1
+for the numpy and the compiled kernels; benchmarks/PROFILE.md has numbers.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def main() -> None:
     x = np.load(args.data / "f32_rgb.npy", mmap_mode="r")
     per_block = max(1, (2 << 20) // x[0].nbytes)
     blocks = [np.array(x[i:i + per_block]) for i in range(0, per_block * 64, per_block)]
-    low = float(min(b.min() for b in blocks))
-    high = float(max(b.max() for b in blocks))
+    # float64 ends, as a run's edges are: Python floats would make numpy bin in float32, which
+    # float_histogram leaves to np.histogram (its kernel's argument assumes float64 binning)
+    low = np.float64(min(b.min() for b in blocks))
+    high = np.float64(max(b.max() for b in blocks))
     layout = Layout("NHWC")
     # A run frees a block-sized read buffer early on, which raises glibc's mmap threshold: smaller
     # temporaries then come from the heap instead of fresh, page-faulting maps. Do the same here, so

@@ -38,6 +38,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
                f"warning: {category.__name__}: {text}", err=True)
 
 
+@contextlib.contextmanager
+def _debug_notes(ctx: click.Context):
+    """The core's notes (the `normcli` log: e.g. which kernels run) on stderr, with --debug only."""
+    import logging
+
+    class Notes(logging.Handler):
+        def emit(self, record):
+            if ctx.params.get("debug"):
+                click.echo(f"note: {record.getMessage()}", err=True)
+
+    log, notes, level = logging.getLogger("normcli"), Notes(), logging.getLogger("normcli").level
+    log.addHandler(notes)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(notes)
+        log.setLevel(level)
+
+
 def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
     """`normcli stats x.npy --debug` means what `normcli --debug stats x.npy` does."""
     if value:
@@ -116,7 +136,7 @@ class NormcliGroup(click.Group):
     command_class = NormcliCommand
 
     def invoke(self, ctx: click.Context):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _debug_notes(ctx):
             warnings.simplefilter("always", NormcliWarning)
             warnings.showwarning = _show_warning
             try:

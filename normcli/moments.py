@@ -24,6 +24,7 @@ from functools import reduce
 
 import numpy as np
 
+from normcli.compiled import kernel
 from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
@@ -332,11 +333,14 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
         # Sums of squares about the shift cancel when the shift is far from the block's values
         # (an outlier in the probe): then those keys measure the deviations from their own mean. Only
         # those: a key's numbers must not depend on which other keys share its block.
-        # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out.
+        # The new centre is rounded (by 1.2e-7 at 1e9): its own sum of deviations takes that back out,
+        # from M2 and from the mean (whose sum about the far shift lost as much as M2's).
         far = total * mean_dev > 0.5 * squares
         if far.any():
-            near_total, near_squares = _shifted_sums(v, scope, shift + mean_dev, extremes=False)
+            centre = shift + mean_dev
+            near_total, near_squares = _shifted_sums(v, scope, centre, extremes=False)
             m2 = np.where(far, near_squares - near_total * (near_total / count), m2)
+            mean_dev = np.where(far, (centre - shift) + near_total / count, mean_dev)
     return FloatMoments(np.full(len(total), count, np.int64), shift, mean_dev, m2, low.astype(np.float64),
                         high.astype(np.float64)), NonFinite()
 
@@ -354,17 +358,28 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
     from the cache rather than from memory (benchmarks/PROFILE.md); the slices' sums add up, their
     minima and maxima fold exactly. float64 data are measured whole, so that their numbers stay
     bit for bit those of earlier versions (saved statistics, the README's transcripts). Per-sample
-    keys are measured whole: their own reductions are pairwise already.
+    keys are measured whole: their own reductions are pairwise already. With the compiled kernels
+    (normcli.compiled), float32 pieces of flat values or rows take one GIL-free call each instead.
     """
     keys = len(shift)
-    if scope.single_key and v.flags.c_contiguous:
+    flat = scope.single_key and v.flags.c_contiguous
+    if flat:
         pieces = [((v.reshape(-1),), (shift,))]
     else:
         pieces = list(scope.pieces((v,), (shift,)))
     sliced = not scope.per_sample and v.dtype.itemsize < 8
+    rows = flat or (pieces and pieces[0][0][0].ndim == 2)  # flat values, or rows of channels
+    fast = kernel("flat_sums" if flat else "column_sums", v.nbytes) \
+        if v.dtype == np.float32 and not scope.per_sample and rows else None
     found = []
     for (values,), (key_shift,) in pieces:
         reduced = (0,) if values.ndim < 3 else scope.reduced  # down a piece's rows, or the view's axes
+        if fast is not None and values.ndim < 3 and values.flags.c_contiguous:
+            sums = _compiled_sums(fast, values, key_shift)
+            if extremes:
+                sums += [np.minimum.reduce(values, axis=0).reshape(-1), np.maximum.reduce(values, axis=0).reshape(-1)]
+            found.append(_fold_onto_keys(sums, keys))
+            continue
         step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
         by_slice = []
         for start in range(0, len(values), step):
@@ -382,12 +397,28 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
         # of an (n, 1) array), running sums otherwise, as a piece's rows within a slice
         sums = by_slice[0] if len(by_slice) == 1 else \
             [fold.reduce(np.stack(column), axis=0) for fold, column in zip(_FOLDS, zip(*by_slice))]
-        found.append([fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
-                      for fold, total in zip(_FOLDS, sums)])  # rows repeating the keys fold onto them
+        found.append(_fold_onto_keys(sums, keys))
     return tuple(reduce(fold, column) for fold, column in zip(_FOLDS, zip(*found)))
 
 
 _FOLDS = (np.add, np.add, np.minimum, np.maximum)  # how the sums of two parts of a key's values combine
+
+
+def _fold_onto_keys(sums: list, keys: int) -> list:
+    """A piece's results per column folded onto the keys (rows repeating the keys)."""
+    return [fold.reduce(total.reshape(-1, keys), axis=0) if len(total) > keys else total
+            for fold, total in zip(_FOLDS, sums)]
+
+
+def _compiled_sums(fast, values: np.ndarray, shift: np.ndarray) -> list:
+    """The sums of values - shift and of its squares by a compiled kernel (normcli.compiled): of the
+    flat values of one key, or per column of 2-D rows; in one call, without a temporary."""
+    if values.ndim == 1:
+        total, squares = fast(values, float(shift[0]))
+        return [np.array([total]), np.array([squares])]
+    total, squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+    fast(values, np.ascontiguousarray(shift, np.float64), total, squares)
+    return [total, squares]
 
 
 def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarray]:

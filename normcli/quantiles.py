@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from normcli.compiled import kernel
 from normcli.layout import Layout
 from normcli.scopes import Scope
 
@@ -418,6 +419,20 @@ def _top_counts(raw: np.ndarray, dtype: np.dtype, bits: int) -> np.ndarray:
     """How many values of each of K scope keys (the columns of `raw`, bit patterns) have each top
     `bits` bits of their key: (K, 2**bits), counted in one bincount of the patterns' top bits."""
     width, keys = 8 * dtype.itemsize, raw.shape[1]
+    fast = kernel("top_bit_counts", raw.nbytes) \
+        if raw.dtype in (np.uint32, np.uint64) and raw.flags.c_contiguous else None
+    if fast is not None:  # compiled (normcli.compiled): one GIL-free loop, no temporary
+        counts = np.zeros((keys, 1 << bits), np.int64)
+        fast(raw, raw.dtype.type(width - bits), counts)
+    else:
+        counts = _bincount_top(raw, width, bits)
+    ordered = np.empty_like(counts)
+    ordered[:, _top_keys(dtype, bits)] = counts
+    return ordered
+
+
+def _bincount_top(raw: np.ndarray, width: int, bits: int) -> np.ndarray:
+    keys = raw.shape[1]
     top = (raw >> np.array(width - bits, raw.dtype)).astype(np.uint32 if width <= 32 else np.intp, copy=False)
     flat = top.reshape(-1)
     if keys > 1:  # each key's counts after the previous key's: offsets added along rows of ~4096 values
@@ -427,10 +442,7 @@ def _top_counts(raw: np.ndarray, dtype: np.dtype, bits: int) -> np.ndarray:
         rows = flat[:whole].reshape(-1, len(row))
         rows += row
         flat[whole:] += row[:len(flat) - whole]
-    counts = np.bincount(flat, minlength=keys << bits).reshape(keys, 1 << bits)
-    ordered = np.empty_like(counts)
-    ordered[:, _top_keys(dtype, bits)] = counts
-    return ordered
+    return np.bincount(flat, minlength=keys << bits).reshape(keys, 1 << bits)
 
 
 @lru_cache(maxsize=64)

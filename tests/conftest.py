@@ -77,3 +77,21 @@ def tutorial_npy(tmp_path) -> Path:
     path = tmp_path / "data.npy"
     np.save(path, tutorial_dataset(n=50, size=8, seed=3))
     return path
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def kernel_path(request, monkeypatch):
+    """Runs a test with the numpy kernels and again with the compiled ones (normcli.compiled, forced
+    on from the first block), where numba is installed and NORMCLI_COMPILED is not 0."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        if os.environ.get("NORMCLI_COMPILED") == "0":
+            pytest.skip("NORMCLI_COMPILED=0: the numpy kernels only")
+        from normcli import compiled
+
+        monkeypatch.setenv("NORMCLI_COMPILED", "1")
+        if compiled.kernel("flat_sums", 0) is None:
+            pytest.fail("numba is installed but the compiled kernels did not load")
+    else:
+        monkeypatch.setenv("NORMCLI_COMPILED", "0")
+    return request.param

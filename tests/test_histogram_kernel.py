@@ -27,6 +27,8 @@ from normcli.scopes import SCOPES
 from helpers import reference_rows
 
 FLOATS = (np.float16, np.float32, np.float64)
+# every test with the numpy kernels, and again with the compiled ones where numba is installed
+pytestmark = pytest.mark.usefixtures("kernel_path")
 SHAPES = {"NHWC": (3, 4, 5, 3), "NCHW": (3, 2, 4, 5), "NHW": (4, 3, 5), "NC": (12, 4), "N": (37,)}
 
 

@@ -37,6 +37,8 @@ INT_DTYPES = (np.uint8, np.uint16, np.int16)
 FLOAT_DTYPES = (np.float32, np.float64)
 REL = 1e-12
 EPS = np.finfo(np.float64).eps
+# every test with the numpy kernels, and again with the compiled ones where numba is installed
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 # ----------------------------------------------------------------------------- references

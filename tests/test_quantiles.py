@@ -21,6 +21,8 @@ from normcli.scopes import SCOPES
 DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16", "float32",
           "float64")
 SHAPES = {"NHWC": 3, "NCHW": 3, "NHW": 2, "NC": 1, "N": 0}  # sample dimensions of each layout
+# every test with the numpy kernels, and again with the compiled ones where numba is installed
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 # -- a sequential driver, as an engine would run the passes ---------------------------------
