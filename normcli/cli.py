@@ -317,7 +317,7 @@ def report_options(formats=("table", "json")):
 
 output_options = _packed("output", run.Output, (
     option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
-                 help=".npy, .npz, a folder, or - (stdout)."),
+                 help=".npy, .npz, .zarr, .h5, a folder, or - (stdout)."),
     option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")), metavar="DTYPE",
            help="float32|float64|uint8|uint16 [default: float32]."),
     option("--ext", type=click.Choice(("png", "tiff", "npy")), metavar="EXT",
@@ -325,6 +325,8 @@ output_options = _packed("output", run.Output, (
     option("--clip", is_flag=True,
                  help="Clip to the range (or to what 8/16-bit outputs hold)."),
     force_option(),
+    option("--compressor", type=click.Choice(("zstd", "blosc", "gzip", "lzf", "none")), metavar="CODEC",
+           help="zstd|blosc|gzip|none (.zarr), gzip|lzf|none (.h5) [default: zstd, gzip]."),
 ), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (

@@ -24,13 +24,12 @@ from typing import Sequence
 import numpy as np
 
 from normcli.errors import OutputError, UsageMismatch
-from normcli.sinks import Encoder, _naming_target
+from normcli.sinks import STORE_SUFFIXES, Encoder, OutputSpec, _naming_target
 from normcli.stores import _require, is_zarr
 
 # --compressor NAME: what each store can compress its chunks with; the first is the default.
 ZARR_COMPRESSORS = ("zstd", "blosc", "gzip", "none")
 HDF5_COMPRESSORS = ("gzip", "lzf", "none")  # what every HDF5 reader has, without plugins
-STORE_SUFFIXES = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5"}
 
 
 def chunk_rows(starts: Sequence[int], samples: int) -> int:
@@ -98,14 +97,14 @@ class ZarrWriter(Encoder):
         zarr.open_array(store=zarr.storage.LocalStore(self.path), mode="r+")[start:end] = encoded
 
 
-def create_zarr(path: str, target: str, shape: tuple, dtype: np.dtype, rows: int, compressor: str, *,
-                clip: bool = False, scale: int | None = None) -> ZarrWriter:
-    """An empty Zarr v3 array in the staged folder `path`, chunked by `rows` samples, and its writer."""
-    zarr = _require("zarr", "zarr", target)
-    zarr.create_array(zarr.storage.LocalStore(path), shape=shape, chunks=(rows, *shape[1:]), dtype=dtype,
-                      compressors=_zarr_compressors(target)[compressor](), fill_value=0,
+def create_zarr(path: str, spec: OutputSpec, shape: tuple, rows: int, *, clip: bool = False) -> ZarrWriter:
+    """An empty Zarr v3 array in the staged folder `path`, chunked by `rows` samples with the codec of
+    `spec` (checked: check_compressor), and its writer."""
+    zarr = _require("zarr", "zarr", spec.target)
+    zarr.create_array(zarr.storage.LocalStore(path), shape=shape, chunks=(rows, *shape[1:]), dtype=spec.dtype,
+                      compressors=_zarr_compressors(spec.target)[spec.compressor](), fill_value=0,
                       config={"write_empty_chunks": True})
-    return ZarrWriter(dtype, clip, target, scale, path=path, rows=rows, samples=shape[0])
+    return ZarrWriter(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, rows=rows, samples=shape[0])
 
 
 @dataclass(frozen=True)
@@ -124,14 +123,13 @@ class Hdf5Writer(Encoder):
             file[self.key][start:start + len(encoded)] = encoded
 
 
-def create_hdf5(path: str, target: str, key: str, shape: tuple, dtype: np.dtype, rows: int, compressor: str, *,
-                clip: bool = False, scale: int | None = None) -> Hdf5Writer:
+def create_hdf5(path: str, spec: OutputSpec, key: str, shape: tuple, rows: int, *, clip: bool = False) -> Hdf5Writer:
     """An empty dataset `key` (groups made as its path says) in the staged file `path`, chunked by `rows`
-    samples, with shuffle and a fletcher32 checksum where it is compressed; and its writer."""
-    h5py = _require("h5py", "hdf5", target)
-    compressed = compressor != "none"
+    samples with the codec of `spec`, shuffle and a fletcher32 checksum where it is compressed; and its writer."""
+    h5py = _require("h5py", "hdf5", spec.target)
+    compressed = spec.compressor != "none"
     with h5py.File(path, "w") as file:
-        file.create_dataset(key, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]),
-                            compression=compressor if compressed else None, shuffle=compressed,
+        file.create_dataset(key, shape=shape, dtype=spec.dtype, chunks=(rows, *shape[1:]),
+                            compression=spec.compressor if compressed else None, shuffle=compressed,
                             fletcher32=compressed)
-    return Hdf5Writer(dtype, clip, target, scale, path=path, key=key)
+    return Hdf5Writer(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, key=key)
