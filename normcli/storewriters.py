@@ -15,6 +15,7 @@ damage is found where it is read.
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -119,8 +120,40 @@ class Hdf5Writer(Encoder):
     @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None, profiles=None) -> None:
         h5py = _require("h5py", "hdf5", self.target)
-        with h5py.File(self.path, "r+") as file:
+        with _Hdf5File(self.path) as raw, h5py.File(raw, "r+") as file:
             file[self.key][start:start + len(encoded)] = encoded
+        raw.raise_error()
+
+
+class _Hdf5File(io.FileIO):
+    """The staged file as HDF5 writes it (h5py's file-object driver), keeping a failed write (a full
+    disk) to be raised once HDF5 is done: HDF5 itself, told of one, crashes the process as it closes
+    the file. Every write after the first failure is dropped; the file is discarded anyway."""
+
+    error: OSError | None = None
+
+    def __init__(self, path: str, mode: str = "r+"):
+        super().__init__(path, mode)
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return super().write(data)
+            except OSError as error:
+                self.error = error
+        return memoryview(data).nbytes
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as error:
+                self.error = error
+        return self.tell() if size is None else size
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def create_hdf5(path: str, spec: OutputSpec, key: str, shape: tuple, rows: int, *, clip: bool = False) -> Hdf5Writer:
@@ -128,8 +161,9 @@ def create_hdf5(path: str, spec: OutputSpec, key: str, shape: tuple, rows: int, 
     samples with the codec of `spec`, shuffle and a fletcher32 checksum where it is compressed; and its writer."""
     h5py = _require("h5py", "hdf5", spec.target)
     compressed = spec.compressor != "none"
-    with h5py.File(path, "w") as file:
+    with _Hdf5File(path) as raw, h5py.File(raw, "w") as file:
         file.create_dataset(key, shape=shape, dtype=spec.dtype, chunks=(rows, *shape[1:]),
                             compression=spec.compressor if compressed else None, shuffle=compressed,
                             fletcher32=compressed)
+    raw.raise_error()
     return Hdf5Writer(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, key=key)
