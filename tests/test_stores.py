@@ -146,6 +146,17 @@ def test_layout_rules_are_those_of_npy(tmp_path, x):
     assert result.exit_code == 2 and "--layout NHW needs 3 axes" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["zarr v3", "hdf5 gzip"])
+def test_a_shape_that_looks_like_nchw_warns_as_for_npy(tmp_path, x, kind):
+    nchw = np.ascontiguousarray(np.moveaxis(x, -1, 1))[..., :5]  # (23, 3, 6, 5): channels first, it seems
+    np.save(tmp_path / "x.npy", nchw)
+    store = STORES[kind](tmp_path, nchw.copy()) if kind.startswith("hdf5") else \
+        zarr_store(tmp_path / "a.zarr", nchw, (4, 3, 6, 5))
+    warned = [run_cli("stats", source, "--bins", "0").stderr for source in (store, tmp_path / "x.npy")]
+    assert "which looks like NCHW" in warned[1]
+    assert warned[0] == warned[1].replace(str(tmp_path / "x.npy"), str(store))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 40), rows=st.integers(1, 9), budget=st.integers(1, 4000), hdf5=st.booleans())
 def test_blocks_are_runs_of_whole_chunks(tmp_path_factory, n, rows, budget, hdf5):
