@@ -561,6 +561,7 @@ class Sink:
                                     sample_bytes=sample_bytes)
 
         self._written = 0  # samples written in order so far (stdout, HDF5)
+        self._writing = None  # the thread of an HDF5 output's writes (see _off_main_thread)
 
     @property
     def target(self) -> str:
@@ -582,7 +583,7 @@ class Sink:
         if self._stream is not None:
             self._stream.write(memoryview(np.ascontiguousarray(stored.data)).cast("B"))
         else:
-            self.writer.write(stored.data, self._written)
+            self._off_main_thread().submit(self.writer.write, stored.data, self._written).result()
         self._written += stored.samples
         return Stored(stored.samples, stored.clipped)
 
@@ -596,16 +597,30 @@ class Sink:
             return
         if self.spec.kind == "npz":
             _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
-        self._remove_private()
+        self._release()
+
+    def _off_main_thread(self):
+        """The one thread that writes an HDF5 output: a signal (Ctrl-C) raises in the main thread, as it
+        waits, never inside HDF5, which a Python exception in its file callbacks crashes. An
+        interrupted block finishes into the staged file, which the run's Outputs then remove."""
+        if self._writing is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writing = ThreadPoolExecutor(1, thread_name_prefix="normcli-hdf5")
+        return self._writing
 
     def discard(self) -> None:
         """Remove the sink's own temporaries (the run's Outputs discard the staged output)."""
-        self._remove_private()
+        self._release()
 
-    def _remove_private(self) -> None:
+    def _release(self) -> None:
+        """Remove the sink's own temporaries; let its writing thread end (its writes were awaited, or are
+        into what the run's Outputs discard)."""
         for path in self._private:
             _remove(path)
         self._private.clear()
+        if self._writing is not None:
+            self._writing.shutdown(wait=False)
 
 
 # The member's timestamp and permissions in an .npz output: fixed, so that one input gives the same bytes

@@ -233,3 +233,45 @@ def test_a_full_disk_leaves_nothing(place, mounts, engine, out):  # noqa: F811  
     full = mounts("full", "size=1m")
     refused_run(place, full / out, "normalize", "x.npy", "--dtype", "float64", "--compressor", "none",
                 "--engine", engine, "--workers", "2", contains=f"No space left on device ({full / out})")
+
+
+def _blocks_landed(folder: Path) -> bool:
+    """Whether the temporary store in `folder` holds written blocks: chunk files (Zarr), bytes (HDF5)."""
+    try:
+        return any(sum(1 for _ in p.rglob("c/*")) > 20 if p.is_dir() else p.stat().st_size > 16384
+                   for p in folder.iterdir())
+    except FileNotFoundError:  # a chunk renamed into place as it was looked at
+        return False
+
+
+@pytest.mark.parametrize("out", ["o.zarr", "o.h5"])
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+def test_ctrl_c_mid_write_leaves_nothing(tmp_path, engine, out):
+    """A real SIGINT to the process group while blocks land in the temporary store (HDF5's writes run
+    off the main thread, so the signal never raises inside HDF5): one line, exit 130, nothing left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_safety_faults import ENV
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "tmpdir").mkdir()
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20_000, 4, 4, 1)))
+    process = subprocess.Popen([sys.executable, "-m", "normcli", "batchnorm", "--batch-size", "2", "-q",
+                                str(tmp_path / "x.npy"), "-o", str(tmp_path / "out" / out), "--engine", engine,
+                                "--workers", "2"], env={**ENV, "TMPDIR": str(tmp_path / "tmpdir")},
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while process.poll() is None and not _blocks_landed(tmp_path / "out"):
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read()  # still writing when the signal lands
+        os.killpg(process.pid, signal.SIGINT)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert_message(process.returncode, stderr, 130, contains="interrupted; nothing was written")
+    assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "tmpdir").iterdir()) == []
