@@ -231,6 +231,10 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
     if kind != "folder":
         if kind != "stdout":
             check_target(target, dataset.inputs, force, store=compressor is not None)
+        if kind == "hdf5":
+            from normcli.storewriters import hdf5_key
+
+            hdf5_key(dataset.key)  # a usage error before any work
         if not dataset.uniform:
             raise OutputError("images of different sizes cannot form one array; write to a folder instead", target)
         return OutputSpec(target, kind, np.dtype(dtype or "float32"), compressor=compressor)
@@ -540,6 +544,10 @@ class Sink:
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target, spec.scale, spec.clamp)
         elif spec.kind in STORE_SUFFIXES.values():
+            if spec.kind == "hdf5":
+                from normcli.storewriters import hdf5_key
+
+                self.key = hdf5_key(key)
             self.writer = _store_writer(spec, self.shape, self.key, outputs, clip)
         elif spec.kind in ("folder", "image"):
             folder = outputs.stage(target, folder=spec.kind == "folder")

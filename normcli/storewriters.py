@@ -59,6 +59,15 @@ def check_compressor(kind: str, compressor: str | None) -> str:
     return compressor
 
 
+def hdf5_key(key: str | None) -> str:
+    """The dataset path an HDF5 output is written at: `key` (--key, else "data") without empty steps;
+    a usage error where it names no dataset (only slashes, or a step . or ..)."""
+    steps = [step for step in (key or "data").split("/") if step]
+    if not steps or any(step in (".", "..") for step in steps):
+        raise UsageMismatch(f"--key {key}: an HDF5 output needs a dataset path such as data or group/data")
+    return "/".join(steps)
+
+
 def check_store_target(target: str, force: bool) -> None:
     """An existing target is refused unless --force, and --force replaces only a store of the same kind
     (a Zarr folder, an HDF5 file), never a folder or file that is something else."""

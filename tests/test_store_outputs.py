@@ -186,6 +186,8 @@ def test_force_never_replaces_something_else(workspace, out, make, kind):
     (["-o", "o.h5", "--compressor", "zstd"], "--compressor zstd: HDF5 outputs take gzip, lzf, none"),
     (["-o", "o.npy", "--compressor", "gzip"], "--compressor picks the codec of a .zarr or .h5 output"),
     (["-o", "o.zarr", "--ext", "png"], "--ext picks the file type inside an output folder"),
+    (["-o", "o.h5", "--key", "/"], "--key /: an HDF5 output needs a dataset path such as data or group/data"),
+    (["-o", "o.h5", "--key", "a/../b"], "--key a/../b: an HDF5 output needs a dataset path"),
 ])
 def test_usage_errors(workspace, args, contains):
     _store_input()
