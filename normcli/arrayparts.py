@@ -48,6 +48,15 @@ class SampleArrays(Part):
         return [ArraySlice(self, start, min(per_block, self.n_samples - start))
                 for start in range(0, self.n_samples, per_block)]
 
+    def layout_doubt(self, layout: Layout) -> str | None:
+        if layout.name != "NHWC":
+            return None
+        _, c_first, _, c_last = (self.n_samples, *self.sample_shape)
+        if c_first in (1, 3, 4) and c_last not in (1, 2, 3, 4):
+            return (f"{self.name} has shape {(self.n_samples, *self.sample_shape)}, which looks like NCHW; "
+                    "it is read as NHWC (the default for 4 axes): pass --layout NCHW if the channels come first")
+        return None
+
     def piece(self, local: Sequence[int]) -> Piece:
         local = list(local)
         if local == list(range(local[0], local[0] + len(local))):
@@ -168,15 +177,6 @@ class ArrayPart(SampleArrays):
             return self._finish(np.ascontiguousarray(self._fortran_whole()[list(indices)]))
         return np.stack([self.read(int(i), 1)[0] for i in indices]) if len(indices) else \
             np.empty((0, *self.sample_shape), self.dtype)
-
-    def layout_doubt(self, layout: Layout) -> str | None:
-        if layout.name != "NHWC":
-            return None
-        _, c_first, _, c_last = (self.n_samples, *self.sample_shape)
-        if c_first in (1, 3, 4) and c_last not in (1, 2, 3, 4):
-            return (f"{self.name} has shape {(self.n_samples, *self.sample_shape)}, which looks like NCHW; "
-                    "it is read as NHWC (the default for 4 axes): pass --layout NCHW if the channels come first")
-        return None
 
     def close(self) -> None:
         if self.spooled:

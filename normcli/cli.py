@@ -66,7 +66,7 @@ def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:
 
 # The help's sections, in this order: the options most runs give first (-o, --per), the rarely used
 # reading options after the report's. A command's own options are "What to do".
-SECTIONS = ("Where to write", "What to do", "Report", "What to read", "Engine", "Other")
+SECTIONS = ("Where to write", "What to do", "Report", "What to read", "Zarr and HDF5 outputs", "Engine", "Other")
 
 
 def in_section(title: str, *options):
@@ -76,7 +76,7 @@ def in_section(title: str, *options):
         for option in reversed(options):
             fn = option(fn)
         for param in fn.__click_params__[before:]:
-            param.section = title
+            param.section = getattr(param, "own_section", None) or title  # unless an option names its own
         return fn
     return decorate
 
@@ -84,6 +84,10 @@ def in_section(title: str, *options):
 class NormcliOption(click.Option):
     """An option whose help leaves out Click's `[x>=1]`-style range suffix: the help (or the metavar)
     says the bounds where they matter, and a value outside them is refused with the range."""
+
+    def __init__(self, *args, section: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.own_section = section  # the help's section, if not its decorator's
 
     def get_help_extra(self, ctx: click.Context):
         extra = super().get_help_extra(ctx)
@@ -358,7 +362,7 @@ def report_options(formats=("table", "json")):
 
 output_options = _packed("output", run.Output, (
     option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
-                 help=".npy, .npz, a folder, or - (stdout)."),
+                 help=".npy, .npz, .zarr, .h5, a folder, - (stdout)."),
     option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")), metavar="DTYPE",
            help="float32|float64|uint8|uint16 [default: float32]."),
     option("--ext", type=click.Choice(("png", "tiff", "npy")), metavar="EXT",
@@ -366,6 +370,8 @@ output_options = _packed("output", run.Output, (
     option("--clip", is_flag=True,
                  help="Clip to the range (or to what 8/16-bit outputs hold)."),
     force_option(),
+    option("--compressor", type=click.Choice(("zstd", "blosc", "gzip", "lzf", "none")), metavar="NAME",
+           section="Zarr and HDF5 outputs", help="zstd|blosc|gzip|lzf|none [default: zstd; .h5: gzip]."),
 ), section="Where to write")
 
 engine_options = _packed("engine", run.EngineOptions, (

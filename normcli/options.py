@@ -27,6 +27,7 @@ class Output:
     ext: str | None = None
     clip: bool = False
     force: bool = False
+    compressor: str | None = None  # a .zarr or .h5 output's codec [default: the store's own]
 
     @property
     def to_stdout(self) -> bool:

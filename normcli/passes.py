@@ -194,7 +194,8 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     The last pass: apply, write, and (unless `measuring.report` is off: then `after` is None)
     measure the input's histograms and the output's statistics."""
     bins = measuring.bins if measuring.report else 0
-    spec = sinks.plan_output(output.target, dataset=dataset, dtype=output.dtype, ext=output.ext, force=output.force)
+    spec = sinks.plan_output(output.target, dataset=dataset, dtype=output.dtype, ext=output.ext, force=output.force,
+                             compressor=output.compressor)
     check_scope(dataset, plan.scope)
     units = plan.units(dataset)
     # Applying saved statistics to a float output without a report needs nothing from a pass 1:
@@ -206,6 +207,7 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     samples = plan.samples if plan.samples is not None else dataset.n_samples
     edges = (edges_for(plan.scope, before.min, before.max, bins), edges_for(plan.scope, low, high, bins)) if bins \
         else (None, None)
+    spec.starts = tuple(unit.start for unit in units)
     sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, outputs, key=dataset.key, clip=output.clip)
     try:
         task = _apply_task(dataset, plan, spec, sink.writer, measuring, edges,

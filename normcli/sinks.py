@@ -1,4 +1,5 @@
-"""Chunks -> outputs: .npy, .npz, a .npy stream on stdout, or a folder of images or arrays.
+"""Chunks -> outputs: .npy, .npz, a .npy stream on stdout, a folder of images or arrays, or a chunked
+store (a Zarr array, an HDF5 dataset: storewriters.py).
 
 Every file output is written under a temporary name beside its target and renamed into
 place only when the whole run succeeded: a failed run leaves nothing behind. All outputs of
@@ -140,7 +141,8 @@ def _set_aside(target: str, folder: bool) -> str:
 
 @dataclass
 class OutputSpec:
-    """Where and how a transform writes: `kind` is npy, npz, stdout, folder or image (one image file)."""
+    """Where and how a transform writes: `kind` is npy, npz, stdout, folder, image (one image file),
+    zarr or hdf5."""
 
     target: str
     kind: str
@@ -152,6 +154,9 @@ class OutputSpec:
     alpha: bool = False  # the last channel is alpha (image inputs that carry it), tagged so in TIFF outputs
     # The range values within slack of an 8/16-bit output's range are clamped to (encoding.guard_range).
     clamp: tuple[float, float] | None = None
+    compressor: str | None = None  # a store's codec (storewriters.check_compressor)
+    # Where the writing pass's blocks begin (set once they are known): a store's chunks are whole blocks.
+    starts: tuple[int, ...] = ()
 
     def encoding(self) -> dict | None:
         """How an integer output encodes its values, for the --save-stats file (None: a float output)."""
@@ -169,23 +174,29 @@ class OutputSpec:
             return f"wrote {self.target} ({self.ext.upper()}, {self.dtype.name})"
         if self.kind == "stdout":
             return f"wrote {count} ({self.dtype.name}) to stdout"
-        return f"wrote {self.target} ({count}, {self.dtype.name}{f', key {key}' if self.kind == 'npz' else ''})"
+        details = [count, self.dtype.name, *([self.compressor] if self.compressor else []),
+                   *([f"key {key}"] if self.kind in ("npz", "hdf5") else [])]
+        return f"wrote {self.target} ({', '.join(details)})"
 
 
 # What -o accepts, for the usage error that lists it.
-OUTPUT_FORMS = "NAME.npy, NAME.npz, a folder (no suffix, or ending in /), - (stdout), or NAME.png/NAME.tiff " \
-               "for a single image input"
-_ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
+OUTPUT_FORMS = "NAME.npy, NAME.npz, NAME.zarr, NAME.h5/NAME.hdf5, a folder (no suffix, or ending in /), - (stdout), " \
+               "or NAME.png/NAME.tiff for a single image input"
+STORE_SUFFIXES = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5"}  # chunked stores: storewriters.py
+_ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz", **STORE_SUFFIXES}
 _IMAGE_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}  # the image files normcli writes
 
 
 def output_kind(target: str, *, single_image: bool = False) -> str:
-    """What -o names is what the user gets: - is stdout; .npy/.npz a file; a path ending in /, an
-    existing folder or a path without a suffix a folder; an image suffix, for a single image input,
+    """What -o names is what the user gets: - is stdout; .npy/.npz a file; .zarr a Zarr store, .h5/.hdf5
+    an HDF5 file (ending in / or not); a path ending in /, an existing folder or a path without a
+    suffix a folder; an image suffix, for a single image input,
     that image file. Anything else is a usage error listing what -o accepts."""
     if target == "-":
         return "stdout"
     suffix = Path(target).suffix.lower()
+    if suffix in STORE_SUFFIXES:
+        return STORE_SUFFIXES[suffix]
     if target.endswith(("/", os.sep)) or (suffix not in _ARRAY_SUFFIXES and Path(target).is_dir()):
         return "folder"
     if suffix in _ARRAY_SUFFIXES:
@@ -205,9 +216,11 @@ def _single_image(dataset) -> bool:
         and not Path(dataset.inputs[0]).is_dir()
 
 
-def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool) -> OutputSpec:
-    """Decide the output's kind and dtype and check it can be written, before any work is done."""
+def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool,
+                compressor: str | None = None) -> OutputSpec:
+    """Decide the output's kind, dtype (and a store's codec) and check it can be written, before any work is done."""
     kind = output_kind(target, single_image=_single_image(dataset))
+    compressor = _store_compressor(kind, compressor, target)
     if ext is not None and kind != "folder":
         raise UsageMismatch(f"--ext picks the file type inside an output folder; {target} is a {kind} output")
     if kind == "image":
@@ -217,10 +230,14 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
                           alpha=dataset.has_alpha)
     if kind != "folder":
         if kind != "stdout":
-            check_target(target, dataset.inputs, force)
+            check_target(target, dataset.inputs, force, store=compressor is not None)
+        if kind == "hdf5":
+            from normcli.storewriters import hdf5_key
+
+            hdf5_key(dataset.key)  # a usage error before any work
         if not dataset.uniform:
             raise OutputError("images of different sizes cannot form one array; write to a folder instead", target)
-        return OutputSpec(target, kind, np.dtype(dtype or "float32"))
+        return OutputSpec(target, kind, np.dtype(dtype or "float32"), compressor=compressor)
     ext = ext or _default_ext(dataset)
     if ext != "npy" and dataset.layout.name not in ("NHWC", "NCHW", "NHW"):
         raise UsageMismatch(f"layout {dataset.layout.name} holds no images; write .npy/.npz or use --ext npy")
@@ -232,6 +249,18 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
     check_target(target, dataset.inputs, force, folder=True, writes=writes)
     return OutputSpec(target, "folder", np.dtype(dtype or _default_folder_dtype(ext, dataset)), ext,
                       alpha=dataset.has_alpha)
+
+
+def _store_compressor(kind: str, compressor: str | None, target: str) -> str | None:
+    """A store output's codec (--compressor, else the store's default); None for any other output,
+    where --compressor is a usage error."""
+    if kind in STORE_SUFFIXES.values():
+        from normcli.storewriters import check_compressor
+
+        return check_compressor(kind, compressor)
+    if compressor is not None:
+        raise UsageMismatch(f"--compressor picks the codec of a .zarr or .h5 output; {target} is a {kind} output")
+    return None
 
 
 def relative_name(name: str | None, index: int, ext: str, samples: int) -> str:
@@ -301,12 +330,13 @@ def _default_folder_dtype(ext: str, dataset) -> str:
 
 
 def check_target(target: str, inputs, force: bool, *, folder: bool | None = None,
-                 writes: set[str] | None = None) -> None:
+                 writes: set[str] | None = None, store: bool = False) -> None:
     """Refuse, before any work, an output that cannot or must not be written: a missing parent
     folder, an input or a folder holding one, an existing file without --force, or (even with
     --force) an existing folder holding anything but the files `writes` names: --force replaces
     what this run writes, never deletes anything else. `folder`: whether the output is one
-    (default: by its suffix, as for -o)."""
+    (default: by its suffix, as for -o); `store`: a Zarr or HDF5 output, which --force replaces
+    only over a store of its kind (storewriters.check_store_target)."""
     path = Path(target).resolve()
     folder = output_kind(target) == "folder" if folder is None else folder
     if not path.parent.is_dir():
@@ -315,6 +345,11 @@ def check_target(target: str, inputs, force: bool, *, folder: bool | None = None
         source = Path(name).resolve()
         if name != "-" and (source == path or path in source.parents):
             raise OutputError("the output is, or holds, an input; write somewhere else", target)
+    if store:
+        from normcli.storewriters import check_store_target
+
+        check_store_target(target, force)
+        return
     if path.exists() and not force:
         raise OutputError("already exists; use --force to replace it", target)
     if path.exists() and path.is_dir() != folder:
@@ -467,6 +502,17 @@ def _folders_below(root: Path, folder: Path) -> None:
             pass
 
 
+def _store_writer(spec: OutputSpec, shape: tuple, key: str, outputs: Outputs, clip: bool) -> Encoder:
+    """An empty Zarr array (a staged folder) or HDF5 dataset (a staged file), chunked as whole blocks
+    of the writing pass (spec.starts), and its writer."""
+    from normcli.storewriters import chunk_rows, create_hdf5, create_zarr
+
+    rows = chunk_rows(spec.starts, shape[0])
+    if spec.kind == "zarr":
+        return create_zarr(outputs.stage(spec.target, folder=True), spec, shape, rows, clip=clip)
+    return create_hdf5(outputs.stage(spec.target), spec, key, shape, rows, clip=clip)
+
+
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     import io
 
@@ -497,6 +543,12 @@ class Sink:
             self._stream = outputs.stdout
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target, spec.scale, spec.clamp)
+        elif spec.kind in STORE_SUFFIXES.values():
+            if spec.kind == "hdf5":
+                from normcli.storewriters import hdf5_key
+
+                self.key = hdf5_key(key)
+            self.writer = _store_writer(spec, self.shape, self.key, outputs, clip)
         elif spec.kind in ("folder", "image"):
             folder = outputs.stage(target, folder=spec.kind == "folder")
             self.writer = FolderWriter(dtype, clip, target, spec.scale, spec.clamp, folder=folder, ext=spec.ext,
@@ -516,6 +568,9 @@ class Sink:
             self.writer = NpyWriter(dtype, clip, target, spec.scale, spec.clamp, path=path, data_offset=len(header),
                                     sample_bytes=sample_bytes)
 
+        self._written = 0  # samples written in order so far (stdout, HDF5)
+        self._writing = None  # the thread of an HDF5 output's writes (see _off_main_thread)
+
     @property
     def target(self) -> str:
         return self.spec.target
@@ -531,9 +586,13 @@ class Sink:
 
     @_naming_target
     def write_in_order(self, stored: Stored) -> Stored:
-        """The next samples of an output written in order (stdout), as the writer handed them back;
-        returns what was stored, without the data."""
-        self._stream.write(memoryview(np.ascontiguousarray(stored.data)).cast("B"))
+        """The next samples of an output written in order (stdout, HDF5), as the writer handed them
+        back; returns what was stored, without the data."""
+        if self._stream is not None:
+            self._stream.write(memoryview(np.ascontiguousarray(stored.data)).cast("B"))
+        else:
+            self._off_main_thread().submit(self.writer.write, stored.data, self._written).result()
+        self._written += stored.samples
         return Stored(stored.samples, stored.clipped)
 
     @_naming_target
@@ -546,16 +605,30 @@ class Sink:
             return
         if self.spec.kind == "npz":
             _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
-        self._remove_private()
+        self._release()
+
+    def _off_main_thread(self):
+        """The one thread that writes an HDF5 output: a signal (Ctrl-C) raises in the main thread, as it
+        waits, never inside HDF5, which a Python exception in its file callbacks crashes. An
+        interrupted block finishes into the staged file, which the run's Outputs then remove."""
+        if self._writing is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writing = ThreadPoolExecutor(1, thread_name_prefix="normcli-hdf5")
+        return self._writing
 
     def discard(self) -> None:
         """Remove the sink's own temporaries (the run's Outputs discard the staged output)."""
-        self._remove_private()
+        self._release()
 
-    def _remove_private(self) -> None:
+    def _release(self) -> None:
+        """Remove the sink's own temporaries; let its writing thread end (its writes were awaited, or are
+        into what the run's Outputs discard)."""
         for path in self._private:
             _remove(path)
         self._private.clear()
+        if self._writing is not None:
+            self._writing.shutdown(wait=False)
 
 
 # The member's timestamp and permissions in an .npz output: fixed, so that one input gives the same bytes
@@ -577,12 +650,13 @@ def write_array(target: str, array: np.ndarray, outputs: Outputs, *, force: bool
     """Write a whole in-memory array (e.g. `normcli sample`) through the same sinks, staged in the
     run's `outputs`; returns what was written (the closing report line)."""
     kind = output_kind(target)
-    spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None)
+    compressor = _store_compressor(kind, None, target)
+    spec = OutputSpec(target, kind, array.dtype, "tiff" if kind == "folder" else None, compressor=compressor)
     if kind == "folder":
         check_target(target, [], force, folder=True,
                      writes={relative_name(None, i, "tiff", len(array)) for i in range(len(array))})
     elif kind != "stdout":
-        check_target(target, [], force)
+        check_target(target, [], force, store=compressor is not None)
     sink = Sink(spec, layout, array.shape[1:], len(array), outputs)
     try:
         stored = sink.writer.put(array, 0)

@@ -15,6 +15,7 @@ damage is found where it is read.
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -24,13 +25,12 @@ from typing import Sequence
 import numpy as np
 
 from normcli.errors import OutputError, UsageMismatch
-from normcli.sinks import Encoder, _naming_target
+from normcli.sinks import STORE_SUFFIXES, Encoder, OutputSpec, _naming_target
 from normcli.stores import _require, is_zarr
 
 # --compressor NAME: what each store can compress its chunks with; the first is the default.
 ZARR_COMPRESSORS = ("zstd", "blosc", "gzip", "none")
 HDF5_COMPRESSORS = ("gzip", "lzf", "none")  # what every HDF5 reader has, without plugins
-STORE_SUFFIXES = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5"}
 
 
 def chunk_rows(starts: Sequence[int], samples: int) -> int:
@@ -57,6 +57,15 @@ def check_compressor(kind: str, compressor: str | None) -> str:
         raise UsageMismatch(f"--compressor {compressor}: {'Zarr' if kind == 'zarr' else 'HDF5'} outputs take "
                             f"{', '.join(choices)}")
     return compressor
+
+
+def hdf5_key(key: str | None) -> str:
+    """The dataset path an HDF5 output is written at: `key` (--key, else "data") without empty steps;
+    a usage error where it names no dataset (only slashes, or a step . or ..)."""
+    steps = [step for step in (key or "data").split("/") if step]
+    if not steps or any(step in (".", "..") for step in steps):
+        raise UsageMismatch(f"--key {key}: an HDF5 output needs a dataset path such as data or group/data")
+    return "/".join(steps)
 
 
 def check_store_target(target: str, force: bool) -> None:
@@ -98,14 +107,14 @@ class ZarrWriter(Encoder):
         zarr.open_array(store=zarr.storage.LocalStore(self.path), mode="r+")[start:end] = encoded
 
 
-def create_zarr(path: str, target: str, shape: tuple, dtype: np.dtype, rows: int, compressor: str, *,
-                clip: bool = False, scale: int | None = None) -> ZarrWriter:
-    """An empty Zarr v3 array in the staged folder `path`, chunked by `rows` samples, and its writer."""
-    zarr = _require("zarr", "zarr", target)
-    zarr.create_array(zarr.storage.LocalStore(path), shape=shape, chunks=(rows, *shape[1:]), dtype=dtype,
-                      compressors=_zarr_compressors(target)[compressor](), fill_value=0,
+def create_zarr(path: str, spec: OutputSpec, shape: tuple, rows: int, *, clip: bool = False) -> ZarrWriter:
+    """An empty Zarr v3 array in the staged folder `path`, chunked by `rows` samples with the codec of
+    `spec` (checked: check_compressor), and its writer."""
+    zarr = _require("zarr", "zarr", spec.target)
+    zarr.create_array(zarr.storage.LocalStore(path), shape=shape, chunks=(rows, *shape[1:]), dtype=spec.dtype,
+                      compressors=_zarr_compressors(spec.target)[spec.compressor](), fill_value=0,
                       config={"write_empty_chunks": True})
-    return ZarrWriter(dtype, clip, target, scale, path=path, rows=rows, samples=shape[0])
+    return ZarrWriter(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, rows=rows, samples=shape[0])
 
 
 @dataclass(frozen=True)
@@ -120,18 +129,50 @@ class Hdf5Writer(Encoder):
     @_naming_target
     def write(self, encoded: np.ndarray, start: int, names=None, profiles=None) -> None:
         h5py = _require("h5py", "hdf5", self.target)
-        with h5py.File(self.path, "r+") as file:
+        with _Hdf5File(self.path) as raw, h5py.File(raw, "r+") as file:
             file[self.key][start:start + len(encoded)] = encoded
+        raw.raise_error()
 
 
-def create_hdf5(path: str, target: str, key: str, shape: tuple, dtype: np.dtype, rows: int, compressor: str, *,
-                clip: bool = False, scale: int | None = None) -> Hdf5Writer:
+class _Hdf5File(io.FileIO):
+    """The staged file as HDF5 writes it (h5py's file-object driver), keeping a failed write (a full
+    disk) to be raised once HDF5 is done: HDF5 itself, told of one, crashes the process as it closes
+    the file. Every write after the first failure is dropped; the file is discarded anyway."""
+
+    error: OSError | None = None
+
+    def __init__(self, path: str, mode: str = "r+"):
+        super().__init__(path, mode)
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return super().write(data)
+            except OSError as error:
+                self.error = error
+        return memoryview(data).nbytes
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as error:
+                self.error = error
+        return self.tell() if size is None else size
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def create_hdf5(path: str, spec: OutputSpec, key: str, shape: tuple, rows: int, *, clip: bool = False) -> Hdf5Writer:
     """An empty dataset `key` (groups made as its path says) in the staged file `path`, chunked by `rows`
-    samples, with shuffle and a fletcher32 checksum where it is compressed; and its writer."""
-    h5py = _require("h5py", "hdf5", target)
-    compressed = compressor != "none"
-    with h5py.File(path, "w") as file:
-        file.create_dataset(key, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]),
-                            compression=compressor if compressed else None, shuffle=compressed,
+    samples with the codec of `spec`, shuffle and a fletcher32 checksum where it is compressed; and its writer."""
+    h5py = _require("h5py", "hdf5", spec.target)
+    compressed = spec.compressor != "none"
+    with _Hdf5File(path) as raw, h5py.File(raw, "w") as file:
+        file.create_dataset(key, shape=shape, dtype=spec.dtype, chunks=(rows, *shape[1:]),
+                            compression=spec.compressor if compressed else None, shuffle=compressed,
                             fletcher32=compressed)
-    return Hdf5Writer(dtype, clip, target, scale, path=path, key=key)
+    raw.raise_error()
+    return Hdf5Writer(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, key=key)

@@ -146,6 +146,17 @@ def test_layout_rules_are_those_of_npy(tmp_path, x):
     assert result.exit_code == 2 and "--layout NHW needs 3 axes" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["zarr v3", "hdf5 gzip"])
+def test_a_shape_that_looks_like_nchw_warns_as_for_npy(tmp_path, x, kind):
+    nchw = np.ascontiguousarray(np.moveaxis(x, -1, 1))[..., :5]  # (23, 3, 6, 5): channels first, it seems
+    np.save(tmp_path / "x.npy", nchw)
+    store = STORES[kind](tmp_path, nchw.copy()) if kind.startswith("hdf5") else \
+        zarr_store(tmp_path / "a.zarr", nchw, (4, 3, 6, 5))
+    warned = [run_cli("stats", source, "--bins", "0").stderr for source in (store, tmp_path / "x.npy")]
+    assert "which looks like NCHW" in warned[1]
+    assert warned[0] == warned[1].replace(str(tmp_path / "x.npy"), str(store))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 40), rows=st.integers(1, 9), budget=st.integers(1, 4000), hdf5=st.booleans())
 def test_blocks_are_runs_of_whole_chunks(tmp_path_factory, n, rows, budget, hdf5):
@@ -401,8 +412,14 @@ def test_inputs_are_left_as_they_were(tmp_path, x):
 
 
 # -- outputs: the writers, as a sink would drive them --------------------------------------------------
+from normcli.sinks import OutputSpec  # noqa: E402
 from normcli.storewriters import (check_compressor, check_store_target, chunk_rows, create_hdf5,  # noqa: E402
                                   create_zarr)
+
+
+def store_spec(target: str, dtype: str, compressor: str) -> OutputSpec:
+    kind = "zarr" if target.endswith(".zarr") else "hdf5"
+    return OutputSpec(target, kind, np.dtype(dtype), compressor=check_compressor(kind, compressor))
 
 
 def write_blocks(writer, x: np.ndarray, starts: list[int], pool=None) -> None:
@@ -434,8 +451,8 @@ def test_zarr_writers_on_many_workers_write_what_normcli_reads_back(tmp_path, x,
     starts = list(range(0, len(x), 6))
     folder = tmp_path / ".out.zarr.tmp"
     folder.mkdir()
-    writer = create_zarr(str(folder), "out.zarr", x.shape, np.dtype("float32"), chunk_rows(starts, len(x)),
-                         check_compressor("zarr", compressor))
+    writer = create_zarr(str(folder), store_spec("out.zarr", "float32", compressor), x.shape,
+                         chunk_rows(starts, len(x)))
     with (ThreadPoolExecutor if pool_kind == "threads" else ProcessPoolExecutor)(2) as pool:
         write_blocks(writer, x, starts, pool)
     np.testing.assert_array_equal(zarr.open_array(str(folder), mode="r")[:], x)
@@ -445,7 +462,7 @@ def test_zarr_writers_on_many_workers_write_what_normcli_reads_back(tmp_path, x,
 def test_a_zarr_writer_refuses_a_block_that_is_not_whole_chunks(tmp_path, x):
     folder = tmp_path / "o.zarr"
     folder.mkdir()
-    writer = create_zarr(str(folder), "o.zarr", x.shape, np.dtype("float32"), 6, "zstd")
+    writer = create_zarr(str(folder), store_spec("o.zarr", "float32", "zstd"), x.shape, 6)
     with pytest.raises(Exception, match=r"samples 3..8 are not whole chunks of 6 \(o.zarr\)"):
         writer.write(x[3:9], 3)
     writer.write(x[18:], 18)  # the last chunk, cut by the array's end
@@ -454,7 +471,7 @@ def test_a_zarr_writer_refuses_a_block_that_is_not_whole_chunks(tmp_path, x):
 def test_a_zarr_writer_never_recreates_a_discarded_output(tmp_path, x):
     folder = tmp_path / "o.zarr"
     folder.mkdir()
-    writer = create_zarr(str(folder), "o.zarr", x.shape, np.dtype("float32"), 6, "zstd")
+    writer = create_zarr(str(folder), store_spec("o.zarr", "float32", "zstd"), x.shape, 6)
     shutil.rmtree(folder)
     with pytest.raises(Exception):
         writer.write(x[:6], 0)
@@ -466,8 +483,8 @@ def test_the_hdf5_writer_writes_in_order_on_the_driver(tmp_path, x, compressor):
     path = tmp_path / ".out.h5.tmp"
     path.touch()  # as Outputs.stage leaves it
     starts = list(range(0, len(x), 5))
-    writer = create_hdf5(str(path), "out.h5", "group/data", x.shape, np.dtype("float64"),
-                         chunk_rows(starts, len(x)), check_compressor("hdf5", compressor))
+    writer = create_hdf5(str(path), store_spec("out.h5", "float64", compressor), "group/data", x.shape,
+                         chunk_rows(starts, len(x)))
     assert not writer.positional  # its blocks come back to the driver
     write_blocks(writer, x, starts)
     assert Hdf5Part(str(path), "/group/data").read(0, len(x)).tobytes() == x.astype(np.float64).tobytes()
