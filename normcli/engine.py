@@ -9,6 +9,8 @@ class here and its name to options.ENGINES.
 A failed or interrupted run calls `Engine.stop()` before anything is removed: tasks not started
 are cancelled, running ones are ended (a process pool's workers) or waited for (threads, Dask
 workers: at most STOP_WAIT seconds), so that no task writes into an output after it is discarded.
+A task still running after the wait (a loaded Dask worker) cannot add to a discarded output either:
+the output is removed under a name no task writes to (sinks.Outputs.discard), and its writes fail.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ class Engine:
 
     def stop(self) -> None:
         """Cancel the tasks not started and end, or wait for, the running ones (at most STOP_WAIT
-        seconds): after it, no task of this engine writes anything. Called before a failed run
-        removes its outputs."""
+        seconds): after it, no task of this engine writes anything, but one still running past the
+        wait (see above). Called before a failed run removes its outputs."""
         _STOPPED.add(self._id)
         for future in self._pending:
             future.cancel()
