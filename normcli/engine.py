@@ -309,6 +309,7 @@ class DaskEngine(Engine):
                 address = scheduler or _scheduler_address(scheduler_file, self.timeout)
                 _check_scheduler(address, self.timeout, self.where)
                 self._client = distributed.Client(address, timeout=self.timeout)
+                _check_environment(self._client, self.where)
             else:
                 import dask
 
@@ -356,6 +357,8 @@ class DaskEngine(Engine):
                 return future.result(timeout=1)
             except KilledWorker as error:
                 raise NormcliError(f"Dask workers died running one task ({_first_line(error)})", self.where) from None
+            except ImportError as error:  # a module that a worker lacks (one this process has not loaded)
+                raise error if self._cluster is not None else _missing_module(error, self.where) from None
             except (TimeoutError, CancelledError, OSError, NormcliError) as error:
                 if future.status == "error":  # the task itself raised it, on a worker
                     raise error if self._cluster is not None else _as_seen_by_a_worker(error) from None
@@ -415,6 +418,25 @@ class DaskEngine(Engine):
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+def _check_environment(client, where: str) -> None:
+    """Refuse a cluster whose scheduler or workers cannot import the normcli modules this run has
+    loaded: a worker that cannot unpickle a task dies without saying why (the run would wait for
+    workers in vain), and a scheduler answers with Dask's traceback."""
+    import sys
+
+    statement = "import " + ", ".join(sorted(name for name in sys.modules if name.partition(".")[0] == "normcli"))
+    for who, run in (("the Dask scheduler", client.run_on_scheduler), ("a Dask worker", client.run)):
+        try:
+            run(exec, statement)  # builtins travel by name: the check itself needs no normcli there
+        except ImportError as error:
+            raise _missing_module(error, where, who) from None
+
+
+def _missing_module(error: ImportError, where: str, who: str = "a Dask worker") -> NormcliError:
+    return NormcliError(f"{who} cannot import {error.name or 'a module'} ({error}): install the same environment "
+                        "as here (normcli and its dependencies) on the scheduler and every worker", where)
 
 
 def _first_line(error: BaseException) -> str:
