@@ -31,8 +31,10 @@ class ReportedError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    text = one_line(str(message), _environment().stderr_encoding)
+def _show_warning(ctx: click.Context, message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, from whichever thread raised it (an engine's worker threads have no
+    click context of their own: the command's is handed in)."""
+    text = one_line(str(message), _environment(ctx).stderr_encoding)
     click.echo(f"warning: {text}" if issubclass(category, NormcliWarning) else
                f"warning: {category.__name__}: {text}", err=True)
 
@@ -117,7 +119,7 @@ class NormcliGroup(click.Group):
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():
             warnings.simplefilter("always", NormcliWarning)
-            warnings.showwarning = _show_warning
+            warnings.showwarning = functools.partial(_show_warning, ctx)
             try:
                 return super().invoke(ctx)
             except NormcliError as error:
