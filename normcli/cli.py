@@ -14,7 +14,8 @@ import warnings
 import click
 
 from normcli import __version__, run
-from normcli.errors import BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line
+from normcli.errors import (BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line,
+                            warning_line)
 from normcli.options import ENGINES, LAYOUTS, MODES, SCOPES  # numpy-free, so that --help starts without numpy
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
@@ -34,9 +35,7 @@ class ReportedError(click.ClickException):
 def _show_warning(ctx: click.Context, message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line, from whichever thread raised it (an engine's worker threads have no
     click context of their own: the command's is handed in)."""
-    text = one_line(str(message), _environment(ctx).stderr_encoding)
-    click.echo(f"warning: {text}" if issubclass(category, NormcliWarning) else
-               f"warning: {category.__name__}: {text}", err=True)
+    click.echo(warning_line(message, category, _environment(ctx).stderr_encoding), err=True)
 
 
 def _debug_anywhere(ctx: click.Context, param, value: bool) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from normcli.errors import NormcliError, UsageMismatch
+from normcli.errors import NormcliError, UsageMismatch, warning_line
 from normcli.options import ENGINES
 
 T = TypeVar("T")
@@ -68,11 +68,21 @@ def keep_freed_memory() -> None:
 
 def _pool_worker_start() -> None:
     """A pool process leaves Ctrl-C to the driver, which ends it (a terminal sends SIGINT to the
-    whole process group: each worker would print its own traceback)."""
+    whole process group: each worker would print its own traceback), and shows its warnings on the
+    stderr it shares with the driver as the driver's one line."""
     import signal
+    import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.showwarning = _show_warning_on_stderr
     keep_freed_memory()
+
+
+def _show_warning_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    import sys
+
+    sys.stderr.write(warning_line(message, category, sys.stderr.encoding) + "\n")
+    sys.stderr.flush()
 
 
 Done = Callable[[int], None]  # done(i): item i's work has finished (see Engine.map)

@@ -64,3 +64,19 @@ def test_a_warning_on_a_worker_thread_is_one_line(tmp_path, monkeypatch):
     result = run_cli("stats", path, "--per", "global", "--format", "json", "--engine", "threads", "--workers", "2")
     assert result.stderr == "warning: RuntimeWarning: a worker's warning\n"
     assert _row(result)["mean"] == 11.5
+
+
+def test_a_warning_in_a_pool_process_is_the_same_one_line(tmp_path):
+    """A pool process shares the driver's stderr: its warning there is the driver's one line, not
+    Python's file:line form with the source line under it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import warnings; from normcli.engine import ProcessEngine\n"
+            "with ProcessEngine(1) as engine: list(engine.map(warnings.warn, [\"a pool process's warning\"]))")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert (result.returncode, result.stderr) == (0, "warning: UserWarning: a pool process's warning\n")
