@@ -15,7 +15,8 @@ import warnings
 import click
 
 from normcli import __version__, run
-from normcli.errors import BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line
+from normcli.errors import (BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line,
+                            warning_line)
 from normcli.options import ENGINES, LAYOUTS, MODES, QUANTILE_METHODS, SCOPES  # numpy-free: --help starts quick
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
@@ -32,10 +33,10 @@ class ReportedError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    text = one_line(str(message), _environment().stderr_encoding)
-    click.echo(f"warning: {text}" if issubclass(category, NormcliWarning) else
-               f"warning: {category.__name__}: {text}", err=True)
+def _show_warning(ctx: click.Context, message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, from whichever thread raised it (an engine's worker threads have no
+    click context of their own: the command's is handed in)."""
+    click.echo(warning_line(message, category, _environment(ctx).stderr_encoding), err=True)
 
 
 @contextlib.contextmanager
@@ -142,7 +143,7 @@ class NormcliGroup(click.Group):
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings(), _debug_notes(ctx):
             warnings.simplefilter("always", NormcliWarning)
-            warnings.showwarning = _show_warning
+            warnings.showwarning = functools.partial(_show_warning, ctx)
             try:
                 return super().invoke(ctx)
             except NormcliError as error:

@@ -9,6 +9,8 @@ class here and its name to options.ENGINES.
 A failed or interrupted run calls `Engine.stop()` before anything is removed: tasks not started
 are cancelled, running ones are ended (a process pool's workers) or waited for (threads, Dask
 workers: at most STOP_WAIT seconds), so that no task writes into an output after it is discarded.
+A task still running after the wait (a loaded Dask worker) cannot add to a discarded output either:
+the output is removed under a name no task writes to (sinks.Outputs.discard), and its writes fail.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from normcli.errors import NormcliError, UsageMismatch
+from normcli.errors import NormcliError, UsageMismatch, warning_line
 from normcli.options import ENGINES
 
 T = TypeVar("T")
@@ -66,11 +68,21 @@ def keep_freed_memory() -> None:
 
 def _pool_worker_start() -> None:
     """A pool process leaves Ctrl-C to the driver, which ends it (a terminal sends SIGINT to the
-    whole process group: each worker would print its own traceback)."""
+    whole process group: each worker would print its own traceback), and shows its warnings on the
+    stderr it shares with the driver as the driver's one line."""
     import signal
+    import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.showwarning = _show_warning_on_stderr
     keep_freed_memory()
+
+
+def _show_warning_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    import sys
+
+    sys.stderr.write(warning_line(message, category, sys.stderr.encoding) + "\n")
+    sys.stderr.flush()
 
 
 Done = Callable[[int], None]  # done(i): item i's work has finished (see Engine.map)
@@ -174,8 +186,8 @@ class Engine:
 
     def stop(self) -> None:
         """Cancel the tasks not started and end, or wait for, the running ones (at most STOP_WAIT
-        seconds): after it, no task of this engine writes anything. Called before a failed run
-        removes its outputs."""
+        seconds): after it, no task of this engine writes anything, but one still running past the
+        wait (see above). Called before a failed run removes its outputs."""
         _STOPPED.add(self._id)
         for future in self._pending:
             future.cancel()
@@ -307,6 +319,7 @@ class DaskEngine(Engine):
                 address = scheduler or _scheduler_address(scheduler_file, self.timeout)
                 _check_scheduler(address, self.timeout, self.where)
                 self._client = distributed.Client(address, timeout=self.timeout)
+                _check_environment(self._client, self.where)
             else:
                 import dask
 
@@ -354,6 +367,8 @@ class DaskEngine(Engine):
                 return future.result(timeout=1)
             except KilledWorker as error:
                 raise NormcliError(f"Dask workers died running one task ({_first_line(error)})", self.where) from None
+            except ImportError as error:  # a module that a worker lacks (one this process has not loaded)
+                raise error if self._cluster is not None else _missing_module(error, self.where) from None
             except (TimeoutError, CancelledError, OSError, NormcliError) as error:
                 if future.status == "error":  # the task itself raised it, on a worker
                     raise error if self._cluster is not None else _as_seen_by_a_worker(error) from None
@@ -413,6 +428,25 @@ class DaskEngine(Engine):
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+def _check_environment(client, where: str) -> None:
+    """Refuse a cluster whose scheduler or workers cannot import the normcli modules this run has
+    loaded: a worker that cannot unpickle a task dies without saying why (the run would wait for
+    workers in vain), and a scheduler answers with Dask's traceback."""
+    import sys
+
+    statement = "import " + ", ".join(sorted(name for name in sys.modules if name.partition(".")[0] == "normcli"))
+    for who, run in (("the Dask scheduler", client.run_on_scheduler), ("a Dask worker", client.run)):
+        try:
+            run(exec, statement)  # builtins travel by name: the check itself needs no normcli there
+        except ImportError as error:
+            raise _missing_module(error, where, who) from None
+
+
+def _missing_module(error: ImportError, where: str, who: str = "a Dask worker") -> NormcliError:
+    return NormcliError(f"{who} cannot import {error.name or 'a module'} ({error}): install the same environment "
+                        "as here (normcli and its dependencies) on the scheduler and every worker", where)
 
 
 def _first_line(error: BaseException) -> str:

@@ -67,6 +67,13 @@ class Terminated(BaseException):
     nothing may swallow it)."""
 
 
+def warning_line(message, category: type[Warning], encoding: str | None = None) -> str:
+    """A warning as normcli shows it, wherever it was raised: `warning: ...` for its own, with the
+    category for any other (numpy's RuntimeWarning)."""
+    text = one_line(str(message), encoding)
+    return f"warning: {text}" if issubclass(category, NormcliWarning) else f"warning: {category.__name__}: {text}"
+
+
 def one_line(text: str, encoding: str | None = None) -> str:
     """`text` as a terminal can show it, on one line (errors and reports use this one helper): a file
     name's bytes that are not UTF-8 (which Python keeps as surrogates, '\\udcff') as '\\xff', control

@@ -79,7 +79,7 @@ def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarra
                 first_sample: int = 0) -> HistogramCounts:
     """The histogram counts of one block of samples (pure). `edges` has one row per histogram row;
     per-sample scopes take the rows of this block's samples, `edges[0]` being `first_sample`'s."""
-    v = layout.npc(data)
+    v = layout.npc(data.view(np.uint8) if data.dtype == bool else data)  # bools: their 0/1 bytes, as numpy counts them
     bins = edges.shape[1] - 1
     groups = [v] if scope.one_histogram else scope.key_views(v)
     counts = []

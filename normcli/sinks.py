@@ -52,12 +52,28 @@ def temp_beside(target: str, *, folder: bool = False, suffix: str = ".tmp") -> s
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(_renamed_away(path), ignore_errors=True)
     else:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _renamed_away(folder: str) -> str:
+    """`folder` under a new name, to be removed there: a task the engine could not stop (a Dask
+    worker still running past Engine.stop's wait) writes by path, so it cannot add a file while
+    rmtree empties the folder (the folder would stay, ENOTEMPTY); its next write fails instead.
+    The folder itself where it cannot be renamed."""
+    path, away = Path(folder), None
+    try:
+        away = tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".gone", dir=path.parent)
+        os.replace(folder, away)  # onto the empty folder just made
+        return away
+    except OSError:  # e.g. a mount point
+        if away is not None:
+            os.rmdir(away)
+        return folder
 
 
 class Outputs:

@@ -115,14 +115,26 @@ def dask_command() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "dask"]
 
 
+# `dask worker` in an environment without normcli: the checkout off its path (no PYTHONPATH), and the
+# editable install's import hook gone
+_WORKER_WITHOUT_NORMCLI = (
+    "import os, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'normcli' not in getattr(f, '__module__', '')]; "
+    "sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.curdir, 'normcli'))]; "
+    "from distributed.cli.dask_worker import main; sys.argv[0] = 'dask-worker'; main()")
+
+
 @contextlib.contextmanager
-def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None):
+def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None, without_normcli: bool = False):
     """`dask scheduler` and `workers` `dask worker` processes (no nanny, so a kill is final) on
     127.0.0.1, in `logs` as their current folder (not the driver's); yields the address and the
     processes (the scheduler first). `hidden`: a folder the workers see empty (an empty tmpfs over
-    it in a mount namespace of their own), as a worker on a machine without the driver's disk."""
+    it in a mount namespace of their own), as a worker on a machine without the driver's disk.
+    `without_normcli`: workers whose environment cannot import normcli."""
+    import os
     import socket
     import subprocess
+    import sys
     import time
 
     import distributed
@@ -146,9 +158,11 @@ def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None):
                 time.sleep(0.2)
         hide = [] if hidden is None else ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                           'mount -t tmpfs none "$0" && exec "$@"', str(hidden)]
+        worker = [sys.executable, "-c", _WORKER_WITHOUT_NORMCLI] if without_normcli else [*dask_command(), "worker"]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} if without_normcli else None
         for i in range(workers):
-            procs.append(subprocess.Popen([*hide, *dask_command(), "worker", address, "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--name", f"w{i}"], cwd=logs,
+            procs.append(subprocess.Popen([*hide, *worker, address, "--nthreads", "1", "--no-nanny",
+                                           "--no-dashboard", "--name", f"w{i}"], cwd=logs, env=env,
                                           stdout=subprocess.DEVNULL, stderr=open(logs / f"worker{i}", "w")))
         client = distributed.Client(address, timeout="30s")
         client.wait_for_workers(workers, timeout=60)

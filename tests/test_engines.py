@@ -445,3 +445,15 @@ def test_stdin_is_refused_with_a_scheduler_before_it_is_read(tmp_path):
 def test_cluster_timeout_belongs_to_dask(data):
     result = run_cli("stats", data / "far.npy", "--engine", "processes", "--cluster-timeout", "5", ok=False)
     assert result.exit_code == 2 and "--cluster-timeout is for --engine dask" in result.stderr
+
+
+def test_workers_without_normcli_are_one_line_that_says_what_to_install(tmp_path, rng):
+    """Workers started where normcli cannot be imported (a PYTHONPATH without the checkout, no
+    install): each would die unpickling its first task; the run says so in one line instead."""
+    np.save(tmp_path / "x.npy", rng.normal(size=(64, 3)))
+    with dask_cluster(tmp_path / "dask-logs", workers=1, without_normcli=True) as (address, _):
+        result = run(["stats", "x.npy", "--scheduler", address], tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("error: a Dask worker cannot import normcli (No module named 'normcli'): install the "
+                             "same environment as here (normcli and its dependencies) on the scheduler and every "
+                             f"worker ({address})\n")

@@ -319,3 +319,58 @@ def test_any_number_of_ctrl_c_ends_the_run_with_one_line_and_nothing_left(tmp_pa
             os.killpg(process.pid, signal.SIGKILL)
     assert_message(process.returncode, stderr, 130, contains="interrupted; nothing was written")
     assert list(out.iterdir()) == [] and list(tmpdir.iterdir()) == []
+
+
+# -- a task that outlives Engine.stop()'s wait ------------------------------------------------------
+def test_a_task_still_writing_while_its_output_is_discarded_leaves_nothing(tmp_path, monkeypatch):
+    """A task the engine could not stop (a Dask worker still busy after Engine.stop's STOP_WAIT, as
+    under load) writes its next file just as the failed run removes the temporary folder, after
+    rmtree emptied it: the folder still goes, and the late write fails instead of landing."""
+    import dataclasses
+    import threading
+
+    from helpers import transform
+    from normcli import engine as engines, sinks
+    from normcli.errors import OutputError
+    from normcli.plans import ScalePlan
+    from normcli.sources import open_dataset
+    from normcli.transforms import Affine
+
+    np.save(tmp_path / "x.npy", np.arange(16, dtype=np.float64).reshape(4, 2, 2, 1))
+    out = tmp_path / "out"
+    out.mkdir()
+    late_started, removing, late_done = threading.Event(), threading.Event(), threading.Event()
+    late: list = []
+    write, rmdir = sinks.FolderWriter.write.__wrapped__, os.rmdir
+
+    def slow_write(writer, encoded, start, names=None, profiles=None):
+        if start == 0:  # the first task fails once the second is under way
+            late_started.wait(60)
+            raise OutputError("this block fails", writer.target)
+        if start == 1:  # the second is still writing as the folder is removed
+            late_started.set()
+            removing.wait(60)
+            try:
+                write(writer, encoded, start, names, profiles)
+                late.append("written")
+            except OSError as error:
+                late.append(error.__class__)
+            finally:
+                late_done.set()
+            return
+        write(writer, encoded, start, names, profiles)
+
+    def rmdir_after_the_late_write(path, *args, **kwargs):
+        removing.set()
+        late_done.wait(60)
+        return rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(sinks.FolderWriter, "write", slow_write)
+    monkeypatch.setattr(engines, "STOP_WAIT", 0.0)  # the wait ran out: the second task is still running
+    monkeypatch.setattr(os, "rmdir", rmdir_after_the_late_write)
+    plan = ScalePlan("global", lambda m: Affine(np.zeros(1), np.ones(1), np.zeros(1)))
+    with open_dataset([str(tmp_path / "x.npy")]) as dataset, engines.ThreadEngine(2) as engine:
+        dataset = dataclasses.replace(dataset, block_bytes=4 * 8)  # one sample a block, one block a task
+        with pytest.raises(OutputError, match="this block fails"):
+            transform(dataset, plan, str(out / "o"), ext="npy", engine=engine)
+    assert late == [FileNotFoundError] and list(out.iterdir()) == []
