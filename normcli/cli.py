@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -14,10 +15,25 @@ import warnings
 
 import click
 
-from normcli import __version__, run
+from normcli import __version__
 from normcli.errors import (BadOption, ExitCode, NormcliError, NormcliWarning, Terminated, UsageMismatch, one_line,
                             warning_line)
-from normcli.options import ENGINES, LAYOUTS, MODES, QUANTILE_METHODS, SCOPES  # numpy-free: --help starts quick
+from normcli.options import ENGINES, LAYOUTS, MODES, QUANTILE_METHODS, SCOPES, Environment  # numpy-free
+
+
+def _lazy_module(name: str):
+    """`name`, imported at its first attribute access (importlib's LazyLoader): run.py imports numpy
+    and the whole core at its top, which `normcli --help` must not wait for."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _lazy_module("normcli.run")
 # Paths complete as files in bash/zsh/fish; normcli checks them itself, for its own one-line errors.
 PATH = click.Path(readable=False, allow_dash=True)
 
@@ -284,11 +300,13 @@ SEED = click.IntRange(min=0)
 # -- option objects ----------------------------------------------------------------------
 def _packed(name: str, build, options, section: str = "What to do"):
     """A decorator that applies `options` (filed under `section` in the help) and hands the command
-    one value instead of their parameters: `name` = build(**their values)."""
+    one value instead of their parameters: `name` = build(**their values); `build` is a function,
+    or the name of a class of run.py (looked up when the command runs, so --help does not load it)."""
     def decorate(fn):
         @functools.wraps(fn)
         def command(*args, **kwargs):
-            kwargs[name] = build(**{param: kwargs.pop(param) for param in names})
+            maker = getattr(run, build) if isinstance(build, str) else build
+            kwargs[name] = maker(**{param: kwargs.pop(param) for param in names})
             return fn(*args, **kwargs)
 
         before = len(getattr(command, "__click_params__", []))
@@ -302,7 +320,7 @@ def force_option(help: str = "Replace an existing output."):
     return option("--force", "-f", is_flag=True, help=help)
 
 
-input_options = _packed("inputs", run.Inputs, (
+input_options = _packed("inputs", "Inputs", (
     click.argument("paths", nargs=-1, required=True, metavar="INPUT...", type=PATH),
     option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False), metavar="AXES",
            help="Array axes: " + ", ".join(name.upper() for name in LAYOUTS) + " [default: by ndim]."),
@@ -329,12 +347,12 @@ ascii_option = option("--ascii", "ascii_only", is_flag=True,
                             help="Plain ASCII [default: if the output needs it].")
 
 
-def _environment(ctx: click.Context | None = None) -> run.Environment:
+def _environment(ctx: click.Context | None = None) -> Environment:
     """The run's streams: made once, from sys, when the command line is read (tests hand in their
     own with CliRunner.invoke(..., obj=Environment(...)))."""
     root = (ctx or click.get_current_context()).find_root()
     if root.obj is None:
-        root.obj = run.Environment.from_sys()
+        root.obj = Environment.from_sys()
     return root.obj
 
 
@@ -347,7 +365,7 @@ def _refuse_terminal(ctx: click.Context, param, value):
 
 
 def report_options(formats=("table", "json")):
-    return _packed("report", run.Report, (
+    return _packed("report", "Report", (
         option("--bins", type=click.IntRange(0, 1000), default=30, show_default=True, metavar="N",
                help="Histogram bins, up to 1000 (0: none)."),
         option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True, metavar="FMT",
@@ -361,7 +379,7 @@ def report_options(formats=("table", "json")):
     ), section="Report")
 
 
-output_options = _packed("output", run.Output, (
+output_options = _packed("output", "Output", (
     option("-o", "--output", "target", required=True, metavar="OUT", type=PATH, callback=_refuse_terminal,
                  help=".npy, .npz, .zarr, .h5, a folder, - (stdout)."),
     option("--dtype", type=click.Choice(("float32", "float64", "uint8", "uint16")), metavar="DTYPE",
@@ -375,7 +393,7 @@ output_options = _packed("output", run.Output, (
            section="Zarr and HDF5 outputs", help="zstd|blosc|gzip|lzf|none [default: zstd; .h5: gzip]."),
 ), section="Where to write")
 
-engine_options = _packed("engine", run.EngineOptions, (
+engine_options = _packed("engine", "EngineOptions", (
     option("--engine", type=click.Choice(ENGINES), metavar="NAME",
            help="|".join(ENGINES) + " [default: threads]."),
     option("--workers", type=click.IntRange(min=1), metavar="N", help="Workers [default: the cores, at most 8]."),
@@ -385,7 +403,7 @@ engine_options = _packed("engine", run.EngineOptions, (
            help="Give up on Dask after this [default: 30]."),
 ), section="Engine")
 
-fit_options = _packed("fit", run.Fit, (
+fit_options = _packed("fit", "Fit", (
     option("--save-stats", "--save", "save_stats", metavar="FILE", type=PATH,
                  help="Save the fitted statistics as JSON."),
     option("--stats-from", metavar="FILE", type=PATH, help="Apply statistics saved earlier (no fit)."),
@@ -394,7 +412,7 @@ fit_options = _packed("fit", run.Fit, (
 
 
 # -- rendering the results ----------------------------------------------------------------
-def _printer(to_stderr: bool, report: run.Report, env: run.Environment):
+def _printer(to_stderr: bool, report: run.Report, env: Environment):
     from normcli.render import Printer
 
     return Printer(stderr=to_stderr, ascii=report.ascii_only, encoding=env.encoding(to_stderr), rows=report.rows,
@@ -402,7 +420,7 @@ def _printer(to_stderr: bool, report: run.Report, env: run.Environment):
 
 
 @contextlib.contextmanager
-def _progress(report: run.Report, engine: run.EngineOptions, env: run.Environment):
+def _progress(report: run.Report, engine: run.EngineOptions, env: Environment):
     """The passes' progress display on stderr (None: no bar, as in pipes and with --quiet); it first
     says what the engine waits for (a scheduler), so that a wait is never silent."""
     from normcli.render import progress_display, waiting_notice
@@ -427,7 +445,7 @@ def _emit_json(doc: dict, to_stderr: bool = False) -> None:
     click.echo(json.dumps(doc, allow_nan=False), err=to_stderr)
 
 
-def _show_stats(result: run.StatsReport, report: run.Report, env: run.Environment) -> None:
+def _show_stats(result: run.StatsReport, report: run.Report, env: Environment) -> None:
     from normcli import render
 
     stats, ddof = result.stats, result.ddof
@@ -441,7 +459,7 @@ def _show_stats(result: run.StatsReport, report: run.Report, env: run.Environmen
         _printer(False, report, env).stats(stats, ddof)
 
 
-def _show_transform(result: run.TransformReport, output: run.Output, report: run.Report, env: run.Environment) -> None:
+def _show_transform(result: run.TransformReport, output: run.Output, report: run.Report, env: Environment) -> None:
     """The statistics before and after (and per batch), then what was written; on stderr when
     stdout carries the data."""
     from normcli import render
@@ -466,7 +484,7 @@ def _show_transform(result: run.TransformReport, output: run.Output, report: run
     click.echo(result.closing_line, err=to_stderr)
 
 
-def _echo_line(text: str, to_stderr: bool, env: run.Environment) -> None:
+def _echo_line(text: str, to_stderr: bool, env: Environment) -> None:
     from normcli.render import for_stream
 
     click.echo(for_stream(text, env.encoding(to_stderr)), err=to_stderr)
@@ -528,7 +546,7 @@ def _transform(params, inputs: run.Inputs, output: run.Output, report: run.Repor
 @cli.command(short_help="Min-max scale to a range (default [0, 1]).")
 @input_options
 @output_options
-@_packed("params", run.NormalizeParams, (
+@_packed("params", "NormalizeParams", (
     scope_option("global"),
     option("--range", "out_range", type=(FiniteFloat(), FiniteFloat()), default=None, metavar="LO HI",
            help="Target range [default: 0 1, or the fitted one]."),
@@ -555,7 +573,7 @@ def normalize(inputs, output, params, fit, report, engine):
 @cli.command(short_help="Z-score: mean 0, variance 1.")
 @input_options
 @output_options
-@_packed("params", run.StandardizeParams, (
+@_packed("params", "StandardizeParams", (
     scope_option("global"),
     option("--ddof", type=click.IntRange(0, 1), metavar="0|1", help="Variance divisor N - ddof [default: 0, or saved]."),
     option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True, help="Added to the variance."),
@@ -630,7 +648,7 @@ def batchnorm(inputs, output, params, report, engine):
 @cli.command(short_help="Group/layer/instance norm per sample.")
 @input_options
 @output_options
-@_packed("params", run.GroupParams, (
+@_packed("params", "GroupParams", (
     option("--groups", "-g", type=click.IntRange(min=1), required=True, metavar="N",
            help="Channel groups (1: layer, C: instance norm)."),
     *affine_options("Scale: a number or one per channel [default: 1]."),

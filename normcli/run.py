@@ -3,44 +3,33 @@
 cli.py parses options into these frozen values, calls one `run_*` function and hands the
 result to render.py. Everything between (opening the dataset, checking the outputs before
 any work, building plans, applying saved statistics, committing the outputs together, the
-engine) happens here. Light at import: the numerical modules load inside the entry points,
-so that `normcli --help` starts without numpy.
+engine) happens here. cli.py imports this module when a command runs, not for `--help` (the
+choices its options offer are numpy-free, in options.py), so the numerical modules are imported
+here at the top.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
+from normcli import quantiles, statsfile
+from normcli.demo import run_demo as demo_steps
+from normcli.encoding import input_scale
+from normcli.engine import open_engine
 from normcli.errors import BadOption, NormcliWarning, StatsFileError, UsageMismatch
-from normcli.options import Output
-
-
-# -- the process's streams -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Environment:
-    """The streams a run reads and writes, handed in (as httpie's Environment) so that nothing
-    below reads sys.stdin or writes sys.stdout itself; tests give their own."""
-
-    stdin: BinaryIO | None = None  # where `-` as an input reads its .npy stream (None: none open)
-    stdout: BinaryIO | None = None  # where `-o -` writes its .npy stream
-    stdout_isatty: bool = False
-    stderr_isatty: bool = False
-    stdout_encoding: str = "utf-8"  # what the reports on stdout and stderr can print
-    stderr_encoding: str = "utf-8"
-
-    @classmethod
-    def from_sys(cls) -> "Environment":
-        """This process's own streams (as they are now: Click's test runner replaces them)."""
-        return cls(stdin=getattr(sys.stdin, "buffer", None), stdout=sys.stdout.buffer,
-                   stdout_isatty=sys.stdout.isatty(), stderr_isatty=sys.stderr.isatty(),
-                   stdout_encoding=getattr(sys.stdout, "encoding", None) or "ascii",
-                   stderr_encoding=getattr(sys.stderr, "encoding", None) or "ascii")
-
-    def encoding(self, stderr: bool) -> str:
-        return self.stderr_encoding if stderr else self.stdout_encoding
+from normcli.images import ReadOptions
+from normcli.layout import Layout
+from normcli.options import Environment, Output
+from normcli.passes import Measuring, check_scope, measure, transform
+from normcli.plans import Batching, BatchPlan, GroupPlan, QuantilePlan, ScalePlan, eval_plan
+from normcli.scopes import SCOPES, scope as as_scope
+from normcli.sinks import Outputs, check_target, output_kind, write_array
+from normcli.sources import open_dataset
+from normcli.statsfile import StatsFile, saved_percentiles
+from normcli.transforms import minmax, per_key, robust, stretch, zscore
+from normcli.tutorial import check_tutorial_size, tutorial_dataset
 
 
 # -- option objects ----------------------------------------------------------------------
@@ -61,9 +50,6 @@ class Inputs:
 
     def open(self, env: Environment, layout: str | None = None):
         """The inputs as one Dataset (`layout`: instead of --layout, e.g. a statistics file's)."""
-        from normcli.images import ReadOptions
-        from normcli.sources import open_dataset
-
         given = {"frames": self.frames, "max_pixels": self.max_pixels, "include_alpha": self.include_alpha,
                  "include_hidden": self.include_hidden, "exclude": self.exclude}
         read = ReadOptions(**{name: value for name, value in given.items() if value is not None})
@@ -103,8 +89,6 @@ class EngineOptions:
 
     def open(self):
         """The engine, as a context manager that shuts it down."""
-        from normcli.engine import open_engine
-
         return open_engine(self.engine, workers=self.workers, scheduler=self.scheduler,
                            scheduler_file=self.scheduler_file, cluster_timeout=self.cluster_timeout)
 
@@ -134,9 +118,6 @@ class StatsParams:
 def _quantile_request(q: tuple[float, ...], method: str, scope: str, ignore_nan: bool):
     """The quantiles.Request of percentiles `q` at `scope` (None for none): a scope whose quantiles
     need memory that grows with the data is a usage error, found before anything is read."""
-    from normcli import quantiles
-    from normcli.scopes import SCOPES
-
     if not q:
         return None
     reason = quantiles.refusal(SCOPES[scope])
@@ -178,9 +159,6 @@ class NormalizeParams:
             raise UsageMismatch("--no-clip goes with --percentiles (min-max maps never fall outside)")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.plans import ScalePlan
-        from normcli.transforms import minmax
-
         out_range, inverse = self._range(saved), self.fit.inverse
         percentiles = self.percentiles or _recorded_q(saved, "stretch")
         if percentiles:
@@ -196,8 +174,6 @@ class NormalizeParams:
                  percentiles: tuple[float, float]) -> Planned:
         """normalize --percentiles LO HI: each key's LO..HI percentiles onto the range, clipped to it
         unless --no-clip (CSBDeep's normalize, ImageMagick's -contrast-stretch)."""
-        from normcli.transforms import stretch
-
         inverse, (low, high) = self.fit.inverse, percentiles
         clip = out_range if (output.clip or not self.no_clip) and not inverse else None
         request = _quantile_request(percentiles, self.quantile_method, scope, ignore_nan)
@@ -245,9 +221,6 @@ class StandardizeParams:
             raise BadOption("LO must not be above HI", "--quantile-range")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.plans import ScalePlan
-        from normcli.transforms import robust, zscore
-
         recorded = _recorded_q(saved, "robust")
         if self.robust or recorded:
             low, high = self.quantile_range or (recorded and (recorded[0], recorded[2])) or (25.0, 75.0)
@@ -289,10 +262,6 @@ class BatchParams:
             raise UsageMismatch("--eval and --stats-from go together: inference uses saved running statistics")
 
     def plan(self, dataset, saved, scope: str, output: Output, ignore_nan: bool):
-        from normcli.passes import check_scope
-        from normcli.plans import Batching, BatchPlan, eval_plan
-        from normcli.scopes import scope as as_scope
-
         check_scope(dataset, scope)
         keys = as_scope(scope).keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
         gammas, betas = _gamma_beta(self.gamma, self.beta, keys)
@@ -328,8 +297,6 @@ class GroupParams:
         pass
 
     def plan(self, dataset, saved, scope, output: Output, ignore_nan: bool):
-        from normcli.plans import GroupPlan
-
         channels = dataset.channels
         if channels % self.groups:
             raise BadOption(f"{self.groups} does not divide the {channels} channels", "--groups")
@@ -349,9 +316,6 @@ def _recorded_q(saved, fitted_map: str) -> list | None:
 def _quantile_plan(dataset, fitted, scope: str, fit: Fit, request, make_affine, **options):
     """A plans.QuantilePlan of `request`'s percentiles: fitted, or those of the --stats-from file `fitted` (a StatsFile);
     `options`: ScalePlan's (clip, input_scale, saved)."""
-    from normcli.plans import QuantilePlan
-    from normcli.statsfile import saved_percentiles
-
     values = saved_percentiles(fitted, fit.stats_from, request.q) if fitted is not None else None
     return QuantilePlan(dataset, scope, request, make_affine, values, fitted=fitted.moments if fitted else None,
                         inverse=fit.inverse, **options)
@@ -362,8 +326,6 @@ TransformParams = NormalizeParams | StandardizeParams | BatchParams | GroupParam
 
 def _gamma_beta(gamma, beta, keys: int):
     """--gamma and --beta, one per key (a single number stands for every key)."""
-    from normcli.transforms import per_key
-
     values = []
     for value, default, name in ((gamma, 1.0, "--gamma"), (beta, 0.0, "--beta")):
         try:
@@ -376,8 +338,6 @@ def _gamma_beta(gamma, beta, keys: int):
 def _input_scale(saved, fit: Fit, dataset, out_range=None):
     """With --inverse: the scale the inputs' integers were written with, as the saved file records it
     (or, for a file without a record, inferred from a normalize range within [0, 1])."""
-    from normcli.encoding import input_scale
-
     if not fit.inverse:
         return None
     return input_scale(saved.extra.get("encoding"), dataset.dtype, fit.stats_from, out_range)
@@ -424,10 +384,6 @@ class MergeReport:
 def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: EngineOptions, env: Environment,
               progress=None) -> StatsReport:
     """`normcli stats`: measure, and save the statistics with --save-stats."""
-    from normcli import statsfile
-    from normcli.passes import measure
-    from normcli.sinks import Outputs, check_target
-
     if report.fmt == "torchvision" and params.per not in (None, "channel"):
         raise UsageMismatch("--format torchvision prints per-channel statistics; drop --per")
     if params.hist_range is not None and not params.hist_range[0] < params.hist_range[1]:
@@ -453,8 +409,6 @@ def run_stats(inputs: Inputs, params: StatsParams, report: Report, engine: Engin
 
 
 def _stats_file(result, ddof: int, extra: dict | None = None):
-    from normcli.statsfile import StatsFile
-
     return StatsFile(result.scope, result.layout, result.sample_shape, result.moments, ddof,
                      list(result.inputs), extra or {})
 
@@ -463,10 +417,6 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
                   env: Environment, progress=None) -> TransformReport:
     """normalize, standardize, batchnorm, groupnorm: fit (or read --stats-from), apply, and measure
     before and after; -o and --save-stats appear together, or neither does."""
-    from normcli import statsfile
-    from normcli.passes import Measuring, transform
-    from normcli.sinks import Outputs
-
     params.check()
     engine.check(inputs)
     save_stats = params.fit.save_stats
@@ -490,8 +440,6 @@ def run_transform(params: TransformParams, inputs: Inputs, output: Output, repor
 
 def _fit_inputs(inputs: Inputs, params, env: Environment):
     """Open the data and, with --stats-from, the saved statistics that decide scope and layout."""
-    from normcli import statsfile
-
     fit = params.fit
     if fit.save_stats and fit.stats_from:
         raise UsageMismatch("--save-stats and --stats-from exclude each other: fit, or apply saved statistics")
@@ -518,8 +466,6 @@ def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
     """Before any work, so that a bad --save-stats cannot leave the output written."""
     from pathlib import Path
 
-    from normcli.sinks import check_target
-
     if not output.to_stdout and Path(save_stats).resolve() == Path(output.target).resolve():
         raise UsageMismatch("--save-stats and -o name the same file")
     if not output.to_stdout and Path(output.target).resolve() in Path(save_stats).resolve().parents:
@@ -529,9 +475,6 @@ def _check_save_stats(save_stats: str, output: Output, inputs) -> None:
 
 def run_merge_stats(files: tuple[str, ...], output: str, force: bool) -> MergeReport:
     """`normcli merge-stats`: statistics saved from shards, merged as if measured in one run."""
-    from normcli import statsfile
-    from normcli.sinks import Outputs, check_target
-
     check_target(output, files, force, folder=False)  # onto one of its own inputs: refused even with --force
     merged = statsfile.merge([(f, statsfile.read(f)) for f in files])
     with Outputs() as outputs:
@@ -551,10 +494,6 @@ class SampleParams:
 
 def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
     """`normcli sample`: the tutorial's dataset written to `output`; returns what was written."""
-    from normcli.layout import Layout
-    from normcli.sinks import Outputs, output_kind, write_array
-    from normcli.tutorial import check_tutorial_size, tutorial_dataset
-
     kind = output_kind(output.target)
     check_tutorial_size(params.samples, params.size, params.channels)
     data = tutorial_dataset(params.samples, params.size, params.channels, params.seed)
@@ -566,6 +505,4 @@ def run_sample(params: SampleParams, output: Output, env: Environment) -> str:
 
 def run_demo(seed: int, bins: int):
     """`normcli demo`: the tutorial's steps (demo.DemoStep), as they are computed."""
-    from normcli.demo import run_demo as steps
-
-    return steps(seed=seed, bins=bins)
+    return demo_steps(seed=seed, bins=bins)
