@@ -258,7 +258,7 @@ class Percentile(click.ParamType):
 
 quantile_method_option = option(
     "--quantile-method", type=click.Choice(QUANTILE_METHODS), default="linear", show_default=True, metavar="METHOD",
-    help="numpy's percentile method: " + "|".join(QUANTILE_METHODS) + ".")
+    help="np.percentile's method (all 13 of numpy's), e.g. lower, nearest, midpoint.")
 
 
 class Momentum(click.ParamType):
