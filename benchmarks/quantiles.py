@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from functools import reduce
@@ -134,30 +133,12 @@ def commands(path: Path) -> dict[str, tuple]:
 
 
 def run_once(cmd: tuple) -> tuple[float, float, float, str]:
-    """(wall s, CPU s of the process tree, peak RSS MiB, stdout) of one run of `cmd`. Peak RSS: the
-    larger of GNU time's max RSS and the tree's summed RSS sampled every 20 ms."""
-    from run import tree_rss_kib
+    """(wall s, CPU s of the process tree, peak RSS MiB, stdout) of one run of `cmd`, measured as
+    run.py measures every command (GNU time's max RSS and the tree's RSS sampled every 20 ms)."""
+    from run import run_once as measured_run
 
-    with tempfile.NamedTemporaryFile("r") as report, tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(("/usr/bin/time", "-f", "%M", "-o", report.name, *cmd), stdout=out, env=ENV)
-        peak, done = [0], threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.02):
-                peak[0] = max(peak[0], tree_rss_kib(proc.pid, skip_root=True))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        done.set()
-        sampler.join()
-        if os.waitstatus_to_exitcode(status):
-            sys.exit(f"failed: {' '.join(cmd)}")
-        out.seek(0)
-        own_kib = int(report.read().split()[-1])
-        return wall, usage.ru_utime + usage.ru_stime, max(peak[0], own_kib) / 1024, out.read()
+    wall, peak_kib, stdout, cpu = measured_run(cmd, ())
+    return wall, cpu, peak_kib / 1024, stdout
 
 
 def count_passes(cmd: tuple) -> list[tuple[str, float]]:
