@@ -6,7 +6,8 @@ merged in block order on the driver.
 known only after it, and the quantile passes of --percentiles. A transform shares that first pass
 (with its plan's fit), then runs the plan's own passes (plans.Plan.next_pass: QuantilePlan's
 quantile passes), then the last: apply the fitted map, write each block into the temporary output
-at its position, and measure the input's histograms and the output's statistics (applypass.py). Memory is bounded by a few blocks (or batches) in flight.
+at its position, and measure the input's histograms and the output's statistics (applypass.py).
+Memory is bounded by a few blocks (or batches) in flight.
 """
 
 from __future__ import annotations
