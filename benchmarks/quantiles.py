@@ -32,6 +32,7 @@ from normcli import moments
 from normcli import quantiles as Q
 from normcli.layout import Layout
 from normcli.scopes import SCOPES
+from normcli.statspass import opening_task
 
 Q_LIST = (1.0, 50.0, 99.0)
 BLOCK = 2 << 20
@@ -82,17 +83,18 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
     blocks = [(i, x[i:i + per_block]) for i in range(0, len(x), per_block)]
     keys = scope.keys_of(layout.npc(x[:1]).shape)
     tracemalloc.start()
-    stats, seconds, peak = timed_pass(blocks, lambda b, i: moments.measure_block(b, scope, layout, first_sample=i),
-                                         moments.merge)
-    print(f"{dtype} {scope_name} {x.nbytes / 2**30:.2f} GiB, {len(blocks)} blocks: stats pass {seconds}")
-    extra = {}
-    if stats.value_counts is not None:
-        extra["value_counts"] = stats.value_counts
-    else:
-        extra["bounds"] = Q.Bounds.of(stats.aggregate(), dtype)
-    start = time.perf_counter()
-    state = Q.first(Q.Request(Q_LIST), x.dtype, scope, layout, keys, **extra)
-    print(f"  first(): {time.perf_counter() - start:.3f} s")
+    state = Q.first(Q.Request(Q_LIST), x.dtype, scope, layout, keys)
+    task = opening_task(state)  # the first quantile pass, inside the statistics pass as in normcli
+    counting = task is not None  # (8/16-bit integers: their value counts give the quantiles)
+
+    def stats_pass(b, i):
+        return moments.measure_block(b, scope, layout, first_sample=i), task and Q.work(task, b, i)
+
+    (stats, first), seconds, peak = timed_pass(blocks, stats_pass, lambda a, b: (
+        moments.merge(a[0], b[0]), a[1] and a[1].merge(b[1])))
+    print(f"{dtype} {scope_name} {x.nbytes / 2**30:.2f} GiB, {len(blocks)} blocks: stats pass {seconds}"
+          f"{' with the first quantile pass' if counting else ''}, peak {peak / 2**20:.1f} MiB")
+    state = Q.advance(state, first) if counting else Q.counted(state, stats.value_counts)
     total = seconds
     while (task := Q.next_task(state)) is not None:
         merged, seconds, peak = timed_pass(blocks, lambda b, i: Q.work(task, b, i))
@@ -104,7 +106,7 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
               f"peak {peak / 2**20:.1f} MiB, merged partial {partial_bytes(merged) / 2**20:.2f} MiB")
     tracemalloc.stop()
     got = Q.results(state)
-    print(f"  passes with stats: {state.passes + 1}, {total}; {got}")
+    print(f"  passes with stats: {state.passes}, {total}; {got}")
     if scope_name == "global":
         start = time.perf_counter()
         want = np.percentile(x, Q_LIST)

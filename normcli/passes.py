@@ -2,10 +2,11 @@
 histograms) and transform (source -> fit -> transform -> sink), each pass a pure block function
 merged in block order on the driver.
 
-`stats` is the statistics pass (statspass.py), a second for the histograms where their range is
-known only after it, and the quantile passes of --percentiles. A transform shares that first pass
-(with its plan's fit), then runs the plan's own passes (plans.Plan.next_pass: QuantilePlan's
-quantile passes), then the last: apply the fitted map, write each block into the temporary output
+`stats` is the statistics pass (statspass.py, which takes the first quantile pass of
+--percentiles too), a second for the histograms where their range is known only after it, and the
+rest of the quantile passes. A transform shares that first pass (with its plan's fit and first
+quantile pass), then runs the plan's own passes (plans.Plan.next_pass: QuantilePlan's quantile
+passes), then the last: apply the fitted map, write each block into the temporary output
 at its position, and measure the input's histograms and the output's statistics (applypass.py).
 Memory is bounded by a few blocks (or batches) in flight.
 """
@@ -28,8 +29,8 @@ from normcli.plans import Plan
 from normcli.reduction import Pass, Progress, reduce, reduce_passes
 from normcli.scopes import Scope, scope as as_scope
 from normcli.sources import Dataset
-from normcli.statspass import (HistogramTask, Measured, StatsTask, histogram_work, quantile_pass, quantile_state,
-                               stats_pass)
+from normcli.statspass import (HistogramTask, Measured, StatsTask, histogram_work, opening_task, quantile_opening,
+                               quantile_pass, quantile_state, stats_pass)
 
 DEFAULT_BINS = 30
 
@@ -63,9 +64,9 @@ class Percentiles:
 
 @dataclass
 class StatsPlan:
-    """`stats` as passes (reduction.Passes): the statistics pass, then one for the histograms
-    where their range is known only after it, then the quantile passes of `request` (if any),
-    which start from the statistics pass's exact bounds or value counts (quantiles.first)."""
+    """`stats` as passes (reduction.Passes): the statistics pass (which takes the first quantile
+    pass of `request`, if any), then one for the histograms where their range is known only after
+    it, then the rest of the quantile passes."""
 
     dataset: Dataset
     scope: Scope
@@ -74,7 +75,7 @@ class StatsPlan:
     ignore_nan: bool
     request: quantiles.Request | None = None
     moments: Moments | None = None  # after the first pass
-    quantiles: quantiles.State | None = None  # after the first pass, advanced by each quantile pass
+    quantiles: quantiles.State | None = None  # before the first pass, advanced by each quantile pass
     counting: bool = False  # whether the last pass asked for was a quantile pass
 
     def next_pass(self, results: tuple) -> Pass | None:
@@ -83,7 +84,7 @@ class StatsPlan:
         if len(results) == 1:
             first: Measured = results[0]
             self.moments = checked(first.stats, self.dataset.locate, ignore_nan=self.ignore_nan)
-            self.quantiles = quantile_state(self.request, self.dataset, self.scope, first.stats)
+            self.quantiles = quantile_state(self.quantiles, first)
             if self.bins and first.stats.value_counts is None and first.counts is None:
                 edges = edges_for(self.scope, self.moments.min, self.moments.max, self.bins, self.hist_range)
                 return Pass("histograms", histogram_work, HistogramTask(self.scope, self.dataset.layout, edges),
@@ -100,7 +101,8 @@ class StatsPlan:
             rows = 1 if scope.one_histogram or scope.per_sample else scope.keys(dataset.layout,
                                                                                  dataset.sample_shape, 0)
             edges = histogram_edges(np.full(rows, self.hist_range[0]), np.full(rows, self.hist_range[1]), bins)
-        task = StatsTask(scope, dataset.layout, self.ignore_nan, first_bins, edges)
+        self.quantiles = quantile_opening(self.request, dataset, scope)
+        task = StatsTask(scope, dataset.layout, self.ignore_nan, first_bins, edges, quantiles=opening_task(self.quantiles))
         return stats_pass(task, "measuring", _sample_bytes(dataset))
 
     def _quantile_pass(self) -> Pass | None:
@@ -131,8 +133,9 @@ def measure(dataset: Dataset, scope, *, bins: int = DEFAULT_BINS, hist_range=Non
             request: quantiles.Request | None = None, engine: Engine | None = None,
             progress: Progress | None = None) -> Stats:
     """The statistics of `dataset` at `scope`: one pass for the moments (and the histograms when
-    their edges are known up front), a second for histograms over the measured range, then the
-    quantile passes of `request` (none for 8/16-bit integers, whose values are counted)."""
+    their edges are known up front, and the first quantile pass of `request`), a second for
+    histograms over the measured range, then the rest of the quantile passes (none for 8/16-bit
+    integers, whose values are counted, and for per-sample quantiles)."""
     scope = as_scope(scope)
     check_scope(dataset, scope)
     plan = StatsPlan(dataset, scope, bins, hist_range, ignore_nan, request)
@@ -242,7 +245,7 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
 
 def _fit(dataset: Dataset, plan: Plan, units: list, ignore_nan: bool, engine, progress) -> Moments:
     """The statistics pass with the plan's fit, then the plan's own passes: the input's moments."""
-    task = StatsTask(plan.scope, dataset.layout, ignore_nan, fitter=plan.fitter())
+    task = StatsTask(plan.scope, dataset.layout, ignore_nan, fitter=plan.fitter(), quantiles=plan.first_quantiles())
     first = reduce(engine, stats_pass(task, "fitting", _sample_bytes(dataset)), units, progress)
     for fitted in first.fits:
         plan.add_fit(fitted)

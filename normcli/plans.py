@@ -23,7 +23,7 @@ from normcli.reduction import Pass
 from normcli.scopes import CHANNEL, GLOBAL, Scope, scope as as_scope
 from normcli.sources import Block, Chunk, Dataset
 from normcli.statsfile import percentiles_record
-from normcli.statspass import quantile_pass, quantile_state
+from normcli.statspass import opening_task, quantile_opening, quantile_pass, quantile_state
 from normcli.transforms import Affine, RunningStats, apply_broadcast, batchnorm, deviations, groupnorm_affine
 
 
@@ -73,6 +73,10 @@ class Plan:
 
     def add_fit(self, partial) -> None:
         pass
+
+    def first_quantiles(self) -> quantiles.Task | quantiles.SampleTask | None:
+        """The first quantile pass of the plan's fit, which the statistics pass takes (None: none)."""
+        return None
 
     def next_pass(self, results: tuple) -> Pass | None:
         """The pass after those whose merged partials are `results` (the first: the statistics pass's
@@ -166,8 +170,8 @@ class ScalePlan(Plan):
 
 class QuantilePlan(ScalePlan):
     """A ScalePlan whose map is made of each key's percentiles of `request` (standardize --robust,
-    normalize --percentiles): fitted by the quantile passes after the statistics pass, or given as
-    `values` (keys, q), saved by --save-stats, which it saves in turn."""
+    normalize --percentiles): fitted by the quantile passes (the statistics pass takes the first), or
+    given as `values` (keys, q), saved by --save-stats, which it saves in turn."""
 
     def __init__(self, dataset: Dataset, scope, request: quantiles.Request,
                  make_affine: Callable[[np.ndarray], Affine], values: np.ndarray | None = None, **options):
@@ -175,13 +179,16 @@ class QuantilePlan(ScalePlan):
         super().__init__(scope, lambda _: make_affine(self.values), **options)
         self.dataset, self.request = dataset, request
         self.values = values
-        self.state: quantiles.State | None = None
+        self.state = None if values is not None else quantile_opening(request, dataset, self.scope)
+
+    def first_quantiles(self) -> quantiles.Task | quantiles.SampleTask | None:
+        return opening_task(self.state)
 
     def next_pass(self, results: tuple) -> Pass | None:
-        if self.values is not None and self.state is None:  # saved percentiles: nothing to fit
+        if self.state is None:  # saved percentiles: nothing to fit
             return None
         if len(results) == 1:
-            self.state = quantile_state(self.request, self.dataset, self.scope, results[0].stats)
+            self.state = quantile_state(self.state, results[0])
         else:
             self.state = quantiles.advance(self.state, results[-1])
         step = quantile_pass(self.state)

@@ -8,10 +8,12 @@ selection in key space: a pass counts, for each *cell* (an aligned range of keys
 wanted rank, how many values fall in each of its 2**bits sub-cells, or, once a cell holds few
 values (`Request.collect_limit`), collects them; the next pass looks only inside the sub-cells that
 hold the ranks. Counts are integers over integer ranges, so no rounding can misplace a value, and a
-cell of ties is refined down to a single key rather than collected. A cell's first pass splits the
-whole key space (or, given exact bounds, the smallest aligned cell holding them), so float32 takes
-two passes of 16 bits and float16, 8- and 16-bit integers one; 8/16-bit value counts from the stats
-pass need none.
+cell of ties is refined down to a single key rather than collected. A key's first pass splits the
+whole key space by the values' top bits, a bincount that needs no range and so runs inside the
+statistics pass (statspass.StatsTask.quantiles) while it reads each block; every cell after it
+shrinks to the smallest aligned cell holding the keys seen in it. So float32 takes one pass after
+the statistics pass (16 bits each), narrow-ranged integers of any width one or two, and 8- and
+16-bit integers none (the statistics pass's value counts).
 
 Once the ranks are known values, the quantile is numpy's own arithmetic (`finish`): its virtual
 index and gamma for each method, and its linear interpolation that switches form at gamma >= 0.5,
@@ -37,6 +39,7 @@ import numpy as np
 from normcli.compiled import kernel
 from normcli.layout import Layout
 from normcli.scopes import Scope
+from normcli.scratch import scratch
 
 METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
            "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher", "midpoint",
@@ -126,10 +129,8 @@ def from_keys(keys: np.ndarray, dtype) -> np.ndarray:
     return np.where(keys & top, keys ^ top, ~keys).astype(keys.dtype).view(dtype)
 
 
-def _nan_bounds(dtype) -> tuple[int, int] | None:
-    """The keys of -inf and +inf for a float dtype (NaN keys lie outside them), else None."""
-    if np.dtype(dtype).kind != "f":
-        return None
+def _infinity_keys(dtype) -> tuple[int, int]:
+    """The keys of -inf and +inf of a float dtype: NaN keys lie outside them."""
     low, high = order_keys(np.array([-np.inf, np.inf], dtype))
     return int(low), int(high)
 
@@ -255,23 +256,6 @@ def _all_nan(request: Request, dtype):
 
 # -- the passes ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Bounds:
-    """Exact per-key count, minimum and maximum of data without NaN or inf (from the stats pass),
-    which let the first pass start at the smallest cell holding them, or collect a small key."""
-
-    count: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-
-    @classmethod
-    def of(cls, moments, dtype) -> "Bounds":
-        """The bounds in a stats pass's aggregate (moments.Moments: count, min, max per key), for a
-        run whose data held no NaN or inf (its min and max, float64 or whole numbers, are exact)."""
-        return cls(np.asarray(moments.count), np.asarray(moments.min).astype(dtype),
-                   np.asarray(moments.max).astype(dtype))
-
-
-@dataclass(frozen=True)
 class Cell:
     """Keys prefix << shift .. ((prefix + 1) << shift) - 1 of one scope key, which a pass splits
     into 2**bits sub-cells or (bits 0) collects; `whole`: the cell holds every value of its key."""
@@ -291,8 +275,7 @@ class Task:
     layout: Layout
     dtype: str
     cells: tuple[Cell, ...]
-    roots: tuple[tuple[int, int], ...]  # per scope key: (prefix, shift) of the cell holding all its values
-    count_nan: bool  # the first pass of floats without bounds: count NaN keys per scope key
+    count_nan: bool  # the first pass of floats: count NaN keys per scope key
 
     def measure(self, data: np.ndarray, first_sample: int = 0) -> "Partial":
         return _count_cells(self, data)
@@ -362,42 +345,40 @@ def _columns(u: np.ndarray, scope: Scope) -> list[np.ndarray]:
 def _count_cells(task: Task, data: np.ndarray) -> Partial:
     """Count one block into the task's cells.
 
-    A key whose root is the whole key space is counted on the values' bit patterns: the top k bits
-    of a key are a permutation of the top k bits of its value (floats flip them by the sign), so
-    the first pass permutes its bincount and later passes look candidates up in a permuted table,
-    and only the few candidates become keys. Other roots (from exact bounds) count keys.
+    The counting runs on the values' bit patterns: the top k bits of a key are a permutation of the
+    top k bits of its value (floats flip them by the sign), so the first pass (every cell whole)
+    permutes its bincount, later passes look candidates up in a permuted table, and only the few
+    candidates become keys.
     """
     dtype = np.dtype(task.dtype)
     width = 8 * dtype.itemsize
     npc = task.layout.npc(np.asarray(data, dtype).view(f"u{dtype.itemsize}"))
     raw = _columns(npc, task.scope)
-    by_key: dict[int, list[int]] = {}
-    for i, cell in enumerate(task.cells):
-        by_key.setdefault(cell.key, []).append(i)
     counts, keys = [None] * len(task.cells), [None] * len(task.cells)
     low, high = [_EMPTY_LOW] * len(task.cells), [-1] * len(task.cells)
     nan_below, nan_above = [0] * len(raw), [0] * len(raw)
-    if all(c.whole and c.bits and task.roots[c.key][1] == width for c in task.cells):  # a first pass: one bincount
+    if task.cells[0].whole:  # a first pass: one bincount of every key's top bits, in the patterns' order
         bits = task.cells[0].bits
-        top = _top_counts(npc.reshape(-1, 1) if task.scope.single_key else npc.reshape(-1, npc.shape[2]), dtype, bits)
+        top = _top_counts(npc.reshape(-1, 1) if task.scope.single_key else npc.reshape(-1, npc.shape[2]), width, bits)
         for i, cell in enumerate(task.cells):
             counts[i] = top[cell.key]
-            seen = np.flatnonzero(counts[i])
-            if seen.size:
-                low[i], high[i] = int(seen[0]) << (width - bits), ((int(seen[-1]) + 1) << (width - bits)) - 1
-            if task.count_nan:
-                nan_below[cell.key], nan_above[cell.key] = _nan_counts(raw[cell.key], dtype, low[i], high[i])
-        by_key = {}
-    elif not task.scope.single_key:  # per-key lookups run on contiguous rows: one transposing copy
+            if not raw[cell.key].size:
+                continue
+            low[i], high[i] = 0, (1 << width) - 1  # advance() narrows them to the counted cells
+            if dtype.kind in "iu" and width == 64:  # exact ends: a narrow range then takes one
+                values = raw[cell.key].view(dtype)  # more pass, not three of 16 bits to find them
+                low[i], high[i] = (int(k) for k in order_keys(np.array([values.min(), values.max()], dtype)))
+            if task.count_nan and _may_be_nonfinite(counts[i], dtype, bits):
+                nan_below[cell.key], nan_above[cell.key] = _nan_counts(raw[cell.key], dtype)
+        return Partial(tuple(counts), tuple(keys), tuple(low), tuple(high), tuple(nan_below), tuple(nan_above))
+    by_key: dict[int, list[int]] = {}
+    for i, cell in enumerate(task.cells):
+        by_key.setdefault(cell.key, []).append(i)
+    if not task.scope.single_key:  # per-key lookups run on contiguous rows: one transposing copy
         raw = list(np.ascontiguousarray(npc.reshape(-1, npc.shape[2]).T))
     for key, indexes in by_key.items():
         cells = [task.cells[i] for i in indexes]
-        full = task.roots[key][1] == width
-        if cells[0].whole:
-            inside = [order_keys(raw[key].view(dtype))]
-        else:
-            inside = _inside(cells, raw[key], dtype, task.roots[key], full)
-        for i, cell, values in zip(indexes, cells, inside):
+        for i, cell, values in zip(indexes, cells, _inside(cells, raw[key], dtype)):
             if cell.bits:
                 sub = values >> np.array(cell.shift - cell.bits, values.dtype)
                 sub &= np.array((1 << cell.bits) - 1, values.dtype)
@@ -406,8 +387,6 @@ def _count_cells(task: Task, data: np.ndarray) -> Partial:
                 keys[i] = values.copy()
             if values.size:
                 low[i], high[i] = int(values.min()), int(values.max())
-            if task.count_nan:
-                nan_below[key], nan_above[key] = _nan_counts(raw[key], dtype, low[i], high[i])
     return Partial(tuple(counts), tuple(keys), tuple(low), tuple(high), tuple(nan_below), tuple(nan_above))
 
 
@@ -415,34 +394,47 @@ def _bincount(values: np.ndarray, bits: int) -> np.ndarray:
     return np.bincount(values if values.itemsize < 8 else values.astype(np.intp), minlength=1 << bits)
 
 
-def _top_counts(raw: np.ndarray, dtype: np.dtype, bits: int) -> np.ndarray:
-    """How many values of each of K scope keys (the columns of `raw`, bit patterns) have each top
-    `bits` bits of their key: (K, 2**bits), counted in one bincount of the patterns' top bits."""
-    width, keys = 8 * dtype.itemsize, raw.shape[1]
+def _top_counts(raw: np.ndarray, width: int, bits: int) -> np.ndarray:
+    """How many values of each of K scope keys (the columns of `raw`, bit patterns `width` bits
+    wide) have each top `bits` bits of their pattern: (K, 2**bits), in one bincount. The patterns'
+    order, not the keys' (a permutation of 2**bits counts, which advance() applies once)."""
+    keys = raw.shape[1]
     fast = kernel("top_bit_counts", raw.nbytes) \
         if raw.dtype in (np.uint32, np.uint64) and raw.flags.c_contiguous else None
     if fast is not None:  # compiled (normcli.compiled): one GIL-free loop, no temporary
         counts = np.zeros((keys, 1 << bits), np.int64)
         fast(raw, raw.dtype.type(width - bits), counts)
-    else:
-        counts = _bincount_top(raw, width, bits)
-    ordered = np.empty_like(counts)
-    ordered[:, _top_keys(dtype, bits)] = counts
-    return ordered
-
-
-def _bincount_top(raw: np.ndarray, width: int, bits: int) -> np.ndarray:
-    keys = raw.shape[1]
-    top = (raw >> np.array(width - bits, raw.dtype)).astype(np.uint32 if width <= 32 else np.intp, copy=False)
+        return counts
+    top = scratch("top bits", raw.shape, np.intp)  # bincount counts intp: shifted straight into it
+    np.right_shift(raw, raw.dtype.type(width - bits), out=top, casting="unsafe")
     flat = top.reshape(-1)
     if keys > 1:  # each key's counts after the previous key's: offsets added along rows of ~4096 values
         # (numpy's loop over (N, K) rows against a (K,) vector is 1.7 times slower)
-        row = np.tile(np.arange(keys, dtype=top.dtype) << np.array(bits, top.dtype), max(1, 4096 // keys))
+        row = np.tile(np.arange(keys, dtype=np.intp) << bits, max(1, 4096 // keys))
         whole = len(flat) // len(row) * len(row)
         rows = flat[:whole].reshape(-1, len(row))
         rows += row
         flat[whole:] += row[:len(flat) - whole]
     return np.bincount(flat, minlength=keys << bits).reshape(keys, 1 << bits)
+
+
+def _in_key_order(task: Task, merged: Partial) -> Partial:
+    """A first pass's merged counts, indexed by the bit patterns' top bits, as later passes' are: by
+    the keys' top bits, each cell's lowest and highest key narrowed to the sub-cells that hold any."""
+    dtype = np.dtype(task.dtype)
+    width = 8 * dtype.itemsize
+    counts, low, high = [], [], []
+    for cell, patterns, lowest, highest in zip(task.cells, merged.counts, merged.low, merged.high):
+        ordered = np.empty_like(patterns)
+        ordered[_top_keys(dtype, cell.bits)] = patterns
+        seen = np.flatnonzero(ordered)
+        if seen.size:
+            shift = width - cell.bits
+            lowest, highest = max(lowest, int(seen[0]) << shift), min(highest, ((int(seen[-1]) + 1) << shift) - 1)
+        counts.append(ordered)
+        low.append(lowest)
+        high.append(highest)
+    return replace(merged, counts=tuple(counts), low=tuple(low), high=tuple(high))
 
 
 @lru_cache(maxsize=64)
@@ -455,41 +447,50 @@ def _top_keys(dtype: np.dtype, bits: int) -> np.ndarray:
     return top
 
 
-def _nan_counts(raw: np.ndarray, dtype: np.dtype, low: int, high: int) -> tuple[int, int]:
-    """How many NaN keys lie below -inf and above +inf, looked for only where the block's keys
-    (between low and high) reach past an infinity."""
-    bounds = _nan_bounds(dtype)
-    if bounds is None or (low >= bounds[0] and high <= bounds[1]):
-        return 0, 0
+@lru_cache(maxsize=64)
+def _nonfinite_patterns(dtype: np.dtype, bits: int) -> tuple[slice, slice]:
+    """The top `bits` bits of the bit patterns of a float dtype's infinities and NaNs (all exponent
+    bits set), positive and negative: two ranges of a first pass's counts."""
+    width = 8 * dtype.itemsize
+    shift, sign = width - bits, 1 << (width - 1)
+    inf = int(np.array(np.inf, dtype).view(f"u{dtype.itemsize}"))
+    return slice(inf >> shift, (sign - 1 >> shift) + 1), slice((sign | inf) >> shift, ((1 << width) - 1 >> shift) + 1)
+
+
+def _may_be_nonfinite(counts: np.ndarray, dtype: np.dtype, bits: int) -> bool:
+    """Whether a block's first-pass counts (the patterns' order) may hold an infinity or a NaN."""
+    return any(counts[part].any() for part in _nonfinite_patterns(dtype, bits))
+
+
+def _nan_counts(raw: np.ndarray, dtype: np.dtype) -> tuple[int, int]:
+    """How many NaN keys lie below -inf and above +inf."""
+    low, high = _infinity_keys(dtype)
     keys = order_keys(raw.view(dtype))
-    return int(np.count_nonzero(keys < bounds[0])), int(np.count_nonzero(keys > bounds[1]))
+    return int(np.count_nonzero(keys < low)), int(np.count_nonzero(keys > high))
 
 
-_TABLE_BITS = 16  # the first look at a key's values is a table of the top bits below its root
+_TABLE_BITS = 16  # the first look at a key's values is a table of the top bits of their keys
 
 
-def _inside(cells: list[Cell], raw: np.ndarray, dtype: np.dtype, root: tuple[int, int], full: bool) -> list:
-    """The keys of the block inside each of one scope key's cells (which share one shift).
+def _inside(cells: list[Cell], raw: np.ndarray, dtype: np.dtype) -> list:
+    """The keys of the block inside each of one scope key's cells.
 
     Comparing every value with every cell would take a pass over the block per cell: instead a
-    table of the top 16 bits below the root marks the ranges that hold a cell, one lookup picks the
-    few candidates, and only they are compared.
+    table of keys' top bits (16, or down to the narrowest cell) marks the ranges that hold a cell,
+    one lookup of the bit patterns' top bits picks the few candidates, and only they are compared.
     """
-    root_prefix, root_shift = root
-    level = max(cells[0].shift, root_shift - _TABLE_BITS)
-    table = np.zeros(1 << (root_shift - level), bool)
-    base = root_prefix << (root_shift - level)
-    table[[(c.prefix >> (level - c.shift)) - base for c in cells]] = True
-    if full:  # look the bit patterns up: their top bits are a permutation of the keys'
-        candidates = order_keys(raw[table.take(_top_keys(dtype, root_shift - level)).take(
-            raw >> np.array(level, raw.dtype))].view(dtype))
-    else:
-        keys = order_keys(raw.view(dtype))
-        top = keys >> np.array(level, keys.dtype)
-        if base:
-            top -= np.array(base, keys.dtype)
-        candidates = keys[table.take(top)]
-    if level == cells[0].shift and len(cells) == 1:
+    width = 8 * dtype.itemsize
+    level = max(min(c.shift for c in cells), width - _TABLE_BITS)
+    table = np.zeros(1 << (width - level), bool)
+    for c in cells:  # a cell at or above the table's level covers a range of it, one below a single entry
+        if c.shift >= level:
+            table[c.prefix << (c.shift - level):(c.prefix + 1) << (c.shift - level)] = True
+        else:
+            table[c.prefix >> (level - c.shift)] = True
+    top = scratch("top bits", raw.shape, np.intp)  # take() indexes by intp: shifted straight into it
+    np.right_shift(raw, raw.dtype.type(level), out=top, casting="unsafe")
+    candidates = order_keys(np.compress(table.take(_top_keys(dtype, width - level)).take(top), raw).view(dtype))
+    if len(cells) == 1 and cells[0].shift == level:
         return [candidates]
     return [candidates[(candidates >> np.array(c.shift, candidates.dtype)) == c.prefix] for c in cells]
 
@@ -533,7 +534,6 @@ class KeyState:
     quantiles once every one is found."""
 
     cells: tuple[Open, ...]
-    root: tuple[int, int] = (0, 0)  # (prefix, shift) of the first cell, which holds every value
     found: tuple[tuple[int, int], ...] = ()
     plan: Ranks | None = None  # None before the first pass has counted the values
     nan_below: int = 0
@@ -558,11 +558,8 @@ class State:
         return self.scope.per_sample
 
 
-def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, bounds: Bounds | None = None,
-          value_counts: np.ndarray | None = None) -> State:
-    """The state before the first quantile pass, for `keys` scope keys of `dtype` data. `bounds`
-    (exact, for data without NaN or inf) narrow the first pass; `value_counts` (keys, 2**bits) of
-    8/16-bit integers counted from the type's minimum (moments.ValueCounts) finish it at once."""
+def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int) -> State:
+    """The state before the first quantile pass, for `keys` scope keys of `dtype` data."""
     reason = refusal(scope)
     if reason:
         raise ValueError(reason)
@@ -571,15 +568,15 @@ def first(request: Request, dtype, scope: Scope, layout: Layout, keys: int, *, b
     bits = min(request.bits, _budget_bits(keys))
     if scope.per_sample:
         return State(request, dtype.str, scope, layout, tuple(KeyState(()) for _ in range(keys)), bits=bits)
-    if bounds is None:
-        whole = Open(0, width, 0, None, 0, (1 << width) - 1, whole=True)
-        state = State(request, dtype.str, scope, layout, tuple(KeyState((whole,), (0, width)) for _ in range(keys)), bits=bits)
-        if value_counts is None:
-            return state
-        return replace(state, keys=tuple(_counted(request, dtype, row) for row in np.asarray(value_counts)))
-    return State(request, dtype.str, scope, layout,
-                 tuple(_bounded(request, dtype, n, low, high) for n, low, high in
-                       zip(bounds.count, bounds.low, bounds.high)), bits=bits)
+    whole = Open(0, width, 0, None, 0, (1 << width) - 1, whole=True)
+    return State(request, dtype.str, scope, layout, tuple(KeyState((whole,)) for _ in range(keys)), bits=bits)
+
+
+def counted(state: State, value_counts: np.ndarray) -> State:
+    """The state `first()` gave, finished by the value counts (keys, 2**bits) of 8/16-bit integers,
+    counted from the type's minimum (moments.ValueCounts): no pass."""
+    request, dtype = state.request, np.dtype(state.dtype)
+    return replace(state, keys=tuple(_counted(request, dtype, row) for row in np.asarray(value_counts)))
 
 
 def _budget_bits(cells: int) -> int:
@@ -595,24 +592,6 @@ def _counted(request: Request, dtype: np.dtype, counts: np.ndarray) -> KeyState:
     plan = ranks(int(ends[-1]), request)
     return _found(KeyState((), plan=plan), [(r, int(np.searchsorted(ends, r, side="right"))) for r in plan.wanted],
                   request, dtype)
-
-
-def _bounded(request: Request, dtype: np.dtype, n, low, high) -> KeyState:
-    """A key whose count and range are known: its wanted ranks lie in the smallest aligned cell
-    holding its range (no NaN: bounds are only for data without)."""
-    n = int(n)
-    if n == 0:
-        return KeyState((), done=True, result=_all_nan(request, dtype))
-    plan = ranks(n, request)
-    ends = np.array([low, high], dtype)
-    if dtype.kind == "f":  # a minimum or maximum of 0 may be either zero: the cell holds both
-        ends = np.where(ends == 0, np.array([-0.0, 0.0], dtype), ends)
-    low, high = (int(x) for x in order_keys(ends))
-    if low == high:
-        return _found(KeyState((), plan=plan), [(r, low) for r in plan.wanted], request, dtype)
-    shift = (low ^ high).bit_length()
-    return KeyState((Open(low >> shift, shift, 0, n, low, high, tuple(plan.wanted), whole=True),), (low >> shift, shift),
-                    plan=plan)
 
 
 def next_task(state: State) -> Task | SampleTask | None:
@@ -631,7 +610,7 @@ def next_task(state: State) -> Task | SampleTask | None:
             cells.append(Cell(index, cell.prefix, cell.shift, 0 if collect else min(bits, cell.shift), whole=cell.whole))
     count_nan = np.dtype(state.dtype).kind == "f" and any(not k.done and k.plan is None and k.cells[0].count is None
                                                           for k in state.keys)
-    return Task(state.scope, state.layout, state.dtype, tuple(cells), tuple(k.root for k in state.keys), count_nan)
+    return Task(state.scope, state.layout, state.dtype, tuple(cells), count_nan)
 
 
 def advance(state: State, merged: Partial | SampleResults) -> State:
@@ -643,6 +622,8 @@ def advance(state: State, merged: Partial | SampleResults) -> State:
         return replace(state, keys=tuple(KeyState((), done=True, result=r) for r in results),
                        passes=state.passes + 1)
     task = next_task(state)
+    if task.cells[0].whole:
+        merged = _in_key_order(task, merged)
     by_key: dict[int, list[int]] = {}
     for i, cell in enumerate(task.cells):
         by_key.setdefault(cell.key, []).append(i)
@@ -688,7 +669,9 @@ def _advance_key(state: State, key: KeyState, counted, nan_below: int, nan_above
                 found += [(p, first_key) for p in positions]
                 continue
             below = open_cell.below + (int(ends[j - 1]) if j else 0)
-            cells.append(Open(prefix, shift, below, int(counts[j]), first_key, last_key, tuple(positions)))
+            narrow = (first_key ^ last_key).bit_length()  # the smallest aligned cell holding the keys seen
+            cells.append(Open(first_key >> narrow, narrow, below, int(counts[j]), first_key, last_key,
+                              tuple(positions)))
     key = replace(key, cells=tuple(cells))
     return _found(key, found, request, dtype) if not cells else replace(key, found=tuple(found))
 

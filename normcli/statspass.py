@@ -4,8 +4,8 @@ reduction.reduce, pure and picklable, with an associative merge.
 
 Pass 1 takes each block's moments at the scope (value counts for 8/16-bit integers, from the
 decoder's own counts where it has them), histograms where their edges are known up front (given,
-or each sample's own range at per-sample scopes), and a plan's fit of the block. The quantile
-passes (quantiles.py) start from what it knows: 8/16-bit value counts or exact bounds.
+or each sample's own range at per-sample scopes), a plan's fit of the block, and the first
+quantile pass (quantiles.py), which needs no range: 8/16-bit value counts need none at all.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from normcli.sources import Block, Chunk
 @dataclass(frozen=True)
 class StatsTask:
     """What pass 1 takes of each block: moments, histograms when their edges are known (given
-    `edges`, or `bins` over each sample's own range for per-sample scopes), and the fit of
-    `fitter` (a plans.Fitter, which gets the block's statistics at the scope too)."""
+    `edges`, or `bins` over each sample's own range for per-sample scopes), the fit of `fitter`
+    (a plans.Fitter, which gets the block's statistics at the scope too) and the first quantile
+    pass `quantiles` (quantile_opening's)."""
 
     scope: Scope
     layout: Layout
@@ -36,20 +37,28 @@ class StatsTask:
     bins: int = 0
     edges: np.ndarray | None = None
     fitter: object | None = None
+    quantiles: quantiles.Task | quantiles.SampleTask | None = None
 
 
 @dataclass(frozen=True)
 class Measured:
     """Pass 1's partial of consecutive blocks: their statistics, histogram counts (None where
-    not taken in this pass) and the fitter's partial fits, in block order."""
+    not taken in this pass), the fitter's partial fits, in block order, and the first quantile
+    pass's partial (None where not taken)."""
 
     stats: BlockStats
     counts: HistogramCounts | None = None
     fits: tuple = ()
+    quantiles: quantiles.Partial | quantiles.SampleResults | None = None
 
     def merge(self, later: "Measured") -> "Measured":
-        counts = self.counts.merge(later.counts) if self.counts is not None and later.counts is not None else None
-        return Measured(merge(self.stats, later.stats), counts, self.fits + later.fits)
+        return Measured(merge(self.stats, later.stats), _both(self.counts, later.counts), self.fits + later.fits,
+                        _both(self.quantiles, later.quantiles))
+
+
+def _both(partial, later):
+    """The merge of two blocks' partials of one kind, None unless both blocks took it."""
+    return partial.merge(later) if partial is not None and later is not None else None
 
 
 def stats_pass(task: StatsTask, name: str, sample_bytes: int = 0) -> Pass[Measured]:
@@ -65,7 +74,8 @@ def stats_work(task: StatsTask, block: Block) -> Measured:
     chunk = block.read()
     stats = measure_block(chunk.data, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
     fits = (task.fitter.fit(chunk, task.layout, stats),) if task.fitter is not None else ()
-    return Measured(stats, _first_counts(task, chunk, stats), fits)
+    counted = quantiles.work(task.quantiles, chunk.data, chunk.start) if task.quantiles is not None else None
+    return Measured(stats, _first_counts(task, chunk, stats), fits, counted)
 
 
 def _counted(block: Block, scope: Scope) -> BlockStats | None:
@@ -103,21 +113,33 @@ def histogram_work(task: HistogramTask, block: Block) -> HistogramCounts:
     return count_block(chunk.data, task.scope, task.layout, task.edges, first_sample=chunk.start)
 
 
-def quantile_state(request: quantiles.Request | None, dataset, scope: Scope, stats: BlockStats):
-    """The quantile passes' start (None without a request), from what the statistics pass knows:
-    value counts of 8/16-bit integers (no pass), else exact bounds where no NaN or inf was seen."""
+def quantile_opening(request: quantiles.Request | None, dataset, scope: Scope) -> quantiles.State | None:
+    """The quantile passes' start (None without a request)."""
     if request is None:
         return None
     if dataset.dtype.kind == "b":
         raise InputError("holds booleans, which have no percentiles (numpy cannot interpolate them); "
                          "convert them to integers first", dataset.inputs[0])
     keys = scope.keys(dataset.layout, dataset.sample_shape, dataset.n_samples)
-    known = {}
-    if stats.value_counts is not None:
-        known["value_counts"] = stats.value_counts
-    elif not stats.nonfinite.total and not scope.per_sample:
-        known["bounds"] = quantiles.Bounds.of(stats.aggregate(), dataset.dtype)
-    return quantiles.first(request, dataset.dtype, scope, dataset.layout, keys, **known)
+    return quantiles.first(request, dataset.dtype, scope, dataset.layout, keys)
+
+
+def opening_task(opening: quantiles.State | None) -> quantiles.Task | quantiles.SampleTask | None:
+    """The first quantile pass, which the statistics pass takes (StatsTask.quantiles): none for
+    8/16-bit integers, whose value counts give the quantiles."""
+    if opening is None or keeps_value_counts(opening.dtype, opening.scope):
+        return None
+    return quantiles.next_task(opening)
+
+
+def quantile_state(opening: quantiles.State | None, first: Measured) -> quantiles.State | None:
+    """The quantile state after the statistics pass `first` (None without a request): `opening`
+    finished by the value counts, or advanced by its first pass."""
+    if opening is None:
+        return None
+    if first.stats.value_counts is not None:
+        return quantiles.counted(opening, first.stats.value_counts)
+    return quantiles.advance(opening, first.quantiles)
 
 
 def quantile_pass(state: quantiles.State | None, sample_bytes: int = 0) -> Pass | None:

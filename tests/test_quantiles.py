@@ -35,24 +35,15 @@ def merged(parts: list, rng: np.random.Generator):
     return parts[0]
 
 
-def run(x: np.ndarray, layout: str, scope: str, request: Q.Request, *, cuts=(), seed=0, bounds=False,
-        counted=False, check=None):
+def run(x: np.ndarray, layout: str, scope: str, request: Q.Request, *, cuts=(), seed=0, counted=False, check=None):
     """Every pass of the quantiles of `x` over blocks cut at `cuts` (sample indexes): the results
-    and the state. `bounds`/`counted` hand the first pass what the stats pass knows."""
+    and the state. `counted`: the value counts of the stats pass finish the state at once."""
     rng = np.random.default_rng(seed)
     lay, sc = Layout(layout), SCOPES[scope]
     v = lay.npc(x)
-    keys = sc.keys_of(v.shape)
-    extra = {}
-    if isinstance(bounds, Q.Bounds):
-        extra["bounds"] = bounds
-    elif bounds:
-        rows = reference_rows(x, layout, scope)
-        extra["bounds"] = Q.Bounds(np.array([r.size for r in rows]), np.array([r.min() for r in rows], x.dtype),
-                                   np.array([r.max() for r in rows], x.dtype))
+    state = Q.first(request, x.dtype, sc, lay, sc.keys_of(v.shape))
     if counted:
-        extra["value_counts"] = value_counts(v, 1 if sc.single_key else v.shape[2])
-    state = Q.first(request, x.dtype, sc, lay, keys, **extra)
+        state = Q.counted(state, value_counts(v, 1 if sc.single_key else v.shape[2]))
     edges = [0, *sorted(set(cuts)), len(x)]
     while (task := Q.next_task(state)) is not None:
         parts = [Q.work(task, x[a:b], a) for a, b in zip(edges, edges[1:]) if b > a]
@@ -133,16 +124,6 @@ def test_equals_numpy_for_every_dtype_method_scope_and_split(data, scope, method
     x, layout = data
     request = Q.Request(q, method, ignore_nan, bits=bits, collect_limit=limit)
     check_all(x, layout, scope, request, cuts=[c for c in cuts if c < len(x)], seed=seed)
-
-
-@settings(max_examples=200, deadline=None)
-@given(data=arrays(), scope=st.sampled_from(["global", "channel"]), method=st.sampled_from(Q.METHODS), q=QS,
-       bits=st.integers(1, 16), limit=st.integers(0, 12), cuts=st.lists(st.integers(1, 8), max_size=4))
-def test_bounds_from_the_stats_pass_give_the_same_numbers(data, scope, method, q, bits, limit, cuts):
-    x, layout = data
-    assume(x.dtype.kind != "f" or np.isfinite(x).all())  # bounds are only handed over without NaN or inf
-    request = Q.Request(q, method, bits=bits, collect_limit=limit)
-    check_all(x, layout, scope, request, cuts=[c for c in cuts if c < len(x)], bounds=True)
 
 
 @settings(max_examples=100, deadline=None)
@@ -240,31 +221,28 @@ def test_keys_keep_the_order_of_values():
         assert_same(Q.from_keys(keys, dt), values)
 
 
-@pytest.mark.parametrize("dtype", ["uint32", "int64", "uint64", "float32"])
-def test_bounds_of_the_stats_pass(dtype):
-    """Bounds.of takes the stats pass's aggregate as it is (float64 or whole-number min and max)."""
-    from normcli import moments
-
-    x = np.random.default_rng(3).integers(0, 2**31, size=(45, 3)).astype(dtype)
-    x[0, 0] = np.iinfo(dtype).max if dtype != "float32" else 3e38
-    stats = moments.measure_block(x, SCOPES["channel"], Layout("NC"))
-    bounds = Q.Bounds.of(stats.aggregate(), dtype)
-    assert_same(bounds.low, x.min(axis=0))
-    assert_same(bounds.high, x.max(axis=0))
-    request = Q.Request((0, 50, 100), collect_limit=4)
-    got, _ = run(x, "NC", "channel", request, cuts=(10, 30), bounds=bounds)
-    for g, w in zip(got, reference(x, "NC", "channel", request)):
-        assert_same(g, w)
+@pytest.mark.parametrize("dtype", ["int32", "uint32", "int64", "uint64"])
+@pytest.mark.parametrize("where", ["min", "zero", "top bit", "max"])
+def test_a_narrow_range_of_wide_integers_takes_one_pass_after_the_first(dtype, where):
+    """The first pass (which the statistics pass takes) splits the whole key space by its top
+    16 bits; a cell then shrinks to the smallest aligned cell holding its keys, so a range of
+    20,000 anywhere, across a sign or top bit too, is found in one more pass."""
+    info = np.iinfo(dtype)
+    start = {"min": int(info.min), "zero": -10_000 if info.min else 0, "top bit": (int(info.max) + 1) // 2 - 10_000,
+             "max": int(info.max) - 20_000}[where]
+    x = np.random.default_rng(4).integers(0, 20_000, size=(300, 10, 10, 3)).astype(dtype) + np.array(start, dtype)
+    for scope in ("global", "channel"):
+        state = check_all(x, "NHWC", scope, Q.Request((0, 1, 50, 99, 100), collect_limit=1000), cuts=(100, 200))
+        assert state.passes == 2, (dtype, where, scope)
 
 
 def test_big_endian_data():
     x = np.random.default_rng(2).normal(size=(12, 5, 2)).astype(">f4")
     for scope in ("global", "channel"):
-        for bounds in (False, True):
-            got, _ = run(x, "NHW", scope, Q.Request((1, 50, 99), "hazen", collect_limit=3), cuts=(5,), bounds=bounds)
-            want = reference(x.astype("<f4"), "NHW", scope, Q.Request((1, 50, 99), "hazen"))
-            for g, w in zip(got, want):
-                assert_same(g, w)
+        got, _ = run(x, "NHW", scope, Q.Request((1, 50, 99), "hazen", collect_limit=3), cuts=(5,))
+        want = reference(x.astype("<f4"), "NHW", scope, Q.Request((1, 50, 99), "hazen"))
+        for g, w in zip(got, want):
+            assert_same(g, w)
 
 
 def test_pixel_scope_is_refused_with_a_reason():
