@@ -286,3 +286,36 @@ def test_percentiles_on_a_dask_cluster(tmp_path, rng):
         assert done.returncode == 0, done.stderr
     low, median, high = np.percentile(x, [25.0, 50.0, 75.0])
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), (x - median) / (high - low), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, scope, options, passes", [
+    ("float32", "global", (), ["measuring", "percentiles"]),
+    ("float32", "channel", (), ["measuring", "percentiles"]),
+    ("float32", "sample", (), ["measuring"]),
+    ("int64", "global", (), ["measuring", "percentiles"]),
+    ("uint8", "global", (), ["measuring"]),
+    ("float32", "global", ("--bins", "5"), ["measuring", "histograms", "percentiles"]),
+])
+def test_the_statistics_pass_takes_the_first_quantile_pass(tmp_path, monkeypatch, dtype, scope, options, passes):
+    """float32 (and any 32-bit type, or a narrow range of a 64-bit one) takes one pass after the
+    statistics pass, per-sample quantiles and 8-bit value counts none: counted as the passes run."""
+    from normcli import passes as driver, reduction
+
+    seen = []
+    real = reduction.reduce
+
+    def counted(engine, a_pass, blocks, progress=None):
+        seen.append(a_pass.name)
+        return real(engine, a_pass, blocks, progress)
+
+    monkeypatch.setattr(reduction, "reduce", counted)
+    monkeypatch.setattr(driver, "reduce", counted)
+    monkeypatch.setattr(Dataset, "block_bytes", 1 << 16)
+    rng = np.random.default_rng(8)
+    shape = (400, 16, 16, 3)  # more values per key than a pass collects (Request.collect_limit)
+    x = dataset(dtype, rng, shape) if dtype != "int64" else rng.integers(-500, 500, shape)
+    np.save(tmp_path / "x.npy", x)
+    doc = json.loads(run_cli("stats", tmp_path / "x.npy", "--per", scope, "--bins", "0", *options,
+                             "--percentiles", QS, "--format", "json").stdout)
+    assert seen == passes
+    assert_numpy(doc, x, "NHWC", scope, "linear")
