@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as normcli's cli.main does
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per kernel, as the others measure
 
 import numpy as np  # noqa: E402
 

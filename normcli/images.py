@@ -469,11 +469,13 @@ _LUMA_HALF, _LUMA_SHIFT = 1 << 15, 16
 def luma(color: np.ndarray) -> np.ndarray:
     """Gray of (..., 3) RGB values, in their dtype: integers exactly as Pillow's convert('L')
     (R·19595 + G·38470 + B·7471 + 32768) >> 16, also for 16 bits; floats 0.299 R + 0.587 G + 0.114 B
-    in float64, unrounded."""
+    in float64, unrounded, added in that order (not by BLAS, whose kernels round differently on
+    different processors)."""
     if color.dtype.kind in "ui":
         weighted = color.astype(np.int64) @ np.array(_LUMA_WEIGHTS, dtype=np.int64)
         return ((weighted + _LUMA_HALF) >> _LUMA_SHIFT).astype(color.dtype)
-    return (color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(color.dtype)
+    rgb = color.astype(np.float64)
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(color.dtype)
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
-from normcli.scratch import ones, scratch
+from normcli.scratch import scratch
 
 
 @dataclass
@@ -277,17 +277,8 @@ def keyed_reduce(ufunc, a: np.ndarray, scope: Scope, dtype=None) -> np.ndarray:
     if not pieces or pieces[0].ndim == 3:  # any other scope (one piece, the array as it is), or no values
         return ufunc.reduce(a, axis=scope.reduced, dtype=dtype).reshape(-1)
     # rows of channels, or of values repeating them: reduced down the rows, folded onto the channels
-    return reduce(ufunc, [ufunc.reduce(_reduce_rows(ufunc, piece, dtype).reshape(-1, a.shape[2]), axis=0)
+    return reduce(ufunc, [ufunc.reduce(ufunc.reduce(piece, axis=0, dtype=dtype).reshape(-1, a.shape[2]), axis=0)
                           for piece in pieces])
-
-
-def _reduce_rows(ufunc, rows: np.ndarray, dtype=None) -> np.ndarray:
-    """ufunc.reduce(rows, axis=0). Sums of float64 rows are a product with a vector of ones (BLAS):
-    each column's values are still added in running sums down the rows, as numpy's reduce over
-    axis 0 does, and faster (benchmarks/PROFILE.md)."""
-    if ufunc is np.add and dtype is None and rows.dtype == np.float64:
-        return ones(len(rows)) @ rows
-    return ufunc.reduce(rows, axis=0, dtype=dtype)
 
 
 def measure_block(data: np.ndarray, scope: Scope, layout: Layout, *, first_sample: int = 0,
@@ -353,7 +344,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
     the minimum and maximum of v.
 
     Each piece of the block (Scope.pieces) in five numpy calls: v - shift in float64 into this
-    thread's scratch, its sum, its sum of squares (BLAS), v's minimum and maximum. Narrower floats
+    thread's scratch, its sum, its sum of squares, v's minimum and maximum. Narrower floats
     go a few samples at a time (about _SLICE_VALUES values), so that the deviations are read back
     from the cache rather than from memory (benchmarks/PROFILE.md); the slices' sums add up, their
     minima and maxima fold exactly. float64 data are measured whole, so that their numbers stay
@@ -423,13 +414,15 @@ def _compiled_sums(fast, values: np.ndarray, shift: np.ndarray) -> list:
 
 def _sum_and_squares(y: np.ndarray, scope: Scope) -> tuple[np.ndarray, np.ndarray]:
     """The sums of y and of y * y, per key of a block (3-D) or per column of rows (2-D pieces); y
-    is scratch, squared in place. One key: a pairwise sum and a BLAS dot of the flat values (one
-    BLAS thread: see cli.main)."""
+    is scratch, squared in place. numpy's own sums, never BLAS (np.dot, a product with ones): its
+    kernels add in an order of their own, which differs between processors, and so would the last
+    digits of the statistics. One key: pairwise sums of the flat values; rows: running sums down
+    the columns."""
     if scope.single_key:
         flat = y.reshape(-1)
-        return np.add.reduce(flat, keepdims=True), np.dot(flat, flat).reshape(1)
+        return np.add.reduce(flat, keepdims=True), np.add.reduce(np.square(flat, out=flat), keepdims=True)
     if y.ndim == 2:
-        return _reduce_rows(np.add, y), _reduce_rows(np.add, np.square(y, out=y))
+        return np.add.reduce(y, axis=0), np.add.reduce(np.square(y, out=y), axis=0)
     return keyed_reduce(np.add, y, scope), keyed_reduce(np.add, np.square(y, out=y), scope)
 
 

@@ -31,10 +31,3 @@ def scratch(name: str, shape, dtype) -> np.ndarray:
         buffer = _local.__dict__[name] = np.empty(max(nbytes, 1), np.uint8)
     return buffer[:nbytes].view(dtype).reshape(shape)
 
-
-def ones(size: int) -> np.ndarray:
-    """`size` float64 ones, this thread's (never to be written)."""
-    kept = _local.__dict__.get("ones")
-    if kept is None or kept.size < size:
-        kept = _local.__dict__["ones"] = np.ones(size)
-    return kept[:size]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from dataclasses import replace
 from fractions import Fraction
@@ -801,10 +802,50 @@ def test_threads_share_no_scratch():
 
 def test_float64_blocks_are_measured_whole():
     """float64 data are not sliced: the sums are numpy's over the whole block, bit for bit (for one
-    key, the pairwise sum and the BLAS dot of the deviations from the shift)."""
+    key, the pairwise sums of the deviations from the shift and of their squares)."""
     x = np.random.default_rng(8).normal(26.0, 17.0, (64, 32, 32, 1))
     stats = in_slices(1, measure_block, x, SCOPE_VALUES["global"], Layout("NHWC")).moments
     y = x.reshape(-1) - stats.shift[0]
     total = np.add.reduce(y)
     assert stats.mean[0] == total / y.size
-    assert stats.m2[0] == np.dot(y, y) - total * (total / y.size)
+    assert stats.m2[0] == np.add.reduce(y * y) - total * (total / y.size)
+
+
+_BLAS_PROBE = """
+import hashlib
+import numpy as np
+from normcli import images, moments
+from normcli.layout import Layout
+from normcli.scopes import SCOPES
+x = np.random.default_rng(1).normal(26, 17.5, (200, 32, 32, 3))
+for data in (x, x.astype(np.float32)):
+    for scope in ("global", "channel", "sample"):
+        m = moments.measure_block(data, SCOPES[scope], Layout("NHWC")).aggregate()
+        print(scope, np.asarray(m.mean).tolist(), np.asarray(m.m2).tolist())
+print(hashlib.sha256(images.luma(x[:4]).tobytes()).hexdigest())
+"""
+
+
+def _blas_cores() -> list[str]:
+    """OpenBLAS kernels this processor can run (OPENBLAS_CORETYPE picks one), oldest first."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return ["Prescott"] + (["Sandybridge"] if " avx " in flags else []) + (["Haswell"] if " avx2 " in flags else [])
+
+
+def test_the_statistics_do_not_depend_on_the_blas_kernel():
+    """The moments (and the float luma of images) are numpy's own sums, in an order of numpy's:
+    the same bits whichever BLAS kernel a processor picks (np.dot and products with ones did not
+    give them: their last digits moved between OpenBLAS's Prescott and Haswell kernels)."""
+    import subprocess
+    import sys
+
+    cores = _blas_cores()
+    if len(cores) < 2 or "openblas" not in str(np.show_config(mode="dicts")).lower():
+        pytest.skip("needs numpy's OpenBLAS on an x86-64 processor with AVX")
+    printed = {core: subprocess.run([sys.executable, "-c", _BLAS_PROBE], capture_output=True, text=True, check=True,
+                                    env={**os.environ, "OPENBLAS_CORETYPE": core}).stdout for core in cores}
+    assert len(set(printed.values())) == 1, printed

@@ -25,7 +25,3 @@ def test_a_thread_gets_its_array_back_by_name_and_other_threads_their_own():
 def test_an_array_past_the_limit_is_not_kept():
     big = scratch.scratch("test big", scratch.MAX_BYTES // 8 + 1, np.float64)
     assert not np.shares_memory(big, scratch.scratch("test big", 8, np.float64))
-
-
-def test_ones_are_ones():
-    assert (scratch.ones(1000) == 1).all() and len(scratch.ones(3)) == 3
