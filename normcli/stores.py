@@ -4,7 +4,9 @@ HDF5 dataset, read with the `zarr` and `h5py` packages (extras [zarr], [hdf5], i
 A block is a run of whole store chunks along the sample axis, so no chunk is decompressed twice
 and memory stays bounded by the block, whatever the store's size. A part holds only names (the
 file, the array's path inside it), so its pieces pickle small and each thread, process or Dask
-worker opens the store itself.
+worker opens the store itself. A plain Zarr array in a directory is read from its chunk files by
+zarrfiles.py, without importing zarr (whose import and event loop cost more than the reads); zarr
+opens every other store, and reads again any block the files do not give, saying what is wrong.
 
 A chunk that was never written is refused, not read: Zarr and HDF5 would return the fill value in
 its place, and a statistics tool must not count values that no one wrote. (Zarr leaves out chunks

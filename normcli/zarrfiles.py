@@ -67,13 +67,13 @@ class ChunkFiles:
         """The array in `folder` if it is plain and has a file for each chunk, else None."""
         if importlib.util.find_spec("zarr") is None:
             return None  # reading Zarr needs the [zarr] extra, plain or not: zarr's opener says so
-        v3, v2 = (os.path.join(folder, name) for name in ("zarr.json", ".zarray"))
+        metadata = [name for name in ("zarr.json", ".zarray", ".zgroup") if os.path.exists(os.path.join(folder, name))]
+        if metadata not in (["zarr.json"], [".zarray"]):
+            return None  # a group, or metadata of two kinds: zarr decides
         try:
-            if os.path.exists(v3):
-                found = None if os.path.exists(v2) else _v3(folder, _json(v3))
-            else:
-                found = _v2(folder, _json(v2))
-        except (OSError, ValueError):  # unreadable or not JSON
+            meta = _json(os.path.join(folder, metadata[0]))
+            found = _v3(folder, meta) if metadata == ["zarr.json"] else _v2(folder, meta)
+        except (OSError, ValueError, TypeError, RecursionError):  # unreadable, not JSON, a list where a name goes
             return None
         if found is None or (found.compressor and importlib.util.find_spec("numcodecs") is None):
             return None

@@ -381,6 +381,14 @@ def test_metadata_whose_dtype_lies_is_refused(workspace):
     refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
 
 
+@pytest.mark.parametrize("changes", [{"data_type": {"name": "float64"}}, {"chunk_key_encoding": {"name": ["v2"]}},
+                                     {"codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                                 {"name": "zstd", "configuration": {"level": [3]}}]}])
+def test_metadata_of_the_wrong_types_is_refused_by_zarr(workspace, changes):
+    edit_metadata(small(workspace.root), **changes)
+    workspace.refused("stats", "s.zarr", contains="cannot open as Zarr")
+
+
 def test_metadata_whose_chunk_shape_lies_is_refused(workspace):
     store = small(workspace.root)  # chunks of (3, 4)
     edit_metadata(store, shape=[10, 8], chunk_grid={"name": "regular", "configuration": {"chunk_shape": [3, 8]}})
