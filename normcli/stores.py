@@ -4,7 +4,9 @@ HDF5 dataset, read with the `zarr` and `h5py` packages (extras [zarr], [hdf5], i
 A block is a run of whole store chunks along the sample axis, so no chunk is decompressed twice
 and memory stays bounded by the block, whatever the store's size. A part holds only names (the
 file, the array's path inside it), so its pieces pickle small and each thread, process or Dask
-worker opens the store itself.
+worker opens the store itself. A plain Zarr array in a directory is read from its chunk files by
+zarrfiles.py, without importing zarr (whose import and event loop cost more than the reads); zarr
+opens every other store, and reads again any block the files do not give, saying what is wrong.
 
 A chunk that was never written is refused, not read: Zarr and HDF5 would return the fill value in
 its place, and a statistics tool must not count values that no one wrote. (Zarr leaves out chunks
@@ -28,6 +30,7 @@ import numpy as np
 from normcli.errors import InputError
 from normcli.arrayparts import ArraySlice, SampleArrays, check_array_header
 from normcli.parts import OpenOptions
+from normcli.zarrfiles import ChunkFiles
 
 # A block holds at least one run of chunks along the sample axis (every chunk of those samples),
 # decompressed whole: a store whose chunk rows are larger than this is refused, as memory would be.
@@ -141,8 +144,13 @@ class ZarrPart(StorePart):
 
     def __init__(self, name: str, key: str | None = None):
         self.zip = not Path(name).is_dir()
-        zarr = _require("zarr", "zarr", name)
         super().__init__(name)
+        self.files = None if self.zip else _plain_array(self.path, key)
+        if self.files is not None:
+            self._facts((key or "").strip("/"), self.files.shape, self.files.dtype, self.files.chunks[0])
+            self.storage = self.files.chunks
+            return
+        zarr = _require("zarr", "zarr", name)
         with self._opened_store() as store:
             array = _zarr_array(zarr, store, key, name)
             storage = array.shards or array.chunks  # what the store holds one object per: shards, else chunks
@@ -179,6 +187,14 @@ class ZarrPart(StorePart):
             store.close()
             raise InputError(f"cannot open the Zarr array: {_first_line(error)}", self.name) from None
 
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Samples start..start+count: from the chunk files themselves where the array is plain; a
+        block they do not give (a chunk missing, damaged) is read again by zarr, which says why."""
+        if self.files is not None:
+            with contextlib.suppress(Exception):
+                return self._native(self.files.read(start, count))
+        return super().read(start, count)
+
     def _pick(self, array, indices: np.ndarray) -> np.ndarray:
         return array.get_orthogonal_selection((indices,))
 
@@ -197,6 +213,15 @@ class ZarrPart(StorePart):
             if array.shards and not _whole_shard(array, coords, key):
                 raise InputError(f"shard {key} (samples {coords[0] * self.rows}..) lacks some of its chunks; "
                                  f"{_FILL_REFUSAL.format(fill=array.metadata.fill_value, them='them')}", self.name)
+
+
+def _plain_array(root: str, key: str | None) -> ChunkFiles | None:
+    """The array at `key` under `root` as chunk files, if it is plain (zarrfiles.py) and `key` names its
+    folder plainly."""
+    steps = (key or "").strip("/").split("/") if key and key.strip("/") else []
+    if any(step in ("", ".", "..") for step in steps):
+        return None
+    return ChunkFiles.find(os.path.join(root, *steps))
 
 
 def _whole_shard(array, shard: tuple[int, ...], key: str) -> bool:

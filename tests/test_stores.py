@@ -20,6 +20,7 @@ from refusals import workspace  # noqa: F401  (the fixture)
 
 zarr = pytest.importorskip("zarr", reason="the Zarr tests need the [zarr] extra")
 h5py = pytest.importorskip("h5py", reason="the HDF5 tests need the [hdf5] extra")
+import numcodecs  # noqa: E402  (zarr's own dependency)
 
 from normcli.errors import InputError  # noqa: E402
 from normcli.stores import CHUNK_ROW_MAX_BYTES, Hdf5Part, ZarrPart  # noqa: E402
@@ -174,6 +175,63 @@ def test_blocks_are_runs_of_whole_chunks(tmp_path_factory, n, rows, budget, hdf5
     np.testing.assert_array_equal(part.read_indices([5 % n, 0, n - 1, 0]), x[[5 % n, 0, n - 1, 0]])
 
 
+# Stores that zarrfiles.py reads from their chunk files, without zarr: (zarr_format, dtype, options).
+PLAIN = {
+    "v3, keys c/0/0": (3, "<f4", {"compressors": None}),
+    "v3, keys c.0.0, big-endian, zstd": (3, "f8", {"chunk_key_encoding": {"name": "default", "separator": "."},
+                                                   "serializer": zarr.codecs.BytesCodec(endian="big")}),
+    "v3, v2 keys 0.0, gzip": (3, "int16", {"chunk_key_encoding": {"name": "v2", "separator": "."},
+                                           "compressors": zarr.codecs.GzipCodec()}),
+    "v3, v2 keys 0/0, blosc": (3, "uint8", {"chunk_key_encoding": {"name": "v2", "separator": "/"},
+                                            "compressors": zarr.codecs.BloscCodec(shuffle="bitshuffle")}),
+    "v2, keys 0.0, big-endian": (2, ">u2", {"compressors": None}),
+    "v2, keys 0/0, blosc": (2, "<f8", {"chunk_key_encoding": {"name": "v2", "separator": "/"},
+                                       "compressors": numcodecs.Blosc(shuffle=numcodecs.Blosc.SHUFFLE)}),
+    "v2, zstd (zarr's default), booleans": (2, "bool", {}),
+}
+
+
+@pytest.mark.parametrize("kind", PLAIN)
+@pytest.mark.parametrize("chunks", [(4, 3, 5), (4, 5, 7)])  # the last chunk cut along every axis, or samples only
+def test_plain_arrays_are_read_from_their_files_as_zarr_reads_them(tmp_path, rng, kind, chunks):
+    zarr_format, dtype, options = PLAIN[kind]
+    x = rng.normal(0.0, 1000.0, (11, 5, 7))
+    x = (x > 0) if dtype == "bool" else x.astype(dtype)
+    store = str(zarr_store(tmp_path / "a.zarr", x, chunks, zarr_format=zarr_format, **options))
+    part = ZarrPart(store)
+    assert part.files is not None  # read without zarr
+    want = zarr.open_array(store, mode="r")[...]
+    read = part.files.read  # itself: part.read would hide its mistakes, reading again with zarr
+    for got, expected in ((np.concatenate([read(b.start, b.count) for b in part.blocks(1)]), want),
+                          (read(3, 6), want[3:9]), (read(10, 1), want[10:])):
+        assert got.dtype.newbyteorder("=") == want.dtype.newbyteorder("=")
+        assert got.tobytes() == expected.astype(got.dtype).tobytes()
+    assert np.concatenate([block.read() for block in part.blocks(1)]).tobytes() == want.astype(part.dtype).tobytes()
+
+
+@pytest.mark.parametrize("kind,options", [
+    ("v2, Fortran order", {"zarr_format": 2, "order": "F"}),
+    ("v2, a filter", {"zarr_format": 2, "filters": [numcodecs.Delta(dtype="f4")]}),
+    ("v3, a checksum codec", {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}),
+    ("v3, sharded", {"shards": (8, 6, 5, 3)}),
+])
+def test_other_arrays_are_read_by_zarr(tmp_path, x, kind, options):
+    np.save(tmp_path / "x.npy", x)
+    store = zarr_store(tmp_path / "a.zarr", x, (4, 6, 5, 3), **options)
+    assert ZarrPart(str(store)).files is None
+    close(report("stats", store), report("stats", tmp_path / "x.npy"))
+
+
+@pytest.mark.parametrize("compressors", [None, zarr.codecs.BloscCodec()])
+def test_a_plain_store_is_read_without_importing_zarr(tmp_path, x, compressors):
+    """(Importing zarr and its event loop cost more than the reads: benchmarks/RESULTS.md.)"""
+    store = zarr_store(tmp_path / "a.zarr", x, (4, 6, 5, 3), compressors=compressors)
+    code = ("import sys; from normcli.stores import ZarrPart; part = ZarrPart(sys.argv[1]); "
+            "[block.read() for block in part.blocks(4096)]; print('zarr' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_parts_pickle_small_and_without_handles(tmp_path, x):
     import pickle
 
@@ -297,10 +355,11 @@ def test_a_huge_claimed_shape_with_no_chunks_is_refused_at_once(workspace):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_corrupt_chunk_is_refused(workspace, damage):
+@pytest.mark.parametrize("compressors", [zarr.codecs.ZstdCodec(), None])
+def test_a_corrupt_chunk_is_refused(workspace, damage, compressors):
     """(A blosc chunk cut short can still decode, into wrong values: only a checksum codec, such as
     Zarr v3's crc32c, would tell; zstd frames know their length.)"""
-    store = small(workspace.root, compressors=zarr.codecs.ZstdCodec())
+    store = small(workspace.root, compressors=compressors)
     chunk = store / "c" / "1" / "0"
     chunk.write_bytes(b"\x00not zstd" * 3 if damage == "garbage" else chunk.read_bytes()[:-5])
     refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
@@ -320,6 +379,14 @@ def test_metadata_whose_dtype_lies_is_refused(workspace):
     store = small(workspace.root)  # float64 chunks, uncompressed
     edit_metadata(store, data_type="int16", fill_value=0)
     refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
+
+
+@pytest.mark.parametrize("changes", [{"data_type": {"name": "float64"}}, {"chunk_key_encoding": {"name": ["v2"]}},
+                                     {"codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                                 {"name": "zstd", "configuration": {"level": [3]}}]}])
+def test_metadata_of_the_wrong_types_is_refused_by_zarr(workspace, changes):
+    edit_metadata(small(workspace.root), **changes)
+    workspace.refused("stats", "s.zarr", contains="cannot open as Zarr")
 
 
 def test_metadata_whose_chunk_shape_lies_is_refused(workspace):
