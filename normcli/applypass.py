@@ -1,6 +1,9 @@
 """The last pass of a transform, a block function for reduction.reduce: histogram the input,
 apply the plan's map, put non-finite values back, measure the output, and store it through the
-sink's writer (at its position, or handed back to be written in order).
+sink's writer (at its position, or handed back to be written in order). Where the output's
+histograms follow from the input's (one affine map per key: ApplyTask.maps), both are counted in
+one pass over the input (histograms.count_pairs); every other statistic of the output is measured
+on the values stored.
 """
 
 from __future__ import annotations
