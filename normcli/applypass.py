@@ -1,6 +1,9 @@
 """The last pass of a transform, a block function for reduction.reduce: histogram the input,
 apply the plan's map, put non-finite values back, measure the output, and store it through the
-sink's writer (at its position, or handed back to be written in order).
+sink's writer (at its position, or handed back to be written in order). Where the output's
+histograms follow from the input's (one affine map per key: ApplyTask.maps), both are counted in
+one pass over the input (histograms.count_pairs); every other statistic of the output is measured
+on the values stored.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from typing import Sequence
 import numpy as np
 
 from normcli.encoding import ValueTable
-from normcli.histograms import HistogramCounts, count_block
+from normcli.histograms import HistogramCounts, count_block, count_pairs
 from normcli.layout import Layout
 from normcli.moments import BlockStats, NonFinite, measure_block, merge
 from normcli.plans import Applier
 from normcli.scopes import Scope
 from normcli.sinks import Encoder, Stored
 from normcli.sources import Block, Chunk
+from normcli.transforms import Affine
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class ApplyTask:
     check_finite: bool = False  # no pass 1 looked for NaN and inf (and overflow): look here
     table: ValueTable | None = None  # 8-bit input to an integer output, nothing measured: look values up
     first: int = 0  # the sample of the per-sample tables' first row (see share)
+    # Each key's map, where the output's histograms are counted in one pass with the input's
+    # (histograms.count_pairs: float data in and out, one affine map and histogram per key, no clip).
+    maps: Affine | None = None
 
     def share(self, blocks: Sequence[Block]) -> "ApplyTask":
         """This task for one engine task's blocks: per-sample tables (the affine maps, the report's
@@ -47,8 +54,9 @@ class ApplyTask:
         start, stop = blocks[0].start, blocks[-1].start + blocks[-1].count
         edges = [None if e is None else e[start - self.first:stop - self.first]
                  for e in (self.before_edges, self.after_edges)]
+        maps = None if self.maps is None else self.maps.rows(start - self.first, stop - start)
         return replace(self, applier=self.applier.share(start, stop), before_edges=edges[0],
-                       after_edges=edges[1], first=start)
+                       after_edges=edges[1], first=start, maps=maps)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ def _fold(total, value, combine):
 def apply_work(task: ApplyTask, block: Block) -> Applied:
     chunk = block.read()
     before_counts = (count_block(chunk.data, task.scope, task.layout, _rows(task.before_edges, task, chunk),
-                                 first_sample=chunk.start) if task.before_edges is not None else None)
+                                 first_sample=chunk.start) if task.before_edges is not None and task.maps is None
+                     else None)
     if chunk.start >= task.samples:
         return Applied(before_counts)
     if task.table is not None:
@@ -103,8 +112,17 @@ def apply_work(task: ApplyTask, block: Block) -> Applied:
         np.copyto(out, chunk.data, where=~np.isfinite(chunk.data))
     after_stats = (measure_block(out, task.scope, task.layout, first_sample=chunk.start, ignore_nan=task.ignore_nan)
                    if task.report else None)
-    after_counts = (count_block(out, task.scope, task.layout, _rows(task.after_edges, task, chunk),
-                                clamp=True, first_sample=chunk.start) if task.after_edges is not None else None)
+    after_counts = None
+    if task.maps is not None:
+        maps = task.maps.rows(chunk.start - task.first, len(chunk.data)) if task.scope.per_sample else task.maps
+        before_counts, after_counts = count_pairs(chunk.data, out, task.scope, task.layout,
+                                                  _rows(task.before_edges, task, chunk),
+                                                  _rows(task.after_edges, task, chunk),
+                                                  (maps.split(chunk.data.dtype)[1], maps.scale, maps.offset),
+                                                  first_sample=chunk.start)
+    elif task.after_edges is not None:
+        after_counts = count_block(out, task.scope, task.layout, _rows(task.after_edges, task, chunk), clamp=True,
+                                   first_sample=chunk.start)
     if chunk.alpha is not None:
         out = np.concatenate([out, (chunk.alpha * task.alpha_factor).astype(out.dtype)], axis=-1)
     stored = task.writer.put(out, chunk.start, chunk.names, chunk.profiles)

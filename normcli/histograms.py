@@ -9,6 +9,7 @@ end bins, for a range known up to rounding).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -91,6 +92,25 @@ def count_block(data: np.ndarray, scope: Scope, layout: Layout, edges: np.ndarra
             continue
         counts.append(float_histogram(values, low, high, bins, clamp=clamp))
     return HistogramCounts(np.stack(counts).astype(np.int64), first_sample, scope.per_sample)
+
+
+def count_pairs(x: np.ndarray, y: np.ndarray, scope: Scope, layout: Layout, x_edges: np.ndarray,
+                y_edges: np.ndarray, maps: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+                first_sample: int = 0) -> tuple[HistogramCounts, HistogramCounts]:
+    """count_block(x, x_edges) and count_block(y, y_edges, clamp=True) of float data `x` and its
+    map `y` (Affine.apply, no clip): `maps` holds each key's (shift, scale, offset), one histogram
+    row per key (not a scope of one histogram). Keys whose histograms pair (paired_histograms) are
+    counted in one pass over x; the others each on their own."""
+    counts = []
+    keys = zip(scope.key_views(layout.npc(x)), scope.key_views(layout.npc(y)), x_edges, y_edges, *maps)
+    for x_values, y_values, x_row, y_row, *key_map in keys:
+        bins = len(x_row) - 1
+        pair = paired_histograms(x_values, y_values, x_row, y_row, key_map)
+        counts.append(pair if pair is not None else
+                      (float_histogram(x_values, x_row[0], x_row[-1], bins),
+                       float_histogram(y_values, y_row[0], y_row[-1], bins, clamp=True)))
+    return tuple(HistogramCounts(np.stack(side).astype(np.int64), first_sample, scope.per_sample)
+                 for side in zip(*counts))
 
 
 def all_values(dtype: np.dtype) -> np.ndarray:
@@ -190,9 +210,10 @@ _HIST_U = 2.0 ** -53
 _hist_plans: dict = {}
 
 
-def _hist_plan(low, high, bins: int, dtype: np.dtype):
-    """The kernel's (compute type, L, s, lowest accepted fraction, highest) for one range, or None."""
-    key = (float(low), float(high), int(bins), dtype)
+def _hist_plan(low, high, bins: int, dtype: np.dtype, extra: float = 0.0):
+    """The kernel's (compute type, L, s, lowest accepted fraction, highest) for one range, or None;
+    `extra`: bin units the margin must also cover (paired_histograms)."""
+    key = (float(low), float(high), int(bins), dtype, float(extra))
     plan = _hist_plans.get(key, False)
     if plan is False:
         if len(_hist_plans) > 4096:
@@ -201,15 +222,13 @@ def _hist_plan(low, high, bins: int, dtype: np.dtype):
     return plan
 
 
-def _make_hist_plan(low: float, high: float, bins: int, dtype: np.dtype):
+def _make_hist_plan(low: float, high: float, bins: int, dtype: np.dtype, extra: float = 0.0):
     if dtype.type not in (np.float16, np.float32, np.float64) or bins < 1:
         return None
     if not (np.isfinite(low) and np.isfinite(high) and low < high and np.isfinite(high - low)):
         return None
     width = high - low
     scale = bins / width
-    e_np = 4.01 * _HIST_U * bins
-    e_edge = bins * (3.01 * _HIST_U + 1.01 * _HIST_U * max(abs(low), abs(high)) / width)
     for ctype in (np.float32, np.float64) if dtype.itemsize < 8 else (np.float64,):
         info = np.finfo(ctype)
         with np.errstate(over="ignore"):
@@ -219,10 +238,16 @@ def _make_hist_plan(low: float, high: float, bins: int, dtype: np.dtype):
         c = abs(low - float(L)) * scale
         eta = 3 * float(info.eps) / 2 + 2 * _HIST_U
         e_fast = 1.01 * (bins * eta + c)
-        margin = 2 * (e_fast + e_np + e_edge)
+        margin = 2 * (e_fast + _numpy_error(low, high, bins) + extra)
         if margin <= _HIST_MAX_MARGIN:
             return ctype, L, s, _round_to(ctype, margin, up=True), _round_to(ctype, 1 - margin, up=False)
     return None
+
+
+def _numpy_error(low: float, high: float, bins: int) -> float:
+    """e_np + e_edge of the comment above: how far, in bins, numpy's float index and its edges may
+    be off the exact position of a value in [low, high]."""
+    return bins * (4.01 * _HIST_U + 3.01 * _HIST_U + 1.01 * _HIST_U * max(abs(low), abs(high)) / (high - low))
 
 
 def _round_to(ctype, x: float, *, up: bool):
@@ -273,20 +298,94 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
     """np.histogram(values, bins, range=(low, high))[0], exactly; several times faster on float data
     (see the comment above). `clamp`: of np.clip(values, low, high) (values outside the range are
     all among those the kernel rejects, so only those are clipped)."""
-    def numpy_histogram(some: np.ndarray) -> np.ndarray:
-        return np.histogram(np.clip(some, low, high) if clamp else some, bins, range=(low, high))[0]
-
+    numpy_histogram = partial(_numpy_histogram, low=low, high=high, bins=bins, clamp=clamp)
     # numpy bins in result_type(low, high, values): float64 here (numpy >= 2, float64 range ends),
     # which the argument above assumes; anything else is left to numpy.
     plan = None
     if values.size >= _HIST_MIN_SIZE and np.result_type(low, high, values.dtype) == np.float64:
         plan = _hist_plan(low, high, bins, values.dtype)
-    if plan is None:
+    found = None if plan is None else _kernel_counts(values, None, plan, bins)
+    if found is None:
         return numpy_histogram(values)
-    ctype, L, s, lo, hi = plan
+    counts, rejected, _ = found
+    if rejected:
+        counts += numpy_histogram(np.concatenate(rejected))
+    return counts
+
+
+def _numpy_histogram(values: np.ndarray, *, low, high, bins: int, clamp: bool) -> np.ndarray:
+    return np.histogram(np.clip(values, low, high) if clamp else values, bins, range=(low, high))[0]
+
+
+def paired_histograms(x: np.ndarray, y: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray,
+                      key_map: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """float_histogram(x) over x_edges' range and float_histogram(y, clamp=True) over y_edges', in
+    one pass over x, where y (same shape) holds x's affine map `key_map` = (shift, scale, offset):
+    y = fl(fl(fl(x - shift) * scale) + offset) in float64, rounded to y's dtype (Affine.apply, no
+    clip; non-finite x may hold anything in y). None where the two do not pair: the edges' ends
+    are not each other's map by the same arithmetic, or the kernel does not apply.
+
+    Why a value's bin in x's histogram gives its bin in y's. In exact arithmetic an affine map of
+    positive scale takes x's position (x - A) / (B - A) in [A, B] to the same position of Y(x) in
+    [Y(A), Y(B)] (reversed for a negative scale: bin i becomes bins - 1 - i). Here y_edges' ends
+    are the float64 maps of A and B (checked, bit for bit), off Y(A), Y(B) by at most a = 2.01 U
+    |A - shift| |scale| + 1.01 U |Y(A)|, and each y off Y(x) by at most g = a (the same three
+    roundings) + u |y| (the rounding to y's dtype, u its unit roundoff) + its smallest subnormal.
+    With W = |scale| (B - A) the width of y's range, y's exact position in y's bins is then within
+    e_map = 1.01 (g + 3a) bins / (W - 2a) of x's. The kernel's margin on x (see the comment above)
+    is widened by e_map and by numpy's own errors on y's range (e_np + e_edge): a value it accepts
+    lies strictly inside its bin in both histograms, where numpy's rounding cannot move it, and
+    strictly inside y's range, which clamping leaves alone. The values it rejects are binned by
+    np.histogram, each side its own values (those of y clipped to y's range).
+    """
+    bins = x_edges.shape[0] - 1
+    # float64 ends, as count_block passes them: numpy bins in their type (Python floats would give float32's)
+    x_low, x_high, y_low, y_high = (np.float64(e) for e in (x_edges[0], x_edges[-1], y_edges[0], y_edges[-1]))
+    if x.shape != y.shape or y.dtype.kind != "f" or x.size < _HIST_MIN_SIZE or y_edges.shape[0] != bins + 1 \
+            or np.result_type(x_edges.dtype, x.dtype) != np.float64 \
+            or any(a * y.itemsize != b * x.itemsize for a, b in zip(x.strides, y.strides)):
+        return None
+    extra = _pairing_error(x_low, x_high, y_low, y_high, bins, key_map, y.dtype)
+    plan = None if extra is None else _hist_plan(x_low, x_high, bins, x.dtype, extra)
+    found = None if plan is None else _kernel_counts(x, y, plan, bins)
+    if found is None:
+        return None
+    counts, rejected_x, rejected_y = found
+    y_counts = counts.copy() if key_map[1] > 0 else counts[::-1].copy()
+    if rejected_x:
+        counts += _numpy_histogram(np.concatenate(rejected_x), low=x_low, high=x_high, bins=bins, clamp=False)
+        y_counts += _numpy_histogram(np.concatenate(rejected_y), low=y_low, high=y_high, bins=bins, clamp=True)
+    return counts, y_counts
+
+
+def _pairing_error(x_low: float, x_high: float, y_low: float, y_high: float, bins: int, key_map, y_dtype):
+    """e_map + numpy's errors on y's range, in bins (paired_histograms), or None: no pairing."""
+    shift, scale, offset = (np.float64(v) for v in key_map)
+    with np.errstate(all="ignore"):
+        images = [(np.float64(end) - shift) * scale + offset for end in (x_low, x_high)]
+    if not (np.isfinite(scale) and scale != 0 and all(np.isfinite(images)) and y_low < y_high):
+        return None
+    if (images if scale > 0 else images[::-1]) != [y_low, y_high]:
+        return None
+    reach = max(abs(x_low - shift), abs(x_high - shift)) * abs(scale)  # |x - shift| |scale| on [A, B]
+    largest = max(abs(y_low), abs(y_high))
+    a = 2.01 * _HIST_U * reach + 1.01 * _HIST_U * largest + 2.0 ** -1070  # (and float64 underflow)
+    info = np.finfo(y_dtype)
+    u = float(info.eps) / 2 if info.bits < 64 else 0.0
+    g = a + u * 1.01 * (largest + a) + float(info.smallest_subnormal)
+    width = abs(scale) * (x_high - x_low) * (1 - 4 * _HIST_U)
+    if not width > 4 * a:
+        return None
+    return 1.01 * (g + 3 * a) * bins / (width - 2 * a) + _numpy_error(y_low, y_high, bins)
+
+
+def _kernel_counts(values: np.ndarray, paired: np.ndarray | None, plan, bins: int):
+    """The kernel's counts of the values it accepts, and the values it rejects (in blocks), with
+    `paired`'s values at the same places (or None); None when the first block gives up."""
     fast = kernel("histogram_counts", values.nbytes) if values.dtype == np.float32 else None
     if fast is not None:
-        return _compiled_histogram(fast, values, plan, bins, numpy_histogram)
+        return _compiled_counts(fast, values, paired, plan, bins)
+    ctype, L, s, lo, hi = plan
     size = min(values.size, _HIST_BLOCK)
     f, whole = scratch("histogram fractions", size, ctype), scratch("histogram bins", size, ctype)
     index = scratch("histogram indices", size, np.intp)
@@ -295,10 +394,13 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
     top = ctype(bins)  # exact (bins < 2**24 here); a Python int would make numpy cast `whole` for the comparison
     counts = np.zeros(b1, np.int64)
     pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
-    rejected = []
+    rejected, rejected_paired = [], []
+    blocks = _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE)
+    paired_blocks = _hist_blocks(paired, _HIST_BLOCK, _HIST_PROBE) if paired is not None else None
     first = True
     with np.errstate(over="ignore", invalid="ignore"):
-        for block in _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE):
+        for block in blocks:
+            paired_block = next(paired_blocks) if paired_blocks is not None else None
             n = block.size
             fb, wb, ib, ok, inside = f[:n], whole[:n], index[:n], flags[:n], flags[n:2 * n]
             np.subtract(block, L, out=fb.reshape(block.shape))
@@ -313,8 +415,11 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
             if not ok.all():
                 bad = np.flatnonzero(np.logical_not(ok, out=inside))
                 if first and len(bad) > _HIST_GIVE_UP * n:
-                    return numpy_histogram(values)
-                rejected.append(block[np.unravel_index(bad, block.shape)] if block.ndim > 1 else block[bad])
+                    return None
+                at = np.unravel_index(bad, block.shape) if block.ndim > 1 else bad
+                rejected.append(block[at])
+                if paired_block is not None:
+                    rejected_paired.append(paired_block[at])
                 wb[bad] = bins  # the spare slot, dropped at the end
             first = False
             # wb holds whole numbers in [0, bins]: the casts and the pair codes below are exact.
@@ -333,28 +438,27 @@ def float_histogram(values: np.ndarray, low, high, bins: int, *, clamp: bool = F
     if pairs is not None:
         pairs = pairs.reshape(b1, b1)
         counts += pairs.sum(axis=0) + pairs.sum(axis=1)
-    result = counts[:bins]
-    if rejected:
-        result += numpy_histogram(np.concatenate(rejected))
-    return result
+    return counts[:bins], rejected, rejected_paired
 
 
-def _compiled_histogram(fast, values: np.ndarray, plan, bins: int, numpy_histogram) -> np.ndarray:
-    """float_histogram's counts by the compiled kernel (normcli.compiled): the same margin test in
-    one loop, GIL free; the values it rejects go to np.histogram as above."""
+def _compiled_counts(fast, values: np.ndarray, paired: np.ndarray | None, plan, bins: int):
+    """_kernel_counts by the compiled kernel (normcli.compiled): the same margin test in one loop,
+    GIL free."""
     ctype, L, s, lo, hi = plan
     rejected_at = scratch("histogram indices", min(values.size, _HIST_BLOCK), np.intp)
     counts = np.zeros(bins, np.int64)
-    rejected = []
+    rejected, rejected_paired = [], []
+    paired_blocks = _hist_blocks(paired, _HIST_BLOCK, _HIST_PROBE) if paired is not None else None
     first = True
     for block in _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE):
+        paired_block = next(paired_blocks) if paired_blocks is not None else None
         flat = block.reshape(-1)
         n_bad = fast(flat, L, s, lo, hi, ctype(bins), counts, rejected_at)
         if first and n_bad > _HIST_GIVE_UP * flat.size:
-            return numpy_histogram(values)
+            return None
         first = False
         if n_bad:
             rejected.append(flat[rejected_at[:n_bad]])
-    if rejected:
-        counts += numpy_histogram(np.concatenate(rejected))
-    return counts
+            if paired_block is not None:
+                rejected_paired.append(paired_block.reshape(-1)[rejected_at[:n_bad]])
+    return counts, rejected, rejected_paired

@@ -271,9 +271,10 @@ def _apply_task(dataset: Dataset, plan: Plan, spec: sinks.OutputSpec, writer, me
             and not dataset.alpha_passed:
         table = encoding.value_table(*value_map, work_dtype, spec.dtype, spec.scale, spec.clamp)
     samples = plan.samples if plan.samples is not None else dataset.n_samples
+    pairs = edges[0] is not None and dataset.dtype.kind == "f" and not spec.encoding() and not plan.scope.one_histogram
     return ApplyTask(plan.scope, dataset.layout, plan.applier(), writer, samples, work_dtype, measuring.ignore_nan,
                      measuring.report, *edges, encoding.alpha_factor(spec, dataset.dtype), check_finite=check_finite,
-                     table=table)
+                     table=table, maps=plan.report_map() if pairs else None)
 
 
 def _write_in_order(sink: sinks.Sink, applied: Applied) -> Applied:

@@ -98,6 +98,11 @@ class Plan:
     def add_applied(self, summary) -> None:
         pass
 
+    def report_map(self) -> Affine | None:
+        """The one affine map per key that the last pass applies, unclipped (the report then counts
+        the output's histograms with the input's: applypass.ApplyTask.maps), or None."""
+        return None
+
     def saved_extra(self) -> dict:
         """What --save-stats stores beyond the input's statistics."""
         return {}
@@ -157,6 +162,9 @@ class ScalePlan(Plan):
 
     def applier(self):
         return AffineApply(self.scope, self.affine, self.clip)
+
+    def report_map(self):
+        return self.affine if self.clip is None else None
 
     def value_map(self, channels: int):
         if self.scope.per_sample or self.scope.by_position:

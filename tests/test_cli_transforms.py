@@ -205,6 +205,29 @@ def test_json_report_before_after_output(x, command, options):
     assert doc["before"]["dtype"] == "float64" and doc["after"]["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("command", ["standardize", "normalize"])
+@pytest.mark.parametrize("per", ["global", "channel", "sample"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_report_histograms_are_numpys_of_the_input_and_of_the_stored_output(chdir, command, per, dtype):
+    """The write pass counts the output's histograms in one pass with the input's (one affine map
+    per key): both are np.histogram's, of the input and of the stored values over the report's
+    edges, on values that sit on every edge of the input's bins (and so next to the output's)."""
+    rng = np.random.default_rng(3)
+    x = np.clip(np.round(rng.normal(0, 3, (4, 40, 40, 3)) * 64) / 64, -8, 8).astype(np.float32)
+    x[:, 0, 0], x[:, 0, 1] = -8, 8  # every key's range is [-8, 8]: with 32 bins 1/32 of the values sit on edges
+    np.save("x.npy", x)
+    doc = json.loads(run(command, "x.npy", "-o", "out.npy", "--per", per, "--dtype", dtype, "--bins", "32",
+                         "--format", "json").stdout)
+    out = np.load("out.npy")
+    for report, data in ((doc["before"], x), (doc["after"], out)):
+        rows = {"global": data.reshape(1, -1), "channel": data.reshape(-1, 3).T,
+                "sample": data.reshape(len(x), -1)}[per]
+        for row, values in zip(report["rows"], rows, strict=True):
+            edges = np.array(row["histogram"]["edges"])
+            want = np.histogram(np.clip(values, edges[0], edges[-1]), len(edges) - 1, range=(edges[0], edges[-1]))[0]
+            assert row["histogram"]["counts"] == want.tolist()
+
+
 def test_batchnorm_json_has_per_batch_statistics(x):
     doc = json.loads(run("batchnorm", "x.npy", "-o", "out.npy", "-b", "3", "--format", "json").stdout)
     out = np.load("out.npy").astype(np.float64)

@@ -21,8 +21,9 @@ from hypothesis.extra import numpy as hnp
 
 from normcli import histograms
 from normcli.layout import Layout
-from normcli.histograms import count_block, histogram_edges
+from normcli.histograms import count_block, count_pairs, histogram_edges
 from normcli.scopes import SCOPES
+from normcli.transforms import Affine
 
 from helpers import reference_rows
 
@@ -151,6 +152,86 @@ def test_clamped_counts_equal_numpy_on_clipped_values(case):
     x, layout, scope, edges = case
     with kernel_tunables(give_up=2.0):
         check(x, layout, scope, edges, clamp=True)
+
+
+def mapped(x: np.ndarray, layout: str, scope: str, edges: np.ndarray, affine: Affine, out_dtype):
+    """x's map by Affine.apply (the write pass's arithmetic), and the edges of its histograms: each
+    row's ends mapped as the report's range is (Affine.bounds)."""
+    y = np.empty(x.shape, out_dtype)
+    affine.apply(Layout(layout).npc(x), Layout(layout).npc(y), scope)
+    low, high = affine.bounds(edges[:, 0], edges[:, -1])
+    return y, histogram_edges(low, high, edges.shape[1] - 1)
+
+
+def check_pairs(x, layout, scope, edges, affine, out_dtype):
+    y, y_edges = mapped(x, layout, scope, edges, affine, out_dtype)
+    got = count_pairs(x, y, SCOPES[scope], Layout(layout), edges, y_edges, (affine.shift, affine.scale, affine.offset))
+    for counts, want in zip(got, (numpy_counts(histogram_rows(x, layout, scope), edges),
+                                  numpy_counts(histogram_rows(y, layout, scope), y_edges, clamp=True))):
+        assert counts.counts.dtype == want.dtype and counts.counts.shape == want.shape
+        bad = np.flatnonzero((counts.counts != want).any(axis=1))
+        assert bad.size == 0, f"key {bad[0]}: got {counts.counts[bad[0]].tolist()}, want {want[bad[0]].tolist()}"
+
+
+SCALES = st.sampled_from([1 / 17.5, 1.0, -1.0, 3e-4, -2.5, 1e4, 1 / 3])
+OFFSETS = st.sampled_from([0.0, 0.25, -7.0, 1e6])
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=cases(), scale=SCALES, offset=OFFSETS, out_dtype=st.sampled_from([np.float32, np.float64]),
+       block=st.sampled_from([7, 64, 1000]), data=st.data())
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_paired_counts_equal_numpy_on_both_sides(case, scale, offset, out_dtype, block, data):
+    """The output's histograms counted from the input's bins (count_pairs) are np.histogram's of
+    the output, for maps of either sign, values on and next to every edge, NaN and inf."""
+    x, layout, scope, edges = case
+    assume(scope != "pixel")  # one histogram of keys with different maps: never paired
+    keys = len(edges)
+    shift = np.array([data.draw(st.floats(float(e[0]), float(e[-1]))) for e in edges])
+    affine = Affine(shift, np.full(keys, scale), np.full(keys, offset))
+    with kernel_tunables(block, min(5, block)), np.errstate(over="ignore", invalid="ignore"):
+        check_pairs(x, layout, scope, edges, affine, out_dtype)
+
+
+@pytest.mark.parametrize("scale", [1 / 17.5, -1 / 17.5, 1e-3])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bins", [30, 255])
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_paired_counts_next_to_every_edge_of_both(scale, out_dtype, bins):
+    """Values within a few ulps of every input edge and of every output edge's preimage, and just
+    inside and outside the widened margin, in one paired pass (tiny blocks, no giving up)."""
+    rng = np.random.default_rng(bins)
+    low, high = -72.28, 149.54
+    x_edges = histogram_edges([low], [high], bins)
+    affine = Affine(np.array([36.0]), np.array([scale]), np.array([0.0]))
+    _, y_edges = mapped(np.zeros((1, 1), np.float32), "NC", "global", x_edges, affine, out_dtype)
+    preimages = (y_edges[0] - 0.0) / scale + 36.0
+    width = (high - low) / bins
+    spots = np.concatenate([x_edges[0], preimages, x_edges[0] + 2e-5 * width, x_edges[0] - 2e-5 * width])
+    x = near(spots[(spots >= low) & (spots <= high)], np.float32, rng, k=3)
+    x = np.concatenate([x, rng.uniform(low, high, 5000).astype(np.float32), [low, high]]).astype(np.float32)
+    rng.shuffle(x)
+    x = x.reshape(-1, 1)
+    with kernel_tunables(block=1000, give_up=2.0):
+        check_pairs(x, "NC", "global", x_edges, affine, out_dtype)
+        y, _ = mapped(x, "NC", "global", x_edges, affine, out_dtype)
+        assert histograms.paired_histograms(x, y, x_edges[0], y_edges[0], (36.0, scale, 0.0)) is not None
+
+
+def test_maps_that_do_not_pair_are_counted_on_their_own():
+    """Edges that are not the map of the input's (a clipped range), a zero scale, an output too
+    coarse for the margin: no pairing, and count_pairs still gives numpy's counts."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (5000, 1)).astype(np.float32)
+    x_edges = histogram_edges([x.min()], [x.max()], 30)
+    for affine in (Affine(np.zeros(1), np.ones(1), np.full(1, 1e7)), Affine(np.zeros(1), np.zeros(1), np.zeros(1))):
+        y, y_edges = mapped(x, "NC", "global", x_edges, affine, np.float32)
+        assert histograms.paired_histograms(x, y, x_edges[0], y_edges[0],
+                                            (0.0, float(affine.scale[0]), float(affine.offset[0]))) is None
+        check_pairs(x, "NC", "global", x_edges, affine, np.float32)
+    y = x * 2
+    clipped = histogram_edges([-1.0], [1.0], 30)
+    assert histograms.paired_histograms(x, y, x_edges[0], clipped[0], (0.0, 2.0, 0.0)) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
