@@ -1,7 +1,9 @@
 """Image files: listing a folder, reading headers, decoding pixels, converting channels, encoding outputs.
 
 Pillow decodes every format except TIFF (tifffile, with imagecodecs for every compression) and
-16-bit colour PNG (normcli.png16, which Pillow reads as 8-bit). Images are read as displayed: EXIF
+16-bit colour PNG (normcli.png16, which Pillow reads as 8-bit); 8-bit gray and colour stills in JPEG
+and PNG, the bulk of a photo folder, are decoded by imagecodecs instead, to the same pixels, with the
+GIL let go (_gil_free_decoder). Images are read as displayed: EXIF
 orientation applied, a palette as its colours, MinIsWhite inverted, CMYK and YCbCr as RGB (as Pillow
 converts them), a multi-frame file never silently cut to its first frame, and no decoder allocates
 more than --max-pixels allow.
@@ -11,6 +13,7 @@ Nothing here knows about datasets or blocks: imageparts.py builds on it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import os
 import threading
@@ -22,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from normcli.errors import InputError
+from normcli.histograms import value_counts
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 IMAGE_TYPES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)  # for messages
@@ -55,6 +59,7 @@ class _Frame(NamedTuple):
     alpha: bool
     orientation: int
     icc: bytes | None  # the embedded ICC profile
+    decoder: str | None = None  # _gil_free_decoder's
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class ImageHeader:
     frames: int = 1
     page: int = 0  # what to decode: the TIFF page or Pillow frame index within the file
     icc: bytes | None = field(default=None, repr=False)  # the embedded ICC profile, carried into outputs
+    decoder: str | None = None  # "jpeg" or "png": imagecodecs decodes Pillow's pixels (_gil_free_decoder)
 
     @property
     def name(self) -> str:
@@ -138,7 +144,7 @@ def read_header(item: tuple[Path, str], options: ReadOptions = ReadOptions()) ->
             height, width = width, height
         headers.append(ImageHeader(path, relpath, height, width, frame.channels, np.dtype(frame.dtype), frame.alpha,
                                    frame.orientation, index if len(frames) > 1 else None, len(frames), frame.page,
-                                   frame.icc))
+                                   frame.icc, frame.decoder))
     return headers
 
 
@@ -270,8 +276,26 @@ def _pillow_frames(path: Path, max_pixels: int, every: bool) -> tuple[int, list[
                 channels, dtype = _pil_channels_dtype(im)
             alpha = im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and channels == 4) or channels16 in (2, 4)
             frames.append(_Frame(index, im.height, im.width, channels, dtype, alpha, orientation,
-                                 im.info.get("icc_profile") or None))
+                                 im.info.get("icc_profile") or None, _gil_free_decoder(im) if count == 1 else None))
     return count, frames
+
+
+# Pillow's raw modes (what the file stores) that an imagecodecs decoder hands back as Pillow does.
+_GIL_FREE_RAWMODES = {"JPEG": ("jpeg", ("L", "RGB")), "PNG": ("png", ("L", "RGB", "RGBA"))}
+
+
+def _gil_free_decoder(im) -> str | None:
+    """Which imagecodecs decoder gives exactly Pillow's pixels of a one-frame file, if any: "jpeg"
+    (libjpeg-turbo with the settings Pillow's decoder uses: the accurate integer IDCT, fancy
+    upsampling, YCbCr to RGB by the library) for 8-bit gray and YCbCr/RGB JPEGs, not CMYK or a
+    camera's MPO; "png" (libspng, no transform asked) for 8-bit gray, RGB and RGBA PNGs, not a
+    palette, gray+alpha, low or 16-bit depths. Both let go of the GIL while they decode, where
+    Pillow's file parsing and load loop hold it: threads decode on every core."""
+    decoder, rawmodes = _GIL_FREE_RAWMODES.get(im.format, (None, ()))
+    if decoder is None or len(im.tile) != 1:
+        return None
+    args = im.tile[0][3]  # Pillow's tile: (decoder, extent, offset, args), args the raw mode first
+    return decoder if (args[0] if isinstance(args, tuple) else args) in rawmodes else None
 
 
 def _pillow():
@@ -341,8 +365,10 @@ def decode(header: ImageHeader) -> np.ndarray:
         elif header.frame is not None:
             image = _frame_reader(path).frame(header.page)
         else:
-            with _open_still(path) as im:
-                image = _pillow_array(im)
+            image = _gil_free_decode(header)
+            if image is None:
+                with _open_still(path) as im:
+                    image = _pillow_array(im)
     except Exception as exc:
         raise InputError(f"cannot decode image: {exc}", str(path)) from None
     image = orient(image.reshape(image.shape[0], image.shape[1], -1), header.orientation)
@@ -362,14 +388,82 @@ def image_value_counts(header: ImageHeader) -> np.ndarray:
     samples only), shaped (channels, 256): Pillow counts its decoded bands in C, with no array made
     (the orientation moves pixels, not values)."""
     try:
-        with _open_still(header.path) as im:
-            im = _promised_mode(im)
-            counts = np.array(im.histogram(), np.int64).reshape(-1, 256)
+        image = _gil_free_decode(header)
+        if image is not None:
+            counts = value_counts(image, image.shape[-1])
+        else:
+            with _open_still(header.path) as im:
+                im = _promised_mode(im)
+                counts = np.array(im.histogram(), np.int64).reshape(-1, 256)
     except Exception as exc:
         raise InputError(f"cannot decode image: {exc}", str(header.path)) from None
     if counts.shape[0] != header.channels or (counts.sum(axis=1) != header.height * header.width).any():
         raise InputError("image changed size while being read", str(header.path))
     return counts
+
+
+@functools.cache
+def _imagecodecs_decoders() -> dict:
+    """{decoder name: imagecodecs function} for those this imagecodecs build has."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return {}
+    decoders = {  # data, channels -> array; the JPEG's output colours asked as Pillow asks them
+        "jpeg": (imagecodecs.JPEG8, lambda data, channels: imagecodecs.jpeg8_decode(
+            data, outcolorspace="GRAY" if channels == 1 else "RGB")),
+        "png": (imagecodecs.SPNG, lambda data, channels: imagecodecs.spng_decode(data))}
+    return {name: decode for name, (codec, decode) in decoders.items() if codec.available}
+
+
+def _gil_free_decode(header: ImageHeader) -> np.ndarray | None:
+    """A header.decoder still as stored (H, W, C), decoded by imagecodecs; None where Pillow is to
+    decode it instead, with Pillow's own pixels or error: no decoder, a missing codec, a file that
+    _pillow_would_decode_alike does not vouch for, or one the codec refuses."""
+    decode = _imagecodecs_decoders().get(header.decoder) if header.decoder else None
+    if decode is None:
+        return None
+    with open(header.path, "rb") as f:
+        data = f.read()
+    if not _pillow_would_decode_alike(header.decoder, data):
+        return None
+    try:
+        image = decode(data, header.channels)
+    except Exception:  # noqa: BLE001 (whatever the codec refuses, Pillow decides: its pixels or its error)
+        return None
+    return image.reshape(image.shape[0], image.shape[1], -1)
+
+
+_JPEG_EOI = b"\xff\xd9"
+_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk's type and its (constant) CRC
+_JPEG_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)  # SOF0-2: baseline, extended and progressive Huffman-coded DCT
+
+
+def _pillow_would_decode_alike(decoder: str, data: bytes) -> bool:
+    """Whether a file, whole in `data`, is one that Pillow decodes without error to the pixels the
+    imagecodecs decoder gives. A file cut short is not: Pillow calls it truncated, where libjpeg-turbo
+    fills it in gray with a warning and libspng needs nothing after the pixels, so the file must end
+    in its end marker (an EOI; a whole IEND chunk). Nor is an arithmetic-coded or lossless JPEG:
+    Pillow feeds libjpeg-turbo in pieces, which its arithmetic decoder cannot resume from (Pillow
+    fails on any such file past one piece), so only Huffman-coded DCT frames are vouched for."""
+    if decoder == "png":
+        return data.endswith(_PNG_IEND)
+    return data.endswith(_JPEG_EOI) and _jpeg_frame_marker(data) in _JPEG_HUFFMAN_FRAMES
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker (0xC0-0xCF, but DHT, JPG and DAC) of a JPEG's frame, found by walking its
+    marker segments from the start (an EXIF thumbnail's own markers sit inside a segment)."""
+    pos = 2  # past SOI
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
 
 
 def _promised_mode(im):

@@ -19,6 +19,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageOps
 
 from conftest import run_cli, write_image
+from normcli import images
 from normcli.errors import InputError
 from normcli.images import DEFAULT_MAX_PIXELS, ReadOptions, binary_size, convert_channels, list_images, orient
 from normcli.png16 import read_png16
@@ -915,3 +916,107 @@ def test_a_profile_of_channels_converted_away_is_dropped(chdir, rng, rgb_profile
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(chdir / "plain.png")
     run_cli("normalize", "plain.png", "-o", "plain_out.png", "-q")
     assert embedded_profile(chdir / "plain_out.png") is None  # and nothing is made up for untagged images
+
+
+# ------------------------------------------------------------------------------ decoding off the GIL
+def real_photos() -> list[Image.Image]:
+    """scikit-learn's two camera photos (427×640 JPEGs), whole and cut to sizes off the 16-pixel MCU grid."""
+    from importlib.resources import files
+
+    pytest.importorskip("sklearn")
+    photos = [Image.open(files("sklearn.datasets") / "images" / name).convert("RGB")
+              for name in ("china.jpg", "flower.jpg")]
+    return [cut for photo in photos for cut in (photo, photo.crop((3, 5, 144, 102)), photo.crop((7, 1, 24, 10)))]
+
+
+def pillow_shown(path: Path) -> np.ndarray:
+    """What Pillow decodes of a file, oriented as ImageOps.exif_transpose shows it."""
+    with Image.open(path) as im:
+        return pillow_hwc(ImageOps.exif_transpose(im))
+
+
+def gil_free_files(folder: Path) -> list[Path]:
+    """Real photos as JPEGs of every chroma sampling, baseline, optimized and progressive, gray and
+    EXIF-rotated, and as gray, RGB and RGBA PNGs: the files imagecodecs decodes instead of Pillow."""
+    folder.mkdir()
+    for i, photo in enumerate(real_photos()):
+        for subsampling, quality, progressive in [(0, 95, False), (1, 75, True), (2, 50, False), (2, 90, True)]:
+            photo.save(folder / f"{i}_{subsampling}_{quality}_{progressive}.jpg", quality=quality,
+                       subsampling=subsampling, progressive=progressive, optimize=progressive)
+        photo.convert("L").save(folder / f"{i}_gray.jpg", quality=85)
+        photo.convert("L").save(folder / f"{i}_gray_progressive.jpg", quality=85, progressive=True)
+        exif = Image.Exif()
+        exif[ORIENTATION] = 6
+        photo.save(folder / f"{i}_turned.jpg", quality=90, exif=exif.tobytes())
+        for mode in ("L", "RGB", "RGBA"):
+            photo.convert(mode).save(folder / f"{i}_{mode}.png")
+    return sorted(folder.iterdir())
+
+
+def test_jpeg_and_png_stills_decode_off_the_gil_to_pillows_pixels(tmp_path):
+    for path in gil_free_files(tmp_path / "photos"):
+        (header,) = images.read_header((path, path.name))
+        assert header.decoder == path.suffix[1:].replace("jpg", "jpeg"), path.name
+        want = pillow_shown(path)
+        np.testing.assert_array_equal(images.decode(header), want, err_msg=path.name)
+        counts = np.stack([np.bincount(want[..., c].reshape(-1), minlength=256) for c in range(want.shape[-1])])
+        np.testing.assert_array_equal(images.image_value_counts(header), counts, err_msg=path.name)
+
+
+def test_files_the_codecs_would_not_decode_as_pillow_are_left_to_pillow(tmp_path, rgb):
+    """CMYK, palette, gray+alpha, 1-bit and 16-bit files, and a camera's MPO, name no decoder."""
+    color = np.repeat(np.repeat(rgb, 4, axis=0), 4, axis=1)
+    files = {"cmyk.jpg": Image.fromarray(color).convert("CMYK"), "p.png": Image.fromarray(color).quantize(12),
+             "la.png": Image.fromarray(color).convert("LA"), "one_bit.png": Image.fromarray(color).convert("1"),
+             "gray16.png": Image.fromarray(color[..., 0].astype(np.uint16) * 257)}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    Image.fromarray(color).save(tmp_path / "camera.mpo", "MPO", save_all=True, append_images=[Image.fromarray(color)])
+    (tmp_path / "camera.mpo").rename(tmp_path / "camera.jpg")
+    for path in sorted(tmp_path.iterdir()):
+        (header,) = images.read_header((path, path.name), ReadOptions(frames="first"))
+        assert header.decoder is None, path.name
+        np.testing.assert_array_equal(images.decode(header), pillow_displayed(path), err_msg=path.name)
+
+
+def test_a_file_cut_short_reads_as_pillow_reads_it(tmp_path, rgb):
+    """libjpeg-turbo fills a cut JPEG in gray and libspng needs nothing past the pixels: such files go
+    to Pillow, which calls one cut in its pixels truncated and may read one cut in its end marker."""
+    photo = Image.fromarray(np.repeat(np.repeat(rgb, 30, axis=0), 30, axis=1))
+    for name in ("x.jpg", "x.png"):
+        photo.save(tmp_path / name)
+        whole = (tmp_path / name).read_bytes()
+        for cut in (len(whole) // 2, len(whole) - 6, len(whole) - 2):
+            path = tmp_path / f"cut{cut}_{name}"
+            path.write_bytes(whole[:cut])
+            (header,) = images.read_header((path, path.name))
+            assert header.decoder is not None
+            try:
+                want = pillow_shown(path)
+            except OSError as error:
+                assert "runcated" in str(error)
+                for read in (images.decode, images.image_value_counts):
+                    with pytest.raises(InputError, match="cannot decode image: .*runcated"):
+                        read(header)
+            else:
+                assert cut > len(whole) // 2, "a file cut in its pixels is truncated"
+                np.testing.assert_array_equal(images.decode(header), want)
+
+
+@pytest.mark.parametrize("codec", ["missing", "failing"])
+def test_without_a_working_codec_pillow_decodes_the_same_pixels(tmp_path, monkeypatch, codec):
+    """An imagecodecs build without the codec, or a codec that refuses a file: Pillow decodes it."""
+    tried = []
+
+    def refuse(data, channels):
+        tried.append(len(data))
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(images, "_imagecodecs_decoders", lambda: {} if codec == "missing"
+                        else {"jpeg": refuse, "png": refuse})
+    paths = gil_free_files(tmp_path / "photos")
+    for path in paths:
+        (header,) = images.read_header((path, path.name))
+        np.testing.assert_array_equal(images.decode(header), pillow_shown(path), err_msg=path.name)
+        assert images.image_value_counts(header).sum() == header.height * header.width * header.channels
+    assert len(tried) == (0 if codec == "missing" else 2 * len(paths))
