@@ -414,20 +414,28 @@ class DaskEngine(Engine):
             pass
 
     def close(self) -> None:
-        self.stop()
         try:
-            self._client.close(timeout=STOP_WAIT)
-        except Exception:  # noqa: BLE001 (a scheduler that went away: nothing to close)
-            pass
-        self._close_cluster()
+            self.stop()
+            try:
+                self._client.close(timeout=STOP_WAIT)
+            except Exception:  # noqa: BLE001 (a scheduler that went away: nothing to close)
+                pass
+        finally:
+            self._close_cluster()
 
     def _close_cluster(self) -> None:
-        if self._cluster is not None:
-            self._cluster.close(timeout=STOP_WAIT)
+        """Close the local cluster, if any, and remove its scratch folder, whatever happens: its close
+        raises nothing (an error here would replace the run's own, a Ctrl-C's included)."""
+        try:
+            if self._cluster is not None:
+                self._cluster.close(timeout=STOP_WAIT)
+        except Exception:  # noqa: BLE001 (timed out: a task that outlived stop()'s wait ends with this process)
+            pass
+        finally:
             self._cluster = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
 
 def _check_environment(client, where: str) -> None:
