@@ -8,13 +8,10 @@ one run (data, saved statistics) are staged in one `Outputs` and commit together
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -26,42 +23,8 @@ from normcli.encoding import INTEGER_DTYPES, check_clipped, to_integers
 from normcli.errors import OutputError, UsageMismatch, from_os_error
 from normcli.images import output_name, write_image
 from normcli.layout import Layout
+from normcli.signals import signals_held
 from normcli.sources import IMAGE_EXTENSIONS
-
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_arrived: list[int] = []  # the signals held back by _signals_held, in the order they came
-
-
-def _hold(signum, frame) -> None:
-    _arrived.append(signum)
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait for the block to end and then arrive (it gets the list of those waiting):
-    creating a temporary and registering it for removal, or a commit, or a discard, is one step that
-    no signal cuts in two. Python runs signal handlers in the main thread only, so in any other there
-    is nothing to hold; a signal ignored stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield []
-        return
-    if any(signal.getsignal(signum) is _hold for signum in _HELD_SIGNALS):  # within an outer block
-        yield _arrived
-        return
-    previous = {}
-    try:
-        for signum in _HELD_SIGNALS:
-            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-                previous[signum] = signal.signal(signum, _hold)
-        yield _arrived
-    finally:
-        for signum, handler in previous.items():
-            if signal.getsignal(signum) is _hold:  # unless a handler changed it as a signal came during the setup
-                signal.signal(signum, handler)
-        waiting = _arrived[:]
-        _arrived.clear()
-        for signum in waiting:
-            signal.raise_signal(signum)  # its handler runs here and now (the run's raises)
 
 
 def _umask() -> int:
@@ -138,7 +101,7 @@ class Outputs:
     def stage(self, target: str, *, folder: bool = False) -> str:
         """A new temporary beside `target`; a symbolic link keeps pointing at the new output (and the
         rename stays on one filesystem)."""
-        with _signals_held():
+        with signals_held():
             temp = temp_beside(target, folder=folder)
             self._staged.append((temp, os.path.realpath(target), folder, target))
         return temp
@@ -146,13 +109,13 @@ class Outputs:
     def scratch(self, target: str, suffix: str) -> str:
         """A new temporary file beside `target` that is never committed, e.g. what an archive is made
         from: removed as the outputs commit or are discarded."""
-        with _signals_held():
+        with signals_held():
             temp = temp_beside(target, suffix=suffix)
             self._scratch.append(temp)
         return temp
 
     def commit(self) -> None:
-        with _signals_held() as arrived:
+        with signals_held() as arrived:
             placed: list[tuple[str, str, str | None, bool]] = []  # (temporary, target, backup, renamed in)
             named = None
             try:
@@ -202,7 +165,7 @@ def _undo(placed: list) -> None:
 def _discard(staged: list, scratch: list) -> None:
     """Remove the temporaries of `staged` (Outputs' records) and `scratch` (paths), emptying both;
     no signal stops it halfway."""
-    with _signals_held():
+    with signals_held():
         for temp, *_ in staged:
             _remove(temp)
         staged.clear()

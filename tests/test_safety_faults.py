@@ -407,3 +407,34 @@ def test_a_dask_cluster_that_does_not_close_in_time_leaves_the_error_and_no_scra
     with engines.DaskEngine(1):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_as_the_local_dask_cluster_starts_closes_it_and_leaves_no_scratch(tmp_path, monkeypatch):
+    """A real SIGTERM just as the in-process cluster has started, before the engine holds it: the run
+    ends in it, with the cluster closed and its scratch folder in $TMPDIR gone."""
+    import tempfile
+
+    distributed = pytest.importorskip("distributed", reason="the Dask engine needs the [dask] extra")
+    from distributed.core import Status
+
+    from normcli import engine as engines
+    from normcli.cli import _stop_on_signal
+    from normcli.errors import Terminated
+
+    started, start = [], distributed.LocalCluster.__init__
+
+    def start_then_a_signal(cluster, *args, **kwargs):
+        start(cluster, *args, **kwargs)
+        started.append(cluster)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", start_then_a_signal)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Terminated):
+            engines.DaskEngine(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert [cluster.status for cluster in started] == [Status.closed] and list(tmp_path.iterdir()) == []
