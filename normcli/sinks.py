@@ -138,7 +138,7 @@ class Outputs:
                 if backup is not None:
                     _remove(backup)
             self._staged.clear()
-            _discard([], self._scratch)
+            self.discard()  # what is left: the scratch files
 
     def discard(self) -> None:
         _discard(self._staged, self._scratch)

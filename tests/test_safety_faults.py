@@ -320,7 +320,7 @@ def test_any_number_of_ctrl_c_ends_the_run_with_one_line_and_nothing_left(tmp_pa
                 break
             os.killpg(process.pid, signal.SIGINT)
             time.sleep(0.05)
-        stderr = process.communicate(timeout=60)[1]
+        stderr = process.communicate(timeout=WAIT)[1]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
