@@ -206,6 +206,19 @@ def test_a_signal_while_spooling_stdin_removes_the_spool(place, signum, code):
     assert list(tmpdir.iterdir()) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_as_normcli_exits_leaves_the_run_as_it_ended(place, signum):
+    """A real signal once the command has ended (here from an exit handler: as the interpreter shuts
+    down), which once printed a traceback from its shutdown: the exit code, stderr and output of the run."""
+    work, tmpdir = place
+    code = (f"import atexit, os, sys; atexit.register(os.kill, os.getpid(), {int(signum)}); "
+            "sys.argv = ['normcli', 'normalize', 'd.npy', '-o', 'o.npy', '-q']; from normcli.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True,
+                            env={**ENV, "TMPDIR": str(tmpdir)}, timeout=WAIT)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert np.load(work / "o.npy").shape == np.load(work / "d.npy").shape and list(tmpdir.iterdir()) == []
+
+
 def test_sigkill_never_leaves_the_output_path(place):
     work, tmpdir = place
     np.save(work / "d.npy", np.random.default_rng(0).normal(size=(5000, 8, 8, 1)))
