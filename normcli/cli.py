@@ -756,6 +756,10 @@ def main() -> None:
         code = exit.code
     except Terminated:
         code = ExitCode.TERMINATED
+    # The run is over, its outputs committed or discarded: a signal now would only cut the exit short,
+    # with a traceback from the interpreter's shutdown (joining the worker threads).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         sys.stdout.flush()  # what is left in the buffer: a full disk (/dev/full) fails here
     except OSError as error:

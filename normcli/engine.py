@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial
@@ -27,6 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from normcli.errors import NormcliError, UsageMismatch, warning_line
 from normcli.options import ENGINES
+from normcli.signals import signals_held
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -321,27 +323,36 @@ class DaskEngine(Engine):
                 self._client = distributed.Client(address, timeout=self.timeout)
                 _check_environment(self._client, self.where)
             else:
-                import dask
-
                 # One worker of `workers` threads in this process: it starts in milliseconds, where
                 # worker processes take seconds (for those, start a cluster and give --scheduler).
                 keep_freed_memory()  # its worker threads are this process's
-                # Its scratch folder is ours to remove (Dask leaves dask-scratch-space in $TMPDIR).
-                self._scratch = tempfile.mkdtemp(prefix="normcli-dask-")
-                import warnings
-
-                with warnings.catch_warnings(), dask.config.set({"temporary-directory": self._scratch}):
-                    warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": not the user's concern
-                    self._cluster = distributed.LocalCluster(
-                        n_workers=1, threads_per_worker=self.workers, processes=False, dashboard_address=None,
-                        silence_logs=False, local_directory=self._scratch)
-                self._client = distributed.Client(self._cluster)
+                self._start_local_cluster()
         except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
             self._close_cluster()
             raise NormcliError(f"cannot reach the Dask scheduler: {exc}", self.where) from None
         except BaseException:
             self._close_cluster()
             raise
+
+    def _start_local_cluster(self) -> None:
+        """The local cluster, its client and its scratch folder, which is ours to remove (Dask leaves
+        dask-scratch-space in $TMPDIR). A signal waits until all three are ours to close: a cluster
+        cut off halfway would go on starting, and write into its folder after it was removed."""
+        import warnings
+
+        import dask
+        import distributed
+
+        with signals_held():
+            self._scratch = tempfile.mkdtemp(prefix="normcli-dask-")
+            # should a signal come before the engine's with-block begins, the folder goes as the process exits
+            weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
+            with warnings.catch_warnings(), dask.config.set({"temporary-directory": self._scratch}):
+                warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": not the user's concern
+                self._cluster = distributed.LocalCluster(
+                    n_workers=1, threads_per_worker=self.workers, processes=False, dashboard_address=None,
+                    silence_logs=False, local_directory=self._scratch)
+            self._client = distributed.Client(self._cluster)
 
     def task_blocks(self, blocks: int) -> int:
         """As Engine.task_blocks, for the workers the cluster has now."""
@@ -414,20 +425,28 @@ class DaskEngine(Engine):
             pass
 
     def close(self) -> None:
-        self.stop()
         try:
-            self._client.close(timeout=STOP_WAIT)
-        except Exception:  # noqa: BLE001 (a scheduler that went away: nothing to close)
-            pass
-        self._close_cluster()
+            self.stop()
+            try:
+                self._client.close(timeout=STOP_WAIT)
+            except Exception:  # noqa: BLE001 (a scheduler that went away: nothing to close)
+                pass
+        finally:
+            self._close_cluster()
 
     def _close_cluster(self) -> None:
-        if self._cluster is not None:
-            self._cluster.close(timeout=STOP_WAIT)
+        """Close the local cluster, if any, and remove its scratch folder, whatever happens: its close
+        raises nothing (an error here would replace the run's own, a Ctrl-C's included)."""
+        try:
+            if self._cluster is not None:
+                self._cluster.close(timeout=STOP_WAIT)
+        except Exception:  # noqa: BLE001 (timed out: a task that outlived stop()'s wait ends with this process)
+            pass
+        finally:
             self._cluster = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
 
 def _check_environment(client, where: str) -> None:

@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ from normcli.encoding import INTEGER_DTYPES, check_clipped, to_integers
 from normcli.errors import OutputError, UsageMismatch, from_os_error
 from normcli.images import output_name, write_image
 from normcli.layout import Layout
+from normcli.signals import signals_held
 from normcli.sources import IMAGE_EXTENSIONS
-
 
 
 def _umask() -> int:
@@ -83,49 +84,64 @@ class Outputs:
     stage() prepares a temporary file or folder beside each target; commit() sets each existing
     target aside (a hard link for a file, so it is replaced atomically; a rename for a folder),
     renames every temporary into place, and only then removes what was set aside. If a rename
-    fails, the ones already done are undone from those backups. discard() removes every temporary.
+    fails, or a signal comes before the last one is done, the ones already done are undone from
+    those backups. discard() removes every temporary. Signals are held while a temporary is made
+    and registered, and through commit() and discard(), so that a signal at any moment leaves the
+    old state or the whole new one, and no temporary; outputs dropped uncommitted (a signal as
+    their block ends) are discarded as they are collected, or as the process exits.
     `stdout`: the binary stream an output `-` is written to (the run's, handed in).
     """
 
     def __init__(self, stdout=None):
         self.stdout = stdout
         self._staged: list[tuple[str, str, bool, str]] = []  # (temporary, target, is a folder, as named)
+        self._scratch: list[str] = []  # temporaries never committed (removed at commit and discard)
+        weakref.finalize(self, _discard, self._staged, self._scratch)
 
     def stage(self, target: str, *, folder: bool = False) -> str:
         """A new temporary beside `target`; a symbolic link keeps pointing at the new output (and the
         rename stays on one filesystem)."""
-        temp = temp_beside(target, folder=folder)
-        self._staged.append((temp, os.path.realpath(target), folder, target))
+        with signals_held():
+            temp = temp_beside(target, folder=folder)
+            self._staged.append((temp, os.path.realpath(target), folder, target))
+        return temp
+
+    def scratch(self, target: str, suffix: str) -> str:
+        """A new temporary file beside `target` that is never committed, e.g. what an archive is made
+        from: removed as the outputs commit or are discarded."""
+        with signals_held():
+            temp = temp_beside(target, suffix=suffix)
+            self._scratch.append(temp)
         return temp
 
     def commit(self) -> None:
-        placed: list[tuple[str, str, str | None, bool]] = []  # (temporary, target, backup, renamed in)
-        named = None
-        try:
-            for temp, target, folder, named in self._staged:
-                backup = _set_aside(target, folder) if os.path.lexists(target) else None
-                placed.append((temp, target, backup, False))
-                os.replace(temp, target)
-                placed[-1] = (temp, target, backup, True)
-        except BaseException as error:
-            for temp, target, backup, renamed in reversed(placed):
-                if renamed:
-                    os.replace(target, temp)  # back under its temporary name, which discard() removes
-                if backup is not None and os.path.lexists(backup):
-                    os.replace(backup, target)
-            self.discard()
-            if isinstance(error, OSError):
-                raise from_os_error(error, named, OutputError) from None
-            raise
-        for _, _, backup, _ in placed:
-            if backup is not None:
-                _remove(backup)
-        self._staged.clear()
+        with signals_held() as arrived:
+            placed: list[tuple[str, str, str | None, bool]] = []  # (temporary, target, backup, renamed in)
+            named = None
+            try:
+                for temp, target, folder, named in self._staged:
+                    backup = _set_aside(target, folder) if os.path.lexists(target) else None
+                    placed.append((temp, target, backup, False))
+                    os.replace(temp, target)
+                    placed[-1] = (temp, target, backup, True)
+            except BaseException as error:
+                _undo(placed)
+                self.discard()
+                if isinstance(error, OSError):
+                    raise from_os_error(error, named, OutputError) from None
+                raise
+            if arrived:  # the signal, delivered as the block ends, ends the run: the old state is back
+                _undo(placed)
+                self.discard()
+                return
+            for _, _, backup, _ in placed:
+                if backup is not None:
+                    _remove(backup)
+            self._staged.clear()
+            self.discard()  # what is left: the scratch files
 
     def discard(self) -> None:
-        for temp, *_ in self._staged:
-            _remove(temp)
-        self._staged.clear()
+        _discard(self._staged, self._scratch)
 
     def __enter__(self) -> "Outputs":
         return self
@@ -135,6 +151,27 @@ class Outputs:
             self.commit()
         else:
             self.discard()
+
+
+def _undo(placed: list) -> None:
+    """Each target as it was before commit() placed its temporary (`placed`: commit's record)."""
+    for temp, target, backup, renamed in reversed(placed):
+        if renamed:
+            os.replace(target, temp)  # back under its temporary name, which discard() removes
+        if backup is not None and os.path.lexists(backup):
+            os.replace(backup, target)
+
+
+def _discard(staged: list, scratch: list) -> None:
+    """Remove the temporaries of `staged` (Outputs' records) and `scratch` (paths), emptying both;
+    no signal stops it halfway."""
+    with signals_held():
+        for temp, *_ in staged:
+            _remove(temp)
+        staged.clear()
+        for temp in scratch:
+            _remove(temp)
+        scratch.clear()
 
 
 def _set_aside(target: str, folder: bool) -> str:
@@ -541,8 +578,8 @@ def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
 class Sink:
     """An output under its temporary name, staged in the run's `outputs`: workers write blocks by
     position through `writer` (picklable) and hand back what they stored; finish() checks that every
-    sample was stored and finishes the output, which appears when `outputs` commit. discard() removes
-    the sink's own temporaries (`outputs` remove the staged output)."""
+    sample was stored and finishes the output, which appears when `outputs` commit. Its temporaries
+    are all the run's `outputs`' (which remove them at commit or discard)."""
 
     @_naming_target
     def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, outputs: Outputs, *,
@@ -550,7 +587,6 @@ class Sink:
         self.spec = spec
         self.shape = (samples, *sample_shape)
         self.key = key or "data"
-        self._private: list[str] = []  # temporaries of our own, never committed
         self._stream = None
         target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
@@ -574,8 +610,7 @@ class Sink:
             self._staged = outputs.stage(target)
             path = self._staged
             if spec.kind == "npz":  # written by position as a .npy, stored in the archive at commit
-                path = temp_beside(target, suffix=".npy.tmp")
-                self._private.append(path)
+                path = outputs.scratch(target, suffix=".npy.tmp")
             header = _npy_header(dtype, self.shape)
             sample_bytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
             # Only the header: blocks extend the file as they land (see benchmarks/PROFILE.md).
@@ -621,7 +656,7 @@ class Sink:
             return
         if self.spec.kind == "npz":
             _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
-        self._release()
+        self._stop_writing()
 
     def _off_main_thread(self):
         """The one thread that writes an HDF5 output: a signal (Ctrl-C) raises in the main thread, as it
@@ -634,15 +669,11 @@ class Sink:
         return self._writing
 
     def discard(self) -> None:
-        """Remove the sink's own temporaries (the run's Outputs discard the staged output)."""
-        self._release()
+        """Let the writing thread end (the run's Outputs remove the temporaries)."""
+        self._stop_writing()
 
-    def _release(self) -> None:
-        """Remove the sink's own temporaries; let its writing thread end (its writes were awaited, or are
-        into what the run's Outputs discard)."""
-        for path in self._private:
-            _remove(path)
-        self._private.clear()
+    def _stop_writing(self) -> None:
+        """Let the writing thread end (its writes were awaited, or are into what the run's Outputs discard)."""
         if self._writing is not None:
             self._writing.shutdown(wait=False)
 

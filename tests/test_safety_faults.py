@@ -154,14 +154,21 @@ def test_a_name_too_long_after_the_suffix_change_is_one_line(place):
 
 
 # -- signals ----------------------------------------------------------------------------------------
+# Seconds a test waits for normcli to reach the moment it is signalled at, or to end: a pass of
+# seconds takes minutes on a loaded machine (a budget of 3,000 polls, some 30 s, ran out at load 12
+# before the writing pass began).
+WAIT = 300
+
+
 def _wait_for(condition, what: str, process: subprocess.Popen) -> None:
-    for _ in range(3000):
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
         if condition():
             return
         if process.poll() is not None:
             pytest.fail(f"normcli ended before {what}: {process.stderr.read()}")
         time.sleep(0.01)
-    pytest.fail(f"no {what}")
+    pytest.fail(f"no {what} after {WAIT} s")
 
 
 def _temporaries(folder: Path) -> list[Path]:
@@ -197,6 +204,19 @@ def test_a_signal_while_spooling_stdin_removes_the_spool(place, signum, code):
     stderr = process.communicate(timeout=60)[1].decode()
     assert_message(process.returncode, stderr, code)
     assert list(tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_as_normcli_exits_leaves_the_run_as_it_ended(place, signum):
+    """A real signal once the command has ended (here from an exit handler: as the interpreter shuts
+    down), which once printed a traceback from its shutdown: the exit code, stderr and output of the run."""
+    work, tmpdir = place
+    code = (f"import atexit, os, sys; atexit.register(os.kill, os.getpid(), {int(signum)}); "
+            "sys.argv = ['normcli', 'normalize', 'd.npy', '-o', 'o.npy', '-q']; from normcli.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True,
+                            env={**ENV, "TMPDIR": str(tmpdir)}, timeout=WAIT)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert np.load(work / "o.npy").shape == np.load(work / "d.npy").shape and list(tmpdir.iterdir()) == []
 
 
 def test_sigkill_never_leaves_the_output_path(place):
@@ -282,7 +302,7 @@ def test_every_engine_leaves_nothing_after_any_fault(tmp_path, faults_input, mou
                 os.killpg(process.pid, signal.SIGINT)
             else:
                 process.send_signal(signal.SIGTERM)
-        stderr = process.communicate(timeout=120)[1]
+        stderr = process.communicate(timeout=WAIT)[1]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -313,7 +333,7 @@ def test_any_number_of_ctrl_c_ends_the_run_with_one_line_and_nothing_left(tmp_pa
                 break
             os.killpg(process.pid, signal.SIGINT)
             time.sleep(0.05)
-        stderr = process.communicate(timeout=60)[1]
+        stderr = process.communicate(timeout=WAIT)[1]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -374,3 +394,60 @@ def test_a_task_still_writing_while_its_output_is_discarded_leaves_nothing(tmp_p
         with pytest.raises(OutputError, match="this block fails"):
             transform(dataset, plan, str(out / "o"), ext="npy", engine=engine)
     assert late == [FileNotFoundError] and list(out.iterdir()) == []
+
+
+def test_a_dask_cluster_that_does_not_close_in_time_leaves_the_error_and_no_scratch(tmp_path, monkeypatch):
+    """A local cluster whose close times out (a task that outlived Engine.stop's wait, as under load):
+    the run still ends in its own error (a signal's included), the cluster's scratch folder in $TMPDIR
+    still goes, and a run that succeeded does not fail for it."""
+    import tempfile
+
+    distributed = pytest.importorskip("distributed", reason="the Dask engine needs the [dask] extra")
+    from normcli import engine as engines
+    from normcli.errors import Terminated
+
+    close = distributed.LocalCluster.close
+
+    def close_in_vain(cluster, timeout=None):
+        close(cluster, timeout=timeout)
+        raise TimeoutError(f"timed out after {timeout} s.")  # as distributed says it
+
+    monkeypatch.setattr(distributed.LocalCluster, "close", close_in_vain)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Terminated):
+        with engines.DaskEngine(1):
+            raise Terminated()
+    with engines.DaskEngine(1):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_as_the_local_dask_cluster_starts_closes_it_and_leaves_no_scratch(tmp_path, monkeypatch):
+    """A real SIGTERM just as the in-process cluster has started, before the engine holds it: the run
+    ends in it, with the cluster closed and its scratch folder in $TMPDIR gone."""
+    import tempfile
+
+    distributed = pytest.importorskip("distributed", reason="the Dask engine needs the [dask] extra")
+    from distributed.core import Status
+
+    from normcli import engine as engines
+    from normcli.cli import _stop_on_signal
+    from normcli.errors import Terminated
+
+    started, start = [], distributed.LocalCluster.__init__
+
+    def start_then_a_signal(cluster, *args, **kwargs):
+        start(cluster, *args, **kwargs)
+        started.append(cluster)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", start_then_a_signal)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Terminated):
+            engines.DaskEngine(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert [cluster.status for cluster in started] == [Status.closed] and list(tmp_path.iterdir()) == []

@@ -3,8 +3,11 @@ write, and every output of a run commits together or not at all (issue 9: 1 to 4
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -13,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli, write_image
-from normcli.errors import OutputError
+from normcli.errors import OutputError, Terminated
 from normcli.layout import Layout
 from normcli.sinks import OutputSpec, Outputs, Sink, inside
 from helpers import read_blocks
@@ -233,3 +236,84 @@ def test_save_stats_and_output_appear_together(inputs):
     result = run_cli("standardize", "d.npy", "-o", "z.npy", "--save-stats", "s.json")
     assert result.stdout.splitlines()[-1] == "wrote z.npy (6 samples, float32); statistics to s.json"
     assert json.loads(Path("s.json").read_text())["count"] == [96]
+
+
+# -- a signal at any moment of staging, committing or discarding ----------------------------------
+@pytest.fixture
+def run_handlers():
+    """The CLI's handlers of SIGINT and SIGTERM, as during a run (the first signal raises, later ones
+    are ignored)."""
+    from normcli.cli import _stop_on_signal
+
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _signal_after(monkeypatch, owner, name: str, call: int = 1) -> None:
+    """A real SIGTERM to this process just as the `call`-th call of owner.name has done its work (its
+    handler runs as that call returns, before the caller's next line)."""
+    real, calls = getattr(owner, name), itertools.count(1)
+
+    def and_then_a_signal(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if next(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(owner, name, and_then_a_signal)
+
+
+@pytest.mark.parametrize("made_by, make", [("mkstemp", lambda outputs: outputs.stage("o.npy")),
+                                           ("mkdtemp", lambda outputs: outputs.stage("o", folder=True)),
+                                           ("mkstemp", lambda outputs: outputs.scratch("o.npz", ".npy.tmp"))],
+                         ids=["file", "folder", "scratch"])
+def test_a_signal_just_as_a_temporary_is_made_leaves_nothing(workspace, run_handlers, monkeypatch, made_by, make):
+    """Between the temporary's creation and its registration for removal."""
+    _signal_after(monkeypatch, tempfile, made_by)
+    with pytest.raises(Terminated):
+        with Outputs() as outputs:
+            make(outputs)
+    assert list(workspace.root.iterdir()) == []
+
+
+def _old_and_staged(outputs: Outputs) -> None:
+    """An existing file and folder, and new ones staged for them."""
+    Path("a.txt").write_text("old a")
+    os.mkdir("b")
+    Path("b/f").write_text("old b")
+    _stage(outputs, "a.txt", "new a")
+    _stage(outputs, "b", "new b", folder=True)
+
+
+# commit's renames: a.txt's temporary into place (its backup is a hard link), b aside, b's temporary into place
+@pytest.mark.parametrize("call", [1, 2, 3])
+def test_a_signal_during_the_renames_of_a_commit_leaves_the_old_state(workspace, run_handlers, monkeypatch, call):
+    with pytest.raises(Terminated):
+        with Outputs() as outputs:
+            _old_and_staged(outputs)
+            _signal_after(monkeypatch, os, "replace", call)
+    assert Path("a.txt").read_text() == "old a" and Path("b/f").read_text() == "old b"
+    assert _names(workspace.root) == {"a.txt", "b/f"}
+
+
+def test_a_signal_once_every_output_is_in_place_leaves_the_new_state_and_no_backup(workspace, run_handlers,
+                                                                                     monkeypatch):
+    with pytest.raises(Terminated):
+        with Outputs() as outputs:
+            _old_and_staged(outputs)
+            _signal_after(monkeypatch, os, "unlink", 2)  # a.txt's backup removed (after its setting aside), not b's
+    assert Path("a.txt").read_text() == "new a" and Path("b/f").read_text() == "new b"
+    assert _names(workspace.root) == {"a.txt", "b/f"}
+
+
+def test_a_signal_while_a_failed_run_is_discarded_removes_every_temporary(workspace, run_handlers, monkeypatch):
+    with pytest.raises(Terminated):
+        with Outputs() as outputs:
+            _stage(outputs, "a.txt", "a")
+            _stage(outputs, "c.txt", "c")
+            _stage(outputs, "b", "b", folder=True)
+            _signal_after(monkeypatch, os, "unlink")  # a.txt's temporary removed, c.txt's not yet
+            raise RuntimeError("the run failed")
+    assert list(workspace.root.iterdir()) == []
