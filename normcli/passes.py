@@ -228,7 +228,7 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     except BaseException:
         if engine is not None:
             engine.stop()  # no task may still write into what the run's Outputs discard
-        sink.discard()
+        sink.stop_writing()
         raise
     result = TransformResult(None, None, plan, done.stored.clipped, sink.describe(), spec.encoding())
     if one_pass:

@@ -656,7 +656,7 @@ class Sink:
             return
         if self.spec.kind == "npz":
             _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
-        self._stop_writing()
+        self.stop_writing()
 
     def _off_main_thread(self):
         """The one thread that writes an HDF5 output: a signal (Ctrl-C) raises in the main thread, as it
@@ -668,11 +668,7 @@ class Sink:
             self._writing = ThreadPoolExecutor(1, thread_name_prefix="normcli-hdf5")
         return self._writing
 
-    def discard(self) -> None:
-        """Let the writing thread end (the run's Outputs remove the temporaries)."""
-        self._stop_writing()
-
-    def _stop_writing(self) -> None:
+    def stop_writing(self) -> None:
         """Let the writing thread end (its writes were awaited, or are into what the run's Outputs discard)."""
         if self._writing is not None:
             self._writing.shutdown(wait=False)
@@ -709,5 +705,5 @@ def write_array(target: str, array: np.ndarray, outputs: Outputs, *, force: bool
         stored = sink.writer.put(array, 0)
         sink.finish(sink.write_in_order(stored) if stored.data is not None else stored)
     finally:
-        sink.discard()
+        sink.stop_writing()
     return sink.describe()

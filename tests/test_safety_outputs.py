@@ -185,7 +185,7 @@ def test_a_sink_refuses_a_name_outside_before_writing_it(workspace):
         with pytest.raises(OutputError, match="outside"):
             sink.writer.write(np.zeros((1, 2, 2)), 1, ["../escaped.npy"])
     finally:
-        sink.discard()
+        sink.stop_writing()
         outputs.discard()
     assert list(workspace.root.iterdir()) == []
 
