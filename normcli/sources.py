@@ -25,6 +25,7 @@ from normcli.imageparts import ImagePart, open_image
 from normcli.images import IMAGE_EXTENSIONS, IMAGE_TYPES, ReadOptions, list_images
 from normcli.layout import LAYOUTS, Layout, resolve_layout
 from normcli.parts import OpenOptions, Opener, Part, Piece, Recognizer, concatenated, file_with_suffix
+from normcli.signals import signals_held
 
 # What a block holds at most, in bytes (at least one sample): why this size, benchmarks/PROFILE.md.
 CHUNK_BYTES = 2 << 20
@@ -267,32 +268,26 @@ def _alpha_channel(parts: Sequence[Part]) -> int | None:
     return channels.pop() if len(channels) == 1 else None
 
 
-def _spool_stdin(stdin: BinaryIO | None) -> str:
-    """`stdin` (a binary stream) copied to a temporary .npy file, which can be read by position."""
+def _open_stdin(stdin: BinaryIO | None) -> ArrayPart:
+    """Stdin as an input: copied to a temporary .npy file (a spool, which can be read by position),
+    read as a .npy file, and the spool removed when the part closes."""
     if stdin is None or stdin.isatty():
         raise InputError("'-' reads a .npy stream from stdin, but stdin is a terminal; pipe an array in", "-")
+    path = None
     try:
-        fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
-    except OSError as error:
-        raise from_os_error(error, tempfile.gettempdir(), InputError) from None
-    try:
-        with os.fdopen(fd, "wb") as spool:
+        with signals_held():  # a signal between making the spool and knowing its name would leave it behind
+            fd, path = tempfile.mkstemp(prefix="normcli-stdin-", suffix=".npy")
+            spool = os.fdopen(fd, "wb")
+        with spool:
             shutil.copyfileobj(stdin, spool, 1 << 20)
-    except BaseException as error:  # a full disk, Ctrl-C, SIGTERM: the spool never outlives the run
-        os.unlink(path)
-        if isinstance(error, OSError):
-            raise InputError(f"cannot spool stdin: {error.strerror or error}", path) from None
-        raise
-    return path
-
-
-def _open_stdin(stdin: BinaryIO | None) -> ArrayPart:
-    """Stdin as an input: spooled, read as a .npy file, and the spool removed when the part closes."""
-    path = _spool_stdin(stdin)
-    try:
         return ArrayPart("-", path, spooled=True)
-    except BaseException:
-        os.unlink(path)
+    except BaseException as error:  # a full disk, Ctrl-C, SIGTERM, a bad stream: the spool never outlives the run
+        if path is not None:
+            os.unlink(path)
+        if isinstance(error, OSError):
+            if path is None:
+                raise from_os_error(error, tempfile.gettempdir(), InputError) from None
+            raise InputError(f"cannot spool stdin: {error.strerror or error}", path) from None
         raise
 
 
