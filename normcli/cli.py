@@ -157,6 +157,8 @@ class NormcliGroup(click.Group):
     command_class = NormcliCommand
 
     def invoke(self, ctx: click.Context):
+        if "normcli.sinks" in sys.modules:  # an earlier command in this process (tests, scripts)
+            sys.modules["normcli.sinks"].COMMITTED.clear()
         with warnings.catch_warnings(), _debug_notes(ctx):
             warnings.simplefilter("always", NormcliWarning)
             warnings.showwarning = functools.partial(_show_warning, ctx)
@@ -176,11 +178,27 @@ class NormcliGroup(click.Group):
                                                  "stdout" if error.filename is None else str(error.filename)),
                                     _environment(ctx).stderr_encoding) from None
             except KeyboardInterrupt:
-                click.echo("error: interrupted; nothing was written", err=True)
+                click.echo(f"error: interrupted; {_left_written()}", err=True)
                 ctx.exit(ExitCode.INTERRUPTED)
             except Terminated:
-                click.echo("error: terminated; nothing was written", err=True)
+                click.echo(f"error: terminated; {_left_written()}", err=True)
                 ctx.exit(ExitCode.TERMINATED)
+
+
+def _left_written() -> str:
+    """What a run ended by a signal leaves: nothing, or the outputs it committed before the signal
+    came (while its report was shown)."""
+    committed = sys.modules["normcli.sinks"].COMMITTED if "normcli.sinks" in sys.modules else []
+    if not committed:
+        return "nothing was written"
+    names = ", ".join(one_line(_as_given(path)) for path in committed)
+    return f"{names} {'was' if len(committed) == 1 else 'were'} written, the report cut short"
+
+
+def _as_given(path: str) -> str:
+    """An absolute path as a user would have typed it: relative to the working folder if inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
 
 
 COMPLETION = """\b
@@ -744,8 +762,8 @@ def _stop_on_signal(signum, frame) -> None:
 
 
 def main() -> None:
-    # normcli spreads its work over the cores itself: BLAS threads of their own (np.dot in the moments)
-    # would only compete with its workers for them. Set before numpy loads; a user's setting wins.
+    # normcli's kernels call no BLAS, so OpenBLAS need not start a thread per core as numpy loads.
+    # A user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)

@@ -26,6 +26,10 @@ from normcli.layout import Layout
 from normcli.signals import signals_held
 from normcli.sources import IMAGE_EXTENSIONS
 
+# The targets committed in this run, in order: what a signal that ends the run after a commit (as
+# its report is shown) leaves written, for cli.py to say so. cli.py empties it as a command starts.
+COMMITTED: list[str] = []
+
 
 def _umask() -> int:
     mask = os.umask(0)  # the only way to read it; set straight back
@@ -134,9 +138,10 @@ class Outputs:
                 _undo(placed)
                 self.discard()
                 return
-            for _, _, backup, _ in placed:
+            for _, target, backup, _ in placed:
                 if backup is not None:
                     _remove(backup)
+                COMMITTED.append(target)
             self._staged.clear()
             self.discard()  # what is left: the scratch files
 

@@ -219,6 +219,23 @@ def test_a_signal_as_normcli_exits_leaves_the_run_as_it_ended(place, signum):
     assert np.load(work / "o.npy").shape == np.load(work / "d.npy").shape and list(tmpdir.iterdir()) == []
 
 
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_as_the_report_is_shown_names_what_was_written(place, signum, code, word):
+    """A real signal after the outputs were committed, as the report is being shown: they stay, and
+    the one line says so (it once said "nothing was written")."""
+    work, tmpdir = place
+    script = ("import os, sys; from normcli import cli; show = cli._show_transform; "
+              f"cli._show_transform = lambda *a: (os.kill(os.getpid(), {int(signum)}), show(*a)); "
+              "sys.argv = ['normcli', 'standardize', 'd.npy', '-o', 'z.npy', '--save-stats', 's.json']; cli.main()")
+    result = subprocess.run([sys.executable, "-c", script], cwd=work, capture_output=True, text=True,
+                            env={**ENV, "TMPDIR": str(tmpdir)}, timeout=WAIT)
+    assert_message(result.returncode, result.stderr, code,
+                   contains=f"{word}; z.npy, s.json were written, the report cut short")
+    assert np.load(work / "z.npy").shape == np.load(work / "d.npy").shape and (work / "s.json").exists()
+    assert list(tmpdir.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == ["d.npy", "s.json", "z.npy"]
+
+
 def test_sigkill_never_leaves_the_output_path(place):
     work, tmpdir = place
     np.save(work / "d.npy", np.random.default_rng(0).normal(size=(5000, 8, 8, 1)))
