@@ -30,7 +30,7 @@ import numpy as np
 from normcli.errors import InputError
 from normcli.arrayparts import ArraySlice, SampleArrays, check_array_header
 from normcli.parts import OpenOptions
-from normcli.zarrfiles import ChunkFiles
+from normcli.zarrfiles import ChunkFiles, UnreadableChunk
 
 # A block holds at least one run of chunks along the sample axis (every chunk of those samples),
 # decompressed whole: a store whose chunk rows are larger than this is refused, as memory would be.
@@ -191,7 +191,7 @@ class ZarrPart(StorePart):
         """Samples start..start+count: from the chunk files themselves where the array is plain; a
         block they do not give (a chunk missing, damaged) is read again by zarr, which says why."""
         if self.files is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(UnreadableChunk):
                 return self._native(self.files.read(start, count))
         return super().read(start, count)
 

@@ -115,18 +115,30 @@ class ChunkFiles:
         """The chunk at `coords`, decoded, read into `into` if given (uncompressed chunks only)."""
         key = self.prefix + self.separator.join(map(str, coords))
         expected = math.prod(self.chunks) * self.dtype.itemsize
-        with open(os.path.join(self.folder, *key.split("/")), "rb") as file:
-            if codec is None:
-                if os.fstat(file.fileno()).st_size != expected:
-                    raise ValueError(f"chunk {key} is not {expected} bytes long")
-                chunk = np.empty(self.chunks, self.dtype) if into is None else into
-                if file.readinto(memoryview(chunk).cast("B")) != expected:
-                    raise ValueError(f"chunk {key} was cut short while it was read")
-                return chunk
-            data = codec.decode(file.read())
+        try:
+            with open(os.path.join(self.folder, *key.split("/")), "rb") as file:
+                if codec is None:
+                    if os.fstat(file.fileno()).st_size != expected:
+                        raise UnreadableChunk(f"chunk {key} is not {expected} bytes long")
+                    chunk = np.empty(self.chunks, self.dtype) if into is None else into
+                    if file.readinto(memoryview(chunk).cast("B")) != expected:
+                        raise UnreadableChunk(f"chunk {key} was cut short while it was read")
+                    return chunk
+                encoded = file.read()
+        except OSError as error:
+            raise UnreadableChunk(f"chunk {key}: {error}") from error
+        try:
+            data = codec.decode(encoded)
+        except Exception as error:  # a codec's own complaint, of whatever class it raises
+            raise UnreadableChunk(f"chunk {key} does not decode: {error}") from error
         if memoryview(data).nbytes != expected:
-            raise ValueError(f"chunk {key} decodes to {memoryview(data).nbytes} bytes, not {expected}")
+            raise UnreadableChunk(f"chunk {key} decodes to {memoryview(data).nbytes} bytes, not {expected}")
         return np.frombuffer(data, self.dtype).reshape(self.chunks)
+
+
+class UnreadableChunk(Exception):
+    """A chunk file missing, of the wrong size, or that does not decode: zarr reads the block again
+    and says what is wrong in its own words (a bug here is not one of these, and is not hidden)."""
 
 
 def _json(path: str) -> dict:

@@ -22,6 +22,7 @@ zarr = pytest.importorskip("zarr", reason="the Zarr tests need the [zarr] extra"
 h5py = pytest.importorskip("h5py", reason="the HDF5 tests need the [hdf5] extra")
 import numcodecs  # noqa: E402  (zarr's own dependency)
 
+from normcli import zarrfiles  # noqa: E402
 from normcli.errors import InputError  # noqa: E402
 from normcli.stores import CHUNK_ROW_MAX_BYTES, Hdf5Part, ZarrPart  # noqa: E402
 
@@ -363,6 +364,21 @@ def test_a_corrupt_chunk_is_refused(workspace, damage, compressors):
     chunk = store / "c" / "1" / "0"
     chunk.write_bytes(b"\x00not zstd" * 3 if damage == "garbage" else chunk.read_bytes()[:-5])
     refuse_everywhere(workspace, "s.zarr", "a chunk is damaged")
+
+
+def test_only_a_chunk_that_cannot_be_read_sends_a_block_back_to_zarr(workspace, monkeypatch):
+    """The direct read gives way to zarr (which says what is wrong) for a damaged chunk only: a
+    mistake of its own is raised, not hidden behind zarr's slower read of the same block."""
+    store = small(workspace.root, compressors=zarr.codecs.ZstdCodec())
+    part = ZarrPart(str(store))
+    (store / "c" / "1" / "0").write_bytes(b"\x00not zstd")
+    with pytest.raises(zarrfiles.UnreadableChunk, match="does not decode"):
+        part.files.read(0, 10)
+    with pytest.raises(InputError, match="a chunk is damaged"):
+        part.read(0, 10)
+    monkeypatch.setattr(zarrfiles.ChunkFiles, "_chunk", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        part.read(0, 10)
 
 
 def test_a_corrupt_hdf5_chunk_is_refused(workspace, rng):
