@@ -406,8 +406,9 @@ class DaskEngine(Engine):
             return None
 
     def stop(self) -> None:
-        """Tasks already running are waited for (at most STOP_WAIT seconds; in the in-process
-        cluster they end with their task), the rest are cancelled."""
+        """The tasks not yet on a worker are cancelled, those running are waited for (at most
+        STOP_WAIT seconds; in the in-process cluster they end with their task). A scheduler that
+        does not answer cannot say which run: then every task is waited for."""
         _STOPPED.add(self._id)
         pending = list(self._pending)
         self._pending.clear()
@@ -415,6 +416,13 @@ class DaskEngine(Engine):
             return
         import distributed
 
+        try:
+            on_workers = self._client.sync(self._client.scheduler.processing, callback_timeout=min(5.0, STOP_WAIT))
+            running = {key for keys in on_workers.values() for key in keys}
+            self._client.cancel([future for future in pending if future.key not in running])
+            pending = [future for future in pending if future.key in running]
+        except Exception:  # noqa: BLE001 (the scheduler is gone or does not answer)
+            pass
         try:
             distributed.wait(pending, timeout=STOP_WAIT)
         except Exception:  # noqa: BLE001 (timed out, or the scheduler is gone: nothing more to wait for)
