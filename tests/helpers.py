@@ -170,13 +170,9 @@ def dask_cluster(logs: Path, workers: int = 2, hidden: Path | None = None, witho
     finally:
         if client is not None:
             client.close()
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for proc in procs:  # killed, not asked: a worker asked to close waits ~20 s for its gone scheduler
+            proc.kill()
+            proc.wait()
 
 
 def read_blocks(dataset, max_bytes: int | None = None):

@@ -251,7 +251,8 @@ def test_sigkill_never_leaves_the_output_path(place):
 ENGINES = ["threads", "processes", "dask", "cluster"]  # cluster: a real scheduler and two workers
 FAULTS = ["SIGINT", "SIGTERM", "full disk", "failing block"]
 OUTPUTS = {"npy": "o.npy", "npz": "o.npz", "folder": "o"}
-# 10,000 batches of 2 tiny samples: seconds of work whatever the engine, so a signal lands mid-write
+# 2,000 batches of 2 small samples: about a second of writing on any engine (after as long fitting),
+# so that a signal lands mid-write; 1.6 MB of float32 out, so that a 1 MiB disk fills mid-write too
 BATCHNORM = ["batchnorm", "--batch-size", "2", "-q"]
 
 
@@ -269,9 +270,9 @@ def faults_input(tmp_path_factory):
     """The input (kept apart from -o's folder), and a copy with NaN in a late batch: with --ignore-nan
     it passes through, then cannot be stored as uint8, so that block fails on whichever worker has it."""
     folder = tmp_path_factory.mktemp("in")
-    x = np.random.default_rng(0).normal(5, 2, (20_000, 4, 4, 1))
+    x = np.random.default_rng(0).normal(5, 2, (4_000, 10, 10, 1))
     np.save(folder / "x.npy", x)
-    x[4_001, 1, 1, 0] = np.nan
+    x[801, 1, 1, 0] = np.nan
     np.save(folder / "nan.npy", x)
     return folder
 
