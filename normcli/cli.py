@@ -157,8 +157,7 @@ class NormcliGroup(click.Group):
     command_class = NormcliCommand
 
     def invoke(self, ctx: click.Context):
-        if "normcli.sinks" in sys.modules:  # an earlier command in this process (tests, scripts)
-            sys.modules["normcli.sinks"].COMMITTED.clear()
+        _committed().clear()  # an earlier command's, in this process (tests, scripts)
         with warnings.catch_warnings(), _debug_notes(ctx):
             warnings.simplefilter("always", NormcliWarning)
             warnings.showwarning = functools.partial(_show_warning, ctx)
@@ -188,11 +187,17 @@ class NormcliGroup(click.Group):
 def _left_written() -> str:
     """What a run ended by a signal leaves: nothing, or the outputs it committed before the signal
     came (while its report was shown)."""
-    committed = sys.modules["normcli.sinks"].COMMITTED if "normcli.sinks" in sys.modules else []
+    committed = _committed()
     if not committed:
         return "nothing was written"
     names = ", ".join(one_line(_as_given(path)) for path in committed)
     return f"{names} {'was' if len(committed) == 1 else 'were'} written, the report cut short"
+
+
+def _committed() -> list[str]:
+    """sinks.COMMITTED, or [] where no output module was loaded (nothing can have been committed)."""
+    sinks = sys.modules.get("normcli.sinks")
+    return sinks.COMMITTED if sinks is not None else []
 
 
 def _as_given(path: str) -> str:
