@@ -118,7 +118,7 @@ def measure(dtype: str, scope_name: str, gib: float, x=None):
 # -- the CLI against numpy and dask (--cli) -----------------------------------------------------------
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-ENV = {**os.environ, "PYTHONPATH": str(HERE.parent), "NO_COLOR": "1"}
+from run import ENV, byte_compile  # noqa: E402  (run.py: how every benchmark runs normcli)
 Q_ARG = ",".join(f"{q:g}" for q in Q_LIST)
 DASK_CHUNK_MIB = 32
 TARGETS = {"uint8": (1, 1.2), "float32": (3, 3.0)}  # issue 21: passes at most, time at most × stats
@@ -184,8 +184,9 @@ def rank_error(path: Path, value: float, q: float) -> float:
 
 
 def cli_main(repeat: int, baseline_repeat: int, markdown: Path | None) -> None:
-    sys.path.insert(0, str(HERE))
     from run import load, machine, make_npy, warm
+
+    byte_compile()
 
     data = HERE / "data"
     data.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+from run import ENV, byte_compile  # noqa: E402  (run.py: how every benchmark runs normcli)
 RECIPE = """import sys, dask.array as da
 from distributed import Client
 Client(sys.argv[2])
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    byte_compile()
     make_data(args.data, args.gib)
     load = open("/proc/loadavg").read().split()[:3]
     normcli = [sys.executable, "-m", "normcli", "stats", "--bins", "0", "--per", "global", "--format", "json"]

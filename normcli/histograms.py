@@ -16,7 +16,7 @@ import numpy as np
 from normcli.compiled import kernel
 from normcli.layout import Layout
 from normcli.scopes import Scope
-from normcli.scratch import scratch
+from normcli.scratch import SLICE_VALUES, scratch
 
 SMALL_INTEGERS = (np.uint8, np.uint16, np.int8, np.int16)  # every value can be counted
 
@@ -200,7 +200,6 @@ def histograms_from_value_counts(value_counts: np.ndarray, dtype: np.dtype, edge
 # numpy's +-1 corrections fires (idx is also searchsorted(edges, v, "right") - 1). The margin used,
 # 2 (e_fast + e_np + e_edge), leaves a factor 2. It grows with bins and with max(|low|, |high|) /
 # (high - low) (a large offset with a narrow range); past _HIST_MAX_MARGIN np.histogram does it all.
-_HIST_BLOCK = 1 << 18  # values per block: few enough numpy calls that threads rarely wait on the GIL
 _HIST_MAX_MARGIN = 0.05  # wider margins reject too many values for the kernel to pay
 _HIST_GIVE_UP = 0.25  # a first block with more rejected than this (data on the edges): np.histogram
 _HIST_PROBE = 1 << 13  # the first block's size: giving up costs little
@@ -386,7 +385,7 @@ def _kernel_counts(values: np.ndarray, paired: np.ndarray | None, plan, bins: in
     if fast is not None:
         return _compiled_counts(fast, values, paired, plan, bins)
     ctype, L, s, lo, hi = plan
-    size = min(values.size, _HIST_BLOCK)
+    size = min(values.size, SLICE_VALUES)
     f, whole = scratch("histogram fractions", size, ctype), scratch("histogram bins", size, ctype)
     index = scratch("histogram indices", size, np.intp)
     flags = index.view(bool)  # 8 bytes a value: room for two masks, used up before `index` is
@@ -395,8 +394,8 @@ def _kernel_counts(values: np.ndarray, paired: np.ndarray | None, plan, bins: in
     counts = np.zeros(b1, np.int64)
     pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
     rejected, rejected_paired = [], []
-    blocks = _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE)
-    paired_blocks = _hist_blocks(paired, _HIST_BLOCK, _HIST_PROBE) if paired is not None else None
+    blocks = _hist_blocks(values, SLICE_VALUES, _HIST_PROBE)
+    paired_blocks = _hist_blocks(paired, SLICE_VALUES, _HIST_PROBE) if paired is not None else None
     first = True
     with np.errstate(over="ignore", invalid="ignore"):
         for block in blocks:
@@ -445,12 +444,12 @@ def _compiled_counts(fast, values: np.ndarray, paired: np.ndarray | None, plan, 
     """_kernel_counts by the compiled kernel (normcli.compiled): the same margin test in one loop,
     GIL free."""
     ctype, L, s, lo, hi = plan
-    rejected_at = scratch("histogram indices", min(values.size, _HIST_BLOCK), np.intp)
+    rejected_at = scratch("histogram indices", min(values.size, SLICE_VALUES), np.intp)
     counts = np.zeros(bins, np.int64)
     rejected, rejected_paired = [], []
-    paired_blocks = _hist_blocks(paired, _HIST_BLOCK, _HIST_PROBE) if paired is not None else None
+    paired_blocks = _hist_blocks(paired, SLICE_VALUES, _HIST_PROBE) if paired is not None else None
     first = True
-    for block in _hist_blocks(values, _HIST_BLOCK, _HIST_PROBE):
+    for block in _hist_blocks(values, SLICE_VALUES, _HIST_PROBE):
         paired_block = next(paired_blocks) if paired_blocks is not None else None
         flat = block.reshape(-1)
         n_bad = fast(flat, L, s, lo, hi, ctype(bins), counts, rejected_at)

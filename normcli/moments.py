@@ -29,7 +29,7 @@ from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
-from normcli.scratch import scratch
+from normcli.scratch import SLICE_VALUES, scratch
 
 
 @dataclass
@@ -336,18 +336,15 @@ def _float_moments(v: np.ndarray, scope: Scope, first_sample: int, ignore_nan: b
                         high.astype(np.float64)), NonFinite()
 
 
-_SLICE_VALUES = 1 << 16  # values a slice: its float64 deviations (512 KiB) stay in the core's L2 cache
-
-
 def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: bool = True) -> tuple:
     """Per key, each (keys,): the sum of v - shift, the sum of its squares, and (with `extremes`)
     the minimum and maximum of v.
 
     Each piece of the block (Scope.pieces) in five numpy calls: v - shift in float64 into this
     thread's scratch, its sum, its sum of squares, v's minimum and maximum. Narrower floats
-    go a few samples at a time (about _SLICE_VALUES values), so that the deviations are read back
-    from the cache rather than from memory (benchmarks/PROFILE.md); the slices' sums add up, their
-    minima and maxima fold exactly. float64 data are measured whole, so that their numbers stay
+    go at most about SLICE_VALUES values at a time (a block of the default size in one go), which
+    bounds the scratch for larger blocks; the slices' sums add up, their minima and maxima fold
+    exactly. float64 data are measured whole, so that their numbers stay
     bit for bit those of earlier versions (saved statistics, the README's transcripts). Per-sample
     keys are measured whole: their own reductions are pairwise already. With the compiled kernels
     (normcli.compiled), float32 pieces of flat values or rows take one GIL-free call each instead.
@@ -371,7 +368,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
                 sums += [np.minimum.reduce(values, axis=0).reshape(-1), np.maximum.reduce(values, axis=0).reshape(-1)]
             found.append(_fold_onto_keys(sums, keys))
             continue
-        step = max(1, _SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
+        step = max(1, SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
         by_slice = []
         for start in range(0, len(values), step):
             part = values[start:start + step]

@@ -15,6 +15,12 @@ import threading
 import numpy as np
 
 MAX_BYTES = 64 << 20  # any block of the default size (2 MiB) fits, float64 deviations included
+# The most values a kernel takes through its temporaries at once (the float moments' and the affine
+# apply's float64, 8 MiB; the float histogram's): a block of the default size in one go. Smaller
+# slices kept the temporaries in the L2 cache, but each costs numpy calls, and their GIL hand-offs
+# between two worker threads cost more than the cache misses saved (benchmarks/PROFILE.md: 64 Ki
+# slices took 1.5-1.9x the whole block's time on 2 threads).
+SLICE_VALUES = 1 << 20
 _local = threading.local()
 
 

@@ -19,7 +19,7 @@ from normcli.errors import NormcliWarning
 from normcli.layout import Layout
 from normcli.moments import Moments, measure_block, whole_numbers
 from normcli.scopes import SAMPLE, Scope, scope as as_scope
-from normcli.scratch import scratch
+from normcli.scratch import SLICE_VALUES, scratch
 
 
 @dataclass
@@ -255,17 +255,13 @@ def groupnorm_affine(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.nda
             None if whole is None else per_channel(whole))
 
 
-_SLICE_VALUES = 1 << 16  # values a slice of apply_broadcast: its float64 temporary (512 KiB) stays in L2
-
-
 def apply_broadcast(x: np.ndarray, shift, scale, offset, out: np.ndarray,
                     clip: tuple[float, float] | None = None, whole=None) -> np.ndarray:
     """y = (x - shift) * scale + offset in float64 (x - whole - shift with `whole`: see deviations),
-    with arrays already shaped to broadcast against `x`, rounded once into `out`. A few samples (or
-    rows) at a time, about _SLICE_VALUES values, through this thread's float64 scratch: the
-    temporary is read back from the cache, not from memory, and no block-sized one is made; each
-    value's arithmetic is the same."""
-    step = max(1, _SLICE_VALUES // max(1, math.prod(x.shape[1:])))
+    with arrays already shaped to broadcast against `x`, rounded once into `out`. At most about
+    SLICE_VALUES values (whole samples or rows) at a time, through this thread's float64 scratch,
+    which bounds the temporary for large blocks; each value's arithmetic is the same."""
+    step = max(1, SLICE_VALUES // max(1, math.prod(x.shape[1:])))
     for start in range(0, len(x), step):
         rows = slice(start, start + step)
         part_shift, part_scale, part_offset, part_whole = (_rows_of(p, x, rows) for p in (shift, scale, offset, whole))

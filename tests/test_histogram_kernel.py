@@ -40,7 +40,7 @@ def histogram_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
 
 @contextlib.contextmanager
 def kernel_tunables(block=64, probe=5, give_up=histograms._HIST_GIVE_UP, pairs=histograms._HIST_PAIRS):
-    with mock.patch.multiple(histograms, _HIST_MIN_SIZE=0, _HIST_BLOCK=block, _HIST_PROBE=probe,
+    with mock.patch.multiple(histograms, _HIST_MIN_SIZE=0, SLICE_VALUES=block, _HIST_PROBE=probe,
                              _HIST_GIVE_UP=give_up, _HIST_PAIRS=pairs):
         yield
 

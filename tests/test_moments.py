@@ -714,12 +714,12 @@ def test_per_sample_variance_at_an_offset_does_not_depend_on_the_block(far_probe
 def in_slices(values: int, function, *args, **kwargs):
     """function(*args, **kwargs) with measure_block's float slices shrunk to about `values` values
     (at least one sample each)."""
-    saved = moments._SLICE_VALUES
-    moments._SLICE_VALUES = values
+    saved = moments.SLICE_VALUES
+    moments.SLICE_VALUES = values
     try:
         return function(*args, **kwargs)
     finally:
-        moments._SLICE_VALUES = saved
+        moments.SLICE_VALUES = saved
 
 
 @st.composite
