@@ -202,9 +202,9 @@ def histograms_from_value_counts(value_counts: np.ndarray, dtype: np.dtype, edge
 # (high - low) (a large offset with a narrow range); past _HIST_MAX_MARGIN np.histogram does it all.
 _HIST_MAX_MARGIN = 0.05  # wider margins reject too many values for the kernel to pay
 _HIST_GIVE_UP = 0.25  # a first block with more rejected than this (data on the edges): np.histogram
+_HIST_BYTE_SLOTS = 256  # bins + 1 up to this: indices counted as bytes by Pillow, 2x bincount of index pairs
 _HIST_PROBE = 1 << 13  # the first block's size: giving up costs little
 _HIST_MIN_SIZE = 4096  # fewer values: np.histogram is as fast
-_HIST_PAIRS = 1 << 15  # (bins + 1) ** 2 up to this: count pairs of indices (half as many in bincount)
 _HIST_U = 2.0 ** -53
 _hist_plans: dict = {}
 
@@ -392,7 +392,7 @@ def _kernel_counts(values: np.ndarray, paired: np.ndarray | None, plan, bins: in
     b1 = bins + 1
     top = ctype(bins)  # exact (bins < 2**24 here); a Python int would make numpy cast `whole` for the comparison
     counts = np.zeros(b1, np.int64)
-    pairs = np.zeros(b1 * b1, np.int64) if b1 * b1 <= _HIST_PAIRS else None
+    as_bytes = b1 <= _HIST_BYTE_SLOTS
     rejected, rejected_paired = [], []
     blocks = _hist_blocks(values, SLICE_VALUES, _HIST_PROBE)
     paired_blocks = _hist_blocks(paired, SLICE_VALUES, _HIST_PROBE) if paired is not None else None
@@ -421,22 +421,14 @@ def _kernel_counts(values: np.ndarray, paired: np.ndarray | None, plan, bins: in
                     rejected_paired.append(paired_block[at])
                 wb[bad] = bins  # the spare slot, dropped at the end
             first = False
-            # wb holds whole numbers in [0, bins]: the casts and the pair codes below are exact.
-            if pairs is None:
+            # wb holds whole numbers in [0, bins]: the casts below are exact.
+            if as_bytes:
+                codes = index.view(np.uint8)[:n]  # `flags` are used up
+                np.copyto(codes, wb, casting="unsafe")
+                counts += _byte_value_counts(codes, 1)[0, :b1]
+            else:
                 np.copyto(ib, wb, casting="unsafe")
                 counts += np.bincount(ib, minlength=b1)
-            else:
-                h = n // 2
-                codes = wb[:h]
-                codes *= b1
-                codes += wb[h:2 * h]
-                np.copyto(ib[:h], codes, casting="unsafe")
-                pairs += np.bincount(ib[:h], minlength=b1 * b1)
-                if n % 2:
-                    counts[int(wb[n - 1])] += 1
-    if pairs is not None:
-        pairs = pairs.reshape(b1, b1)
-        counts += pairs.sum(axis=0) + pairs.sum(axis=1)
     return counts[:bins], rejected, rejected_paired
 
 

@@ -39,9 +39,9 @@ def histogram_rows(x: np.ndarray, layout: str, scope: str) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def kernel_tunables(block=64, probe=5, give_up=histograms._HIST_GIVE_UP, pairs=histograms._HIST_PAIRS):
+def kernel_tunables(block=64, probe=5, give_up=histograms._HIST_GIVE_UP, byte_slots=histograms._HIST_BYTE_SLOTS):
     with mock.patch.multiple(histograms, _HIST_MIN_SIZE=0, SLICE_VALUES=block, _HIST_PROBE=probe,
-                             _HIST_GIVE_UP=give_up, _HIST_PAIRS=pairs):
+                             _HIST_GIVE_UP=give_up, _HIST_BYTE_SLOTS=byte_slots):
         yield
 
 
@@ -136,12 +136,12 @@ def cases(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(case=cases(), block=st.sampled_from([1, 7, 64, 1000]), probe=st.sampled_from([1, 5, 64]),
-       give_up=st.sampled_from([histograms._HIST_GIVE_UP, 2.0]), pairs=st.sampled_from([0, histograms._HIST_PAIRS]),
+       give_up=st.sampled_from([histograms._HIST_GIVE_UP, 2.0]), byte_slots=st.sampled_from([0, histograms._HIST_BYTE_SLOTS]),
        split=st.integers(0, 3))
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-def test_kernel_counts_equal_numpy(case, block, probe, give_up, pairs, split):
+def test_kernel_counts_equal_numpy(case, block, probe, give_up, byte_slots, split):
     x, layout, scope, edges = case
-    with kernel_tunables(block, min(probe, block), give_up, pairs):
+    with kernel_tunables(block, min(probe, block), give_up, byte_slots):
         check(x, layout, scope, edges, split=split)
 
 
