@@ -347,7 +347,7 @@ input_options = _packed("inputs", "Inputs", (
     click.argument("paths", nargs=-1, required=True, metavar="INPUT...", type=PATH),
     option("--layout", type=click.Choice(LAYOUTS, case_sensitive=False), metavar="AXES",
            help="Array axes: " + ", ".join(name.upper() for name in LAYOUTS) + " [default: by ndim]."),
-    option("--key", metavar="NAME", help="Array of .npz inputs [default: the only one]."),
+    option("--key", metavar="NAME", help="Array in .npz/.zarr/.h5 inputs [default: the only one]."),
     option("--mode", type=click.Choice(MODES), metavar="MODE",
            help="Convert images to " + ", ".join(MODES[:-1]) + f" or {MODES[-1]}."),
     option("--ignore-nan", is_flag=True, help="Leave NaN and inf out (and pass them through)."),
@@ -414,6 +414,8 @@ output_options = _packed("output", "Output", (
     force_option(),
     option("--compressor", type=click.Choice(("zstd", "blosc", "gzip", "lzf", "none")), metavar="NAME",
            section="Zarr and HDF5 outputs", help="zstd|blosc|gzip|lzf|none [default: zstd; .h5: gzip]."),
+    option("--output-key", metavar="NAME", section="Zarr and HDF5 outputs",
+           help="Array of an .npz/.h5 output [default: --key, else data]."),
 ), section="Where to write")
 
 engine_options = _packed("engine", "EngineOptions", (
@@ -602,7 +604,7 @@ def normalize(inputs, output, params, fit, report, engine):
     option("--eps", type=FiniteFloat(min=0), default=0.0, show_default=True, help="Added to the variance."),
     option("--robust", is_flag=True, help="Median and interquartile range (as RobustScaler)."),
     option("--quantile-range", type=(Percentile(), Percentile()), default=None, metavar="LO HI",
-           help="With --robust: the range's percentiles [default: 25 75]."),
+           help="--robust's percentiles [default: 25 75]."),
     quantile_method_option,
 ))
 @fit_options
@@ -657,7 +659,7 @@ def _batch_params(save_stats, stats_from, **given) -> run.BatchParams:
 @report_options()
 @engine_options
 def batchnorm(inputs, output, params, report, engine):
-    """Batch-normalize each mini-batch by its own statistics (training mode, as PyTorch).
+    """Normalize each mini-batch by its own statistics (PyTorch's training mode).
 
     \b
     Example:

@@ -30,6 +30,7 @@ class Output:
     clip: bool = False
     force: bool = False
     compressor: str | None = None  # a .zarr or .h5 output's codec [default: the store's own]
+    output_key: str | None = None  # an .npz or .h5 output's array [default: the input's --key, else data]
 
     @property
     def to_stdout(self) -> bool:

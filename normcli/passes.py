@@ -199,7 +199,7 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     measure the input's histograms and the output's statistics."""
     bins = measuring.bins if measuring.report else 0
     spec = sinks.plan_output(output.target, dataset=dataset, dtype=output.dtype, ext=output.ext, force=output.force,
-                             compressor=output.compressor)
+                             compressor=output.compressor, key=output.output_key)
     check_scope(dataset, plan.scope)
     units = plan.units(dataset)
     # Applying saved statistics to a float output without a report needs nothing from a pass 1:
@@ -212,7 +212,7 @@ def transform(dataset: Dataset, plan: Plan, output: Output, outputs: sinks.Outpu
     edges = (edges_for(plan.scope, before.min, before.max, bins), edges_for(plan.scope, low, high, bins)) if bins \
         else (None, None)
     spec.starts = tuple(unit.start for unit in units)
-    sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, outputs, key=dataset.key, clip=output.clip)
+    sink = sinks.Sink(spec, dataset.layout, dataset.output_shape, samples, outputs, clip=output.clip)
     try:
         task = _apply_task(dataset, plan, spec, sink.writer, measuring, edges,
                            check_finite=one_pass and not measuring.ignore_nan)

@@ -213,6 +213,7 @@ class OutputSpec:
     # The range values within slack of an 8/16-bit output's range are clamped to (encoding.guard_range).
     clamp: tuple[float, float] | None = None
     compressor: str | None = None  # a store's codec (storewriters.check_compressor)
+    key: str = "data"  # the array of an .npz or .h5 output
     # Where the writing pass's blocks begin (set once they are known): a store's chunks are whole blocks.
     starts: tuple[int, ...] = ()
 
@@ -222,7 +223,7 @@ class OutputSpec:
             return None
         return {"dtype": self.dtype.name, "scale": int(self.scale or np.iinfo(self.dtype).max)}
 
-    def describe(self, samples: int, key: str | None = None) -> str:
+    def describe(self, samples: int) -> str:
         """The closing report line: what was written, e.g. 'wrote 1,000 PNG files to out/'."""
         count = f"{samples:,} sample{'' if samples == 1 else 's'}"
         if self.kind == "folder":
@@ -233,7 +234,7 @@ class OutputSpec:
         if self.kind == "stdout":
             return f"wrote {count} ({self.dtype.name}) to stdout"
         details = [count, self.dtype.name, *([self.compressor] if self.compressor else []),
-                   *([f"key {key}"] if self.kind in ("npz", "hdf5") else [])]
+                   *([f"key {self.key}"] if self.kind in ("npz", "hdf5") else [])]
         return f"wrote {self.target} ({', '.join(details)})"
 
 
@@ -275,10 +276,15 @@ def _single_image(dataset) -> bool:
 
 
 def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, force: bool,
-                compressor: str | None = None) -> OutputSpec:
-    """Decide the output's kind, dtype (and a store's codec) and check it can be written, before any work is done."""
+                compressor: str | None = None, key: str | None = None) -> OutputSpec:
+    """Decide the output's kind, dtype (and a store's codec, and its array: `key`, else the input's) and
+    check it can be written, before any work is done."""
     kind = output_kind(target, single_image=_single_image(dataset))
     compressor = _store_compressor(kind, compressor, target)
+    if key is not None and kind not in ("npz", "hdf5"):
+        raise UsageMismatch(f"--output-key names the array of an .npz or .h5 output; {target} is a {kind} output"
+                            + (" (one array at the store's root)" if kind == "zarr" else ""))
+    key = key or dataset.key  # a store input's own key is kept
     if ext is not None and kind != "folder":
         raise UsageMismatch(f"--ext picks the file type inside an output folder; {target} is a {kind} output")
     if kind == "image":
@@ -292,10 +298,10 @@ def plan_output(target: str, *, dataset, dtype: str | None, ext: str | None, for
         if kind == "hdf5":
             from normcli.storewriters import hdf5_key
 
-            hdf5_key(dataset.key)  # a usage error before any work
+            key = hdf5_key(key)  # a usage error before any work
         if not dataset.uniform:
             raise OutputError("images of different sizes cannot form one array; write to a folder instead", target)
-        return OutputSpec(target, kind, np.dtype(dtype or "float32"), compressor=compressor)
+        return OutputSpec(target, kind, np.dtype(dtype or "float32"), compressor=compressor, key=key or "data")
     ext = ext or _default_ext(dataset)
     if ext != "npy" and dataset.layout.name not in ("NHWC", "NCHW", "NHW"):
         raise UsageMismatch(f"layout {dataset.layout.name} holds no images; write .npy/.npz or use --ext npy")
@@ -560,7 +566,7 @@ def _folders_below(root: Path, folder: Path) -> None:
             pass
 
 
-def _store_writer(spec: OutputSpec, shape: tuple, key: str, outputs: Outputs, clip: bool) -> Encoder:
+def _store_writer(spec: OutputSpec, shape: tuple, outputs: Outputs, clip: bool) -> Encoder:
     """An empty Zarr array (a staged folder) or HDF5 dataset (a staged file), chunked as whole blocks
     of the writing pass (spec.starts), and its writer."""
     from normcli.storewriters import chunk_rows, create_hdf5, create_zarr
@@ -568,7 +574,7 @@ def _store_writer(spec: OutputSpec, shape: tuple, key: str, outputs: Outputs, cl
     rows = chunk_rows(spec.starts, shape[0])
     if spec.kind == "zarr":
         return create_zarr(outputs.stage(spec.target, folder=True), spec, shape, rows, clip=clip)
-    return create_hdf5(outputs.stage(spec.target), spec, key, shape, rows, clip=clip)
+    return create_hdf5(outputs.stage(spec.target), spec, shape, rows, clip=clip)
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -588,10 +594,9 @@ class Sink:
 
     @_naming_target
     def __init__(self, spec: OutputSpec, layout: Layout, sample_shape, samples: int, outputs: Outputs, *,
-                 key: str | None = None, clip: bool = False):
+                 clip: bool = False):
         self.spec = spec
         self.shape = (samples, *sample_shape)
-        self.key = key or "data"
         self._stream = None
         target, dtype = spec.target, spec.dtype
         if spec.kind == "stdout":
@@ -601,11 +606,7 @@ class Sink:
             self._stream.write(_npy_header(dtype, self.shape))
             self.writer = StreamWriter(dtype, clip, target, spec.scale, spec.clamp)
         elif spec.kind in STORE_SUFFIXES.values():
-            if spec.kind == "hdf5":
-                from normcli.storewriters import hdf5_key
-
-                self.key = hdf5_key(key)
-            self.writer = _store_writer(spec, self.shape, self.key, outputs, clip)
+            self.writer = _store_writer(spec, self.shape, outputs, clip)
         elif spec.kind in ("folder", "image"):
             folder = outputs.stage(target, folder=spec.kind == "folder")
             self.writer = FolderWriter(dtype, clip, target, spec.scale, spec.clamp, folder=folder, ext=spec.ext,
@@ -638,7 +639,7 @@ class Sink:
 
     def describe(self) -> str:
         """What this sink writes, as the closing report line says it."""
-        return self.spec.describe(self.shape[0], self.key)
+        return self.spec.describe(self.shape[0])
 
     @_naming_target
     def write_in_order(self, stored: Stored) -> Stored:
@@ -660,7 +661,7 @@ class Sink:
             self._stream.flush()
             return
         if self.spec.kind == "npz":
-            _store_in_zip(self.writer.path, self._staged, f"{self.key}.npy")
+            _store_in_zip(self.writer.path, self._staged, f"{self.spec.key}.npy")
         self.stop_writing()
 
     def _off_main_thread(self):

@@ -60,11 +60,11 @@ def check_compressor(kind: str, compressor: str | None) -> str:
 
 
 def hdf5_key(key: str | None) -> str:
-    """The dataset path an HDF5 output is written at: `key` (--key, else "data") without empty steps;
-    a usage error where it names no dataset (only slashes, or a step . or ..)."""
+    """The dataset path an HDF5 output is written at: `key` (--output-key, else --key, else "data")
+    without empty steps; a usage error where it names no dataset (only slashes, or a step . or ..)."""
     steps = [step for step in (key or "data").split("/") if step]
     if not steps or any(step in (".", "..") for step in steps):
-        raise UsageMismatch(f"--key {key}: an HDF5 output needs a dataset path such as data or group/data")
+        raise UsageMismatch(f"output key {key}: an HDF5 output needs a dataset path such as data or group/data")
     return "/".join(steps)
 
 
@@ -165,14 +165,14 @@ class _Hdf5File(io.FileIO):
             raise self.error
 
 
-def create_hdf5(path: str, spec: OutputSpec, key: str, shape: tuple, rows: int, *, clip: bool = False) -> Hdf5Writer:
-    """An empty dataset `key` (groups made as its path says) in the staged file `path`, chunked by `rows`
+def create_hdf5(path: str, spec: OutputSpec, shape: tuple, rows: int, *, clip: bool = False) -> Hdf5Writer:
+    """An empty dataset `spec.key` (groups made as its path says) in the staged file `path`, chunked by `rows`
     samples with the codec of `spec`, shuffle and a fletcher32 checksum where it is compressed; and its writer."""
     h5py = _require("h5py", "hdf5", spec.target)
     compressed = spec.compressor != "none"
     with _Hdf5File(path) as raw, h5py.File(raw, "w") as file:
-        file.create_dataset(key, shape=shape, dtype=spec.dtype, chunks=(rows, *shape[1:]),
+        file.create_dataset(spec.key, shape=shape, dtype=spec.dtype, chunks=(rows, *shape[1:]),
                             compression=spec.compressor if compressed else None, shuffle=compressed,
                             fletcher32=compressed)
     raw.raise_error()
-    return Hdf5Writer(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, key=key)
+    return Hdf5Writer(spec.dtype, clip, spec.target, spec.scale, spec.clamp, path=path, key=spec.key)

@@ -129,6 +129,23 @@ def test_a_store_output_is_read_back_as_an_input(data):
             json.loads(run_cli("stats", data / "o.npy", "--format", "json").stdout)["rows"]
 
 
+def test_an_output_key_names_the_output_array_and_the_input_keeps_its_own(data):
+    """--key picks the input's array; --output-key the output's (.h5, .npz), which is otherwise the
+    input's key: an HDF5 dataset converts into another file, at another path."""
+    with h5py.File(data / "in.h5", "w") as file:
+        file.create_dataset("scans/raw", data=np.load(data / "x.npy"), chunks=(10, 6, 5, 3))
+    run_cli("standardize", data / "x.npy", "-o", data / "o.npy", "-q")
+    result = run_cli("standardize", data / "in.h5", "--key", "/scans/raw", "-o", data / "o.h5",
+                     "--output-key", "z/unit")
+    assert result.stdout.splitlines()[-1] == f"wrote {data / 'o.h5'} (45 samples, float32, gzip, key z/unit)"
+    assert_holds_the_npy(data / "o.h5", data / "o.npy", key="z/unit")
+    run_cli("standardize", data / "in.h5", "--key", "/scans/raw", "-o", data / "kept.h5", "-q")
+    assert_holds_the_npy(data / "kept.h5", data / "o.npy", key="scans/raw")
+    run_cli("standardize", data / "in.h5", "--key", "/scans/raw", "-o", data / "o.npz", "--output-key", "unit", "-q")
+    with np.load(data / "o.npz") as archive:
+        assert list(archive) == ["unit"] and archive["unit"].tobytes() == np.load(data / "o.npy").tobytes()
+
+
 def test_sample_writes_stores_too(tmp_path):
     run_cli("sample", tmp_path / "s.npy", "-n", "20", "--size", "4")
     for out in ("s.zarr", "s.h5"):
@@ -186,8 +203,10 @@ def test_force_never_replaces_something_else(workspace, out, make, kind):
     (["-o", "o.h5", "--compressor", "zstd"], "--compressor zstd: HDF5 outputs take gzip, lzf, none"),
     (["-o", "o.npy", "--compressor", "gzip"], "--compressor picks the codec of a .zarr or .h5 output"),
     (["-o", "o.zarr", "--ext", "png"], "--ext picks the file type inside an output folder"),
-    (["-o", "o.h5", "--key", "/"], "--key /: an HDF5 output needs a dataset path such as data or group/data"),
-    (["-o", "o.h5", "--key", "a/../b"], "--key a/../b: an HDF5 output needs a dataset path"),
+    (["-o", "o.h5", "--key", "/"], "output key /: an HDF5 output needs a dataset path such as data or group/data"),
+    (["-o", "o.h5", "--output-key", "a/../b"], "output key a/../b: an HDF5 output needs a dataset path"),
+    (["-o", "o.npy", "--output-key", "x"], "--output-key names the array of an .npz or .h5 output; o.npy is a npy output"),
+    (["-o", "o.zarr", "--output-key", "x"], "o.zarr is a zarr output (one array at the store's root)"),
 ])
 def test_usage_errors(workspace, args, contains):
     _store_input()

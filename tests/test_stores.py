@@ -500,9 +500,9 @@ from normcli.storewriters import (check_compressor, check_store_target, chunk_ro
                                   create_zarr)
 
 
-def store_spec(target: str, dtype: str, compressor: str) -> OutputSpec:
+def store_spec(target: str, dtype: str, compressor: str, key: str = "data") -> OutputSpec:
     kind = "zarr" if target.endswith(".zarr") else "hdf5"
-    return OutputSpec(target, kind, np.dtype(dtype), compressor=check_compressor(kind, compressor))
+    return OutputSpec(target, kind, np.dtype(dtype), compressor=check_compressor(kind, compressor), key=key)
 
 
 def write_blocks(writer, x: np.ndarray, starts: list[int], pool=None) -> None:
@@ -566,7 +566,7 @@ def test_the_hdf5_writer_writes_in_order_on_the_driver(tmp_path, x, compressor):
     path = tmp_path / ".out.h5.tmp"
     path.touch()  # as Outputs.stage leaves it
     starts = list(range(0, len(x), 5))
-    writer = create_hdf5(str(path), store_spec("out.h5", "float64", compressor), "group/data", x.shape,
+    writer = create_hdf5(str(path), store_spec("out.h5", "float64", compressor, key="group/data"), x.shape,
                          chunk_rows(starts, len(x)))
     assert not writer.positional  # its blocks come back to the driver
     write_blocks(writer, x, starts)
