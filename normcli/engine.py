@@ -491,12 +491,17 @@ def _as_seen_by_a_worker(error: Exception) -> Exception:
                         "worker sees", None if path is None else str(path))
 
 
+_DASK_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")  # asyncio: the event loop Dask's client runs on
+
+
 def _quiet_dask_logs() -> None:
-    """Dask's own log lines never reach the terminal: a fault reaches the user as normcli's one line."""
+    """Dask's own log lines never reach the terminal, nor those of its event loop (an interrupted run's
+    connection attempt that times out leaves a "Future exception was never retrieved" for asyncio to
+    log at exit): a fault reaches the user as normcli's one line."""
     import logging
 
-    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in ("distributed", "tornado", "bokeh")]
-    for name in {"distributed", "tornado", "bokeh", *names}:  # Dask's config gives some children handlers of their own
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in _DASK_LOGGERS]
+    for name in {*_DASK_LOGGERS, *names}:  # Dask's config gives some children handlers of their own
         logger = logging.getLogger(name)
         logger.handlers = [logging.NullHandler()]
         logger.propagate = False

@@ -379,6 +379,22 @@ def _can_hide_a_folder(folder: Path) -> bool:
                            str(folder)], capture_output=True).returncode == 0
 
 
+def test_the_event_loop_dask_runs_on_logs_nothing_on_the_terminal():
+    """An interrupted Dask run can leave a failed asyncio future no one awaited (a connection attempt
+    that timed out), which asyncio logs at exit under the one error line: its logs are Dask's too."""
+    script = ("import asyncio, gc\n"
+              "from normcli.engine import _quiet_dask_logs\n"
+              "_quiet_dask_logs()\n"
+              "loop = asyncio.new_event_loop()\n"
+              "future = loop.create_future()\n"
+              "future.set_exception(TimeoutError('Timeout'))\n"
+              "del future\n"
+              "gc.collect()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.returncode == 0 and result.stderr == ""
+
+
 def test_an_input_a_worker_cannot_see_says_so(tmp_path, rng):
     """The driver opens the file, the workers (another machine's view: the folder empty) cannot."""
     from helpers import dask_cluster
