@@ -181,7 +181,7 @@ def test_a_signal_mid_write_removes_the_temporary(tmp_path, signum, code, word):
     work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
     work.mkdir()
     tmpdir.mkdir()
-    np.save(work / "d.npy", np.random.default_rng(0).normal(size=(5000, 8, 8, 1)))  # ~10 s of TIFF files
+    np.save(work / "d.npy", np.random.default_rng(0).normal(size=(1500, 8, 8, 1)))  # ~2 s of TIFF files
     before = snapshot(work)
     process = subprocess.Popen([sys.executable, "-m", "normcli", "normalize", "d.npy", "-o", "out", "-q"], cwd=work,
                                env={**ENV, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True)

@@ -280,7 +280,7 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path, engine, out):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "tmpdir").mkdir()
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20_000, 4, 4, 1)))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(8_000, 4, 4, 1)))
     process = subprocess.Popen([sys.executable, "-m", "normcli", "batchnorm", "--batch-size", "2", "-q",
                                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "out" / out), "--engine", engine,
                                 "--workers", "2"], env={**ENV, "TMPDIR": str(tmp_path / "tmpdir")},
