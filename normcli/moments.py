@@ -18,7 +18,6 @@ aggregate shape of dask's reductions:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -29,7 +28,7 @@ from normcli.errors import InputError, NonFiniteError
 from normcli.histograms import SMALL_INTEGERS, all_values, value_counts
 from normcli.layout import Layout
 from normcli.scopes import Scope
-from normcli.scratch import SLICE_VALUES, scratch
+from normcli.scratch import scratch, slice_rows
 
 
 @dataclass
@@ -342,7 +341,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
 
     Each piece of the block (Scope.pieces) in five numpy calls: v - shift in float64 into this
     thread's scratch, its sum, its sum of squares, v's minimum and maximum. Narrower floats
-    go at most about SLICE_VALUES values at a time (a block of the default size in one go), which
+    go at most about scratch.SLICE_VALUES values at a time (a block of the default size in one go), which
     bounds the scratch for larger blocks; the slices' sums add up, their minima and maxima fold
     exactly. float64 data are measured whole, so that their numbers stay
     bit for bit those of earlier versions (saved statistics, the README's transcripts). Per-sample
@@ -368,7 +367,7 @@ def _shifted_sums(v: np.ndarray, scope: Scope, shift: np.ndarray, *, extremes: b
                 sums += [np.minimum.reduce(values, axis=0).reshape(-1), np.maximum.reduce(values, axis=0).reshape(-1)]
             found.append(_fold_onto_keys(sums, keys))
             continue
-        step = max(1, SLICE_VALUES // max(1, math.prod(values.shape[1:]))) if sliced else max(1, len(values))
+        step = slice_rows(values.shape) if sliced else max(1, len(values))
         by_slice = []
         for start in range(0, len(values), step):
             part = values[start:start + step]

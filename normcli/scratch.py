@@ -24,6 +24,12 @@ SLICE_VALUES = 1 << 20
 _local = threading.local()
 
 
+def slice_rows(shape) -> int:
+    """How many rows (along the first axis) of an array shaped `shape` hold about SLICE_VALUES values:
+    at least one."""
+    return max(1, SLICE_VALUES // max(1, math.prod(shape[1:])))
+
+
 def scratch(name: str, shape, dtype) -> np.ndarray:
     """An uninitialised array of `shape` and `dtype`: this thread's array `name`, valid until the
     thread asks for `name` again."""

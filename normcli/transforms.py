@@ -9,7 +9,6 @@ channels (groupnorm).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, replace
 
@@ -19,7 +18,7 @@ from normcli.errors import NormcliWarning
 from normcli.layout import Layout
 from normcli.moments import Moments, measure_block, whole_numbers
 from normcli.scopes import SAMPLE, Scope, scope as as_scope
-from normcli.scratch import SLICE_VALUES, scratch
+from normcli.scratch import scratch, slice_rows
 
 
 @dataclass
@@ -259,9 +258,9 @@ def apply_broadcast(x: np.ndarray, shift, scale, offset, out: np.ndarray,
                     clip: tuple[float, float] | None = None, whole=None) -> np.ndarray:
     """y = (x - shift) * scale + offset in float64 (x - whole - shift with `whole`: see deviations),
     with arrays already shaped to broadcast against `x`, rounded once into `out`. At most about
-    SLICE_VALUES values (whole samples or rows) at a time, through this thread's float64 scratch,
-    which bounds the temporary for large blocks; each value's arithmetic is the same."""
-    step = max(1, SLICE_VALUES // max(1, math.prod(x.shape[1:])))
+    scratch.SLICE_VALUES values (whole samples or rows) at a time, through this thread's float64
+    scratch, which bounds the temporary for large blocks; each value's arithmetic is the same."""
+    step = slice_rows(x.shape)
     for start in range(0, len(x), step):
         rows = slice(start, start + step)
         part_shift, part_scale, part_offset, part_whole = (_rows_of(p, x, rows) for p in (shift, scale, offset, whole))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import write_image
-from normcli import moments
+from normcli import moments, scratch
 from normcli.errors import InputError, NonFiniteError
 from normcli.layout import Layout
 from normcli.moments import BlockStats, Moments, chan_merge, checked, measure_block, merge
@@ -714,12 +714,12 @@ def test_per_sample_variance_at_an_offset_does_not_depend_on_the_block(far_probe
 def in_slices(values: int, function, *args, **kwargs):
     """function(*args, **kwargs) with measure_block's float slices shrunk to about `values` values
     (at least one sample each)."""
-    saved = moments.SLICE_VALUES
-    moments.SLICE_VALUES = values
+    saved = scratch.SLICE_VALUES
+    scratch.SLICE_VALUES = values
     try:
         return function(*args, **kwargs)
     finally:
-        moments.SLICE_VALUES = saved
+        scratch.SLICE_VALUES = saved
 
 
 @st.composite
